@@ -1,0 +1,1 @@
+from smcdiff.scores.base import DensityScoreModel, ScoreModel, has_log_density
