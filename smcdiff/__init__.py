@@ -1,1 +1,36 @@
+"""smcdiff: Sequential Monte Carlo steering of diffusion processes, on GPU.
 
+Front door: :func:`steer` (tilt a diffusion prior by a reward or a likelihood), the noise
+processes :class:`VP`, :class:`VE`, :class:`Flow`, closed-form priors :class:`GaussianMixture` with
+:func:`exact_score`, and :class:`SMCResult`. Everything else is importable from the subpackages.
+"""
+
+from smcdiff.distributions import Gaussian, GaussianMixture
+from smcdiff.engine import FeynmanKacModel, StepOutput, run_smc
+from smcdiff.errors import DegenerateWeightsError, NonFiniteError, SMCDiffError
+from smcdiff.processes import VE, VP, Flow, NoiseProcess, time_grid
+from smcdiff.result import SMCResult
+from smcdiff.scores import ScoreModel, exact_score
+from smcdiff.steering import steer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VE",
+    "VP",
+    "DegenerateWeightsError",
+    "FeynmanKacModel",
+    "Flow",
+    "Gaussian",
+    "GaussianMixture",
+    "NoiseProcess",
+    "NonFiniteError",
+    "SMCDiffError",
+    "SMCResult",
+    "ScoreModel",
+    "StepOutput",
+    "exact_score",
+    "run_smc",
+    "steer",
+    "time_grid",
+]

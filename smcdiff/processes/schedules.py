@@ -137,7 +137,7 @@ class VP(NoiseProcess):
 
     def sigma(self, t: Time) -> torch.Tensor:
         # sqrt(1 - alpha^2) via expm1 keeps precision at small t
-        return torch.sqrt(-torch.expm1(2.0 * self._log_alpha(t)))
+        return torch.sqrt((-torch.expm1(2.0 * self._log_alpha(t))).clamp_min(0.0))
 
     def d_alpha(self, t: Time) -> torch.Tensor:
         return self.alpha(t) * self._d_log_alpha(t)

@@ -1,0 +1,21 @@
+"""The Feynman–Kac model protocol and the SMC engine that runs every sampler."""
+
+from smcdiff.engine.model import (
+    FeynmanKacModel,
+    ParticleState,
+    StepOutput,
+    nan_or_posinf,
+    nonfinite_rows,
+)
+from smcdiff.engine.smc import Corrector, SMCRun, run_smc
+
+__all__ = [
+    "Corrector",
+    "FeynmanKacModel",
+    "ParticleState",
+    "SMCRun",
+    "StepOutput",
+    "nan_or_posinf",
+    "nonfinite_rows",
+    "run_smc",
+]

@@ -1,0 +1,75 @@
+"""Finiteness bookkeeping without host-device syncs inside a step.
+
+Each step records, per named quantity, how many particles were invalid, as a device tensor.
+:meth:`FiniteGuard.raise_if_bad` syncs once (between steps, every ``check_every`` steps and at the
+end) and raises :class:`NonFiniteError` for the first step and quantity that went wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from smcdiff.errors import DegenerateWeightsError, NonFiniteError
+
+__all__ = ["WEIGHTS_DEGENERATE", "FiniteGuard"]
+
+WEIGHTS_DEGENERATE = "weights"
+
+
+class FiniteGuard:
+    def __init__(self, n_total: int, times: list[float], n_steps: int):
+        self.n_total = n_total
+        self.times = times
+        self.n_steps = n_steps
+        self._names: list[str] = []  # order of first appearance = order of causality in a step
+        self._rows: list[tuple[int, dict[str, torch.Tensor]]] = []
+        self._checked = 0
+
+    def record(self, step: int, counts: dict[str, torch.Tensor]) -> None:
+        for name in counts:
+            if name not in self._names:
+                self._names.append(name)
+        self._rows.append((step, counts))
+
+    def record_checks(self, step: int, checks: dict[str, torch.Tensor], log_w: torch.Tensor):
+        """``checks``: name -> bool mask ``(G*N,)``; ``log_w``: ``(G, N)`` log-weights after the step."""
+        counts = {name: mask.sum() for name, mask in checks.items()}
+        counts[WEIGHTS_DEGENERATE] = (log_w == float("-inf")).all(dim=-1).sum()
+        self.record(step, counts)
+
+    def raise_if_bad(self, partial: Callable[[], object] | None = None) -> None:
+        rows = self._rows[self._checked :]
+        if not rows:
+            return
+        table = torch.stack(
+            [torch.stack([c.get(n, torch.zeros((), dtype=torch.long, device=_dev(c))) for n in self._names]) for _, c in rows]
+        )
+        bad = table.cpu()  # the one sync
+        self._checked = len(self._rows)
+        if not bool(bad.any()):
+            return
+        i, q = (int(v) for v in bad.nonzero()[0])
+        step, name, count = rows[i][0], self._names[q], int(bad[i, q])
+        t = self.times[step]
+        where = f"step {step}/{self.n_steps} (t={t:.4g})"
+        res = partial() if partial is not None else None
+        if name == WEIGHTS_DEGENERATE:
+            raise DegenerateWeightsError(
+                f"all weights are zero (every log-weight is -inf) in {count} group(s) at {where}: "
+                "the reward / likelihood / potential is -inf for every particle",
+                quantity=name,
+                step=step,
+                partial=res,
+            )
+        raise NonFiniteError(
+            f"{name} is not finite (NaN or inf) for {count} of {self.n_total} particles at {where}",
+            quantity=name,
+            step=step,
+            partial=res,
+        )
+
+
+def _dev(counts: dict[str, torch.Tensor]) -> torch.device:
+    return next(iter(counts.values())).device

@@ -1,0 +1,94 @@
+"""SMCResult: what every front-door sampler returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from smcdiff.engine.smc import SMCRun
+from smcdiff.resampling import get_scheme
+from smcdiff.weights import ess as ess_fn
+
+__all__ = ["SMCResult"]
+
+
+@dataclass
+class SMCResult:
+    r"""Weighted particles and the run's record.
+
+    Shapes (single run): ``particles`` ``(N, d)``; ``log_weights`` ``(N,)`` normalised, float64;
+    ``log_z`` scalar float64: the estimate of :math:`\log \mathbb E_{p}[e^{\phi}]` (log normaliser of the
+    tilt relative to the prior, or the evidence :math:`\log p(y)`). With ``n_runs = R`` independent
+    runs every quantity gets a leading ``R`` (``particles`` ``(R, N, d)``, ``log_z`` ``(R,)``).
+    ``trace``: per step k = 0..K, CPU tensors (``t``, ``ess``, ``log_z_increment``, ``resampled``,
+    ``nfe``, ``n_grad``, corrector info). ``info``: settings, seed, counts, wall time.
+    """
+
+    particles: torch.Tensor
+    log_weights: torch.Tensor
+    log_z: torch.Tensor
+    trace: dict[str, torch.Tensor]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_run(cls, run: SMCRun, *, grouped: bool, info: dict[str, Any]) -> SMCResult:
+        x = run.state["x"]
+        x = x.reshape(run.n_groups, run.n_particles, *x.shape[1:])
+        lw, lz, trace = run.log_weights, run.log_z, dict(run.trace)
+        if not grouped:
+            x, lw, lz = x[0], lw[0], lz[0]
+            trace = {k: (v[:, 0] if v.dim() == 2 and k not in ("t",) else v) for k, v in trace.items()}
+        return cls(x, lw, lz, trace, info)
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """Normalised weights, same shape as ``log_weights``."""
+        return self.log_weights.exp()
+
+    @property
+    def ess(self) -> torch.Tensor:
+        """ESS after reweighting at every step, ``(K+1,)`` (or ``(K+1, R)``)."""
+        return self.trace["ess"]
+
+    @property
+    def final_ess(self) -> torch.Tensor:
+        return ess_fn(self.log_weights)
+
+    @property
+    def n_particles(self) -> int:
+        return self.log_weights.shape[-1]
+
+    def resample(
+        self, n: int | None = None, seed: int | None = None, scheme: str = "systematic"
+    ) -> torch.Tensor:
+        """Equal-weight particles ``(n, d)`` (or ``(R, n, d)``) drawn from the weighted set."""
+        n = self.n_particles if n is None else n
+        gen = torch.Generator(device=self.log_weights.device)
+        gen.manual_seed(seed) if seed is not None else gen.seed()
+        anc = get_scheme(scheme)(self.log_weights, n, generator=gen)
+        if self.log_weights.dim() == 1:
+            return self.particles[anc]
+        return torch.stack([p[a] for p, a in zip(self.particles, anc)])
+
+    def pareto_k(self) -> float | torch.Tensor:
+        """PSIS Pareto-k of the final weights (k > 0.7: the weights are unreliable)."""
+        from smcdiff.diagnostics.pareto import pareto_k
+
+        return pareto_k(self.log_weights)
+
+    def to_arviz(self, seed: int | None = 0):
+        """ArviZ ``InferenceData``; see :func:`smcdiff.diagnostics.arviz.to_inference_data`."""
+        from smcdiff.diagnostics.arviz import to_inference_data
+
+        return to_inference_data(self, seed=seed)
+
+    def __repr__(self) -> str:
+        lz = self.log_z
+        lz_s = f"{float(lz):.4f}" if lz.dim() == 0 else f"{lz.tolist()}"
+        return (
+            f"SMCResult(method={self.info.get('method')!r}, particles={tuple(self.particles.shape)}, "
+            f"log_z={lz_s}, final_ess={self.final_ess.mean().item():.1f}, "
+            f"nfe={self.info.get('nfe')})"
+        )

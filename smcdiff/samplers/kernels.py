@@ -1,0 +1,98 @@
+r"""Reverse-time Gaussian kernels: every step is :math:`x_s = c_x x_t + c_s\, s_t(x_t) + \sqrt{v}\, z`.
+
+From time ``t`` to ``s < t`` (grid runs noise -> data), with :math:`a = \alpha_t/\alpha_s`,
+:math:`v_{t|s} = \sigma_t^2 - a^2\sigma_s^2` (the forward transition of :class:`NoiseProcess`):
+
+* ``"em"``: Euler–Maruyama on the reverse SDE :math:`dx = [f_t x - g_t^2 s_t(x)]dt + g_t d\bar W`,
+  :math:`h = t - s`: :math:`c_x = 1 - h f_t`, :math:`c_s = h g_t^2`, :math:`v = h g_t^2`.
+* ``"ddim"`` with :math:`\eta \in [0, 1]` (Song et al., 2021):
+  :math:`x_s = \alpha_s \hat x_0 + \sqrt{\sigma_s^2 - c^2}\,\hat\varepsilon + c z`,
+  :math:`c^2 = \eta^2 \sigma_s^2 v_{t|s} / \sigma_t^2`, with :math:`\hat x_0, \hat\varepsilon` from the score.
+  :math:`\eta = 1` is the **ancestral** step :math:`q(x_s \mid x_t, \hat x_0)`, the exact Gaussian posterior
+  of the forward process given Tweedie's :math:`\hat x_0`, which for the VP SDE is also the
+  first-order exponential integrator of the reverse SDE with the noise prediction held fixed
+  (DPM-Solver-SDE-1 = DDPM). Its mean simplifies to :math:`(x_t + v_{t|s} s_t(x_t))/a`.
+  :math:`\eta = 0` is the deterministic probability-flow (DDIM) step.
+
+``"ancestral"`` is ``"ddim"`` with :math:`\eta = 1`; ``"ode"`` is ``"ddim"`` with :math:`\eta = 0`.
+Coefficients are Python floats computed once per step in float64 on the host.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from smcdiff.processes.schedules import NoiseProcess
+
+__all__ = [
+    "SAMPLERS",
+    "ReverseStep",
+    "gaussian_log_prob",
+    "reverse_step",
+    "shifted_proposal_log_ratio",
+]
+
+SAMPLERS = ("ancestral", "ode", "ddim", "em")
+
+
+@dataclass(frozen=True)
+class ReverseStep:
+    """One reverse step ``t -> s``: ``x_s = cx * x_t + cs * score(x_t, t) + sqrt(var) * z``."""
+
+    t: float
+    s: float
+    cx: float
+    cs: float
+    var: float
+
+    def mean(self, x: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+        return self.cx * x + self.cs * score
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.var)
+
+
+def reverse_step(
+    process: NoiseProcess, t: float, s: float, kind: str = "ancestral", eta: float = 1.0
+) -> ReverseStep:
+    """Coefficients of the reverse kernel from ``t`` to ``s < t``; see the module docstring."""
+    if not s < t:
+        raise ValueError(f"reverse_step: need s < t, got t={t}, s={s}")
+    if kind == "em":
+        h = t - s
+        g2 = float(process.diffusion_sq(t))
+        return ReverseStep(t, s, 1.0 - h * float(process.drift(t)), h * g2, h * g2)
+    if kind in ("ancestral", "ode", "ddim"):
+        eta = {"ancestral": 1.0, "ode": 0.0}.get(kind, eta)
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"reverse_step: ddim eta must be in [0, 1], got {eta}")
+        a_t, a_s = float(process.alpha(t)), float(process.alpha(s))
+        sg_t, sg_s = float(process.sigma(t)), float(process.sigma(s))
+        a = a_t / a_s
+        v_ts = sg_t**2 - a * a * sg_s**2
+        c2 = eta * eta * sg_s**2 * v_ts / sg_t**2
+        k = math.sqrt(max(sg_s**2 - c2, 0.0))
+        # mean = a_s * x0_hat + k * eps_hat,  x0_hat = (x + sg_t^2 s)/a_t,  eps_hat = -sg_t s
+        return ReverseStep(t, s, a_s / a_t, a_s * sg_t**2 / a_t - k * sg_t, c2)
+    raise ValueError(f"unknown sampler {kind!r}; expected one of {SAMPLERS}")
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, var: float) -> torch.Tensor:
+    r""":math:`\log\mathcal N(x; \mu, v I)` over the last dim, in float64; ``(N, d) -> (N,)``."""
+    d = x.shape[-1]
+    r = (x - mean).double()
+    return -0.5 * (r * r).sum(-1) / var - 0.5 * d * math.log(2.0 * math.pi * var)
+
+
+def shifted_proposal_log_ratio(z: torch.Tensor, shift: torch.Tensor, var: float) -> torch.Tensor:
+    r""":math:`\log p(x)/q(x)` for :math:`p = \mathcal N(\mu, vI)`, :math:`q = \mathcal N(\mu+\delta, vI)`,
+    at :math:`x = \mu + \delta + \sqrt v z`; equals :math:`-(2\sqrt v\, z\cdot\delta + \|\delta\|^2)/(2v)`.
+
+    Written in terms of ``z`` and ``delta`` so no large terms cancel. ``(N, d) -> (N,)`` float64.
+    """
+    z, shift = z.double(), shift.double()
+    return -(2.0 * math.sqrt(var) * (z * shift).sum(-1) + (shift * shift).sum(-1)) / (2.0 * var)

@@ -1,0 +1,7 @@
+"""Steering a diffusion prior toward a tilt: FK potentials, proposals, ``steer()``."""
+
+from smcdiff.steering.fk import DiffusionFK, TiltTerm
+from smcdiff.steering.potentials import POTENTIALS
+from smcdiff.steering.steer import METHODS, steer
+
+__all__ = ["METHODS", "POTENTIALS", "DiffusionFK", "TiltTerm", "steer"]

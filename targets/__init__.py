@@ -1,0 +1,21 @@
+"""Benchmark and application targets with their ground truth (installed as ``smcdiff_targets``).
+
+The repository folder is ``targets/`` but the import name is ``smcdiff_targets``, so installing
+smcdiff never shadows a generic top-level ``targets`` package in a user's environment.
+"""
+
+from smcdiff_targets.steering_toys import (
+    SteeringProblem,
+    gmm2d_prior,
+    gmm2d_likelihood_problem,
+    gmm2d_reward_problem,
+    linear_gaussian_problem,
+)
+
+__all__ = [
+    "SteeringProblem",
+    "gmm2d_likelihood_problem",
+    "gmm2d_prior",
+    "gmm2d_reward_problem",
+    "linear_gaussian_problem",
+]

@@ -1,0 +1,147 @@
+"""FK steering against closed-form posteriors and evidences.
+
+Each test runs R independent particle systems at once and compares the across-run mean of an
+estimator with the exact value using the across-run standard error (a seeded z-test, |z| < 4.5),
+after checking that the standard error is small enough for the test to mean something.
+"""
+
+import math
+
+import pytest
+import torch
+
+import smcdiff
+
+R = 32  # independent runs per check (enough for a stable standard error)
+
+
+def run_moments(res):
+    W = res.weights.unsqueeze(-1)
+    x = res.particles.double()
+    mean = (W * x).sum(1)
+    c = x - mean.unsqueeze(1)
+    cov = torch.einsum("rn,rni,rnj->rij", res.weights, c, c)
+    return mean, cov
+
+
+def z_scores(samples: torch.Tensor, truth: torch.Tensor):
+    se = samples.std(0) / math.sqrt(samples.shape[0])
+    return (samples.mean(0) - truth) / se, se
+
+
+def assert_unbiased(samples, truth, max_se, what):
+    z, se = z_scores(samples, truth.to(samples))
+    assert float(se.max()) < max_se, f"{what}: standard error {float(se.max()):.3g} too large to test"
+    assert float(z.abs().max()) < 4.5, f"{what}: z-scores {z.tolist()}"
+
+
+FK_VARIANTS = {
+    "difference": {},
+    "max": {"potential": "max", "ess_threshold": 0.9},
+    "final-is": {"potential": "final"},
+    "guided": {"proposal": "guided"},
+    "constant-schedule": {"tilt_schedule": "constant"},
+    "never-resample": {"ess_threshold": 0.0},
+    "always-resample": {"ess_threshold": 1.0},
+    "multinomial": {"resampling": "multinomial"},
+    "ssp": {"resampling": "ssp"},
+    "em-sampler": {"sampler": "em"},
+}
+
+
+@pytest.mark.parametrize("variant", list(FK_VARIANTS))
+def test_fk_recovers_the_gaussian_posterior_and_evidence(gaussian_inverse, variant):
+    p = gaussian_inverse
+    res = smcdiff.steer(
+        p.model, log_likelihood=p.log_likelihood, n_particles=1000, n_steps=30, n_runs=R,
+        seed=1, **FK_VARIANTS[variant],
+    )
+    assert res.info["path_correction"]  # exact prior => exact path weights by default
+    mean, cov = run_moments(res)
+    assert_unbiased(mean, p.posterior.mean(), 0.06, "posterior mean")
+    assert_unbiased(cov.flatten(1), p.posterior.covariance().flatten(), 0.03, "posterior cov")
+    z_ratio = torch.exp(res.log_z - p.log_evidence)  # E[Z_hat] = Z
+    assert_unbiased(z_ratio.unsqueeze(1), torch.ones(1), 0.25, "evidence")
+
+
+def test_without_path_correction_few_steps_are_biased_and_many_steps_converge(gaussian_inverse):
+    p = gaussian_inverse
+
+    def mean_err(n_steps):
+        res = smcdiff.steer(
+            p.model, log_likelihood=p.log_likelihood, n_particles=4000, n_steps=n_steps,
+            n_runs=8, seed=2, path_correction=False,
+        )
+        m, _ = run_moments(res)
+        return float((m.mean(0) - p.posterior.mean()).norm())
+
+    coarse, fine = mean_err(10), mean_err(200)
+    assert coarse > 0.1  # the discretised sampler's own marginal is not the prior
+    assert fine < coarse / 4
+
+
+def test_guided_proposal_correction_keeps_the_target_of_the_base_proposal(gaussian_inverse):
+    # Without path correction both proposals target the same (discretised) tilted law; dropping
+    # the log p/q correction of the guided proposal would move it toward guidance's bias.
+    p = gaussian_inverse
+    kw = dict(log_likelihood=p.log_likelihood, n_particles=4000, n_steps=60, n_runs=R,
+              path_correction=False)
+    base, _ = run_moments(smcdiff.steer(p.model, seed=3, **kw))
+    guided, _ = run_moments(smcdiff.steer(p.model, seed=4, proposal="guided", **kw))
+    se = (base.var(0) / R + guided.var(0) / R).sqrt()
+    assert float(((base.mean(0) - guided.mean(0)).abs() / se).max()) < 4.5
+
+
+def test_guidance_is_biased_and_none_samples_the_prior(gaussian_inverse):
+    p = gaussian_inverse
+    g = smcdiff.steer(p.model, log_likelihood=p.log_likelihood, method="guidance",
+                      n_particles=2000, n_steps=60, n_runs=4, seed=5)
+    assert float((g.particles.double().mean((0, 1)) - p.posterior.mean()).norm()) > 0.2
+    assert torch.all(g.log_weights == g.log_weights[..., :1])  # unweighted
+    n = smcdiff.steer(p.model, method="none", n_particles=4000, n_steps=100, seed=5)
+    prior_t = p.model.marginal(p.model.process.t_min)
+    assert float((n.particles.double().mean(0) - prior_t.mean()).norm()) < 0.08
+
+
+def test_mixture_posterior_weights_are_recovered_and_error_shrinks_with_n(mixture_inverse_8d):
+    p = mixture_inverse_8d
+    exact_w = p.posterior.weights.double()
+    assert float(exact_w.min()) > 0.01  # several modes matter
+
+    def tv_error(n):
+        res = smcdiff.steer(p.model, log_likelihood=p.log_likelihood, n_particles=n,
+                            n_steps=40, n_runs=8, seed=6)
+        comp = p.posterior.component_log_prob(res.particles.double()).argmax(-1)  # (R, N)
+        mass = torch.zeros(8, p.posterior.n_components, dtype=torch.float64)
+        mass.scatter_add_(1, comp, res.weights)
+        return float(0.5 * (mass - exact_w).abs().sum(1).mean())
+
+    errs = [tv_error(n) for n in (250, 1000, 4000)]
+    assert errs[2] < 0.05, errs
+    assert errs[2] < 0.6 * errs[0], errs
+
+
+def test_reward_tilt_of_a_mixture_matches_the_exact_tilt():
+    from smcdiff_targets import gmm2d_reward_problem
+
+    prob = gmm2d_reward_problem(beta=0.7)
+    model = smcdiff.exact_score(prob.prior, prob.process)
+    res = smcdiff.steer(model, **prob.steer_kwargs(), n_particles=3000, n_steps=40, n_runs=R, seed=7)
+    mean, _ = run_moments(res)
+    assert_unbiased(mean, prob.exact.mean(), 0.05, "tilted mean")
+    assert_unbiased(torch.exp(res.log_z - prob.log_z).unsqueeze(1), torch.ones(1), 0.1, "log Z")
+
+
+def test_same_seed_same_output_and_shapes():
+    from smcdiff_targets import gmm2d_reward_problem
+
+    prob = gmm2d_reward_problem()
+    model = smcdiff.exact_score(prob.prior, prob.process)
+    kw = dict(**prob.steer_kwargs(), n_particles=200, n_steps=10)
+    a, b, c = (smcdiff.steer(model, seed=s, **kw) for s in (0, 0, 1))
+    assert torch.equal(a.particles, b.particles) and torch.equal(a.log_z, b.log_z)
+    assert not torch.equal(a.particles, c.particles)
+    assert a.particles.shape == (200, 2) and a.log_weights.shape == (200,)
+    assert a.log_z.shape == () and a.ess.shape == (11,)
+    assert torch.allclose(a.weights.sum(), torch.ones((), dtype=torch.float64))
+    assert a.resample(50, seed=0).shape == (50, 2)
