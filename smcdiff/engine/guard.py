@@ -11,11 +11,13 @@ from collections.abc import Callable
 
 import torch
 
+from smcdiff.engine.model import nan_or_posinf
 from smcdiff.errors import DegenerateWeightsError, NonFiniteError
 
-__all__ = ["WEIGHTS_DEGENERATE", "FiniteGuard"]
+__all__ = ["LOG_POTENTIAL", "WEIGHTS_DEGENERATE", "FiniteGuard"]
 
 WEIGHTS_DEGENERATE = "weights"
+LOG_POTENTIAL = "log-potential (incremental log-weight)"
 
 
 class FiniteGuard:
@@ -33,9 +35,13 @@ class FiniteGuard:
                 self._names.append(name)
         self._rows.append((step, counts))
 
-    def record_checks(self, step: int, checks: dict[str, torch.Tensor], log_w: torch.Tensor):
-        """``checks``: name -> bool mask ``(G*N,)``; ``log_w``: ``(G, N)`` log-weights after the step."""
+    def record_checks(
+        self, step: int, checks: dict[str, torch.Tensor], log_g: torch.Tensor, log_w: torch.Tensor
+    ) -> None:
+        """``checks``: name -> bool mask ``(G*N,)`` from the model; ``log_g``: the step's
+        log-potentials and ``log_w`` the unnormalised log-weights after it, both ``(G, N)``."""
         counts = {name: mask.sum() for name, mask in checks.items()}
+        counts[LOG_POTENTIAL] = nan_or_posinf(log_g).sum()
         counts[WEIGHTS_DEGENERATE] = (log_w == float("-inf")).all(dim=-1).sum()
         self.record(step, counts)
 
@@ -44,7 +50,7 @@ class FiniteGuard:
         if not rows:
             return
         table = torch.stack(
-            [torch.stack([c.get(n, torch.zeros((), dtype=torch.long, device=_dev(c))) for n in self._names]) for _, c in rows]
+            [torch.stack([c.get(n, _zero(c)) for n in self._names]) for _, c in rows]
         )
         bad = table.cpu()  # the one sync
         self._checked = len(self._rows)
@@ -71,5 +77,5 @@ class FiniteGuard:
         )
 
 
-def _dev(counts: dict[str, torch.Tensor]) -> torch.device:
-    return next(iter(counts.values())).device
+def _zero(counts: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.zeros((), dtype=torch.long, device=next(iter(counts.values())).device)

@@ -94,11 +94,11 @@ def run_smc(
     offsets = (torch.arange(G, device=device) * N).unsqueeze(1)
     identity = torch.arange(N, device=device).expand(G, N)
 
-    log_w = out.log_potential.reshape(G, N).double()
-    inc = torch.logsumexp(log_w, dim=-1) - math.log(N)
+    log_g = out.log_potential.reshape(G, N).double()
+    inc = torch.logsumexp(log_g, dim=-1) - math.log(N)
     log_z = inc
-    log_w = log_normalize(log_w)
-    guard.record_checks(0, out.checks, log_w)
+    guard.record_checks(0, out.checks, log_g, log_g)
+    log_w = log_normalize(log_g)
     rec: dict[str, list] = {
         "ess": [ess_fn(log_w)],
         "log_z_increment": [inc],
@@ -124,16 +124,17 @@ def run_smc(
 
         out = model.step(k, state, generator)
         log_g = out.log_potential.reshape(G, N).double()
-        inc = torch.logsumexp(log_w + log_g, dim=-1)
+        log_w = log_w + log_g
+        inc = torch.logsumexp(log_w, dim=-1)
         log_z = log_z + inc
-        log_w = log_normalize(log_w + log_g)
+        guard.record_checks(k, out.checks, log_g, log_w)
+        log_w = log_normalize(log_w)
         state = out.state
         if corrector is not None:
             state, info = corrector(k, state, generator)
             for name, v in info.items():
                 corr.setdefault(name, {})[k] = v
 
-        guard.record_checks(k, out.checks, log_w)
         rec["ess"].append(ess_fn(log_w))
         rec["log_z_increment"].append(inc)
         rec["resampled"].append(mask)

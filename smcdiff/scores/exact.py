@@ -34,6 +34,14 @@ class ExactScore:
         self.process = process
         self.dim = dist.dim
 
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.dist.dtype
+
     def marginal(self, t: float | torch.Tensor) -> GaussianMixture:
         """:math:`p_t` as a :class:`GaussianMixture` (cached by the mixture for repeated ``t``)."""
         return self.dist.noised(self.process, t)

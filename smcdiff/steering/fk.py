@@ -145,7 +145,8 @@ class DiffusionFK:
                     check_shape(term.name, v, (x.shape[0],), where=where)
                     check_device(term.name, v, x.device, where=where)
                     checks[term.name] = nan_or_posinf(v.detach())
-                    phi = phi + (self.lam[k] * term.scale) * v.double()
+                    v = v.double()  # -inf (a hard constraint) stays -inf even where lambda = 0
+                    phi = phi + torch.where(v == float("-inf"), v, (self.lam[k] * term.scale) * v)
                 if need_grad:
                     (grad,) = torch.autograd.grad(phi.sum(), xr)
                     out["grad"] = grad.detach().to(self.dtype)

@@ -30,15 +30,21 @@ def initial_potential(kind: str, phi: torch.Tensor) -> tuple[torch.Tensor, torch
     return phi, phi
 
 
+def _sub(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a - b``, but ``-inf`` where ``b = -inf``: a path already at weight zero stays there
+    (instead of ``-inf - (-inf) = NaN`` or ``x - (-inf) = +inf``)."""
+    return torch.where(b == float("-inf"), b, a - b)
+
+
 def step_potential(
     kind: str, phi: torch.Tensor, prev_phi: torch.Tensor, run: torch.Tensor, acc: torch.Tensor,
     last: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log_g, run)`` at step k; ``acc`` is the sum of this path's earlier ``log_g``."""
     if last:
-        return (phi - prev_phi if kind == "difference" else phi - acc), run
+        return (_sub(phi, prev_phi) if kind == "difference" else _sub(phi, acc)), run
     if kind == "difference":
-        return phi - prev_phi, run
+        return _sub(phi, prev_phi), run
     if kind == "max":
         run = torch.maximum(run, phi)
         return run, run

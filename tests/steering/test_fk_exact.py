@@ -84,19 +84,20 @@ def test_guided_proposal_correction_keeps_the_target_of_the_base_proposal(gaussi
     # Without path correction both proposals target the same (discretised) tilted law; dropping
     # the log p/q correction of the guided proposal would move it toward guidance's bias.
     p = gaussian_inverse
-    kw = dict(log_likelihood=p.log_likelihood, n_particles=4000, n_steps=60, n_runs=R,
+    kw = dict(log_likelihood=p.log_likelihood, n_particles=2000, n_steps=40, n_runs=16,
               path_correction=False)
     base, _ = run_moments(smcdiff.steer(p.model, seed=3, **kw))
     guided, _ = run_moments(smcdiff.steer(p.model, seed=4, proposal="guided", **kw))
-    se = (base.var(0) / R + guided.var(0) / R).sqrt()
+    se = (base.var(0) / 16 + guided.var(0) / 16).sqrt()
     assert float(((base.mean(0) - guided.mean(0)).abs() / se).max()) < 4.5
 
 
 def test_guidance_is_biased_and_none_samples_the_prior(gaussian_inverse):
     p = gaussian_inverse
     g = smcdiff.steer(p.model, log_likelihood=p.log_likelihood, method="guidance",
-                      n_particles=2000, n_steps=60, n_runs=4, seed=5)
-    assert float((g.particles.double().mean((0, 1)) - p.posterior.mean()).norm()) > 0.2
+                      n_particles=2000, n_steps=60, n_runs=8, seed=5)
+    z, _ = z_scores(g.particles.double().mean(1), p.posterior.mean())
+    assert float(z.abs().max()) > 8  # guidance has no weights to remove its bias
     assert torch.all(g.log_weights == g.log_weights[..., :1])  # unweighted
     n = smcdiff.steer(p.model, method="none", n_particles=4000, n_steps=100, seed=5)
     prior_t = p.model.marginal(p.model.process.t_min)
@@ -106,12 +107,13 @@ def test_guidance_is_biased_and_none_samples_the_prior(gaussian_inverse):
 def test_mixture_posterior_weights_are_recovered_and_error_shrinks_with_n(mixture_inverse_8d):
     p = mixture_inverse_8d
     exact_w = p.posterior.weights.double()
-    assert float(exact_w.min()) > 0.01  # several modes matter
+    assert int((exact_w > 0.05).sum()) >= 3  # several modes matter
 
     def tv_error(n):
+        # path-corrected weights lose ESS in 8-D with few steps; 100 steps keep ESS/N ~ 0.65
         res = smcdiff.steer(p.model, log_likelihood=p.log_likelihood, n_particles=n,
-                            n_steps=40, n_runs=8, seed=6)
-        comp = p.posterior.component_log_prob(res.particles.double()).argmax(-1)  # (R, N)
+                            n_steps=100, n_runs=8, seed=6)
+        comp = p.posterior.component_log_prob(res.particles).argmax(-1)  # (R, N)
         mass = torch.zeros(8, p.posterior.n_components, dtype=torch.float64)
         mass.scatter_add_(1, comp, res.weights)
         return float(0.5 * (mass - exact_w).abs().sum(1).mean())
