@@ -38,18 +38,26 @@ def test_ode_step_is_deterministic_and_em_agrees_with_ancestral_for_small_steps(
     assert math.isclose(em.var, anc.var, rel_tol=1e-3)
 
 
-def test_untilted_ancestral_and_ode_samplers_recover_a_gaussian_prior():
+@pytest.mark.parametrize("sampler", ["ancestral", "ode", "em"])
+def test_untilted_samplers_converge_to_the_prior_at_first_order(sampler):
+    # With exact scores the only error is discretisation: O(1/K). (The ancestral kernel's
+    # variance v s_s^2/s_t^2 is a lower bound on the true reverse variance: its constant is the
+    # largest, about 0.26 at K = 50 here.)
     import smcdiff
 
     prior = smcdiff.Gaussian(torch.tensor([1.0, -2.0]), torch.tensor([[1.5, 0.6], [0.6, 0.8]]))
     model = smcdiff.exact_score(prior, smcdiff.VP())
     target = prior.noised(model.process, model.process.t_min)
-    for sampler in ("ancestral", "ode", "em"):
-        res = smcdiff.steer(model, method="none", sampler=sampler, n_particles=20000, n_steps=200, seed=0)
+
+    def cov_err(n_steps):
+        res = smcdiff.steer(model, method="none", sampler=sampler, n_particles=50_000,
+                            n_steps=n_steps, seed=0)
         x = res.particles.double()
-        se = (target.covariance().diagonal() / 20000).sqrt()
-        assert ((x.mean(0) - target.mean()).abs() < 5 * se + 0.02).all(), sampler
-        assert torch.allclose(torch.cov(x.T), target.covariance(), atol=0.06), sampler
+        assert float((x.mean(0) - target.mean().double()).abs().max()) < 0.05
+        return float((torch.cov(x.T) - target.covariance().double()).abs().max())
+
+    coarse, fine = cov_err(50), cov_err(400)
+    assert fine < coarse / 3 and fine < 0.06, (coarse, fine)
 
 
 def test_gaussian_log_prob_and_shifted_ratio_match_torch_distributions():
