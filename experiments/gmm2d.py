@@ -32,18 +32,21 @@ def run(
     out_dir: str | Path,
     device: str = "cpu",
     quick: bool = False,
-    n_particles: int = 2000,
+    n_particles: int = 4000,
     n_steps: int = 100,
-    n_runs: int = 5,
+    n_runs: int = 10,
+    convergence_ns: tuple[int, ...] = (250, 1000, 4000, 16000),
     progress: bool = True,
 ) -> list[dict]:
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     (out / "arviz").mkdir(parents=True, exist_ok=True)
     if quick:
-        n_particles, n_steps, n_runs = 500, 40, 2
+        n_particles, n_steps, n_runs, convergence_ns = 500, 40, 2, (250, 1000)
     problems = [gmm2d_reward_problem(device=device), gmm2d_likelihood_problem(device=device)]
-    jobs = [(p, m) for p in problems for m in METHODS]
+    jobs = [(p, m) for p in problems for m in METHODS] + [
+        (p, n) for p in problems for n in convergence_ns
+    ]
     rows: list[dict] = []
     bar = _bar(len(jobs), progress)
     for problem in problems:
@@ -62,38 +65,49 @@ def run(
             results[name] = res
             rows.append(_row(problem, name, res, exact, floor, wall))
             bar(f"{problem.name} {name}")
+        for n in convergence_ns:  # FK is exact as N grows: errors shrink like 1/sqrt(N)
+            res = smcdiff.steer(model, **problem.steer_kwargs(), n_particles=n, n_steps=n_steps,
+                                n_runs=n_runs, seed=1, device=device)
+            row = _row(problem, f"fk N={n}", res, None, floor, res.info["wall_time_s"] / n_runs)
+            row["n_particles"] = n
+            rows.append(row)
+            bar(f"{problem.name} fk N={n}")
         _figures(problem, results, exact, out)
         for name in ("fk", "fk-guided"):
             idata = results[name].to_arviz()
             idata.to_netcdf(str(out / "arviz" / f"{problem.name}_{name}.nc"))
+    _convergence_figure([r for r in rows if "n_particles" in r], out)
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     return rows
 
 
 def _row(problem, name, res, exact, floor, wall) -> dict:
+    """Metrics of one method over its runs; ``exact=None`` skips the O(N^2) sample distances."""
     weighted = res.info["method"] == "fk"
-    ed = [
-        float(energy_distance(x, exact, weights_x=w if weighted else None))
-        for x, w in zip(res.particles, res.weights)
-    ]
-    sw = [
-        float(sliced_wasserstein(x, exact, weights_x=w if weighted else None))
-        for x, w in zip(res.particles, res.weights)
-    ]
-    lz_err = (res.log_z - problem.log_z) if weighted else None
-    ess = res.final_ess / res.n_particles
-    return {
-        "problem": problem.name,
-        "method": name,
-        "energy_dist": _ms(ed),
-        "energy_dist_floor": floor,
-        "sliced_w2": _ms(sw),
-        "log_z_err": None if lz_err is None else _ms(lz_err.tolist()),
-        "final_ess_frac": _ms(ess.tolist()) if weighted else None,
-        "nfe": res.info["nfe"],
-        "n_grad": res.info["n_grad"],
-        "wall_s_per_run": wall,
-    }
+    ws = res.weights if weighted else [None] * len(res.particles)
+    row = {"problem": problem.name, "method": name, "energy_dist_floor": floor}
+    if exact is not None:
+        row["energy_dist"] = _ms([float(energy_distance(x, exact, weights_x=w))
+                                  for x, w in zip(res.particles, ws)])
+        row["sliced_w2"] = _ms([float(sliced_wasserstein(x, exact, weights_x=w))
+                                for x, w in zip(res.particles, ws)])
+    row["mode_tv"] = _ms(_mode_tv(problem.exact, res, weighted).tolist())
+    lz_err = res.log_z - problem.log_z
+    row["log_z_err"] = _ms(lz_err.tolist()) if weighted else None
+    row["abs_log_z_err"] = _ms(lz_err.abs().tolist()) if weighted else None
+    row["final_ess_frac"] = _ms((res.final_ess / res.n_particles).tolist()) if weighted else None
+    row.update(nfe=res.info["nfe"], n_grad=res.info["n_grad"], wall_s_per_run=wall)
+    return row
+
+
+def _mode_tv(exact, res, weighted: bool) -> torch.Tensor:
+    """Total variation between the exact component weights of the tilted mixture and the
+    particles' weighted mass per component (particles assigned to their most likely one)."""
+    comp = exact.component_log_prob(res.particles.to(exact.dtype)).argmax(-1)  # (R, N)
+    w = res.weights if weighted else torch.full(comp.shape, 1.0 / comp.shape[1]).double()
+    mass = torch.zeros(comp.shape[0], exact.n_components, dtype=torch.float64, device=w.device)
+    mass.scatter_add_(1, comp, w)
+    return 0.5 * (mass - exact.weights.double().to(w.device)).abs().sum(1).cpu()
 
 
 def _ms(vals) -> tuple[float, float]:
@@ -120,6 +134,28 @@ def _figures(problem, results, exact, out: Path) -> None:
     plt.close(fig)
 
 
+def _convergence_figure(rows: list[dict], out: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.6))
+    axes = fig.subplots(1, 2)
+    for problem in sorted({r["problem"] for r in rows}):
+        rs = [r for r in rows if r["problem"] == problem]
+        ns = [r["n_particles"] for r in rs]
+        for ax, key in zip(axes, ("mode_tv", "abs_log_z_err")):
+            ax.errorbar(ns, [r[key][0] for r in rs], yerr=[r[key][1] for r in rs], marker="o",
+                        capsize=3, label=problem)
+    ref = [rows[0]["n_particles"], rows[-1]["n_particles"]]
+    for ax, key, title in zip(axes, ("mode_tv", "abs_log_z_err"),
+                              ("mode-weight TV", "|log Z error|")):
+        y0 = max(r[key][0] for r in rows if r["n_particles"] == ref[0])
+        ax.plot(ref, [y0, y0 * (ref[0] / ref[1]) ** 0.5], "k--", lw=1, label="1/sqrt(N)")
+        ax.set(xscale="log", yscale="log", xlabel="particles N", title=f"FK: {title}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "figures" / "fk_convergence.png", dpi=120)
+
+
 def _bar(total: int, enabled: bool):
     if not enabled:
         return lambda desc: None
@@ -137,15 +173,19 @@ def _bar(total: int, enabled: bool):
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'problem':<15}{'method':<17}{'energy dist':>18}{'sliced W2':>18}{'log Z err':>18}{'ESS/N':>14}{'NFE':>6}{'wall s':>8}"
+    def f(v, p=3):
+        return "-" if v is None else f"{v[0]:.{p}f}±{v[1]:.{p}f}"
+
+    head = (f"{'problem':<15}{'method':<17}{'energy dist':>17}{'sliced W2':>15}{'mode TV':>15}"
+            f"{'log Z err':>16}{'ESS/N':>12}{'NFE':>5}{'s/run':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        def f(v, p=3):
-            return "-" if v is None else f"{v[0]:.{p}f}±{v[1]:.{p}f}"
         lines.append(
-            f"{r['problem']:<15}{r['method']:<17}{f(r['energy_dist'], 4):>18}{f(r['sliced_w2']):>18}"
-            f"{f(r['log_z_err']):>18}{f(r['final_ess_frac'], 2):>14}{r['nfe']:>6}{r['wall_s_per_run']:>8.2f}"
+            f"{r['problem']:<15}{r['method']:<17}{f(r.get('energy_dist'), 4):>17}"
+            f"{f(r.get('sliced_w2')):>15}{f(r['mode_tv']):>15}{f(r['log_z_err']):>16}"
+            f"{f(r['final_ess_frac'], 2):>12}{r['nfe']:>5}{r['wall_s_per_run']:>7.2f}"
         )
     floors = {r["problem"]: r["energy_dist_floor"] for r in rows}
-    lines.append("energy-distance floor (two exact samples of the same size): " + ", ".join(f"{k} {v:.4f}" for k, v in floors.items()))
+    lines.append("mean ± std over independent runs; energy-distance floor (two exact samples): "
+                 + ", ".join(f"{k} {v:.4f}" for k, v in floors.items()))
     return "\n".join(lines)
