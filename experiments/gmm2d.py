@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import torch
+from smcdiff_targets import gmm2d_likelihood_problem, gmm2d_reward_problem
 
 import smcdiff
 from smcdiff.diagnostics import energy_distance, plot_ess, plot_particles, sliced_wasserstein
-from smcdiff_targets import gmm2d_likelihood_problem, gmm2d_reward_problem
 
 DESCRIPTION = "2-D GMM prior steered by a reward and by a likelihood: none / guidance / FK vs exact"
 
@@ -58,16 +58,29 @@ def run(
         for name, kw in METHODS.items():
             t0 = time.perf_counter()
             res = smcdiff.steer(
-                model, **problem.steer_kwargs(), **kw, n_particles=n_particles,
-                n_steps=n_steps, n_runs=n_runs, seed=0, device=device,
+                model,
+                **problem.steer_kwargs(),
+                **kw,
+                n_particles=n_particles,
+                n_steps=n_steps,
+                n_runs=n_runs,
+                seed=0,
+                device=device,
             )
             wall = (time.perf_counter() - t0) / n_runs
             results[name] = res
             rows.append(_row(problem, name, res, exact, floor, wall))
             bar(f"{problem.name} {name}")
         for n in convergence_ns:  # FK is exact as N grows: errors shrink like 1/sqrt(N)
-            res = smcdiff.steer(model, **problem.steer_kwargs(), n_particles=n, n_steps=n_steps,
-                                n_runs=n_runs, seed=1, device=device)
+            res = smcdiff.steer(
+                model,
+                **problem.steer_kwargs(),
+                n_particles=n,
+                n_steps=n_steps,
+                n_runs=n_runs,
+                seed=1,
+                device=device,
+            )
             row = _row(problem, f"fk N={n}", res, None, floor, res.info["wall_time_s"] / n_runs)
             row["n_particles"] = n
             rows.append(row)
@@ -87,10 +100,18 @@ def _row(problem, name, res, exact, floor, wall) -> dict:
     ws = res.weights if weighted else [None] * len(res.particles)
     row = {"problem": problem.name, "method": name, "energy_dist_floor": floor}
     if exact is not None:
-        row["energy_dist"] = _ms([float(energy_distance(x, exact, weights_x=w))
-                                  for x, w in zip(res.particles, ws)])
-        row["sliced_w2"] = _ms([float(sliced_wasserstein(x, exact, weights_x=w))
-                                for x, w in zip(res.particles, ws)])
+        row["energy_dist"] = _ms(
+            [
+                float(energy_distance(x, exact, weights_x=w))
+                for x, w in zip(res.particles, ws, strict=False)
+            ]
+        )
+        row["sliced_w2"] = _ms(
+            [
+                float(sliced_wasserstein(x, exact, weights_x=w))
+                for x, w in zip(res.particles, ws, strict=False)
+            ]
+        )
     row["mode_tv"] = _ms(_mode_tv(problem.exact, res, weighted).tolist())
     lz_err = res.log_z - problem.log_z
     row["log_z_err"] = _ms(lz_err.tolist()) if weighted else None
@@ -124,8 +145,10 @@ def _figures(problem, results, exact, out: Path) -> None:
     fig = plot_ess([(n, r) for n, r in results.items() if r.info["method"] == "fk"])
     fig.savefig(out / "figures" / f"{problem.name}_ess.png", dpi=120)
     plt.close(fig)
-    fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.2), sharex=True, sharey=True)
-    for ax, (name, res) in zip(axes, results.items()):
+    fig, axes = plt.subplots(
+        1, len(results), figsize=(3.2 * len(results), 3.2), sharex=True, sharey=True
+    )
+    for ax, (name, res) in zip(axes, results.items(), strict=False):
         plot_particles(res, reference=exact, ax=ax)
         ax.set_title(name)
     fig.suptitle(f"{problem.name}: particles (resampled) vs exact samples")
@@ -142,12 +165,19 @@ def _convergence_figure(rows: list[dict], out: Path) -> None:
     for problem in sorted({r["problem"] for r in rows}):
         rs = [r for r in rows if r["problem"] == problem]
         ns = [r["n_particles"] for r in rs]
-        for ax, key in zip(axes, ("mode_tv", "abs_log_z_err")):
-            ax.errorbar(ns, [r[key][0] for r in rs], yerr=[r[key][1] for r in rs], marker="o",
-                        capsize=3, label=problem)
+        for ax, key in zip(axes, ("mode_tv", "abs_log_z_err"), strict=False):
+            ax.errorbar(
+                ns,
+                [r[key][0] for r in rs],
+                yerr=[r[key][1] for r in rs],
+                marker="o",
+                capsize=3,
+                label=problem,
+            )
     ref = [rows[0]["n_particles"], rows[-1]["n_particles"]]
-    for ax, key, title in zip(axes, ("mode_tv", "abs_log_z_err"),
-                              ("mode-weight TV", "|log Z error|")):
+    for ax, key, title in zip(
+        axes, ("mode_tv", "abs_log_z_err"), ("mode-weight TV", "|log Z error|"), strict=False
+    ):
         y0 = max(r[key][0] for r in rows if r["n_particles"] == ref[0])
         ax.plot(ref, [y0, y0 * (ref[0] / ref[1]) ** 0.5], "k--", lw=1, label="1/sqrt(N)")
         ax.set(xscale="log", yscale="log", xlabel="particles N", title=f"FK: {title}")
@@ -176,8 +206,10 @@ def format_table(rows: list[dict]) -> str:
     def f(v, p=3):
         return "-" if v is None else f"{v[0]:.{p}f}±{v[1]:.{p}f}"
 
-    head = (f"{'problem':<15}{'method':<17}{'energy dist':>17}{'sliced W2':>15}{'mode TV':>15}"
-            f"{'log Z err':>16}{'ESS/N':>12}{'NFE':>5}{'s/run':>7}")
+    head = (
+        f"{'problem':<15}{'method':<17}{'energy dist':>17}{'sliced W2':>15}{'mode TV':>15}"
+        f"{'log Z err':>16}{'ESS/N':>12}{'NFE':>5}{'s/run':>7}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
@@ -186,6 +218,8 @@ def format_table(rows: list[dict]) -> str:
             f"{f(r['final_ess_frac'], 2):>12}{r['nfe']:>5}{r['wall_s_per_run']:>7.2f}"
         )
     floors = {r["problem"]: r["energy_dist_floor"] for r in rows}
-    lines.append("mean ± std over independent runs; energy-distance floor (two exact samples): "
-                 + ", ".join(f"{k} {v:.4f}" for k, v in floors.items()))
+    lines.append(
+        "mean ± std over independent runs; energy-distance floor (two exact samples): "
+        + ", ".join(f"{k} {v:.4f}" for k, v in floors.items())
+    )
     return "\n".join(lines)

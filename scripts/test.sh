@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check smcdiff targets experiments tests
+.venv/bin/ruff format --check -q smcdiff targets experiments tests
 exec .venv/bin/python -m pytest "$@"

@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows = mod.run(args.out, device=args.device, quick=args.quick, progress=not args.no_progress)
     print(mod.format_table(rows))
-    print(f"\nwrote {args.out}/results.json, figures/ and arviz/ in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"\nwrote {args.out}/results.json, figures/ and arviz/ in {time.perf_counter() - t0:.1f} s"
+    )
     return 0
 
 

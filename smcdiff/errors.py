@@ -59,7 +59,9 @@ def check_shape(name: str, x: torch.Tensor, shape: tuple[int | None, ...], *, wh
     """Raise if ``x.shape`` does not match ``shape`` (``None`` matches any size)."""
     if not isinstance(x, torch.Tensor):
         raise SMCDiffError(f"{where}: {name} must be a torch.Tensor, got {type(x).__name__}")
-    ok = x.dim() == len(shape) and all(s is None or s == xs for s, xs in zip(shape, x.shape))
+    ok = x.dim() == len(shape) and all(
+        s is None or s == xs for s, xs in zip(shape, x.shape, strict=False)
+    )
     if not ok:
         want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
         raise SMCDiffError(f"{where}: {name} has shape {tuple(x.shape)}, expected {want}")

@@ -39,7 +39,9 @@ class SMCResult:
         lw, lz, trace = run.log_weights, run.log_z, dict(run.trace)
         if not grouped:
             x, lw, lz = x[0], lw[0], lz[0]
-            trace = {k: (v[:, 0] if v.dim() == 2 and k not in ("t",) else v) for k, v in trace.items()}
+            trace = {
+                k: (v[:, 0] if v.dim() == 2 and k not in ("t",) else v) for k, v in trace.items()
+            }
         return cls(x, lw, lz, trace, info)
 
     @property
@@ -70,7 +72,7 @@ class SMCResult:
         anc = get_scheme(scheme)(self.log_weights, n, generator=gen)
         if self.log_weights.dim() == 1:
             return self.particles[anc]
-        return torch.stack([p[a] for p, a in zip(self.particles, anc)])
+        return torch.stack([p[a] for p, a in zip(self.particles, anc, strict=False)])
 
     def pareto_k(self) -> float | torch.Tensor:
         """PSIS Pareto-k of the final weights (k > 0.7: the weights are unreliable)."""

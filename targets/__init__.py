@@ -6,8 +6,8 @@ smcdiff never shadows a generic top-level ``targets`` package in a user's enviro
 
 from smcdiff_targets.steering_toys import (
     SteeringProblem,
-    gmm2d_prior,
     gmm2d_likelihood_problem,
+    gmm2d_prior,
     gmm2d_reward_problem,
     linear_gaussian_problem,
 )

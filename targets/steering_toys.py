@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from smcdiff import GaussianMixture, NoiseProcess, VP
+from smcdiff import VP, GaussianMixture, NoiseProcess
 
 __all__ = [
     "SteeringProblem",
@@ -55,7 +55,10 @@ def gmm2d_prior(device: str | torch.device = "cpu", dtype=torch.float32) -> Gaus
     means = 4.0 * torch.stack([torch.cos(ang), torch.sin(ang)], dim=1)
     weights = torch.tensor([3, 1, 2, 1, 3, 1, 2, 1], dtype=torch.float64)
     rot = torch.stack(
-        [torch.stack([torch.cos(ang), -torch.sin(ang)], 1), torch.stack([torch.sin(ang), torch.cos(ang)], 1)],
+        [
+            torch.stack([torch.cos(ang), -torch.sin(ang)], 1),
+            torch.stack([torch.sin(ang), torch.cos(ang)], 1),
+        ],
         dim=1,
     )  # (8, 2, 2)
     diag = torch.diag_embed(torch.tensor([0.5, 0.12], dtype=torch.float64).expand(8, 2))
@@ -106,12 +109,16 @@ def linear_gaussian_problem(
 
 
 def _linear_problem(name, prior, process, t_min, A, y, noise_std) -> SteeringProblem:
-    exact, log_z = prior.noised(process, t_min).posterior(A.double(), y.double(), noise_std=noise_std)
+    exact, log_z = prior.noised(process, t_min).posterior(
+        A.double(), y.double(), noise_std=noise_std
+    )
     m = y.shape[0]
 
     def log_likelihood(x: torch.Tensor) -> torch.Tensor:
         r = y.to(x) - x @ A.to(x).T
-        return -0.5 * (r * r).sum(-1) / noise_std**2 - 0.5 * m * math.log(2 * math.pi * noise_std**2)
+        return -0.5 * (r * r).sum(-1) / noise_std**2 - 0.5 * m * math.log(
+            2 * math.pi * noise_std**2
+        )
 
     return SteeringProblem(
         name, prior, process, t_min, exact, float(log_z), log_likelihood=log_likelihood

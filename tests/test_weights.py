@@ -7,7 +7,9 @@ from smcdiff.weights import conditional_ess, ess, log_mean_exp, log_normalize, n
 
 
 def test_ess_is_n_for_uniform_and_one_for_a_single_particle():
-    assert torch.allclose(ess(torch.zeros(3, 50, dtype=torch.float64)), torch.full((3,), 50.0).double())
+    assert torch.allclose(
+        ess(torch.zeros(3, 50, dtype=torch.float64)), torch.full((3,), 50.0).double()
+    )
     one_hot = torch.full((40,), -math.inf, dtype=torch.float64)
     one_hot[7] = 3.0
     assert float(ess(one_hot)) == 1.0

@@ -80,7 +80,9 @@ def run_smc(
     policy = policy if policy is not None else Always()
     G, N, K = n_groups, n_particles, model.n_steps
     if len(model.times) != K + 1:
-        raise SMCDiffError(f"model.times has {len(model.times)} entries, expected n_steps+1={K + 1}")
+        raise SMCDiffError(
+            f"model.times has {len(model.times)} entries, expected n_steps+1={K + 1}"
+        )
     if generator is None:
         generator = torch.Generator()
         generator.seed()

@@ -87,7 +87,7 @@ class DiffusionFK:
         self.n_steps = len(self.times) - 1
         self.kernels = [
             reverse_step(self.process, t, s, sampler, eta)
-            for t, s in zip(self.times[:-1], self.times[1:])
+            for t, s in zip(self.times[:-1], self.times[1:], strict=False)
         ]
         stochastic = all(k.var > 0 for k in self.kernels)
         if (weighted or path_correction) and not stochastic:

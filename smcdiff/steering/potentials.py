@@ -37,7 +37,11 @@ def _sub(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def step_potential(
-    kind: str, phi: torch.Tensor, prev_phi: torch.Tensor, run: torch.Tensor, acc: torch.Tensor,
+    kind: str,
+    phi: torch.Tensor,
+    prev_phi: torch.Tensor,
+    run: torch.Tensor,
+    acc: torch.Tensor,
     last: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log_g, run)`` at step k; ``acc`` is the sum of this path's earlier ``log_g``."""

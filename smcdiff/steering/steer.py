@@ -128,10 +128,18 @@ def steer(
 
     times = time_grid(model.process, n_steps, grid, t_min=t_min, t_max=t_max).tolist()
     fk = DiffusionFK(
-        model, times, tilt=tilt if method != "none" else (), weighted=weighted,
-        potential=potential, guided=guided, guidance_scale=guidance_scale,
-        path_correction=bool(path_correction), sampler=sampler, eta=eta,
-        tilt_schedule=tilt_schedule, device=device,
+        model,
+        times,
+        tilt=tilt if method != "none" else (),
+        weighted=weighted,
+        potential=potential,
+        guided=guided,
+        guidance_scale=guidance_scale,
+        path_correction=bool(path_correction),
+        sampler=sampler,
+        eta=eta,
+        tilt_schedule=tilt_schedule,
+        device=device,
         dtype=dtype,
     )
     gen = torch.Generator(device=device)
@@ -142,17 +150,35 @@ def steer(
 
     t0 = time.perf_counter()
     run = run_smc(
-        fk, n_particles, n_groups=n_runs or 1, resampling=resampling, policy=policy,
-        corrector=corrector, generator=gen, check_every=check_every, progress=progress,
+        fk,
+        n_particles,
+        n_groups=n_runs or 1,
+        resampling=resampling,
+        policy=policy,
+        corrector=corrector,
+        generator=gen,
+        check_every=check_every,
+        progress=progress,
     )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     info = {
-        "method": method, "seed": seed, "n_steps": n_steps, "potential": potential,
-        "proposal": "guided" if guided else "base", "path_correction": bool(path_correction),
-        "sampler": sampler, "grid": grid, "resampling": resampling if isinstance(resampling, str) else getattr(resampling, "__name__", "custom"),
-        "ess_threshold": ess_threshold, "beta": beta, "device": str(device),
-        "nfe": int(run.trace["nfe"].sum()), "n_grad": int(run.trace["n_grad"].sum()),
+        "method": method,
+        "seed": seed,
+        "n_steps": n_steps,
+        "potential": potential,
+        "proposal": "guided" if guided else "base",
+        "path_correction": bool(path_correction),
+        "sampler": sampler,
+        "grid": grid,
+        "resampling": resampling
+        if isinstance(resampling, str)
+        else getattr(resampling, "__name__", "custom"),
+        "ess_threshold": ess_threshold,
+        "beta": beta,
+        "device": str(device),
+        "nfe": int(run.trace["nfe"].sum()),
+        "n_grad": int(run.trace["n_grad"].sum()),
         "n_resampled": int(run.trace["resampled"].sum()),
         "wall_time_s": time.perf_counter() - t0,
     }

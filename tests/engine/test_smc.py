@@ -104,7 +104,9 @@ def test_corrector_runs_after_reweighting_and_keeps_the_target_exact():
     def perfect(k, state, generator):
         calls.append(k)
         n = state["x"].shape[0]
-        x = means[k] + math.sqrt(vars_[k]) * torch.randn(n, 1, generator=generator, dtype=torch.float64)
+        x = means[k] + math.sqrt(vars_[k]) * torch.randn(
+            n, 1, generator=generator, dtype=torch.float64
+        )
         return {"x": x}, {"accept": torch.tensor(1.0)}
 
     gen = torch.Generator().manual_seed(2)

@@ -52,7 +52,9 @@ def test_grids_are_decreasing_with_exact_ends(p, kind):
     assert (ts[1:] < ts[:-1]).all()
     if kind == "log_snr":
         lam = p.log_snr(ts)
-        assert torch.allclose(lam[1:] - lam[:-1], (lam[-1] - lam[0]) / 25 * torch.ones(25).double(), rtol=1e-6)
+        assert torch.allclose(
+            lam[1:] - lam[:-1], (lam[-1] - lam[0]) / 25 * torch.ones(25).double(), rtol=1e-6
+        )
 
 
 def test_grid_rejects_bad_arguments():

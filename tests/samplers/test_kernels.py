@@ -50,8 +50,9 @@ def test_untilted_samplers_converge_to_the_prior_at_first_order(sampler):
     target = prior.noised(model.process, model.process.t_min)
 
     def cov_err(n_steps):
-        res = smcdiff.steer(model, method="none", sampler=sampler, n_particles=50_000,
-                            n_steps=n_steps, seed=0)
+        res = smcdiff.steer(
+            model, method="none", sampler=sampler, n_particles=50_000, n_steps=n_steps, seed=0
+        )
         x = res.particles.double()
         assert float((x.mean(0) - target.mean().double()).abs().max()) < 0.05
         return float((torch.cov(x.T) - target.covariance().double()).abs().max())

@@ -29,7 +29,9 @@ def nan_from_call(k, bad=float("nan")):
 
 @pytest.mark.parametrize("tilt", ["reward", "log_likelihood"])
 def test_nan_tilt_names_the_quantity_and_step_and_keeps_the_last_good_state(model, tilt):
-    with pytest.raises(NonFiniteError, match=rf"{tilt} is not finite .* 3 of 100 particles at step 5/10") as e:
+    with pytest.raises(
+        NonFiniteError, match=rf"{tilt} is not finite .* 3 of 100 particles at step 5/10"
+    ) as e:
         smcdiff.steer(model, **{tilt: nan_from_call(5)}, n_particles=100, n_steps=10, seed=0)
     assert e.value.quantity == tilt and e.value.step == 5
     partial = e.value.partial
@@ -38,8 +40,12 @@ def test_nan_tilt_names_the_quantity_and_step_and_keeps_the_last_good_state(mode
 
 def test_plus_inf_reward_is_an_error_but_minus_inf_is_a_zero_weight(model):
     with pytest.raises(NonFiniteError, match="reward"):
-        smcdiff.steer(model, reward=nan_from_call(3, float("inf")), n_particles=50, n_steps=6, seed=0)
-    res = smcdiff.steer(model, reward=nan_from_call(0, float("-inf")), n_particles=50, n_steps=6, seed=0)
+        smcdiff.steer(
+            model, reward=nan_from_call(3, float("inf")), n_particles=50, n_steps=6, seed=0
+        )
+    res = smcdiff.steer(
+        model, reward=nan_from_call(0, float("-inf")), n_particles=50, n_steps=6, seed=0
+    )
     assert torch.isfinite(res.log_z)
 
 
@@ -47,7 +53,7 @@ def test_all_minus_inf_rewards_are_degenerate_weights(model):
     def reward(x):
         return torch.full((x.shape[0],), float("-inf"))
 
-    with pytest.raises(DegenerateWeightsError, match="all weights are zero .* step 0/"):
+    with pytest.raises(DegenerateWeightsError, match=r"all weights are zero .* step 0/"):
         smcdiff.steer(model, reward=reward, n_particles=50, n_steps=6, seed=0)
 
 
@@ -66,7 +72,10 @@ def test_nan_score_is_reported_as_the_score(model):
 @pytest.mark.parametrize(
     ("reward", "match"),
     [
-        (lambda x: x.sum(-1, keepdim=True), r"step 0/10 .*: reward has shape \(64, 1\), expected \(64\)"),
+        (
+            lambda x: x.sum(-1, keepdim=True),
+            r"step 0/10 .*: reward has shape \(64, 1\), expected \(64\)",
+        ),
         (lambda x: x.sum(-1).to("meta"), r"step 0/10 .*: reward is on meta"),
         (lambda x: x.sum(-1).numpy(), r"reward must be a torch.Tensor"),
     ],

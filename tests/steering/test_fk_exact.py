@@ -31,7 +31,9 @@ def z_scores(samples: torch.Tensor, truth: torch.Tensor):
 
 def assert_unbiased(samples, truth, max_se, what):
     z, se = z_scores(samples, truth.to(samples))
-    assert float(se.max()) < max_se, f"{what}: standard error {float(se.max()):.3g} too large to test"
+    assert float(se.max()) < max_se, (
+        f"{what}: standard error {float(se.max()):.3g} too large to test"
+    )
     assert float(z.abs().max()) < 4.5, f"{what}: z-scores {z.tolist()}"
 
 
@@ -53,8 +55,13 @@ FK_VARIANTS = {
 def test_fk_recovers_the_gaussian_posterior_and_evidence(gaussian_inverse, variant):
     p = gaussian_inverse
     res = smcdiff.steer(
-        p.model, log_likelihood=p.log_likelihood, n_particles=1000, n_steps=30, n_runs=R,
-        seed=1, **FK_VARIANTS[variant],
+        p.model,
+        log_likelihood=p.log_likelihood,
+        n_particles=1000,
+        n_steps=30,
+        n_runs=R,
+        seed=1,
+        **FK_VARIANTS[variant],
     )
     assert res.info["path_correction"]  # exact prior => exact path weights by default
     mean, cov = run_moments(res)
@@ -69,8 +76,13 @@ def test_without_path_correction_few_steps_are_biased_and_many_steps_converge(ga
 
     def mean_err(n_steps):
         res = smcdiff.steer(
-            p.model, log_likelihood=p.log_likelihood, n_particles=4000, n_steps=n_steps,
-            n_runs=8, seed=2, path_correction=False,
+            p.model,
+            log_likelihood=p.log_likelihood,
+            n_particles=4000,
+            n_steps=n_steps,
+            n_runs=8,
+            seed=2,
+            path_correction=False,
         )
         m, _ = run_moments(res)
         return float((m.mean(0) - p.posterior.mean()).norm())
@@ -84,8 +96,13 @@ def test_guided_proposal_correction_keeps_the_target_of_the_base_proposal(gaussi
     # Without path correction both proposals target the same (discretised) tilted law; dropping
     # the log p/q correction of the guided proposal would move it toward guidance's bias.
     p = gaussian_inverse
-    kw = dict(log_likelihood=p.log_likelihood, n_particles=2000, n_steps=40, n_runs=16,
-              path_correction=False)
+    kw = dict(
+        log_likelihood=p.log_likelihood,
+        n_particles=2000,
+        n_steps=40,
+        n_runs=16,
+        path_correction=False,
+    )
     base, _ = run_moments(smcdiff.steer(p.model, seed=3, **kw))
     guided, _ = run_moments(smcdiff.steer(p.model, seed=4, proposal="guided", **kw))
     se = (base.var(0) / 16 + guided.var(0) / 16).sqrt()
@@ -94,8 +111,15 @@ def test_guided_proposal_correction_keeps_the_target_of_the_base_proposal(gaussi
 
 def test_guidance_is_biased_and_none_samples_the_prior(gaussian_inverse):
     p = gaussian_inverse
-    g = smcdiff.steer(p.model, log_likelihood=p.log_likelihood, method="guidance",
-                      n_particles=2000, n_steps=60, n_runs=8, seed=5)
+    g = smcdiff.steer(
+        p.model,
+        log_likelihood=p.log_likelihood,
+        method="guidance",
+        n_particles=2000,
+        n_steps=60,
+        n_runs=8,
+        seed=5,
+    )
     z, _ = z_scores(g.particles.double().mean(1), p.posterior.mean())
     assert float(z.abs().max()) > 8  # guidance has no weights to remove its bias
     assert torch.all(g.log_weights == g.log_weights[..., :1])  # unweighted
@@ -111,8 +135,9 @@ def test_mixture_posterior_weights_are_recovered_and_error_shrinks_with_n(mixtur
 
     def tv_error(n):
         # path-corrected weights lose ESS in 8-D with few steps; 100 steps keep ESS/N ~ 0.65
-        res = smcdiff.steer(p.model, log_likelihood=p.log_likelihood, n_particles=n,
-                            n_steps=100, n_runs=8, seed=6)
+        res = smcdiff.steer(
+            p.model, log_likelihood=p.log_likelihood, n_particles=n, n_steps=100, n_runs=8, seed=6
+        )
         comp = p.posterior.component_log_prob(res.particles).argmax(-1)  # (R, N)
         mass = torch.zeros(8, p.posterior.n_components, dtype=torch.float64)
         mass.scatter_add_(1, comp, res.weights)
@@ -128,7 +153,9 @@ def test_reward_tilt_of_a_mixture_matches_the_exact_tilt():
 
     prob = gmm2d_reward_problem(beta=0.7)
     model = smcdiff.exact_score(prob.prior, prob.process)
-    res = smcdiff.steer(model, **prob.steer_kwargs(), n_particles=3000, n_steps=40, n_runs=R, seed=7)
+    res = smcdiff.steer(
+        model, **prob.steer_kwargs(), n_particles=3000, n_steps=40, n_runs=R, seed=7
+    )
     mean, _ = run_moments(res)
     assert_unbiased(mean, prob.exact.mean(), 0.05, "tilted mean")
     assert_unbiased(torch.exp(res.log_z - prob.log_z).unsqueeze(1), torch.ones(1), 0.1, "log Z")
