@@ -125,7 +125,11 @@ def _mode_tv(exact, res, weighted: bool) -> torch.Tensor:
     """Total variation between the exact component weights of the tilted mixture and the
     particles' weighted mass per component (particles assigned to their most likely one)."""
     comp = exact.component_log_prob(res.particles.to(exact.dtype)).argmax(-1)  # (R, N)
-    w = res.weights if weighted else torch.full(comp.shape, 1.0 / comp.shape[1]).double()
+    w = (
+        res.weights
+        if weighted
+        else torch.full(comp.shape, 1.0 / comp.shape[1]).double().to(comp.device)
+    )
     mass = torch.zeros(comp.shape[0], exact.n_components, dtype=torch.float64, device=w.device)
     mass.scatter_add_(1, comp, w)
     return 0.5 * (mass - exact.weights.double().to(w.device)).abs().sum(1).cpu()

@@ -1,12 +1,18 @@
-"""Shared targets with closed-form answers."""
+"""Shared targets with closed-form answers.
+
+``SMCDIFF_TEST_DEVICE=cuda pytest tests/steering`` runs the exactness tests on a GPU (CI is CPU).
+"""
 
 import math
+import os
 from dataclasses import dataclass
 
 import pytest
 import torch
 
 import smcdiff
+
+DEVICE = torch.device(os.environ.get("SMCDIFF_TEST_DEVICE", "cpu"))
 
 
 @dataclass
@@ -28,12 +34,18 @@ class LinearGaussianProblem:
 
 def make_linear_gaussian(prior, A, y, noise_std, process=None) -> LinearGaussianProblem:
     process = process or smcdiff.VP()
+    prior, A, y = prior.to(device=DEVICE), A.to(DEVICE), y.to(DEVICE)
     post, log_ev = prior.noised(process, process.t_min).posterior(
         A.double(), y.double(), noise_std=noise_std
     )
     return LinearGaussianProblem(
         smcdiff.exact_score(prior, process), A, y, noise_std, post, float(log_ev)
     )
+
+
+@pytest.fixture
+def device() -> torch.device:
+    return DEVICE
 
 
 @pytest.fixture

@@ -125,7 +125,7 @@ def test_guidance_is_biased_and_none_samples_the_prior(gaussian_inverse):
     assert torch.all(g.log_weights == g.log_weights[..., :1])  # unweighted
     n = smcdiff.steer(p.model, method="none", n_particles=4000, n_steps=100, seed=5)
     prior_t = p.model.marginal(p.model.process.t_min)
-    assert float((n.particles.double().mean(0) - prior_t.mean()).norm()) < 0.08
+    assert float((n.particles.double().mean(0) - prior_t.mean().double()).norm()) < 0.08
 
 
 def test_mixture_posterior_weights_are_recovered_and_error_shrinks_with_n(mixture_inverse_8d):
@@ -139,7 +139,7 @@ def test_mixture_posterior_weights_are_recovered_and_error_shrinks_with_n(mixtur
             p.model, log_likelihood=p.log_likelihood, n_particles=n, n_steps=100, n_runs=8, seed=6
         )
         comp = p.posterior.component_log_prob(res.particles).argmax(-1)  # (R, N)
-        mass = torch.zeros(8, p.posterior.n_components, dtype=torch.float64)
+        mass = torch.zeros(8, p.posterior.n_components, dtype=torch.float64, device=comp.device)
         mass.scatter_add_(1, comp, res.weights)
         return float(0.5 * (mass - exact_w).abs().sum(1).mean())
 
@@ -148,10 +148,10 @@ def test_mixture_posterior_weights_are_recovered_and_error_shrinks_with_n(mixtur
     assert errs[2] < 0.6 * errs[0], errs
 
 
-def test_reward_tilt_of_a_mixture_matches_the_exact_tilt():
+def test_reward_tilt_of_a_mixture_matches_the_exact_tilt(device):
     from smcdiff_targets import gmm2d_reward_problem
 
-    prob = gmm2d_reward_problem(beta=0.7)
+    prob = gmm2d_reward_problem(beta=0.7, device=device)
     model = smcdiff.exact_score(prob.prior, prob.process)
     res = smcdiff.steer(
         model, **prob.steer_kwargs(), n_particles=3000, n_steps=40, n_runs=R, seed=7

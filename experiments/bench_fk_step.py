@@ -1,0 +1,168 @@
+"""Benchmark (not a test): time one FK-steering step and resampling alone, on a GPU if present.
+
+One FK step = exact 8-component GMM score (and log-density, for path correction) in d = 16, a
+reward on Tweedie's x0, potentials and weights, ESS, systematic resampling and the gather of the
+particle state. Its time is (T(K2 steps) - T(K1 steps)) / (K2 - K1), so set-up and the final
+trace copy cancel. Resampling alone: systematic ancestors from float64 log-weights plus the
+gather of (N, d) float32 particles, beside a naive float32 torch version and a device copy of
+the same bytes (the memory-bandwidth floor).
+
+    python -m smcdiff_experiments.bench_fk_step [--device cuda] [--out results/bench.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import warnings
+
+import torch
+
+import smcdiff
+from smcdiff.resampling import systematic
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device, repeats: int) -> float:
+    """Median wall time in seconds of ``fn()`` (device-synchronised), after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def make_problem(device, d: int = 16, k: int = 8, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    means = 3.0 * torch.randn(k, d, generator=gen)
+    a = torch.randn(k, d, d, generator=gen) / d**0.5
+    covs = a @ a.transpose(1, 2) + 0.5 * torch.eye(d)
+    prior = smcdiff.GaussianMixture(torch.rand(k, generator=gen) + 0.5, means, covs).to(device)
+    target = means[0].to(device)
+
+    def reward(x):
+        return -0.5 * ((x - target) ** 2).sum(-1)
+
+    return smcdiff.exact_score(prior, smcdiff.VP()), reward
+
+
+def fk_step_time(n: int, device, path_correction: bool, k1=10, k2=30, repeats=3) -> float:
+    model, reward = make_problem(device)
+
+    def run(k):
+        return lambda: smcdiff.steer(
+            model,
+            reward=reward,
+            n_particles=n,
+            n_steps=k,
+            seed=0,
+            device=device,
+            path_correction=path_correction,
+        )
+
+    t1, t2 = _timed(run(k1), device, repeats), _timed(run(k2), device, repeats)
+    return (t2 - t1) / (k2 - k1)
+
+
+def resampling_times(n: int, d: int, device, repeats=20) -> dict[str, float]:
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(n, d, device=device, generator=gen)
+    log_w = torch.randn(n, device=device, dtype=torch.float64, generator=gen)
+    lw32 = log_w.float()
+
+    def ours():
+        return x[systematic(log_w, generator=gen)]
+
+    def naive():
+        w = torch.softmax(lw32, 0)
+        c = torch.cumsum(w, 0)
+        u = (torch.rand((), device=device, generator=gen) + torch.arange(n, device=device)) / n
+        return x[torch.searchsorted(c, u).clamp_max(n - 1)]
+
+    return {
+        "ours_systematic_gather": _timed(ours, device, repeats),
+        "naive_float32": _timed(naive, device, repeats),
+        "device_copy_same_bytes": _timed(lambda: x.clone(), device, repeats),
+    }
+
+
+def syncs_inside_steps(device) -> int:
+    """Host-device syncs during the steps of one run (finiteness checks off until the end)."""
+    if device.type != "cuda":
+        return 0
+    from smcdiff.engine import run_smc
+    from smcdiff.resampling import policy_from_threshold
+    from smcdiff.steering import DiffusionFK, TiltTerm
+
+    model, reward = make_problem(device)
+    times = smcdiff.time_grid(model.process, 20, "log_snr").tolist()
+    fk = DiffusionFK(
+        model, times, tilt=[TiltTerm("reward", reward)], path_correction=True, device=device
+    )
+    gen = torch.Generator(device=device).manual_seed(0)
+    steps_done = []
+
+    def tick(k):
+        steps_done.append(k)
+        if k == 1:
+            torch.cuda.set_sync_debug_mode("warn")  # count from step 2 on (step 1 warms up)
+        if k == len(times) - 2:
+            torch.cuda.set_sync_debug_mode("default")  # the final check and trace copy sync
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_smc(
+            fk,
+            4096,
+            policy=policy_from_threshold(0.5),
+            generator=gen,
+            check_every=10**9,
+            progress=tick,
+        )
+    torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--sizes", default="1e4,1e6,1e7")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    sizes = [int(float(s)) for s in args.sizes.split(",")]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    res: dict = {"device": name, "torch": torch.__version__, "fk_step_ms": {}, "resampling_ms": {}}
+    for n in sizes:
+        for pc in (False, True):
+            ms = 1e3 * fk_step_time(n, device, pc)
+            res["fk_step_ms"][f"N={n:.0e} path_correction={pc}"] = ms
+            print(
+                f"FK step  N={n:>9,}  path_correction={pc!s:<5}  {ms:9.3f} ms"
+                f"  ({n / ms * 1e3:.3g} particles/s)",
+                flush=True,
+            )
+    n_res = max(sizes)
+    for name_, s in resampling_times(n_res, 32, device).items():
+        res["resampling_ms"][name_] = 1e3 * s
+        print(f"resample N={n_res:,} d=32  {name_:<24} {1e3 * s:8.3f} ms", flush=True)
+    res["syncs_inside_steps"] = syncs_inside_steps(device)
+    print(f"host-device syncs inside 17 FK steps (cuda only): {res['syncs_inside_steps']}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=2)
+    return res
+
+
+if __name__ == "__main__":
+    main()
