@@ -106,18 +106,38 @@ def multinomial(
     return _inverse_cdf(_weights(log_w), _uniform((*log_w.shape[:-1], n), log_w, generator))
 
 
+def _ancestors_from_counts_below(c: torch.Tensor, n: int) -> torch.Tensor:
+    r"""Ancestors for sorted uniforms from :math:`C_i = \#\{k : u_k < F_i\}` ``(..., N)``.
+
+    :math:`A_k = \min\{i : F_i > u_k\} = \min\{i : C_i > k\}`: particle ``i`` fills positions
+    :math:`[C_{i-1}, C_i)`. One scatter of each start position (``amax`` keeps the particle with
+    offspring among those sharing a start) and a running max fill the rest: O(N), no binary search.
+    """
+    c_prev = torch.nn.functional.pad(c[..., :-1], (1, 0))
+    idx = torch.arange(c.shape[-1], device=c.device).expand_as(c)
+    val = torch.where(c > c_prev, idx, -1)
+    out = torch.full((*c.shape[:-1], n + 1), -1, dtype=torch.long, device=c.device)
+    out.scatter_reduce_(-1, c_prev, val, reduce="amax")
+    return out[..., :n].cummax(-1).values
+
+
 def stratified(
     log_w: torch.Tensor, n: int | None = None, *, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     r"""Stratified resampling: :math:`A_k = F^{-1}((k + V_k)/n)`, :math:`V_k \overset{iid}{\sim}
     U[0,1)`, one uniform per stratum :math:`[k/n, (k+1)/n)`.
 
-    ``log_w`` ``(..., N)`` -> sorted ancestors ``(..., n)``.
+    ``log_w`` ``(..., N)`` -> sorted ancestors ``(..., n)``. With :math:`m_i = nF_i`,
+    :math:`j = \lfloor m_i \rfloor`: :math:`C_i = j + [j < n,\ V_j < m_i - j]` uniforms fall
+    below :math:`F_i`, which gives the ancestors without a binary search.
     """
     n = _check(log_w, n)
-    k = torch.arange(n, dtype=torch.float64, device=log_w.device)
-    u = (k + _uniform((*log_w.shape[:-1], n), log_w, generator)) / n
-    return _inverse_cdf(_weights(log_w), u)
+    v = _uniform((*log_w.shape[:-1], n), log_w, generator)
+    m = n * _normalized_cdf(_weights(log_w))
+    j = m.floor().long().clamp_(max=n)
+    v_j = v.gather(-1, j.clamp(max=n - 1))
+    c = j + ((j < n) & (v_j < m - j)).long()
+    return _ancestors_from_counts_below(c, n)
 
 
 def systematic(
@@ -126,12 +146,13 @@ def systematic(
     r"""Systematic resampling: :math:`A_k = F^{-1}((k + V)/n)`, one :math:`V \sim U[0,1)` per group.
 
     ``log_w`` ``(..., N)`` -> sorted ancestors ``(..., n)``. Every offspring count is
-    :math:`\lfloor nW_i \rfloor` or :math:`\lceil nW_i \rceil`.
+    :math:`\lfloor nW_i \rfloor` or :math:`\lceil nW_i \rceil`. :math:`C_i = \lceil nF_i - V \rceil`
+    uniforms fall below :math:`F_i`, which gives the ancestors without a binary search.
     """
     n = _check(log_w, n)
-    k = torch.arange(n, dtype=torch.float64, device=log_w.device)
-    u = (k + _uniform((*log_w.shape[:-1], 1), log_w, generator)) / n
-    return _inverse_cdf(_weights(log_w), u)
+    v = _uniform((*log_w.shape[:-1], 1), log_w, generator)
+    c = torch.ceil(n * _normalized_cdf(_weights(log_w)) - v).long().clamp_(0, n)
+    return _ancestors_from_counts_below(c, n)
 
 
 def residual(

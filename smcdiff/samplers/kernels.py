@@ -15,6 +15,12 @@ From time ``t`` to ``s < t`` (grid runs noise -> data), with :math:`a = \alpha_t
   :math:`\eta = 0` is the deterministic probability-flow (DDIM) step.
 
 ``"ancestral"`` is ``"ddim"`` with :math:`\eta = 1`; ``"ode"`` is ``"ddim"`` with :math:`\eta = 0`.
+
+* ``"ancestral_upper"``: the same (exact) conditional mean :math:`\mathbb E[x_s \mid x_t] = (x_t +
+  v_{t|s} s_t(x_t))/a` with the variance :math:`v_{t|s}/a^2`, the reverse variance under a flat
+  prior (Ho et al.'s :math:`\sigma^2 = \beta` choice, generalised). It bounds the Gaussian reverse
+  variance from above, where the ancestral :math:`v_{t|s}\sigma_s^2/\sigma_t^2` bounds it from
+  below; as a proposal with path correction it keeps importance weights light-tailed.
 Coefficients are Python floats computed once per step in float64 on the host.
 """
 
@@ -35,7 +41,7 @@ __all__ = [
     "shifted_proposal_log_ratio",
 ]
 
-SAMPLERS = ("ancestral", "ode", "ddim", "em")
+SAMPLERS = ("ancestral", "ancestral_upper", "ode", "ddim", "em")
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,10 @@ def reverse_step(
         h = t - s
         g2 = float(process.diffusion_sq(t))
         return ReverseStep(t, s, 1.0 - h * float(process.drift(t)), h * g2, h * g2)
+    if kind == "ancestral_upper":
+        a = float(process.alpha(t)) / float(process.alpha(s))
+        v_ts = float(process.sigma(t)) ** 2 - a * a * float(process.sigma(s)) ** 2
+        return ReverseStep(t, s, 1.0 / a, v_ts / a, v_ts / (a * a))
     if kind in ("ancestral", "ode", "ddim"):
         eta = {"ancestral": 1.0, "ode": 0.0}.get(kind, eta)
         if not 0.0 <= eta <= 1.0:

@@ -41,7 +41,7 @@ def steer(
     proposal: str = "base",
     guidance_scale: float = 1.0,
     path_correction: bool | str = "auto",
-    sampler: str = "ancestral",
+    sampler: str = "auto",
     eta: float = 1.0,
     tilt_schedule: str = "snr",
     grid: str = "log_snr",
@@ -74,7 +74,8 @@ def steer(
     (same final target, lower variance when :math:`\phi(\hat x_0)` is overconfident at high noise);
     FK steering as published is ``tilt_schedule="constant", grid="uniform", path_correction=False``.
     ``grid``: ``"log_snr"`` (default), ``"uniform"`` or ``"edm"`` (see :func:`smcdiff.time_grid`);
-    ``sampler``: ``"ancestral"`` (default), ``"em"``, ``"ddim"`` (with ``eta``) or ``"ode"``.
+    ``sampler``: ``"auto"`` (``"ancestral_upper"`` with path correction, else ``"ancestral"``),
+    ``"ancestral"``, ``"ancestral_upper"``, ``"em"``, ``"ddim"`` (with ``eta``) or ``"ode"``.
     ``p`` is the prior at ``t_min`` (the end of the grid). ``n_runs`` runs independent particle
     systems at once (results get a leading run dimension).
 
@@ -91,8 +92,8 @@ def steer(
         raise SMCDiffError(f"steer: proposal must be 'base' or 'guided', got {proposal!r}")
     if potential not in POTENTIALS:
         raise SMCDiffError(f"steer: potential must be one of {POTENTIALS}, got {potential!r}")
-    if sampler not in SAMPLERS:
-        raise SMCDiffError(f"steer: sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if sampler != "auto" and sampler not in SAMPLERS:
+        raise SMCDiffError(f"steer: sampler must be 'auto' or one of {SAMPLERS}, got {sampler!r}")
     if not (isinstance(beta, int | float) and math.isfinite(beta)):
         raise SMCDiffError(f"steer: beta must be a finite number, got {beta!r}")
     if not 0.0 <= ess_threshold <= 1.0:
@@ -125,6 +126,8 @@ def steer(
         path_correction = method == "fk" and has_log_density(model)
     weighted = method == "fk"
     guided = method == "guidance" or (weighted and proposal == "guided")
+    if sampler == "auto":  # path weights need a proposal at least as wide as the reverse kernel
+        sampler = "ancestral_upper" if path_correction else "ancestral"
 
     times = time_grid(model.process, n_steps, grid, t_min=t_min, t_max=t_max).tolist()
     fk = DiffusionFK(
@@ -167,6 +170,7 @@ def steer(
         "seed": seed,
         "n_steps": n_steps,
         "potential": potential,
+        "tilt_schedule": tilt_schedule,
         "proposal": "guided" if guided else "base",
         "path_correction": bool(path_correction),
         "sampler": sampler,

@@ -151,3 +151,23 @@ def test_get_scheme_accepts_names_and_callables():
 def test_bad_input_raises(log_w, n):
     with pytest.raises(SMCDiffError):
         systematic(log_w, n)
+
+
+@pytest.mark.parametrize("name", ["systematic", "stratified"])
+@pytest.mark.parametrize("n", [1, 7, 64, 300])
+def test_linear_time_ancestors_equal_the_binary_search_inverse_cdf(name, n):
+    """The O(N) scatter + cummax construction returns exactly F^{-1}(u) for the same uniforms."""
+    gen = torch.Generator().manual_seed(n)
+    log_w = torch.randn(5, 64, generator=gen, dtype=torch.float64) * 2
+    log_w[:, ::7] = -math.inf  # zero weights, including runs of them
+    log_w[:, -3:] = -math.inf  # a zero-weight tail
+    seed_gen = torch.Generator().manual_seed(123)
+    got = SCHEMES[name](log_w, n, generator=seed_gen)
+    ref_gen = torch.Generator().manual_seed(123)
+    v_shape = (5, 1) if name == "systematic" else (5, n)
+    v = torch.rand(v_shape, dtype=torch.float64, generator=ref_gen)
+    u = (torch.arange(n, dtype=torch.float64) + v) / n
+    cdf = torch.softmax(log_w, -1).cumsum(-1)
+    cdf = cdf / cdf[:, -1:]
+    ref = torch.searchsorted(cdf, u, right=True).clamp(max=63)
+    assert torch.equal(got, ref)

