@@ -16,6 +16,7 @@ import argparse
 import json
 import statistics
 import time
+import traceback
 import warnings
 
 import torch
@@ -119,8 +120,15 @@ def syncs_inside_steps(device) -> int:
         if k == len(times) - 2:
             torch.cuda.set_sync_debug_mode("default")  # the final check and trace copy sync
 
-    with warnings.catch_warnings(record=True) as caught:
+    stacks: list[str] = []
+
+    def record(message, *args, **kwargs):
+        if "synchroniz" in str(message):
+            stacks.append("".join(traceback.format_stack(limit=8)[:-1]))
+
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
+        warnings.showwarning = record
         run_smc(
             fk,
             4096,
@@ -130,7 +138,9 @@ def syncs_inside_steps(device) -> int:
             progress=tick,
         )
     torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
+    for st in stacks:
+        print("sync inside a step at:\n" + st)
+    return len(stacks)
 
 
 def main(argv=None) -> dict:
