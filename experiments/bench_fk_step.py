@@ -90,7 +90,14 @@ def resampling_times(n: int, d: int, device, repeats=20) -> dict[str, float]:
         u = (torch.rand((), device=device, generator=gen) + torch.arange(n, device=device)) / n
         return x[torch.searchsorted(c, u).clamp_max(n - 1)]
 
+    from smcdiff.resampling.schemes import _normalized_cdf
+    from smcdiff.weights import normalize
+
     return {
+        "stage_softmax_f64": _timed(lambda: normalize(log_w), device, repeats),
+        "stage_cdf_f64": _timed(lambda: _normalized_cdf(normalize(log_w)), device, repeats),
+        "stage_ancestors": _timed(lambda: systematic(log_w, generator=gen), device, repeats),
+        "stage_gather": _timed(lambda: x[torch.arange(n, device=device)], device, repeats),
         "ours_systematic_gather": _timed(ours, device, repeats),
         "naive_float32": _timed(naive, device, repeats),
         "device_copy_same_bytes": _timed(lambda: x.clone(), device, repeats),
@@ -123,8 +130,9 @@ def syncs_inside_steps(device) -> int:
     stacks: list[str] = []
 
     def record(message, *args, **kwargs):
-        if "synchroniz" in str(message):
-            stacks.append("".join(traceback.format_stack(limit=8)[:-1]))
+        stack = traceback.format_stack(limit=8)
+        if "synchroniz" in str(message) and not any("set_sync_debug_mode" in f for f in stack):
+            stacks.append("".join(stack[:-1]))
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -148,6 +156,7 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sizes", default="1e4,1e6,1e7")
     p.add_argument("--out", default=None)
+    p.add_argument("--profile", action="store_true", help="top kernels of 5 FK steps at max N")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     sizes = [int(float(s)) for s in args.sizes.split(",")]
@@ -166,6 +175,13 @@ def main(argv=None) -> dict:
     for name_, s in resampling_times(n_res, 32, device).items():
         res["resampling_ms"][name_] = 1e3 * s
         print(f"resample N={n_res:,} d=32  {name_:<24} {1e3 * s:8.3f} ms", flush=True)
+    if args.profile and device.type == "cuda":
+        model, reward = make_problem(device)
+        kw = dict(reward=reward, n_particles=max(sizes), n_steps=5, seed=0, device=device)
+        smcdiff.steer(model, **kw)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            smcdiff.steer(model, **kw)
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
     res["syncs_inside_steps"] = syncs_inside_steps(device)
     print(f"host-device syncs inside 17 FK steps (cuda only): {res['syncs_inside_steps']}")
     if args.out:

@@ -109,16 +109,12 @@ def multinomial(
 def _ancestors_from_counts_below(c: torch.Tensor, n: int) -> torch.Tensor:
     r"""Ancestors for sorted uniforms from :math:`C_i = \#\{k : u_k < F_i\}` ``(..., N)``.
 
-    :math:`A_k = \min\{i : F_i > u_k\} = \min\{i : C_i > k\}`: particle ``i`` fills positions
-    :math:`[C_{i-1}, C_i)`. One scatter of each start position (``amax`` keeps the particle with
-    offspring among those sharing a start) and a running max fill the rest: O(N), no binary search.
+    :math:`A_k = \min\{i : F_i > u_k\} = \min\{i : C_i > k\} = \#\{i : C_i \le k\}`: a histogram
+    of the :math:`C_i` (one ``scatter_add``) and its prefix sum (one scan). O(N), no binary search.
     """
-    c_prev = torch.nn.functional.pad(c[..., :-1], (1, 0))
-    idx = torch.arange(c.shape[-1], device=c.device).expand_as(c)
-    val = torch.where(c > c_prev, idx, -1)
-    out = torch.full((*c.shape[:-1], n + 1), -1, dtype=torch.long, device=c.device)
-    out.scatter_reduce_(-1, c_prev, val, reduce="amax")
-    return out[..., :n].cummax(-1).values
+    hist = torch.zeros((*c.shape[:-1], n + 1), dtype=torch.int32, device=c.device)
+    hist.scatter_add_(-1, c, torch.ones_like(c, dtype=torch.int32))
+    return hist[..., :n].cumsum(-1, dtype=torch.long)
 
 
 def stratified(
