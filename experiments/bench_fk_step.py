@@ -104,6 +104,20 @@ def resampling_times(n: int, d: int, device, repeats=20) -> dict[str, float]:
     }
 
 
+def gather_variants(n: int, d: int, device, repeats=20) -> dict[str, float]:
+    """Ways to gather rows ``x[idx]`` of an ``(n, d)`` float32 tensor with sorted indices."""
+    x = torch.randn(n, d, device=device)
+    idx = torch.sort(torch.randint(0, n, (n,), device=device)).values
+    wide = x.view(torch.float64) if d % 2 == 0 else x
+    return {
+        "index_select": _timed(lambda: x.index_select(0, idx), device, repeats),
+        "gather_expand": _timed(lambda: x.gather(0, idx[:, None].expand(n, d)), device, repeats),
+        "embedding": _timed(lambda: torch.nn.functional.embedding(idx, x), device, repeats),
+        "index_select_f64_view": _timed(lambda: wide.index_select(0, idx), device, repeats),
+        "index_select_int32_idx": _timed(lambda: x.index_select(0, idx.int()), device, repeats),
+    }
+
+
 def syncs_inside_steps(device) -> int:
     """Host-device syncs during the steps of one run (finiteness checks off until the end)."""
     if device.type != "cuda":
@@ -182,6 +196,9 @@ def main(argv=None) -> dict:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             smcdiff.steer(model, **kw)
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
+    for name_, s in gather_variants(max(sizes), 16, device).items():
+        res["resampling_ms"][f"gather_d16_{name_}"] = 1e3 * s
+        print(f"gather   N={max(sizes):,} d=16  {name_:<24} {1e3 * s:8.3f} ms", flush=True)
     res["syncs_inside_steps"] = syncs_inside_steps(device)
     print(f"host-device syncs inside 17 FK steps (cuda only): {res['syncs_inside_steps']}")
     if args.out:

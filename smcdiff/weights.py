@@ -26,8 +26,12 @@ def log_normalize(log_w: torch.Tensor) -> torch.Tensor:
 
 
 def normalize(log_w: torch.Tensor) -> torch.Tensor:
-    r"""Normalised weights :math:`W_i = w_i / \sum_j w_j` (a softmax), shape ``(..., N)``."""
-    return torch.softmax(log_w, dim=-1)
+    r"""Normalised weights :math:`W_i = w_i / \sum_j w_j` (a softmax), shape ``(..., N)``.
+
+    Written as :math:`\exp(\ell - \mathrm{lse}(\ell))`: ``torch.softmax`` runs one CUDA block per
+    row, 9 ms for one row of 10^7 float64 on an H200, against ~0.1 ms for the reduction.
+    """
+    return torch.exp(log_normalize(log_w))
 
 
 def log_mean_exp(log_w: torch.Tensor, dim: int = -1) -> torch.Tensor:
