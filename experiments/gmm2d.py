@@ -8,7 +8,7 @@ independent runs batched on one device. Writes a table, figures and ArviZ data t
 from __future__ import annotations
 
 import json
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -55,32 +55,22 @@ def run(
         exact = problem.exact.sample(n_particles, generator=gen)
         floor = float(energy_distance(problem.exact.sample(n_particles, generator=gen), exact))
         results = {}
+
+        go = partial(
+            smcdiff.steer,
+            model,
+            **problem.steer_kwargs(),
+            n_steps=n_steps,
+            n_runs=n_runs,
+            device=device,
+        )
         for name, kw in METHODS.items():
-            t0 = time.perf_counter()
-            res = smcdiff.steer(
-                model,
-                **problem.steer_kwargs(),
-                **kw,
-                n_particles=n_particles,
-                n_steps=n_steps,
-                n_runs=n_runs,
-                seed=0,
-                device=device,
-            )
-            wall = (time.perf_counter() - t0) / n_runs
+            res = go(n_particles=n_particles, seed=0, **kw)
             results[name] = res
-            rows.append(_row(problem, name, res, exact, floor, wall))
+            rows.append(_row(problem, name, res, exact, floor, res.info["wall_time_s"] / n_runs))
             bar(f"{problem.name} {name}")
         for n in convergence_ns:  # FK is exact as N grows: errors shrink like 1/sqrt(N)
-            res = smcdiff.steer(
-                model,
-                **problem.steer_kwargs(),
-                n_particles=n,
-                n_steps=n_steps,
-                n_runs=n_runs,
-                seed=1,
-                device=device,
-            )
+            res = go(n_particles=n, seed=1)
             row = _row(problem, f"fk N={n}", res, None, floor, res.info["wall_time_s"] / n_runs)
             row["n_particles"] = n
             rows.append(row)
