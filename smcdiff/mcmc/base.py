@@ -1,0 +1,112 @@
+r"""Shared pieces of the batched MCMC kernels: state, info, gradients, the MH accept/reject.
+
+Every kernel runs N independent chains at once on ``x`` of shape ``(N, d)`` for a target
+:math:`\pi` given by ``log_prob: (N, d) -> (N,)``. Kernels are small objects built from
+``log_prob`` (and their own parameters) with two pure methods::
+
+    state = kernel.init(x, generator)                       # MCMCState
+    state, info = kernel.step(state, step_size, generator)  # step_size: float or (N,) tensor
+
+A proposal whose log-density or gradient is not finite is rejected (the chain stays put) and
+counted in ``info.n_nonfinite``; nothing in a step syncs with the host or branches on values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
+
+import torch
+
+__all__ = ["Kernel", "LogProb", "MCMCState", "StepInfo", "value_and_grad"]
+
+LogProb = Callable[[torch.Tensor], torch.Tensor]
+"""``log_prob(x (N, d)) -> (N,)``: an unnormalised log-density, differentiable in ``x``."""
+
+
+class MCMCState(NamedTuple):
+    """Per-chain state: ``x`` ``(N, d)``, ``log_prob`` ``(N,)``, ``grad`` ``(N, d)`` (of log_prob
+    at ``x``, reused by the next step), ``velocity`` ``(N, d)`` for kinetic kernels kept across
+    steps (underdamped Langevin), else ``None``."""
+
+    x: torch.Tensor
+    log_prob: torch.Tensor
+    grad: torch.Tensor
+    velocity: torch.Tensor | None = None
+
+
+class StepInfo(NamedTuple):
+    """``accept_prob`` ``(N,)``: the MH acceptance probability :math:`\\min(1, e^{\\log\\alpha})`
+    (1 for unadjusted kernels, 0 for non-finite proposals); ``accepted`` ``(N,)`` bool;
+    ``n_nonfinite``: scalar long tensor, the number of rejected non-finite proposals."""
+
+    accept_prob: torch.Tensor
+    accepted: torch.Tensor
+    n_nonfinite: torch.Tensor
+
+
+class Kernel(Protocol):
+    """A batched MCMC kernel; ``default_target_accept`` is the acceptance rate step-size
+    adaptation aims at (``None``: the kernel is not adapted by default)."""
+
+    default_target_accept: float | None
+
+    def init(self, x: torch.Tensor, generator: torch.Generator | None = None) -> MCMCState: ...
+
+    def step(
+        self, state: MCMCState, step_size: float | torch.Tensor, generator: torch.Generator
+    ) -> tuple[MCMCState, StepInfo]: ...
+
+
+def value_and_grad(log_prob: LogProb, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log_prob(x) (N,), ∇_x log_prob(x) (N, d))``, both detached; works under ``no_grad``.
+    Rows are independent, so the gradient of the sum is the per-row gradient."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        lp = log_prob(x)
+        (grad,) = torch.autograd.grad(lp.sum(), x, allow_unused=True)
+    if grad is None:  # log_prob does not depend on x
+        grad = torch.zeros_like(x)
+    return lp.detach(), grad.detach()
+
+
+def chain_step_size(step_size: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A float or ``(N,)`` step size as a ``(N or 1, 1)`` tensor broadcasting against ``x``."""
+    return torch.as_tensor(step_size, dtype=x.dtype, device=x.device).reshape(-1, 1)
+
+
+def finite_rows(log_prob: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` bool: chains whose log-density and gradient are both finite."""
+    return torch.isfinite(log_prob) & torch.isfinite(grad).all(dim=-1)
+
+
+def metropolis(
+    current: MCMCState,
+    proposal: MCMCState,
+    log_alpha: torch.Tensor,
+    generator: torch.Generator,
+) -> tuple[MCMCState, StepInfo]:
+    r"""Accept ``proposal`` per chain with probability :math:`\min(1, e^{\log\alpha})`.
+
+    Non-finite proposals (log-density, gradient or ``log_alpha``) get :math:`\alpha = 0`.
+    Draws one :math:`\log u`, :math:`u \sim U(0, 1)`, per chain and accepts where
+    :math:`\log u < \log\alpha`.
+    """
+    ok = finite_rows(proposal.log_prob, proposal.grad) & ~torch.isnan(log_alpha)
+    log_alpha = torch.where(ok, log_alpha, torch.full_like(log_alpha, -torch.inf))
+    n = log_alpha.shape[0]
+    u = torch.rand(n, generator=generator, dtype=log_alpha.dtype, device=log_alpha.device)
+    accepted = torch.log(u) < log_alpha
+    info = StepInfo(torch.exp(log_alpha.clamp(max=0.0)), accepted, (~ok).sum())
+    return select(accepted, proposal, current), info
+
+
+def select(mask: torch.Tensor, a: MCMCState, b: MCMCState) -> MCMCState:
+    """Per chain: ``a`` where ``mask`` ``(N,)`` is set, else ``b`` (a ``torch.where`` per field)."""
+    col = mask.unsqueeze(-1)
+    return MCMCState(
+        torch.where(col, a.x, b.x),
+        torch.where(mask, a.log_prob, b.log_prob),
+        torch.where(col, a.grad, b.grad),
+        None if a.velocity is None else torch.where(col, a.velocity, b.velocity),
+    )

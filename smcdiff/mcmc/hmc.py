@@ -1,0 +1,67 @@
+r"""Hamiltonian Monte Carlo with a leapfrog integrator and an identity or diagonal mass."""
+
+from __future__ import annotations
+
+import torch
+
+from smcdiff.errors import SMCDiffError
+from smcdiff.mcmc.base import (
+    LogProb,
+    MCMCState,
+    StepInfo,
+    chain_step_size,
+    metropolis,
+    value_and_grad,
+)
+
+__all__ = ["HMC"]
+
+
+class HMC:
+    r"""HMC: draw :math:`p \sim N(0, M)`, take ``n_leapfrog`` = L leapfrog steps of size h
+
+    .. math:: p \mathrel{+}= \tfrac h2 g(x);\quad x \mathrel{+}= h M^{-1} p;\quad
+        p \mathrel{+}= \tfrac h2 g(x)
+
+    (inner half-kicks merged; L gradients per step) and accept with
+    :math:`\log\alpha = H(x, p) - H(x', p')`, :math:`H = -\log\pi(x) + \tfrac12 p^\top M^{-1} p`.
+
+    ``inv_mass``: the diagonal of :math:`M^{-1}`, shape ``(d,)``, or ``None`` for the identity.
+    """
+
+    default_target_accept: float | None = 0.65
+
+    def __init__(
+        self, log_prob: LogProb, n_leapfrog: int = 10, inv_mass: torch.Tensor | None = None
+    ):
+        if isinstance(n_leapfrog, bool) or not isinstance(n_leapfrog, int) or n_leapfrog < 1:
+            raise SMCDiffError(f"HMC: n_leapfrog must be an int >= 1, got {n_leapfrog!r}")
+        if inv_mass is not None and not bool((torch.as_tensor(inv_mass) > 0).all()):
+            raise SMCDiffError("HMC: inv_mass (diagonal of the inverse mass) must be positive")
+        self.log_prob = log_prob
+        self.n_leapfrog = n_leapfrog
+        self.inv_mass = inv_mass
+
+    def init(self, x: torch.Tensor, generator: torch.Generator | None = None) -> MCMCState:
+        return MCMCState(x, *value_and_grad(self.log_prob, x))
+
+    def step(
+        self, state: MCMCState, step_size: float | torch.Tensor, generator: torch.Generator
+    ) -> tuple[MCMCState, StepInfo]:
+        x, lp, g = state.x, state.log_prob, state.grad
+        h = chain_step_size(step_size, x)
+        inv_m = (
+            torch.ones((), dtype=x.dtype, device=x.device)
+            if self.inv_mass is None
+            else torch.as_tensor(self.inv_mass, dtype=x.dtype, device=x.device)
+        )
+        p = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        p = p / inv_m.sqrt()
+        h0 = -lp + 0.5 * (inv_m * p * p).sum(-1)
+        p = p + 0.5 * h * g
+        for i in range(self.n_leapfrog):
+            x = x + h * inv_m * p
+            lp, g = value_and_grad(self.log_prob, x)
+            p = p + (h if i < self.n_leapfrog - 1 else 0.5 * h) * g
+        h1 = -lp + 0.5 * (inv_m * p * p).sum(-1)
+        return metropolis(state, MCMCState(x, lp, g), h0 - h1, generator)
