@@ -41,6 +41,10 @@ class FeynmanKacModel(Protocol):
     returns :math:`\log G_k(x_{k-1}, x_k)`. The engine targets
     :math:`\pi_k \propto M_0 \prod_{j \le k} G_j M_j` and estimates its normaliser.
     ``times[k]`` is the (diffusion) time of step k, used by policies and the trace.
+
+    Optional: ``refresh(k, state) -> (state, nfe)`` recomputes what the state caches about ``x``
+    (scores, densities, tilts) after an MCMC corrector moved the particles; the engine calls it
+    after every corrector move.
     """
 
     n_steps: int

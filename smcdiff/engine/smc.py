@@ -132,15 +132,19 @@ def run_smc(
         guard.record_checks(k, out.checks, log_g, log_w)
         log_w = log_normalize(log_w)
         state = out.state
+        nfe = out.nfe
         if corrector is not None:
             state, info = corrector(k, state, generator)
             for name, v in info.items():
                 corr.setdefault(name, {})[k] = v
+            if callable(getattr(model, "refresh", None)):
+                state, extra = model.refresh(k, state)
+                nfe += extra
 
         rec["ess"].append(ess_fn(log_w))
         rec["log_z_increment"].append(inc)
         rec["resampled"].append(mask)
-        rec["nfe"].append(out.nfe)
+        rec["nfe"].append(nfe)
         rec["n_grad"].append(out.n_grad)
         if k % check_every == 0 or k == K:
             guard.raise_if_bad(partial)

@@ -154,6 +154,35 @@ class DiffusionFK:
         out["score"] = score.detach()
         return out, checks, int(need_grad)
 
+    def log_target(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        r"""Log of the step-k target :math:`\gamma_k(x) = \log p_{t_k}(x) + \lambda_k
+        \phi(\hat x_0(x))` (:math:`\phi(x)` at the last step), up to a constant; ``(N, d) -> (N,)``,
+        differentiable in ``x``. This is what an MCMC corrector at step k must leave invariant
+        (needs a prior with ``log_density``), e.g.
+        ``run_smc(fk, n, corrector=mcmc_corrector("mala", fk.log_target))``."""
+        if not has_log_density(self.model):
+            raise SMCDiffError("log_target needs a prior with log_density")
+        t, last = self.times[k], k == self.n_steps
+        score, logp = self.model.score_and_log_density(x, t)
+        if not self.tilt:
+            return logp.double()
+        a, s = self._alpha_sigma[k]
+        x0 = x if last else tweedie_x0(x, score, a, s)
+        lam = 1.0 if last else self.lam[k]
+        return logp.double() + sum(lam * term.scale * term.fn(x0).double() for term in self.tilt)
+
+    def refresh(self, k: int, state: ParticleState) -> tuple[ParticleState, int]:
+        """Re-evaluate the cached score, density and tilt at ``state["x"]`` after a corrector
+        move (1 NFE). Only per-state potentials are consistent with moves: ``difference`` and
+        ``final`` (``max`` and ``sum`` are path functionals)."""
+        if self.potential in ("max", "sum"):
+            raise SMCDiffError(
+                f"potential={self.potential!r} depends on the whole path; MCMC correctors need "
+                "a per-state potential ('difference' or 'final')"
+            )
+        ev, _, _ = self._evaluate(state["x"], k, self.guided and k < self.n_steps)
+        return {**state, **ev}, 1
+
     def init(self, n: int, generator: torch.Generator) -> StepOutput:
         x = self.ref_std * torch.randn(
             n, self.dim, generator=generator, device=self.device, dtype=self.dtype

@@ -113,6 +113,11 @@ def steer(
             "steer: model must have .process, .dim and .score(x, t) (see smcdiff.ScoreModel)"
         )
     get_scheme(resampling)  # fail early on an unknown scheme name
+    if corrector is not None and potential in ("max", "sum"):
+        raise SMCDiffError(
+            f"steer: potential={potential!r} depends on the whole path; a corrector needs a "
+            "per-state potential ('difference' or 'final')"
+        )
 
     model_device = getattr(model, "device", None)
     device = torch.device(device if device is not None else (model_device or "cpu"))
