@@ -12,6 +12,7 @@ from smcdiff.processes import VE, VP, Flow, NoiseProcess, time_grid
 from smcdiff.result import SMCResult
 from smcdiff.scores import ScoreModel, exact_score
 from smcdiff.steering import steer
+from smcdiff.target import Target, as_target
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,8 @@ __all__ = [
     "SMCResult",
     "ScoreModel",
     "StepOutput",
+    "Target",
+    "as_target",
     "exact_score",
     "run_smc",
     "steer",

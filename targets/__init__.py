@@ -4,6 +4,7 @@ The repository folder is ``targets/`` but the import name is ``smcdiff_targets``
 smcdiff never shadows a generic top-level ``targets`` package in a user's environment.
 """
 
+from smcdiff_targets.energy import MW5, Funnel, Gmm40Fab, ManyWell, load_gmm40_fab_means
 from smcdiff_targets.steering_toys import (
     SteeringProblem,
     gmm2d_likelihood_problem,
@@ -13,9 +14,14 @@ from smcdiff_targets.steering_toys import (
 )
 
 __all__ = [
+    "MW5",
+    "Funnel",
+    "Gmm40Fab",
+    "ManyWell",
     "SteeringProblem",
     "gmm2d_likelihood_problem",
     "gmm2d_prior",
     "gmm2d_reward_problem",
     "linear_gaussian_problem",
+    "load_gmm40_fab_means",
 ]
