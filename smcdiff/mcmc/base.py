@@ -18,7 +18,7 @@ from typing import NamedTuple, Protocol
 
 import torch
 
-__all__ = ["Kernel", "LogProb", "MCMCState", "StepInfo", "value_and_grad"]
+__all__ = ["GradientKernel", "Kernel", "LogProb", "MCMCState", "StepInfo", "value_and_grad"]
 
 LogProb = Callable[[torch.Tensor], torch.Tensor]
 """``log_prob(x (N, d)) -> (N,)``: an unnormalised log-density, differentiable in ``x``."""
@@ -110,3 +110,14 @@ def select(mask: torch.Tensor, a: MCMCState, b: MCMCState) -> MCMCState:
         torch.where(col, a.grad, b.grad),
         None if a.velocity is None else torch.where(col, a.velocity, b.velocity),
     )
+
+
+class GradientKernel:
+    """Shared base of the gradient-based kernels: holds ``log_prob`` and starts a chain at
+    ``x`` with its log density and gradient (one evaluation)."""
+
+    def __init__(self, log_prob: LogProb):
+        self.log_prob = log_prob
+
+    def init(self, x: torch.Tensor, generator: torch.Generator | None = None) -> MCMCState:
+        return MCMCState(x, *value_and_grad(self.log_prob, x))

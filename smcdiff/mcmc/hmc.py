@@ -6,6 +6,7 @@ import torch
 
 from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.base import (
+    GradientKernel,
     LogProb,
     MCMCState,
     StepInfo,
@@ -17,7 +18,7 @@ from smcdiff.mcmc.base import (
 __all__ = ["HMC"]
 
 
-class HMC:
+class HMC(GradientKernel):
     r"""HMC: draw :math:`p \sim N(0, M)`, take ``n_leapfrog`` = L leapfrog steps of size h
 
     .. math:: p \mathrel{+}= \tfrac h2 g(x);\quad x \mathrel{+}= h M^{-1} p;\quad
@@ -38,12 +39,9 @@ class HMC:
             raise SMCDiffError(f"HMC: n_leapfrog must be an int >= 1, got {n_leapfrog!r}")
         if inv_mass is not None and not bool((torch.as_tensor(inv_mass) > 0).all()):
             raise SMCDiffError("HMC: inv_mass (diagonal of the inverse mass) must be positive")
-        self.log_prob = log_prob
+        super().__init__(log_prob)
         self.n_leapfrog = n_leapfrog
         self.inv_mass = inv_mass
-
-    def init(self, x: torch.Tensor, generator: torch.Generator | None = None) -> MCMCState:
-        return MCMCState(x, *value_and_grad(self.log_prob, x))
 
     def step(
         self, state: MCMCState, step_size: float | torch.Tensor, generator: torch.Generator

@@ -13,6 +13,7 @@ import torch
 
 from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.base import (
+    GradientKernel,
     LogProb,
     MCMCState,
     StepInfo,
@@ -26,13 +27,7 @@ from smcdiff.mcmc.base import (
 __all__ = ["MALA", "ULA", "UnderdampedLangevin"]
 
 
-class _Overdamped:
-    def __init__(self, log_prob: LogProb):
-        self.log_prob = log_prob
-
-    def init(self, x: torch.Tensor, generator: torch.Generator | None = None) -> MCMCState:
-        return MCMCState(x, *value_and_grad(self.log_prob, x))
-
+class _Overdamped(GradientKernel):
     def _propose(self, state: MCMCState, h: torch.Tensor, generator: torch.Generator) -> MCMCState:
         x = state.x
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
@@ -76,7 +71,7 @@ class MALA(_Overdamped):
         return metropolis(state, prop, log_alpha, generator)
 
 
-class UnderdampedLangevin:
+class UnderdampedLangevin(GradientKernel):
     r"""Underdamped Langevin :math:`dx = v\,dt,\ dv = g(x)\,dt - \gamma v\,dt + \sqrt{2\gamma}\,dW`
     (unit mass) discretised by BAOAB (Leimkuhler & Matthews 2013), unadjusted:
 
@@ -94,7 +89,7 @@ class UnderdampedLangevin:
     def __init__(self, log_prob: LogProb, friction: float = 1.0):
         if not (math.isfinite(friction) and friction > 0):
             raise SMCDiffError(f"UnderdampedLangevin: friction must be > 0, got {friction}")
-        self.log_prob = log_prob
+        super().__init__(log_prob)
         self.friction = friction
 
     def init(self, x: torch.Tensor, generator: torch.Generator | None = None) -> MCMCState:

@@ -9,6 +9,7 @@ import torch
 
 from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.base import (
+    GradientKernel,
     LogProb,
     MCMCState,
     StepInfo,
@@ -20,7 +21,7 @@ from smcdiff.mcmc.base import (
 __all__ = ["PCNL"]
 
 
-class PCNL:
+class PCNL(GradientKernel):
     r"""pCNL for :math:`\log\pi(x) = \log N(x; 0, C) + \Phi(x)` with :math:`C` a scalar or
     diagonal ``prior_var`` (``float`` or ``(d,)``); ``log_prob`` is the full :math:`\log\pi`
     and :math:`\Phi(x) = \log\pi(x) + \tfrac12 x^\top C^{-1} x` (up to a constant),
@@ -46,11 +47,8 @@ class PCNL:
     def __init__(self, log_prob: LogProb, prior_var: float | torch.Tensor = 1.0):
         if not bool((torch.as_tensor(prior_var) > 0).all()):
             raise SMCDiffError("PCNL: prior_var (the prior covariance C) must be positive")
-        self.log_prob = log_prob
+        super().__init__(log_prob)
         self.prior_var = prior_var
-
-    def init(self, x: torch.Tensor, generator: torch.Generator | None = None) -> MCMCState:
-        return MCMCState(x, *value_and_grad(self.log_prob, x))
 
     def step(
         self, state: MCMCState, step_size: float | torch.Tensor, generator: torch.Generator
