@@ -22,7 +22,9 @@ class StepOutput:
     ``log_potential``: :math:`\log G_k`, shape ``(G*N,)``; ``-inf`` is a legal zero weight;
     ``checks``: quantity name -> boolean mask ``(G*N,)`` of particles where that quantity is invalid
     (NaN, wrong infinity); the engine reports the first non-empty one with its step;
-    ``nfe`` / ``n_grad``: network (score) evaluations and gradient (backward) evaluations spent.
+    ``nfe`` / ``n_grad``: network (score) evaluations and gradient (backward) evaluations spent;
+    ``info``: per-step summaries (scalar or ``(G,)`` tensors, e.g. a temperature or an acceptance
+    rate) that the engine stores in the trace under their names.
     """
 
     state: ParticleState
@@ -30,6 +32,7 @@ class StepOutput:
     checks: dict[str, torch.Tensor] = field(default_factory=dict)
     nfe: int = 0
     n_grad: int = 0
+    info: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -45,6 +48,13 @@ class FeynmanKacModel(Protocol):
     Optional: ``refresh(k, state) -> (state, nfe)`` recomputes what the state caches about ``x``
     (scores, densities, tilts) after an MCMC corrector moved the particles; the engine calls it
     after every corrector move.
+
+    Optional: ``uses_weights = True`` makes the engine call ``step(k, state, generator,
+    log_weights=log_w)`` with the normalised log-weights ``(G, N)`` (float64) that the step starts
+    from (after the resampling decision) — for moves that adapt to the weighted population (drift
+    control, adaptive tempering). ``done(k, state) -> bool tensor`` (a 0-d tensor) lets a model end
+    the run before ``n_steps`` (then ``n_steps`` is a maximum); the engine reads it after each step
+    (one host-device sync per step, only for models that define it).
     """
 
     n_steps: int

@@ -71,7 +71,8 @@ def run_smc(
 
     The trace holds, per step k = 0..K: ``t``; ``ess`` ``(K+1, G)`` after reweighting;
     ``log_z_increment`` ``(K+1, G)``; ``resampled`` ``(K+1, G)`` (decided at the start of step k);
-    ``nfe`` and ``n_grad`` ``(K+1,)``; and any corrector info.
+    ``nfe`` and ``n_grad`` ``(K+1,)``; and any model or corrector info (NaN at steps without it).
+    A model with ``done(k, state)`` may stop early: then K is the last step run.
     """
     check_n_particles(n_particles)
     if n_groups < 1:
@@ -116,6 +117,9 @@ def run_smc(
         return SMCRun(st, lw, lz, _finish_trace(rec, corr, model.times, k), G, N, k)
 
     ticker = _progress(progress, K)
+    uses_weights = bool(getattr(model, "uses_weights", False))
+    done = getattr(model, "done", None)
+    _record_info(corr, 0, out.info)
     for k in range(1, K + 1):
         t_prev = model.times[k - 1]
         mask = policy(log_w, k, t_prev)  # (G,) bool on device
@@ -124,7 +128,10 @@ def run_smc(
         state = {name: v.index_select(0, flat) for name, v in state.items()}
         log_w = torch.where(mask.unsqueeze(1), torch.full_like(log_w, -math.log(N)), log_w)
 
-        out = model.step(k, state, generator)
+        if uses_weights:
+            out = model.step(k, state, generator, log_weights=log_w)
+        else:
+            out = model.step(k, state, generator)
         log_g = out.log_potential.reshape(G, N).double()
         log_w = log_w + log_g
         inc = torch.logsumexp(log_w, dim=-1)
@@ -133,10 +140,10 @@ def run_smc(
         log_w = log_normalize(log_w)
         state = out.state
         nfe = out.nfe
+        _record_info(corr, k, out.info)
         if corrector is not None:
             state, info = corrector(k, state, generator)
-            for name, v in info.items():
-                corr.setdefault(name, {})[k] = v
+            _record_info(corr, k, info)
             if callable(getattr(model, "refresh", None)):
                 state, extra = model.refresh(k, state)
                 nfe += extra
@@ -150,8 +157,16 @@ def run_smc(
             guard.raise_if_bad(partial)
             last_good = (state, log_w, log_z, k)
         ticker(k)
+        if done is not None and k < K and bool(done(k, state)):
+            K = k
+            break
     guard.raise_if_bad(partial)
     return SMCRun(state, log_w, log_z, _finish_trace(rec, corr, model.times, K), G, N, K)
+
+
+def _record_info(store: dict[str, dict[int, torch.Tensor]], k: int, info: dict) -> None:
+    for name, v in info.items():
+        store.setdefault(name, {})[k] = v
 
 
 def _finish_trace(
