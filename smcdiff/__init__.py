@@ -1,11 +1,13 @@
 """smcdiff: Sequential Monte Carlo steering of diffusion processes, on GPU.
 
-Front door: :func:`steer` (tilt a diffusion prior by a reward or a likelihood), the noise
+Front doors: :func:`sample` (energy-defined targets: tempered SMC, diffusion-path SMC, MCMC) and
+:func:`steer` (tilt a diffusion prior by a reward or a likelihood); the noise
 processes :class:`VP`, :class:`VE`, :class:`Flow`, closed-form priors :class:`GaussianMixture` with
 :func:`exact_score`, and :class:`SMCResult`. Everything else is importable from the subpackages.
 """
 
 from smcdiff.distributions import Gaussian, GaussianMixture
+from smcdiff.energy import sample
 from smcdiff.engine import FeynmanKacModel, StepOutput, run_smc
 from smcdiff.errors import DegenerateWeightsError, NonFiniteError, SMCDiffError
 from smcdiff.processes import VE, VP, Flow, NoiseProcess, time_grid
@@ -34,6 +36,7 @@ __all__ = [
     "as_target",
     "exact_score",
     "run_smc",
+    "sample",
     "steer",
     "time_grid",
 ]

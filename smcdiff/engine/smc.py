@@ -59,6 +59,7 @@ def run_smc(
     resampling: str | Callable = "systematic",
     policy: Callable | None = None,
     corrector: Corrector | None = None,
+    init_corrector: Corrector | None = None,
     generator: torch.Generator | None = None,
     check_every: int | None = None,
     progress: bool | Callable[[int], None] = False,
@@ -66,6 +67,9 @@ def run_smc(
     r"""Run ``model`` with ``n_groups`` independent systems of ``n_particles`` particles.
 
     ``policy(log_w (G,N), k, t) -> (G,)`` bool decides when to resample (default: always);
+    ``init_corrector(0, state, generator)``: MCMC moves invariant for the step-0 target
+    :math:`M_0 G_0`, applied after step 0's reweighting and a resampling decision by ``policy``
+    (e.g. pCNL or MALA moves that start the particles from a tilted prior);
     ``check_every`` steps between finiteness checks (each one host-device sync); default 1 on CPU
     and 32 elsewhere; a final check always runs.
 
@@ -112,9 +116,30 @@ def run_smc(
     corr: dict[str, dict[int, torch.Tensor]] = {}
     last_good = (state, log_w, log_z, 0)
 
+    def resample(
+        mask: torch.Tensor, state: ParticleState, log_w: torch.Tensor
+    ) -> tuple[ParticleState, torch.Tensor]:
+        """Resample the groups where ``mask`` is set; their weights become uniform."""
+        ancestors = torch.where(mask.unsqueeze(1), scheme(log_w, generator=generator), identity)
+        flat = (ancestors + offsets).reshape(-1)
+        state = {name: v.index_select(0, flat) for name, v in state.items()}
+        log_w = torch.where(mask.unsqueeze(1), torch.full_like(log_w, -math.log(N)), log_w)
+        return state, log_w
+
     def partial() -> SMCRun:
         st, lw, lz, k = last_good
         return SMCRun(st, lw, lz, _finish_trace(rec, corr, model.times, k), G, N, k)
+
+    if init_corrector is not None:
+        mask = policy(log_w, 0, model.times[0])
+        state, log_w = resample(mask, state, log_w)
+        state, info = init_corrector(0, state, generator)
+        _record_info(corr, 0, info)
+        if callable(getattr(model, "refresh", None)):
+            state, extra = model.refresh(0, state)
+            rec["nfe"][0] += extra
+        rec["resampled"][0] = mask
+        last_good = (state, log_w, log_z, 0)
 
     ticker = _progress(progress, K)
     uses_weights = bool(getattr(model, "uses_weights", False))
@@ -123,10 +148,7 @@ def run_smc(
     for k in range(1, K + 1):
         t_prev = model.times[k - 1]
         mask = policy(log_w, k, t_prev)  # (G,) bool on device
-        ancestors = torch.where(mask.unsqueeze(1), scheme(log_w, generator=generator), identity)
-        flat = (ancestors + offsets).reshape(-1)
-        state = {name: v.index_select(0, flat) for name, v in state.items()}
-        log_w = torch.where(mask.unsqueeze(1), torch.full_like(log_w, -math.log(N)), log_w)
+        state, log_w = resample(mask, state, log_w)
 
         if uses_weights:
             out = model.step(k, state, generator, log_weights=log_w)
@@ -182,8 +204,9 @@ def _finish_trace(
         else:
             trace[name] = torch.stack(vals).cpu()
     for name, by_step in corr.items():
-        first = torch.as_tensor(next(iter(by_step.values()))).double().cpu()
-        col = torch.full((k + 1, *first.shape), float("nan"), dtype=torch.float64)
+        vals = [torch.as_tensor(v) for v in by_step.values()]
+        shape = max((v.shape for v in vals), key=lambda s: math.prod(s))  # scalars broadcast
+        col = torch.full((k + 1, *shape), float("nan"), dtype=torch.float64)
         for j, v in by_step.items():
             if j <= k:
                 col[j] = torch.as_tensor(v).double().cpu()

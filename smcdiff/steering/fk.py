@@ -156,14 +156,22 @@ class DiffusionFK:
 
     def log_target(self, k: int, x: torch.Tensor) -> torch.Tensor:
         r"""Log of the step-k target :math:`\gamma_k(x) = \log p_{t_k}(x) + \lambda_k
-        \phi(\hat x_0(x))` (:math:`\phi(x)` at the last step), up to a constant; ``(N, d) -> (N,)``,
+        \phi(\hat x_0(x))` (:math:`\phi(x)` at the last step), up to a constant (at step 0 without path
+        correction, :math:`\log\mathcal N(x; 0, \sigma_{ref}^2 I)` replaces :math:`\log p_{t_K}`); ``(N, d) -> (N,)``,
         differentiable in ``x``. This is what an MCMC corrector at step k must leave invariant
         (needs a prior with ``log_density``), e.g.
         ``run_smc(fk, n, corrector=mcmc_corrector("mala", fk.log_target))``."""
-        if not has_log_density(self.model):
-            raise SMCDiffError("log_target needs a prior with log_density")
         t, last = self.times[k], k == self.n_steps
-        score, logp = self.model.score_and_log_density(x, t)
+        if self.path:
+            score, logp = self.model.score_and_log_density(x, t)
+        elif k == 0:  # the start law is the reference Gaussian, whatever the prior
+            score = self.model.score(x, t)
+            logp = gaussian_log_prob(x, torch.zeros_like(x), self.ref_std**2)
+        else:
+            raise SMCDiffError(
+                "log_target at step k > 0 needs path_correction (a prior with log_density): "
+                "without it the step-k target is the sampler's own marginal, which has no formula"
+            )
         if not self.tilt:
             return logp.double()
         a, s = self._alpha_sigma[k]

@@ -10,6 +10,8 @@ import torch
 
 from smcdiff.engine.smc import Corrector, run_smc
 from smcdiff.errors import SMCDiffError, check_n_particles
+from smcdiff.mcmc.corrector import mcmc_corrector
+from smcdiff.mcmc.runner import check_int
 from smcdiff.processes.grids import time_grid
 from smcdiff.resampling import get_scheme
 from smcdiff.resampling.policies import Never, policy_from_threshold
@@ -19,9 +21,10 @@ from smcdiff.scores.base import ScoreModel, has_log_density
 from smcdiff.steering.fk import DiffusionFK, TiltTerm
 from smcdiff.steering.potentials import POTENTIALS
 
-__all__ = ["METHODS", "steer"]
+__all__ = ["INITS", "METHODS", "steer"]
 
-METHODS = ("fk", "guidance", "none")
+METHODS = ("fk", "tds", "guidance", "none")
+INITS = ("prior", "pcnl", "mala")
 
 
 def steer(
@@ -43,12 +46,15 @@ def steer(
     path_correction: bool | str = "auto",
     sampler: str = "auto",
     eta: float = 1.0,
-    tilt_schedule: str = "snr",
+    tilt_schedule: str | None = None,
     grid: str = "log_snr",
     t_min: float | None = None,
     t_max: float | None = None,
     n_runs: int | None = None,
     corrector: Corrector | None = None,
+    init: str = "prior",
+    init_moves: int = 20,
+    init_step_size: float | None = None,
     dtype: torch.dtype | None = None,
     check_every: int | None = None,
     progress: bool = False,
@@ -65,22 +71,37 @@ def steer(
       final``) on the intermediate tilt :math:`\phi(\hat x_0(x_t))`, resampling when the ESS falls
       below ``ess_threshold * N`` (0: never, 1: every step); ``proposal="guided"`` shifts each step
       by the gradient of the intermediate tilt and corrects the weights exactly;
+    * ``"tds"``: the twisted diffusion sampler (Wu et al. 2023): FK steering with the twisted
+      proposal (``proposal="guided"``), ``potential="difference"`` and, unless given,
+      ``tilt_schedule="constant"``: twist :math:`\tilde p_k(x) = e^{\phi(\hat x_0(x_k))}`, proposal
+      mean shifted by :math:`c_s \nabla\log\tilde p_k`, weight :math:`p(x_{k-1}\mid x_k)\,\tilde
+      p_{k-1}(x_{k-1}) / (\tilde p_k(x_k)\, q(x_{k-1}\mid x_k))` and the exact final correction
+      :math:`e^{\phi(x_0)}/\tilde p_0(x_0)`; needs a differentiable reward / likelihood;
     * ``"guidance"``: the same gradient shift without weights (DPS-style baseline, biased);
     * ``"none"``: the untilted sampler.
 
     ``path_correction`` (``"auto"``: on when ``model`` has ``log_density``) also weights out the
     discretisation error of the sampler, so that the target is exact for any ``n_steps``.
-    ``tilt_schedule="snr"`` scales the intermediate tilt by :math:`\alpha_t^2/(\alpha_t^2+\sigma_t^2)`
+    ``tilt_schedule`` (default ``"snr"``; ``"constant"`` for ``"tds"``): ``"snr"`` scales the intermediate tilt by :math:`\alpha_t^2/(\alpha_t^2+\sigma_t^2)`
     (same final target, lower variance when :math:`\phi(\hat x_0)` is overconfident at high noise);
     FK steering as published is ``tilt_schedule="constant", grid="uniform", path_correction=False``.
     ``grid``: ``"log_snr"`` (default), ``"uniform"`` or ``"edm"`` (see :func:`smcdiff.time_grid`);
     ``sampler``: ``"auto"`` (``"ancestral_upper"`` with path correction, else ``"ancestral"``),
     ``"ancestral"``, ``"ancestral_upper"``, ``"em"``, ``"ddim"`` (with ``eta``) or ``"ode"``.
+    ``init``: ``"prior"`` (particles from :math:`\mathcal N(0, \sigma_{ref}^2 I)`) or ``"pcnl"`` /
+    ``"mala"``: after step 0's weighting and resampling, ``init_moves`` MCMC moves (adapted step,
+    initial ``init_step_size``) invariant for the step-0 target :math:`p_{t_{max}}(x)\,
+    e^{\lambda_0\phi(\hat x_0(x))}` (reference Gaussian in place of :math:`p_{t_{max}}` without
+    path correction), so the particles start from the tilted prior; needs a differentiable tilt.
     ``p`` is the prior at ``t_min`` (the end of the grid). ``n_runs`` runs independent particle
     systems at once (results get a leading run dimension).
 
     Returns an :class:`SMCResult` whose ``log_z`` estimates :math:`\log\mathbb E_p[e^{\beta r}\, p(y\mid x)]`.
     """
+    if tilt_schedule is None:
+        tilt_schedule = "constant" if method == "tds" else "snr"
+    if init not in INITS:
+        raise SMCDiffError(f"steer: init must be one of {INITS}, got {init!r}")
     if method not in METHODS:
         raise SMCDiffError(f"steer: method must be one of {METHODS}, got {method!r}")
     check_n_particles(n_particles)
@@ -128,8 +149,15 @@ def steer(
         )
     dtype = dtype or getattr(model, "dtype", None) or torch.float32
     if path_correction == "auto":
-        path_correction = method == "fk" and has_log_density(model)
-    weighted = method == "fk"
+        path_correction = weighted_method(method) and has_log_density(model)
+    if method == "tds":
+        if proposal != "base" or potential != "difference":
+            raise SMCDiffError(
+                "steer: method='tds' fixes proposal='guided' and potential='difference'; "
+                "use method='fk' to combine other settings"
+            )
+        proposal = "guided"
+    weighted = weighted_method(method)
     guided = method == "guidance" or (weighted and proposal == "guided")
     if sampler == "auto":  # path weights need a proposal at least as wide as the reverse kernel
         sampler = "ancestral_upper" if path_correction else "ancestral"
@@ -155,6 +183,17 @@ def steer(
         seed = int(torch.randint(0, 2**62, (1,)).item())
     gen.manual_seed(seed)
     policy = policy_from_threshold(ess_threshold) if weighted else Never()
+    init_corrector = None
+    if init != "prior":
+        if method == "none" or not tilt:
+            raise SMCDiffError(
+                f"steer: init={init!r} needs a reward or a log_likelihood to tilt by"
+            )
+        check_int("init_moves", init_moves, 1)
+        ref_var = float(model.process.prior_std) ** 2
+        h0 = init_step_size or (0.5 if init == "pcnl" else 0.1 * ref_var * model.dim ** (-1 / 3))
+        kwargs = {"prior_var": ref_var} if init == "pcnl" else {}
+        init_corrector = mcmc_corrector(init, fk.log_target, init_moves, h0, **kwargs)
 
     t0 = time.perf_counter()
     run = run_smc(
@@ -164,6 +203,7 @@ def steer(
         resampling=resampling,
         policy=policy,
         corrector=corrector,
+        init_corrector=init_corrector,
         generator=gen,
         check_every=check_every,
         progress=progress,
@@ -177,6 +217,7 @@ def steer(
         "potential": potential,
         "tilt_schedule": tilt_schedule,
         "proposal": "guided" if guided else "base",
+        "init": init,
         "path_correction": bool(path_correction),
         "sampler": sampler,
         "grid": grid,
@@ -192,3 +233,8 @@ def steer(
         "wall_time_s": time.perf_counter() - t0,
     }
     return SMCResult.from_run(run, grouped=n_runs is not None, info=info)
+
+
+def weighted_method(method: str) -> bool:
+    """Methods whose particles carry importance weights (exact in the large-N limit)."""
+    return method in ("fk", "tds")

@@ -1,0 +1,238 @@
+r"""Adaptive tempered SMC as a Feynman–Kac model.
+
+Path from a Gaussian reference :math:`\rho = \mathcal N(\mu, \sigma_0^2 I)` to the target
+:math:`\tilde\pi`:
+
+.. math:: \pi_\lambda(x) \propto \rho(x)^{1-\lambda}\,\tilde\pi(x)^{\lambda}
+    = \rho(x)\, e^{\lambda \ell(x)},\qquad \ell = \log\tilde\pi - \log\rho,\quad \lambda: 0 \to 1.
+
+Step k (after the engine's resampling decision): MCMC moves invariant for :math:`\pi_{\lambda_{k-1}}`
+(skipped at :math:`\lambda = 0`, where the particles are exact draws of :math:`\rho`), then the next
+temperature :math:`\lambda_k = \lambda_{k-1} + \delta` with :math:`\delta` the root of
+
+.. math:: \mathrm{CESS}(\delta) = \frac{(\sum_i W_i e^{\delta\ell_i})^2}{\sum_i W_i e^{2\delta\ell_i}}
+    = \rho^\star N
+
+(conditional ESS, Zhou, Johansen & Aston 2016; it equals the ESS of the new weights after a
+resampling step), found by bisection on the device for every group at once (no host sync), and
+the potential :math:`\log G_k = \delta\,\ell(x)`. The engine's :math:`\hat Z` is then the
+normaliser of :math:`\tilde\pi` (:math:`\rho` is normalised). Once every group reaches
+:math:`\lambda = 1` the model runs one more step (resample, move at :math:`\lambda = 1`, no
+reweighting), so the returned particles are moved at the target, then stops (``done``).
+
+Step sizes adapt per group between moves by Robbins–Monro on the group's mean acceptance
+(:mod:`smcdiff.mcmc.adapt`), a population statistic, so every move stays invariant.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from smcdiff.engine.model import ParticleState, StepOutput, nan_or_posinf, nonfinite_rows
+from smcdiff.errors import SMCDiffError, check_shape
+from smcdiff.mcmc.adapt import robbins_monro
+from smcdiff.mcmc.runner import get_kernel, resolve_target_accept
+from smcdiff.target import Target
+
+__all__ = ["TemperedSMC", "next_temperature"]
+
+
+def next_temperature(
+    log_w: torch.Tensor,
+    ell: torch.Tensor,
+    lam: torch.Tensor,
+    target_ess: float,
+    n_bisect: int = 50,
+) -> torch.Tensor:
+    r"""Temperature increments :math:`\delta \in [0, 1-\lambda]` with
+    :math:`\mathrm{CESS}(\delta)/N = ` ``target_ess`` (or :math:`1-\lambda` if even that keeps the
+    CESS above the target), per group.
+
+    ``log_w``: normalised log-weights ``(G, N)``; ``ell``: :math:`\ell(x)` ``(G, N)`` (``-inf``
+    allowed: weight zero); ``lam``: ``(G,)``. Returns ``(G,)`` float64. Bisection in
+    :math:`\delta` (the CESS decreases in :math:`\delta`), ``n_bisect`` halvings, on the device.
+    """
+    ell = ell.double()
+
+    def frac(delta: torch.Tensor) -> torch.Tensor:
+        g = torch.where(ell == -math.inf, ell, delta.unsqueeze(-1) * ell)
+        a = torch.logsumexp(log_w + g, dim=-1)
+        b = torch.logsumexp(log_w + 2.0 * g, dim=-1)
+        return torch.exp(2.0 * a - b)  # CESS / N
+
+    hi = (1.0 - lam).clamp(min=0.0)
+    lo = torch.zeros_like(hi)
+    reach = frac(hi) >= target_ess
+    for _ in range(n_bisect):
+        mid = 0.5 * (lo + hi)
+        ok = frac(mid) >= target_ess
+        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
+    return torch.where(reach, (1.0 - lam).clamp(min=0.0), lo)
+
+
+class TemperedSMC:
+    """A :class:`~smcdiff.engine.FeynmanKacModel` for adaptive tempering (module docstring).
+
+    ``target``: a :class:`~smcdiff.Target`; ``reference_std`` :math:`\\sigma_0` (float or ``(d,)``)
+    and ``reference_mean`` :math:`\\mu` (``(d,)`` or ``None`` for 0) define :math:`\\rho`;
+    ``kernel`` a name in :data:`smcdiff.mcmc.KERNELS` (``"hmc"``, ``"mala"``, ...) run
+    ``n_moves`` times per step, ``step_size`` its initial step (default from :math:`\\sigma_0`
+    and d), adapted toward ``target_accept`` (the kernel's default if ``None``);
+    ``target_ess``: the CESS fraction :math:`\\rho^\\star`; ``max_steps``: a cap on the number
+    of temperatures. Counts: ``nfe`` = target evaluations, ``n_grad`` = gradient evaluations.
+    """
+
+    uses_weights = True
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        reference_std: float | torch.Tensor = 1.0,
+        reference_mean: torch.Tensor | None = None,
+        kernel: str = "hmc",
+        n_moves: int = 5,
+        step_size: float | None = None,
+        target_accept: float | None = None,
+        target_ess: float = 0.5,
+        max_steps: int = 1000,
+        adapt_gain: float = 0.5,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        **kernel_kwargs: Any,
+    ):
+        if not 0.0 < target_ess < 1.0:
+            raise SMCDiffError(f"tempered SMC: target_ess must be in (0, 1), got {target_ess}")
+        if isinstance(n_moves, bool) or not isinstance(n_moves, int) or n_moves < 1:
+            raise SMCDiffError(f"tempered SMC: n_moves must be an int >= 1, got {n_moves!r}")
+        self.target, self.dim = target, int(target.dim)
+        self.device, self.dtype = torch.device(device), dtype
+        std = torch.as_tensor(reference_std, dtype=torch.float64)
+        if (
+            std.dim() > 1
+            or (std.dim() == 1 and std.shape[0] != self.dim)
+            or not bool((std > 0).all())
+        ):
+            raise SMCDiffError(
+                f"tempered SMC: reference_std must be a positive float or a ({self.dim},) tensor"
+            )
+        self.ref_std = std.to(device=self.device, dtype=dtype)
+        mean = torch.zeros(self.dim) if reference_mean is None else torch.as_tensor(reference_mean)
+        check_shape("reference_mean", mean, (self.dim,), where="tempered SMC")
+        self.ref_mean = mean.to(device=self.device, dtype=dtype)
+        self._ref_log_norm = float(
+            -torch.log(std).sum() * (1 if std.dim() == 1 else self.dim)
+            - 0.5 * self.dim * math.log(2 * math.pi)
+        )
+        self.factory = get_kernel(kernel)
+        self.kernel_name = kernel if isinstance(kernel, str) else getattr(kernel, "__name__", "?")
+        self.kernel_kwargs = kernel_kwargs
+        self.target_accept = resolve_target_accept(self.factory, target_accept)
+        self.n_moves, self.target_ess, self.gain = n_moves, float(target_ess), float(adapt_gain)
+        if step_size is None:  # a fraction of the reference scale, shrinking with dimension
+            s0 = float(std.min())
+            leap = self.kernel_name == "hmc"
+            step_size = (
+                (0.5 * s0 * self.dim**-0.25) if leap else (0.5 * s0 * s0 * self.dim ** (-1 / 3))
+            )
+        if not (math.isfinite(step_size) and step_size > 0):
+            raise SMCDiffError(f"tempered SMC: step_size must be finite and > 0, got {step_size}")
+        self.step_size0 = float(step_size)
+        self.n_steps = int(max_steps)
+        self.times = [0.0] * (self.n_steps + 1)  # no diffusion time; the trace has "temperature"
+
+    # -- densities --
+    def log_reference(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x - self.ref_mean) / self.ref_std
+        return -0.5 * (z * z).sum(-1) + self._ref_log_norm
+
+    def _ell(self, x: torch.Tensor, where: str) -> tuple[torch.Tensor, dict]:
+        with torch.no_grad():
+            lp = self.target.log_prob(x)
+        check_shape("target log_prob", lp, (x.shape[0],), where=where)
+        checks = {"particles": nonfinite_rows(x), "target log_prob": nan_or_posinf(lp)}
+        return lp.double() - self.log_reference(x).double(), checks
+
+    # -- FK model --
+    def init(self, n: int, generator: torch.Generator) -> StepOutput:
+        z = torch.randn(n, self.dim, generator=generator, device=self.device, dtype=self.dtype)
+        x = self.ref_mean + self.ref_std * z
+        ell, checks = self._ell(x, "tempered SMC init")
+        zero = torch.zeros(n, dtype=torch.float64, device=self.device)
+        log_h = torch.full((n,), math.log(self.step_size0), dtype=self.dtype, device=self.device)
+        state: ParticleState = {"x": x, "ell": ell, "lam": zero, "log_h": log_h}
+        return StepOutput(state, zero, checks, nfe=n, info={"temperature": zero[:1].clone()})
+
+    def step(
+        self,
+        k: int,
+        state: ParticleState,
+        generator: torch.Generator,
+        log_weights: torch.Tensor | None = None,
+    ) -> StepOutput:
+        if log_weights is None:
+            raise SMCDiffError("TemperedSMC.step needs log_weights (run it with run_smc)")
+        G, N = log_weights.shape
+        where = f"tempered SMC step {k}"
+        x, lam, log_h = state["x"], state["lam"], state["log_h"]
+        nfe = n_grad = 0
+        info: dict[str, torch.Tensor] = {}
+        if k > 1:  # at k = 1 every particle is still an exact draw of the reference
+            x, log_h, accept, moves_grad = self._move(x, lam, log_h, G, generator)
+            n_grad += moves_grad
+            nfe += moves_grad
+            info["accept"] = accept
+            info["step_size"] = log_h.reshape(G, N)[:, 0].exp()
+        ell, checks = self._ell(x, where)
+        nfe += x.shape[0]
+        lam_g = lam.reshape(G, N)[:, 0]
+        delta = next_temperature(log_weights, ell.reshape(G, N), lam_g, self.target_ess)
+        new_lam = torch.where(delta >= 1.0 - lam_g, torch.ones_like(lam_g), lam_g + delta)
+        d = delta.repeat_interleave(N)
+        log_g = torch.where((d == 0) | (ell == -math.inf), torch.where(d == 0, 0.0, ell), d * ell)
+        info["temperature"] = new_lam
+        new: ParticleState = {
+            "x": x,
+            "ell": ell,
+            "lam": new_lam.repeat_interleave(N),
+            "log_h": log_h,
+            "lam_start": lam,
+        }
+        return StepOutput(new, log_g, checks, nfe=nfe, n_grad=n_grad, info=info)
+
+    def done(self, k: int, state: ParticleState) -> torch.Tensor:
+        """True after the step whose moves ran at :math:`\\lambda = 1` in every group."""
+        return (state["lam_start"] >= 1.0).all()
+
+    def _move(
+        self,
+        x: torch.Tensor,
+        lam: torch.Tensor,
+        log_h: torch.Tensor,
+        G: int,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        lam_c = lam.to(x.dtype)
+        calls = [0]
+
+        def log_prob(y: torch.Tensor) -> torch.Tensor:
+            calls[0] += y.shape[0]
+            lp = self.target.log_prob(y)
+            ref = self.log_reference(y)
+            # lambda = 0: the reference alone (0 * -inf would be NaN)
+            return ref + torch.where(lam_c > 0, lam_c * (lp - ref), torch.zeros_like(lp))
+
+        kern = self.factory(log_prob, **self.kernel_kwargs)
+        s = kern.init(x, generator)
+        acc = []
+        N = x.shape[0] // G
+        for _ in range(self.n_moves):
+            s, step_info = kern.step(s, log_h.exp(), generator)
+            a = step_info.accept_prob.reshape(G, N).mean(-1)
+            if self.target_accept is not None:
+                log_h = robbins_monro(log_h, a.repeat_interleave(N), self.target_accept, self.gain)
+            acc.append(a)
+        return s.x.detach(), log_h, torch.stack(acc).mean(0), calls[0]
