@@ -18,6 +18,17 @@ from smcdiff.target import Target, as_target
 
 __version__ = "0.1.0"
 
+_LAZY = {"from_pyro": "smcdiff.pyro_target", "PyroTarget": "smcdiff.pyro_target"}
+
+
+def __getattr__(name: str):
+    """Import the Pyro bridge (pyro + xarray, ~1 s) on first use only."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'smcdiff' has no attribute {name!r}")
+
 __all__ = [
     "VE",
     "VP",
@@ -28,6 +39,7 @@ __all__ = [
     "GaussianMixture",
     "NoiseProcess",
     "NonFiniteError",
+    "PyroTarget",
     "SMCDiffError",
     "SMCResult",
     "ScoreModel",
@@ -35,6 +47,7 @@ __all__ = [
     "Target",
     "as_target",
     "exact_score",
+    "from_pyro",
     "run_smc",
     "sample",
     "steer",

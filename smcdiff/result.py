@@ -31,6 +31,9 @@ class SMCResult:
     log_z: torch.Tensor
     trace: dict[str, torch.Tensor]
     info: dict[str, Any] = field(default_factory=dict)
+    target: Any = field(default=None, repr=False, compare=False)
+    """The target the particles were drawn for (set by :func:`smcdiff.sample`); a target with
+    ``posterior_dataset`` (e.g. :func:`smcdiff.from_pyro`) names the ArviZ posterior by its sites."""
 
     @classmethod
     def from_run(cls, run: SMCRun, *, grouped: bool, info: dict[str, Any]) -> SMCResult:
@@ -81,10 +84,14 @@ class SMCResult:
         return pareto_k(self.log_weights)
 
     def to_arviz(self, seed: int | None = 0):
-        """ArviZ ``InferenceData``; see :func:`smcdiff.diagnostics.arviz.to_inference_data`."""
+        """ArviZ ``InferenceData``; see :func:`smcdiff.diagnostics.arviz.to_inference_data`.
+        For a Pyro target the ``posterior`` group holds the model's constrained sites."""
         from smcdiff.diagnostics.arviz import to_inference_data
 
-        return to_inference_data(self, seed=seed)
+        post = None
+        if callable(getattr(self.target, "posterior_dataset", None)):
+            post = self.target.posterior_dataset(self.particles, self.log_weights, seed=seed or 0)
+        return to_inference_data(self, seed=seed, posterior=post)
 
     def __repr__(self) -> str:
         lz = self.log_z

@@ -59,7 +59,9 @@ def import_arviz() -> tuple[ModuleType, int]:
     return arviz, int(arviz.__version__.split(".")[0])
 
 
-def to_inference_data(result: SMCResult, seed: int | None = 0) -> Any:
+def to_inference_data(
+    result: SMCResult, seed: int | None = 0, posterior: xr.Dataset | None = None
+) -> Any:
     """Convert ``result`` to an ArviZ object (``InferenceData`` on 0.x, ``DataTree`` on 1.x).
 
     ``seed`` drives the systematic resample that fills ``posterior`` (``None``: fresh entropy).
@@ -67,7 +69,7 @@ def to_inference_data(result: SMCResult, seed: int | None = 0) -> Any:
     """
     attrs = _attrs(result)
     groups = {
-        "posterior": _posterior(result, seed),
+        "posterior": posterior if posterior is not None else _posterior(result, seed),
         "smc_particles": _particles(result),
         "smc_trace": _trace(result),
     }

@@ -110,6 +110,7 @@ def sample(
         "wall_time_s": time.perf_counter() - t0,
     }
     result.info = info
+    result.target = target
     return result
 
 
