@@ -6,5 +6,6 @@ Each module exposes ``run(out_dir, device="cpu", quick=False) -> list[dict]`` an
 
 EXPERIMENTS = {
     "gmm2d": "smcdiff_experiments.gmm2d",
+    "energy": "smcdiff_experiments.energy_benchmarks",
 }
 DEFAULT = "gmm2d"

@@ -4,7 +4,10 @@ The repository folder is ``targets/`` but the import name is ``smcdiff_targets``
 smcdiff never shadows a generic top-level ``targets`` package in a user's environment.
 """
 
+from smcdiff_targets.double_well import DoubleWell, dw5, dw50
 from smcdiff_targets.energy import MW5, Funnel, Gmm40Fab, ManyWell, load_gmm40_fab_means
+from smcdiff_targets.logistic import LaplaceApprox, LogisticRegression
+from smcdiff_targets.particles import ParticleSystem, dw4, lj13, lj55, reference_samples
 from smcdiff_targets.steering_toys import (
     SteeringProblem,
     gmm2d_likelihood_problem,
@@ -15,13 +18,23 @@ from smcdiff_targets.steering_toys import (
 
 __all__ = [
     "MW5",
+    "DoubleWell",
     "Funnel",
     "Gmm40Fab",
+    "LaplaceApprox",
+    "LogisticRegression",
     "ManyWell",
+    "ParticleSystem",
     "SteeringProblem",
+    "dw4",
+    "dw5",
+    "dw50",
     "gmm2d_likelihood_problem",
     "gmm2d_prior",
     "gmm2d_reward_problem",
     "linear_gaussian_problem",
+    "lj13",
+    "lj55",
     "load_gmm40_fab_means",
+    "reference_samples",
 ]

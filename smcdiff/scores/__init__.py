@@ -1,6 +1,44 @@
-"""Score models: the ScoreModel protocol and exact (closed-form) scores."""
+"""Score models: the ScoreModel protocol, exact (closed-form) scores, and training-free estimators
+of the noised scores of an unnormalised target (rdMC, Monte Carlo, Föllmer, empirical, moment fit).
+"""
 
 from smcdiff.scores.base import DensityScoreModel, ScoreModel, has_log_density
+from smcdiff.scores.empirical import EmpiricalScore
+from smcdiff.scores.ensemble import EnsembleScore, FollmerDrift, SchrodingerFollmer
 from smcdiff.scores.exact import ExactScore, exact_score
+from smcdiff.scores.moment_fit import (
+    BlendedScore,
+    fit_gaussian,
+    fit_gaussian_mixture,
+    moment_fit_blend,
+    moment_fit_score,
+)
+from smcdiff.scores.montecarlo import (
+    MonteCarloScore,
+    SmoothingEstimate,
+    monte_carlo_score,
+    smoothed_log_expectation,
+)
+from smcdiff.scores.rdmc import RDMCScore
 
-__all__ = ["DensityScoreModel", "ExactScore", "ScoreModel", "exact_score", "has_log_density"]
+__all__ = [
+    "BlendedScore",
+    "DensityScoreModel",
+    "EmpiricalScore",
+    "EnsembleScore",
+    "ExactScore",
+    "FollmerDrift",
+    "MonteCarloScore",
+    "RDMCScore",
+    "SchrodingerFollmer",
+    "ScoreModel",
+    "SmoothingEstimate",
+    "exact_score",
+    "fit_gaussian",
+    "fit_gaussian_mixture",
+    "has_log_density",
+    "moment_fit_blend",
+    "moment_fit_score",
+    "monte_carlo_score",
+    "smoothed_log_expectation",
+]

@@ -1,0 +1,200 @@
+"""Energy-defined targets x samplers: the table of BENCHMARKS.md, seeds 0-9, counted evaluations.
+
+For every target (ground truth from ``smcdiff_targets``: exact samples and log Z) and method,
+runs ``smcdiff.sample`` once per seed and reports mean ± std over seeds of: log Z error (signed),
+mode coverage and mode-weight TV (where the target has ``mode_index``), entropic W2 (reg 0.05,
+2000-point subsamples), exact W2 for d <= 8, sliced KS (funnel), P(x1 > 0) (many-well),
+std(x0) (funnel neck), final ESS / N, target and gradient evaluations, wall time.
+
+Run: ``smcdiff run energy --device cuda --out results/energy`` (``--quick`` for a smoke test), or
+``python -m smcdiff_experiments.energy_benchmarks --help`` for the options. Results go to
+``energy.json`` and ``energy.md`` in the output folder; docs/energy-results.md is made from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import smcdiff
+from smcdiff.diagnostics.transport import entropic_wasserstein2, sliced_ks, wasserstein2
+
+DESCRIPTION = "energy targets (gmm40, funnel, many-well, mw5) x samplers vs ground truth"
+
+
+def _targets() -> dict[str, tuple[Callable, float]]:
+    """name -> (constructor, reference std: the BlackJAX peer's sigma_0)."""
+    from smcdiff_targets import MW5, Funnel, Gmm40Fab, ManyWell
+
+    return {
+        "gmm40_fab": (Gmm40Fab, 40.0),
+        "funnel10": (Funnel, 3.0),
+        "manywell32": (ManyWell, 2.0),
+        "mw5": (MW5, 2.5),
+    }
+
+
+def methods_for(name: str) -> dict[str, dict]:
+    """Sampler settings per target; the tempered budgets are the BlackJAX peer's
+    (HMC 10 leapfrog steps; 5 moves per temperature on gmm40 and the funnel, 10 otherwise)."""
+    moves = 5 if name in ("gmm40_fab", "funnel10") else 10
+    return {
+        "tempered-hmc": {"method": "tempered", "kernel": "hmc", "n_moves": moves},
+        "tempered-mala": {"method": "tempered", "kernel": "mala", "n_moves": 20},
+    }
+
+
+def evaluate(target, name: str, res, truth: torch.Tensor, log_z_true: float) -> dict:
+    x, w = res.particles.detach(), res.weights.detach()
+    row = {
+        "log_z_err": float(res.log_z) - log_z_true,
+        "ess_frac": float(res.final_ess) / x.shape[0],
+        "entropic_w2": entropic_wasserstein2(x, truth, w),
+    }
+    if target.dim <= 8:
+        row["w2"] = wasserstein2(x, truth, w, max_points=2000)
+    if callable(getattr(target, "mode_index", None)):
+        n_modes = {"gmm40_fab": 40, "mw5": 32}[name]
+        idx = target.mode_index(x)
+        mass = torch.zeros(n_modes, dtype=torch.float64, device=x.device).scatter_add_(0, idx, w)
+        row["modes_covered"] = int((mass > 0).sum())
+        row["mode_tv"] = float(0.5 * (mass - 1.0 / n_modes).abs().sum())
+    if name == "funnel10":
+        row["sliced_ks"] = sliced_ks(x, truth, w)
+        m0 = float((w * x[:, 0]).sum())
+        row["x0_std"] = float((w * (x[:, 0] - m0) ** 2).sum().sqrt())
+    if name == "manywell32":
+        row["p_x1_pos"] = float((w.unsqueeze(-1) * (x[:, 0::2] > 0)).sum(0).mean())
+    return row
+
+
+def run(
+    out_dir: str | Path,
+    device: str = "cpu",
+    quick: bool = False,
+    n_particles: int = 10_000,
+    seeds: tuple[int, ...] = tuple(range(10)),
+    targets: tuple[str, ...] | None = None,
+    methods: tuple[str, ...] | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if quick:
+        n_particles, seeds = 1000, (0, 1)
+    registry = _targets()
+    rows: list[dict] = []
+    for name in targets or tuple(registry):
+        make, ref_std = registry[name]
+        target = make()
+        if hasattr(target, "to"):
+            target = target.to(device)
+        gen = torch.Generator(device=device).manual_seed(12345)
+        truth = target.sample(20_000, generator=gen).double()
+        log_z_true = float(getattr(target, "log_z", 0.0))
+        for meth, kw in methods_for(name).items():
+            if methods and meth not in methods:
+                continue
+            per_seed = []
+            for seed in seeds:
+                res = smcdiff.sample(
+                    target, n_particles=n_particles, seed=seed, device=device,
+                    reference_std=ref_std, **kw,
+                )  # fmt: skip
+                r = evaluate(target, name, res, truth, log_z_true)
+                r.update(
+                    n_target_evals=res.info["n_target_evals"],
+                    n_grad_evals=res.info["n_grad_evals"],
+                    wall_s=res.info["wall_time_s"],
+                    n_temperatures=res.info.get("n_temperatures"),
+                )
+                per_seed.append(r)
+            row = {"target": name, "method": meth, "n": n_particles, "device": device}
+            row.update(_aggregate(per_seed))
+            rows.append(row)
+            if progress:
+                print(_line(row), flush=True)
+    (out / "energy.json").write_text(json.dumps(rows, indent=1))
+    (out / "energy.md").write_text(render(rows))
+    return rows
+
+
+def _aggregate(per_seed: list[dict]) -> dict:
+    agg = {}
+    for key in per_seed[0]:
+        vals = [r[key] for r in per_seed if r[key] is not None]
+        if not vals:
+            continue
+        t = torch.tensor(vals, dtype=torch.float64)
+        agg[key] = float(t.mean())
+        agg[key + "_std"] = float(t.std()) if len(vals) > 1 else 0.0
+    return agg
+
+
+COLUMNS = [
+    ("log_z_err", "log Ẑ − log Z"),
+    ("entropic_w2", "entropic W2"),
+    ("w2", "W2"),
+    ("mode_tv", "mode TV"),
+    ("modes_covered", "modes"),
+    ("sliced_ks", "sliced KS"),
+    ("x0_std", "std(x0)"),
+    ("p_x1_pos", "P(x1>0)"),
+    ("ess_frac", "ESS/N"),
+    ("n_grad_evals", "grad evals"),
+    ("wall_s", "wall s"),
+]
+
+
+def _fmt(row: dict, key: str) -> str:
+    if key not in row:
+        return "–"
+    v, s = row[key], row.get(key + "_std", 0.0)
+    if key in ("n_grad_evals", "n_target_evals"):
+        return f"{v:.2e}"
+    if key == "modes_covered":
+        return f"{v:.1f}"
+    return f"{v:.3f} ± {s:.3f}"
+
+
+def render(rows: list[dict]) -> str:
+    head = "| target | method | N | " + " | ".join(c for _, c in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
+    for r in rows:
+        cells = " | ".join(_fmt(r, k) for k, _ in COLUMNS)
+        lines.append(f"| {r['target']} | {r['method']} | {r['n']} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def _line(row: dict) -> str:
+    keys = ("log_z_err", "entropic_w2", "mode_tv", "sliced_ks", "p_x1_pos", "wall_s")
+    parts = [f"{k}={row[k]:.4g}" for k in keys if k in row]
+    return f"{row['target']:>11} {row['method']:<16} " + " ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="results/energy")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--n", type=int, default=10_000)
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--targets", nargs="*")
+    p.add_argument("--methods", nargs="*")
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args(argv)
+    t0 = time.perf_counter()
+    run(
+        a.out, a.device, a.quick, a.n, tuple(range(a.seeds)),
+        tuple(a.targets) if a.targets else None, tuple(a.methods) if a.methods else None,
+    )  # fmt: skip
+    print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

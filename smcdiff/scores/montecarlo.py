@@ -1,0 +1,530 @@
+r"""Monte Carlo scores of a Gaussian-smoothed unnormalised density, and the shared machinery of
+every training-free estimator in :mod:`smcdiff.scores` (rdMC, Föllmer drift).
+
+**Gaussian smoothing.** For a positive function :math:`g` on :math:`\mathbb R^d`, a centre
+:math:`m` and a scale :math:`c > 0`, let
+:math:`G(m) = \log\mathbb E_\xi[g(m + c\xi)]`, :math:`\xi \sim \mathcal N(0, I)`. Two identities
+give its gradient:
+
+* Stein (gradient-free): :math:`\mathbb E[\xi\,h(\xi)] = \mathbb E[\nabla_\xi h(\xi)]` with
+  :math:`h(\xi) = g(m + c\xi)`, :math:`\nabla_\xi h = c\,\nabla g`, so
+  :math:`\nabla_m G = \mathbb E[g(m + c\xi)\,\xi] \,/\, (c\,\mathbb E[g(m + c\xi)])`;
+* gradient (differentiate under the integral):
+  :math:`\nabla_m G = \mathbb E[g\,\nabla\log g(m + c\xi)] \,/\, \mathbb E[g(m + c\xi)]`.
+
+With :math:`M` draws :math:`\xi_j`, :math:`y_j = m + c\xi_j`, self-normalised weights
+:math:`w_j = g(y_j) / \sum_i g(y_i)`:
+
+.. math::
+    \hat G = \log\tfrac1M\textstyle\sum_j g(y_j), \qquad
+    \widehat{\nabla G}_{\rm stein} = \tfrac1c\sum_j w_j\xi_j, \qquad
+    \widehat{\nabla G}_{\rm grad} = \sum_j w_j\nabla\log g(y_j).
+
+:math:`e^{\hat G}` and :math:`\frac1M\sum_j g(y_j)\,y_j` are unbiased; :math:`\hat G` is biased low
+by Jensen and both gradients (ratios) carry an :math:`O(1/M)` bias, against a standard error of
+:math:`O(1/\sqrt{M_{\rm eff}})`. :math:`\sum_j w_j y_j` estimates the mean of
+:math:`q(y) \propto g(y)\,\mathcal N(y; m, c^2 I)`, whose gradient identity is
+:math:`\nabla G = (\mathbb E_q[y] - m)/c^2`: the Stein estimator *is* this posterior-mean (Tweedie)
+form, :math:`(\sum_j w_j y_j - m)/c^2 = \frac1c\sum_j w_j\xi_j`, computed without the cancellation.
+
+Variance: as :math:`c \to 0`, :math:`w_j \approx \frac1M(1 + c\,\xi_j\cdot\nabla\log g(m))`, so the
+Stein estimator is :math:`\frac1c\bar\xi + \nabla\log g(m) + \dots` with a standard error
+:math:`\approx 1/(c\sqrt M)` that blows up at low noise, while the gradient estimator's stays
+:math:`O(\sqrt{\operatorname{Var}\nabla\log g / M})`. Antithetic pairs
+:math:`(\xi, -\xi)` make :math:`\bar\xi = 0` exactly and remove that leading term. At large
+:math:`c` both degrade as the proposal :math:`\mathcal N(m, c^2 I)` spreads far beyond where
+:math:`g` lives (effective sample size falls exponentially in d): use rdMC's inner MALA
+(:mod:`smcdiff.scores.rdmc`) or a moment fit (:mod:`smcdiff.scores.moment_fit`) there.
+
+**Noised marginal of an unnormalised target.** For :math:`\tilde\pi = Z\pi`,
+:math:`x_t = a x_0 + s\varepsilon` (:math:`a = \alpha_t`, :math:`s = \sigma_t`),
+:math:`p_t(x) = \int\pi(x_0)\,\mathcal N(x; a x_0, s^2 I)\,dx_0`. Since
+:math:`\|x - a x_0\|^2/s^2 = \|x_0 - x/a\|^2/(s/a)^2` and
+:math:`(2\pi s^2)^{-d/2} = a^{-d}(2\pi(s/a)^2)^{-d/2}`,
+
+.. math::
+    \mathcal N(x; a x_0, s^2 I) = a^{-d}\,\mathcal N(x_0; x/a, (s/a)^2 I), \qquad
+    Z\,p_t(x) = a^{-d}\,\mathbb E_\xi\big[\tilde\pi(x/a + (s/a)\xi)\big],
+
+i.e. :math:`\log p_t(x) + \log Z = G(x/a) - d\log a` with :math:`g = \tilde\pi`, :math:`m = x/a`,
+:math:`c = s/a`, and by the chain rule :math:`\nabla_x\log p_t(x) = \frac1a\nabla_m G`:
+
+.. math::
+    \nabla\log p_t(x) \approx \frac1s\sum_j w_j\xi_j
+    = \frac{a\sum_j w_j x_0^j - x}{s^2} \ \text{(Tweedie)}, \qquad
+    \nabla\log p_t(x) \approx \frac1a\sum_j w_j\nabla\log\tilde\pi(x_0^j)\ \text{(gradient)},
+
+:math:`x_0^j = x/a + (s/a)\xi_j` drawn from the Gaussian factor of the posterior
+:math:`p(x_0\mid x_t = x) \propto \tilde\pi(x_0)\,\mathcal N(x_0; x/a, (s/a)^2 I)` and weighted by
+:math:`\tilde\pi`. This is the importance-sampling rdMC estimator
+(:class:`smcdiff.scores.rdmc.RDMCScore` with ``method="is"``); for VE (:math:`a = 1`) it is
+exactly the classical Monte Carlo score :math:`\nabla\log\mathbb E_\varepsilon[e^{-U(x + \sigma
+\varepsilon)}]` with its two estimators :math:`\mathbb E[\varepsilon w]/\sigma` and
+:math:`\mathbb E[w\nabla\log\pi(x + \sigma\varepsilon)]`. It is implemented once, here
+(:class:`MonteCarloScore`), and ``RDMCScore(method="is")`` is the same class.
+
+Log densities are float64 estimates of :math:`\log p_t + \log Z`; pass ``log_z`` to subtract a
+known :math:`\log Z`. The estimators are not differentiable in ``x`` (outputs are detached).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+from smcdiff.errors import SMCDiffError, check_shape
+from smcdiff.mcmc.base import value_and_grad
+from smcdiff.processes.schedules import NoiseProcess
+from smcdiff.target import Target
+
+__all__ = [
+    "MonteCarloScore",
+    "SmoothingEstimate",
+    "monte_carlo_score",
+    "smoothed_log_expectation",
+]
+
+_F64 = torch.float64
+_ELEMENT_BUDGET = 1 << 22  # rows * n_samples * d per chunk when chunk_size is None
+ESTIMATORS = ("tweedie", "stein", "grad")
+"""``"tweedie"`` and ``"stein"`` name the same gradient-free estimator; ``"grad"`` the gradient one."""
+
+
+class SmoothingEstimate(NamedTuple):
+    r"""Monte Carlo estimate of :math:`G(m) = \log\mathbb E_\xi[g(m + c\xi)]` per row.
+
+    ``log_mean`` ``(N,)`` float64: :math:`\hat G`; ``grad`` ``(N, d)``: :math:`\widehat{\nabla_m G}`
+    (Stein or gradient form); ``mean`` ``(N, d)``: :math:`\sum_j w_j y_j`, the self-normalised
+    mean of :math:`q \propto g\,\mathcal N(m, c^2 I)`; ``ess`` ``(N,)`` float64:
+    :math:`1/\sum_j w_j^2`.
+    """
+
+    log_mean: torch.Tensor
+    grad: torch.Tensor
+    mean: torch.Tensor
+    ess: torch.Tensor
+
+
+class _Draws(NamedTuple):
+    """One chunk's draws: the estimate plus the points ``y`` ``(n, M, d)``, their log-weights
+    ``log_g`` ``(n, M)`` float64 and the device counts of bad values (for the finite checks)."""
+
+    est: SmoothingEstimate
+    y: torch.Tensor
+    log_g: torch.Tensor
+    bad: dict[str, torch.Tensor]
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def check_estimator(estimator: str, where: str) -> bool:
+    """Validate ``estimator``; ``True`` for the gradient form."""
+    if estimator not in ESTIMATORS:
+        raise SMCDiffError(
+            f"{where}: estimator must be one of {', '.join(map(repr, ESTIMATORS))}, "
+            f"got {estimator!r}"
+        )
+    return estimator == "grad"
+
+
+def check_count(name: str, value: object, where: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SMCDiffError(f"{where}: {name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def check_points(x: torch.Tensor, dim: int, where: str, name: str = "x") -> None:
+    """``x`` must be a floating ``(N, dim)`` tensor."""
+    check_shape(name, x, (None, dim), where=where)
+    if not x.is_floating_point():
+        raise SMCDiffError(f"{where}: {name} must be floating point, got {x.dtype}")
+
+
+def noise_coefficients(
+    process: NoiseProcess, t: float | torch.Tensor, where: str
+) -> tuple[float, float]:
+    r"""``(alpha_t, sigma_t)`` as host floats; requires :math:`t\in[0,1]`, :math:`\alpha_t,\sigma_t > 0`."""
+    if isinstance(t, torch.Tensor):
+        if t.numel() != 1:
+            raise SMCDiffError(f"{where}: t must be a scalar, got shape {tuple(t.shape)}")
+        t = t.item()
+    t = float(t)
+    if not 0.0 <= t <= 1.0:
+        raise SMCDiffError(f"{where}: t must lie in [0, 1] (0 = data, 1 = noise), got {t}")
+    a, s = float(process.alpha(t)), float(process.sigma(t))
+    if not (math.isfinite(a) and a > 0.0):
+        raise SMCDiffError(
+            f"{where}: alpha_t = {a} at t={t}; the posterior p(x0 | x_t) needs alpha_t > 0 "
+            f"(at alpha_t = 0 the marginal is N(0, sigma_t^2 I) and its score is -x / sigma_t^2)"
+        )
+    if not (math.isfinite(s) and s > 0.0):
+        raise SMCDiffError(
+            f"{where}: sigma_t = {s} at t={t}; a smoothed score needs sigma_t > 0 "
+            f"(at sigma_t = 0 use the target's own grad_log_prob)"
+        )
+    return a, s
+
+
+def default_rows(chunk_size: int | None, n_samples: int, dim: int) -> int:
+    """Rows of ``x`` per chunk: ``chunk_size``, or enough to keep ``rows * M * d`` near 4M."""
+    if chunk_size is not None:
+        return chunk_size
+    return max(1, _ELEMENT_BUDGET // max(1, n_samples * dim))
+
+
+def nan_or_posinf(v: torch.Tensor) -> torch.Tensor:
+    return torch.isnan(v) | (v == math.inf)
+
+
+class GeneratorSource:
+    """The random stream of an estimator: a user ``generator`` (its device must match the data),
+    or one generator per device seeded with ``seed`` (a random seed when ``seed`` is ``None``)."""
+
+    def __init__(self, generator: torch.Generator | None, seed: int | None, where: str):
+        if generator is not None and seed is not None:
+            raise SMCDiffError(f"{where}: pass generator or seed, not both")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise SMCDiffError(
+                f"{where}: generator must be a torch.Generator, got {type(generator).__name__}"
+            )
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise SMCDiffError(f"{where}: seed must be an int, got {seed!r}")
+        self.generator, self.seed, self.where = generator, seed, where
+        self._per_device: dict[torch.device, torch.Generator] = {}
+
+    def get(self, device: torch.device) -> torch.Generator:
+        if self.generator is not None:
+            if self.generator.device.type != device.type:
+                raise SMCDiffError(
+                    f"{self.where}: the generator is on {self.generator.device} but x is on "
+                    f"{device}; pass a generator created on the data's device"
+                )
+            return self.generator
+        gen = self._per_device.get(device)
+        if gen is None:
+            gen = torch.Generator(device=device)
+            if self.seed is None:
+                gen.seed()
+            else:
+                gen.manual_seed(self.seed)
+            self._per_device[device] = gen
+        return gen
+
+
+def raise_if_bad(bad: dict[str, torch.Tensor], total: int, where: str) -> None:
+    """One host sync: raise :class:`SMCDiffError` for the first non-zero count in ``bad``."""
+    if not bad:
+        return
+    counts = torch.stack([v.reshape(()).to(torch.long) for v in bad.values()]).cpu()
+    for (name, _), n in zip(bad.items(), counts.tolist(), strict=True):
+        if n:
+            raise SMCDiffError(f"{where}: {name} for {n} of {total}")
+
+
+def merge_bad(acc: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> None:
+    for k, v in new.items():
+        acc[k] = acc[k] + v if k in acc else v
+
+
+# ---------------------------------------------------------------- the core estimator
+
+
+def _draw_chunk(
+    log_g: Callable[[torch.Tensor], torch.Tensor],
+    m: torch.Tensor,
+    c: float,
+    n_samples: int,
+    generator: torch.Generator,
+    use_grad: bool,
+    antithetic: bool,
+    where: str,
+) -> _Draws:
+    """Smoothing estimate for one chunk of centres ``m`` ``(n, d)``."""
+    n, d = m.shape
+    shape = (n, n_samples // 2 if antithetic else n_samples, d)
+    xi = torch.randn(shape, generator=generator, dtype=m.dtype, device=m.device)
+    if antithetic:
+        xi = torch.cat([xi, -xi], dim=1)
+    y = m.unsqueeze(1) + c * xi  # (n, M, d)
+    flat = y.reshape(n * n_samples, d)
+    if use_grad:
+        lg, g = value_and_grad(log_g, flat)
+    else:
+        with torch.no_grad():
+            lg = log_g(flat)
+    check_shape("target log_prob output", lg, (n * n_samples,), where=where)
+    lg = lg.detach().to(_F64).reshape(n, n_samples)
+    lse = torch.logsumexp(lg, dim=1)
+    w = torch.exp(lg - lse.unsqueeze(1))  # (n, M) float64
+    wxi = torch.einsum("nm,nmd->nd", w, xi.to(_F64))
+    bad = {
+        "target log_prob is NaN or +inf at inner samples": nan_or_posinf(lg).sum(),
+        "every inner sample has zero target density (log_prob = -inf), so the estimate is "
+        "undefined: raise n_samples or check the target's support; rows": (lse == -math.inf).sum(),
+    }
+    if use_grad:
+        g = g.to(_F64).reshape(n, n_samples, d)
+        grad = torch.einsum("nm,nmd->nd", w, g)
+        bad["target gradient is NaN or inf at inner samples"] = (~torch.isfinite(g)).any(-1).sum()
+    else:
+        grad = wxi / c
+    est = SmoothingEstimate(
+        log_mean=lse - math.log(n_samples),
+        grad=grad.to(m.dtype),
+        mean=(m.to(_F64) + c * wxi).to(m.dtype),
+        ess=1.0 / w.square().sum(1),
+    )
+    return _Draws(est, y, lg, bad)
+
+
+def _concat(parts: list[SmoothingEstimate]) -> SmoothingEstimate:
+    if len(parts) == 1:
+        return parts[0]
+    return SmoothingEstimate(*(torch.cat(f, dim=0) for f in zip(*parts, strict=True)))
+
+
+def smoothed_log_expectation(
+    log_g: Callable[[torch.Tensor], torch.Tensor],
+    mean: torch.Tensor,
+    scale: float,
+    n_samples: int,
+    *,
+    generator: torch.Generator,
+    estimator: str = "tweedie",
+    antithetic: bool = False,
+    chunk_size: int | None = None,
+    check_finite: bool | None = None,
+    where: str = "smoothed_log_expectation",
+) -> SmoothingEstimate:
+    r"""Monte Carlo :math:`G(m) = \log\mathbb E_\xi[g(m + c\xi)]` and :math:`\nabla_m G` per row.
+
+    Args:
+        log_g: :math:`\log g`, ``(K, d) -> (K,)`` (differentiable for ``estimator="grad"``).
+        mean: centres :math:`m`, ``(N, d)``. scale: :math:`c > 0`, a host float.
+        n_samples: :math:`M` draws per row (even when ``antithetic``).
+        generator: on ``mean``'s device.
+        estimator: ``"tweedie"`` / ``"stein"`` (:math:`\frac1c\sum_j w_j\xi_j`) or ``"grad"``
+            (:math:`\sum_j w_j\nabla\log g(y_j)`).
+        antithetic: draw :math:`M/2` pairs :math:`(\xi, -\xi)`.
+        chunk_size: rows of ``mean`` per pass (memory ``chunk_size * M * d``); default keeps
+            that product near :math:`2^{22}`.
+        check_finite: raise :class:`SMCDiffError` on NaN / +inf values of :math:`\log g` or its
+            gradient, or rows where every draw has :math:`g = 0` (one host sync per call);
+            ``None``: only on CPU, where the sync is free (on CUDA the NaN propagates to the
+            output, where the SMC engine's guard names it).
+
+    Returns:
+        :class:`SmoothingEstimate`. Consumes :math:`N M` evaluations of ``log_g`` (and as many
+        gradients with ``"grad"``).
+    """
+    use_grad = check_estimator(estimator, where)
+    check_shape("mean", mean, (None, None), where=where)
+    if not mean.is_floating_point():
+        raise SMCDiffError(f"{where}: mean must be floating point, got {mean.dtype}")
+    check_count("n_samples", n_samples, where, minimum=2 if antithetic else 1)
+    if antithetic and n_samples % 2:
+        raise SMCDiffError(f"{where}: antithetic draws need an even n_samples, got {n_samples}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise SMCDiffError(f"{where}: scale must be a finite float > 0, got {scale}")
+    if chunk_size is not None:
+        check_count("chunk_size", chunk_size, where)
+    rows = default_rows(chunk_size, n_samples, mean.shape[1])
+    parts, bad = [], {}
+    for start in range(0, mean.shape[0], rows):
+        out = _draw_chunk(
+            log_g, mean[start : start + rows].detach(), scale, n_samples, generator,
+            use_grad, antithetic, where,
+        )  # fmt: skip
+        parts.append(out.est)
+        merge_bad(bad, out.bad)
+    if should_check(check_finite, mean):
+        raise_if_bad(bad, mean.shape[0] * n_samples, where)
+    if not parts:
+        empty = mean.new_zeros(0)
+        return SmoothingEstimate(empty.to(_F64), mean, mean, empty.to(_F64))
+    return _concat(parts)
+
+
+def should_check(check_finite: bool | None, x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" if check_finite is None else bool(check_finite)
+
+
+def monte_carlo_score(
+    target: Target,
+    x: torch.Tensor,
+    sigma: float,
+    n_samples: int,
+    *,
+    generator: torch.Generator,
+    estimator: str = "stein",
+    antithetic: bool = False,
+    chunk_size: int | None = None,
+    check_finite: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The Monte Carlo score :math:`\nabla_x\log\mathbb E_\varepsilon[\tilde\pi(x + \sigma\varepsilon)]`
+    of the target smoothed at level ``sigma`` (VE, :math:`\alpha = 1`), and the log smoothed
+    density :math:`\log\mathbb E_\varepsilon[\tilde\pi(x + \sigma\varepsilon)] = \log p_\sigma(x) + \log Z`.
+
+    ``estimator="stein"``: :math:`\mathbb E[\varepsilon w]/\sigma`; ``"grad"``:
+    :math:`\mathbb E[w\nabla\log\tilde\pi(x + \sigma\varepsilon)]`. ``x`` ``(N, d)``; returns
+    ``((N, d), (N,) float64)``. One call of :func:`smoothed_log_expectation`.
+    """
+    est = smoothed_log_expectation(
+        target.log_prob, x, float(sigma), n_samples, generator=generator, estimator=estimator,
+        antithetic=antithetic, chunk_size=chunk_size, check_finite=check_finite,
+        where="monte_carlo_score",
+    )  # fmt: skip
+    return est.grad, est.log_mean
+
+
+# ---------------------------------------------------------------- the score model
+
+
+class EstimatorBase:
+    """Plumbing shared by the Monte Carlo score models: target, process, sample size, random
+    stream, evaluation counters, ``log_z``, chunking and finiteness checks."""
+
+    def __init__(
+        self,
+        target: Target,
+        n_samples: int,
+        *,
+        estimator: str,
+        antithetic: bool,
+        log_z: float,
+        generator: torch.Generator | None,
+        seed: int | None,
+        chunk_size: int | None,
+        check_finite: bool | None,
+        where: str,
+    ):
+        dim = getattr(target, "dim", None)
+        if not callable(getattr(target, "log_prob", None)) or not isinstance(dim, int):
+            raise SMCDiffError(f"{where}: target must have an int dim and a log_prob method")
+        self.target = target
+        self.dim = dim
+        self.n_samples = check_count("n_samples", n_samples, where)
+        self.use_grad = check_estimator(estimator, where)
+        self.estimator = estimator
+        if antithetic and n_samples % 2:
+            raise SMCDiffError(f"{where}: antithetic draws need an even n_samples, got {n_samples}")
+        self.antithetic = bool(antithetic)
+        if not math.isfinite(float(log_z)):
+            raise SMCDiffError(f"{where}: log_z must be a finite float, got {log_z!r}")
+        self.log_z = float(log_z)
+        self.random = GeneratorSource(generator, seed, where)
+        if chunk_size is not None:
+            check_count("chunk_size", chunk_size, where)
+        self.chunk_size = chunk_size
+        self.check_finite = check_finite
+        self.n_target_evals = 0
+        self.n_grad_evals = 0
+
+    def _count(self, n_rows: int, n_samples: int, with_grad: bool) -> None:
+        self.n_target_evals += n_rows * n_samples
+        if with_grad:
+            self.n_grad_evals += n_rows * n_samples
+
+    def _smooth(
+        self, log_g: Callable[[torch.Tensor], torch.Tensor], m: torch.Tensor, c: float, where: str
+    ) -> SmoothingEstimate:
+        est = smoothed_log_expectation(
+            log_g, m, c, self.n_samples, generator=self.random.get(m.device),
+            estimator=self.estimator, antithetic=self.antithetic, chunk_size=self.chunk_size,
+            check_finite=self.check_finite, where=where,
+        )  # fmt: skip
+        self._count(m.shape[0], self.n_samples, self.use_grad)
+        return est
+
+
+class MonteCarloScore(EstimatorBase):
+    r"""Importance-sampling score of the noised target :math:`p_t = \pi * \mathcal N(0, \sigma_t^2)`
+    after scaling by :math:`\alpha_t` (see the module docstring):
+    :math:`x_0^j = x/a + (s/a)\xi_j`, weights :math:`\propto\tilde\pi(x_0^j)`.
+
+    For ``VE`` this is the classical Monte Carlo score; for any process it is rdMC's
+    importance-sampling estimator (``RDMCScore(..., method="is")`` is this class).
+
+    Args:
+        target: a :class:`~smcdiff.target.Target` (``dim``, ``log_prob``), unnormalised.
+        process: the :class:`NoiseProcess`.
+        n_samples: inner samples :math:`M` per point.
+        estimator: ``"tweedie"`` (alias ``"stein"``): :math:`\frac1s\sum_j w_j\xi_j`, gradient
+            free; ``"grad"``: :math:`\frac1a\sum_j w_j\nabla\log\tilde\pi(x_0^j)`, lower variance at
+            low noise.
+        antithetic: pairs :math:`(\xi, -\xi)` (see the module docstring).
+        log_z: subtracted from every log density (default 0: the estimate is
+            :math:`\log p_t + \log Z`).
+        generator / seed: the random stream (a user generator must be on the data's device).
+        chunk_size: rows of ``x`` per pass (memory ``chunk_size * M * d``).
+        check_finite: see :func:`smoothed_log_expectation`.
+
+    Counters: ``n_target_evals`` (+ N M per call), ``n_grad_evals`` (+ N M with ``"grad"``).
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        process: NoiseProcess,
+        n_samples: int = 256,
+        *,
+        estimator: str = "tweedie",
+        antithetic: bool = False,
+        log_z: float = 0.0,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        chunk_size: int | None = None,
+        check_finite: bool | None = None,
+    ):
+        where = type(self).__name__
+        if not isinstance(process, NoiseProcess):
+            raise SMCDiffError(f"{where}: process must be a NoiseProcess, got {type(process)}")
+        super().__init__(
+            target, n_samples, estimator=estimator, antithetic=antithetic, log_z=log_z,
+            generator=generator, seed=seed, chunk_size=chunk_size, check_finite=check_finite,
+            where=where,
+        )  # fmt: skip
+        self.process = process
+
+    def _posterior_is(self, x: torch.Tensor, t: float | torch.Tensor, where: str):
+        check_points(x, self.dim, where)
+        a, s = noise_coefficients(self.process, t, where)
+        est = self._smooth(self.target.log_prob, x.detach() / a, s / a, where)
+        return est, a, s
+
+    def estimate(self, x: torch.Tensor, t: float | torch.Tensor) -> SmoothingEstimate:
+        r"""The raw estimate at :math:`m = x/a`, :math:`c = s/a`: ``log_mean`` is
+        :math:`\log\frac1M\sum_j\tilde\pi(x_0^j)` (so :math:`\log p_t + \log Z` is
+        ``log_mean - d log a``), ``grad`` :math:`= a\,\nabla\log p_t`, ``mean`` the posterior
+        mean :math:`\hat{\mathbb E}[x_0\mid x_t = x]`, ``ess``."""
+        return self._posterior_is(x, t, f"{type(self).__name__}.estimate")[0]
+
+    def score(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        r""":math:`\widehat{\nabla\log p_t}(x)`: ``(N, d) -> (N, d)``."""
+        est, a, _ = self._posterior_is(x, t, f"{type(self).__name__}.score")
+        return est.grad / a
+
+    def log_density(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        r""":math:`\widehat{\log p_t}(x) + \log Z - \text{log\_z}`: ``(N, d) -> (N,)`` float64."""
+        return self.score_and_log_density(x, t)[1]
+
+    def score_and_log_density(
+        self, x: torch.Tensor, t: float | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both from the same inner samples: ``(N, d)``, ``(N,)`` float64."""
+        est, a, _ = self._posterior_is(x, t, f"{type(self).__name__}.score_and_log_density")
+        return est.grad / a, est.log_mean - self.dim * math.log(a) - self.log_z
+
+    def posterior_mean(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        r""":math:`\hat{\mathbb E}[x_0\mid x_t = x] = \sum_j w_j x_0^j`, ``(N, d)``."""
+        return self._posterior_is(x, t, f"{type(self).__name__}.posterior_mean")[0].mean
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(target={self.target!r}, process={self.process!r}, "
+            f"n_samples={self.n_samples}, estimator={self.estimator!r})"
+        )

@@ -1,0 +1,308 @@
+"""RDMCScore: importance-sampling and inner-MALA posterior scores against the exact noised scores
+of a correlated Gaussian and a 3-component mixture (ExactScore)."""
+
+import math
+import os
+
+import pytest
+import torch
+
+from smcdiff.distributions import Gaussian, GaussianMixture
+from smcdiff.errors import SMCDiffError
+from smcdiff.processes import VP
+from smcdiff.scores import exact_score
+from smcdiff.scores.montecarlo import MonteCarloScore
+from smcdiff.scores.rdmc import RDMCScore
+from smcdiff.target import as_target
+
+F64 = torch.float64
+DEV = torch.device(os.environ.get("SMCDIFF_TEST_DEVICE", "cpu"))
+PROC = VP()
+
+
+def gauss(d):
+    g = torch.Generator().manual_seed(100 + d)
+    a = torch.randn(d, d, generator=g, dtype=F64) / math.sqrt(d)
+    return Gaussian(
+        torch.randn(d, generator=g, dtype=F64), a @ a.T + 0.5 * torch.eye(d, dtype=F64)
+    ).to(DEV)
+
+
+def mix(d):
+    g = torch.Generator().manual_seed(d)
+    a = torch.randn(3, d, d, generator=g, dtype=F64) / math.sqrt(d)
+    covs = a @ a.transpose(-1, -2) + 0.2 * torch.eye(d, dtype=F64)
+    means = 2.0 * torch.randn(3, d, generator=g, dtype=F64)
+    return GaussianMixture([0.2, 0.3, 0.5], means, covs).to(DEV)
+
+
+TARGETS = {"gauss": gauss, "mix": mix}
+
+
+def time_at(ratio):
+    return float(PROC.t_from_log_snr(torch.tensor(-2.0 * math.log(ratio))))
+
+
+def points(pi, t, n_points, n_rep, seed=5):
+    """``n_points`` exact draws of p_t, each repeated ``n_rep`` times (independent estimates)."""
+    x = exact_score(pi, PROC).sample_marginal(n_points, t, torch.Generator(DEV).manual_seed(seed))
+    return x.repeat_interleave(n_rep, 0)
+
+
+def rmse(a, b):
+    return float((a - b).square().mean().sqrt())
+
+
+def assert_unbiased(est, exact, n_points, n_rep, n_se=5.0):
+    """Per point and coordinate, the mean of the replicates within n_se standard errors."""
+    err = (est - exact).reshape(n_points, n_rep, -1)
+    se = err.std(1) / math.sqrt(n_rep)
+    z = (err.mean(1).abs() / se).max()
+    assert z < n_se, f"bias of {float(z):.2f} standard errors"
+
+
+CASES = [  # (target, d, sigma_t / alpha_t, M). IS at d = 10 needs SNR >~ 1 (see test_mala_*)
+    ("gauss", 2, 0.1, 128),
+    ("gauss", 2, 3.0, 512),
+    ("mix", 2, 0.1, 128),
+    ("mix", 2, 1.0, 128),
+    ("mix", 2, 3.0, 512),
+    ("gauss", 10, 0.1, 128),
+    ("gauss", 10, 0.5, 512),
+    ("mix", 10, 0.1, 128),
+    ("mix", 10, 0.5, 512),
+]
+
+
+@pytest.mark.parametrize(("name", "d", "ratio", "m"), CASES)
+def test_is_consistency(name, d, ratio, m):
+    """Score and log-density errors shrink by sqrt(16) = 4 from M to 16M; no bias at 16M."""
+    pi, t = TARGETS[name](d), time_at(ratio)
+    n_points, n_rep = (4, 64) if d == 2 else (4, 32)
+    x = points(pi, t, n_points, n_rep)
+    s_true, lp_true = exact_score(pi, PROC).score_and_log_density(x, t)
+    errs, lerrs = [], []
+    for mm in (m, 16 * m):
+        model = RDMCScore(pi, PROC, mm, seed=3)
+        s, lp = model.score_and_log_density(x, t)
+        assert s.shape == x.shape and lp.shape == (x.shape[0],) and lp.dtype == F64
+        errs.append(rmse(s, s_true))
+        lerrs.append(rmse(lp, lp_true))
+    assert 2.8 < errs[0] / errs[1] < 5.7, errs
+    assert 2.8 < lerrs[0] / lerrs[1] < 5.7, lerrs
+    assert_unbiased(s, s_true, n_points, n_rep)
+
+
+def test_is_unbiased_numerator_and_denominator():
+    r"""E[(1/M) Σ π̃(x0^j)] a^{-d} = p_t(x) and E[(1/M) Σ π̃(x0^j) x0^j] a^{-d} = p_t(x) E[x0|x]."""
+    pi, d, t = mix(2), 2, time_at(1.0)
+    a, s = float(PROC.alpha(t)), float(PROC.sigma(t))
+    n_rep = 4000
+    x = points(pi, t, 1, n_rep, seed=11)
+    s_true, lp_true = exact_score(pi, PROC).score_and_log_density(x[:1], t)
+    post_mean = (x[:1] + s * s * s_true) / a  # Tweedie
+    est = MonteCarloScore(pi, PROC, 16, seed=0).estimate(x, t)
+    ratio = torch.exp(est.log_mean - d * math.log(a) - lp_true)  # unbiased for 1
+    for name, v, want in (
+        ("denominator", ratio.unsqueeze(-1), torch.ones(1, 1, dtype=F64, device=DEV)),
+        ("numerator", ratio.unsqueeze(-1) * est.mean, post_mean),
+    ):
+        z = (v.mean(0) - want[0]).abs() / (v.std(0) / math.sqrt(n_rep))
+        assert bool((z < 5).all()), (name, z)
+    # the log of an unbiased estimate is biased low (Jensen): visible at M = 16
+    log_bias = (est.log_mean - d * math.log(a) - lp_true).mean()
+    assert float(log_bias) < 0
+
+
+def test_log_z_of_unnormalised_target():
+    pi, t = mix(2), time_at(1.0)
+    shifted = as_target(lambda z: pi.log_prob(z) + 2.5, 2)
+    x = points(pi, t, 8, 1)
+    lp0 = RDMCScore(pi, PROC, 64, seed=1).log_density(x, t)
+    lp_raw = RDMCScore(shifted, PROC, 64, seed=1).log_density(x, t)
+    lp_sub = RDMCScore(shifted, PROC, 64, seed=1, log_z=2.5).log_density(x, t)
+    torch.testing.assert_close(lp_raw, lp0 + 2.5, rtol=0, atol=1e-12)
+    torch.testing.assert_close(lp_sub, lp0, rtol=0, atol=1e-12)
+
+
+def test_grad_and_antithetic_lower_variance_at_high_snr():
+    """At low noise the Stein/Tweedie error ~ 1/(s sqrt M); the gradient form and antithetic
+    pairs remove that term."""
+    pi, t = mix(2), time_at(0.1)
+    x = points(pi, t, 4, 32)
+    s_true = exact_score(pi, PROC).score(x, t)
+    e_tw = rmse(RDMCScore(pi, PROC, 256, seed=1).score(x, t), s_true)
+    e_gr = rmse(RDMCScore(pi, PROC, 256, seed=1, estimator="grad").score(x, t), s_true)
+    e_an = rmse(RDMCScore(pi, PROC, 256, seed=1, antithetic=True).score(x, t), s_true)
+    assert e_gr < e_tw / 10, (e_gr, e_tw)
+    assert e_an < e_tw / 3, (e_an, e_tw)
+
+
+MALA_CASES = [("gauss", 10, 3.0), ("gauss", 10, 1.0), ("mix", 2, 1.0), ("mix", 10, 1.0)]
+
+
+@pytest.mark.parametrize("estimator", ["tweedie", "grad"])
+@pytest.mark.parametrize(("name", "d", "ratio"), MALA_CASES)
+def test_mala_consistency(name, d, ratio, estimator):
+    """Inner MALA where IS fails (d = 10, SNR <= 1): error ~ 1/sqrt(M) when the chains and the
+    IS initialisation grow together (with a multimodal posterior the chains keep the mode masses
+    of the resampled start), no visible bias."""
+    pi, t = TARGETS[name](d), time_at(ratio)
+    n_points, n_rep = 2, 32
+    x = points(pi, t, n_points, n_rep)
+    s_true = exact_score(pi, PROC).score(x, t)
+    errs = []
+    for m in (4, 64):
+        model = RDMCScore(
+            pi, PROC, m, "mala", estimator=estimator, n_steps=20, n_burnin=40, seed=3,
+            n_init_samples=64 * m,
+        )  # fmt: skip
+        s = model.score(x, t)
+        errs.append(rmse(s, s_true))
+    assert 2.8 < errs[0] / errs[1] < 5.7, errs
+    assert_unbiased(s, s_true, n_points, n_rep)
+
+
+def test_mala_beats_is_at_low_snr_d10():
+    pi, t = gauss(10), time_at(3.0)
+    x = points(pi, t, 2, 16)
+    s_true = exact_score(pi, PROC).score(x, t)
+    e_is = rmse(RDMCScore(pi, PROC, 1024, seed=0).score(x, t), s_true)
+    e_mala = rmse(RDMCScore(pi, PROC, 16, "mala", n_steps=20, seed=0).score(x, t), s_true)
+    assert e_mala < e_is / 3, (e_mala, e_is)
+
+
+def test_mala_log_density_is_the_is_estimate_and_init_mean():
+    pi, t = mix(2), time_at(1.0)
+    x = points(pi, t, 6, 1)
+    lp_is = RDMCScore(pi, PROC, 128, seed=4).log_density(x, t)
+    mala = RDMCScore(pi, PROC, 8, "mala", n_init_samples=128, seed=4)
+    _, lp = mala.score_and_log_density(x, t)
+    torch.testing.assert_close(lp, lp_is, rtol=0, atol=1e-12)
+    # init="mean" starts at x/a and draws its IS sample for the log density separately
+    mean_init = RDMCScore(pi, PROC, 32, "mala", init="mean", n_steps=40, seed=4)
+    s, lp2 = mean_init.score_and_log_density(x, t)
+    assert s.shape == x.shape and lp2.shape == (6,) and bool(torch.isfinite(lp2).all())
+
+
+class CountingTarget:
+    """Counts the rows it evaluates, and those evaluated with autograd on (gradients)."""
+
+    def __init__(self, dist):
+        self.dist, self.dim = dist, dist.dim
+        self.rows = self.grad_rows = 0
+
+    def log_prob(self, x):
+        self.rows += x.shape[0]
+        self.grad_rows += x.shape[0] if x.requires_grad else 0
+        return self.dist.log_prob(x)
+
+
+@pytest.mark.parametrize(
+    ("method", "estimator", "kw"),
+    [
+        ("is", "tweedie", {}),
+        ("is", "grad", {}),
+        ("is", "tweedie", {"antithetic": True, "chunk_size": 3}),
+        ("mala", "tweedie", {"n_steps": 5, "n_burnin": 3, "n_init_samples": 10}),
+        ("mala", "grad", {"n_steps": 5, "n_burnin": 0, "init": "mean"}),
+    ],
+)
+def test_eval_counters(method, estimator, kw):
+    target = CountingTarget(mix(2))
+    x = points(target.dist, time_at(1.0), 7, 1)
+    model = RDMCScore(target, PROC, 6, method, estimator=estimator, seed=0, **kw)
+    model.score(x, time_at(1.0))
+    model.score(x, time_at(0.1))
+    assert model.n_target_evals == target.rows
+    assert model.n_grad_evals == target.grad_rows
+    if method == "is":
+        assert target.rows == 2 * 7 * 6
+        assert target.grad_rows == (2 * 7 * 6 if estimator == "grad" else 0)
+    else:
+        steps = 1 + kw["n_steps"] + kw["n_burnin"]
+        init = kw.get("n_init_samples", 0)
+        assert target.rows == 2 * 7 * (init + 6 * steps)
+        assert target.grad_rows == 2 * 7 * 6 * steps
+
+
+@pytest.mark.parametrize("method", ["is", "mala"])
+def test_generator_determinism(method):
+    pi, t = mix(2), time_at(1.0)
+    x = points(pi, t, 5, 1)
+    kw = {"n_steps": 4} if method == "mala" else {}
+
+    def run(**g):
+        return RDMCScore(pi, PROC, 16, method, **kw, **g).score_and_log_density(x, t)
+
+    a, b = run(seed=7), run(seed=7)
+    c = run(generator=torch.Generator(DEV).manual_seed(7))
+    d = run(seed=8)
+    for u, v in ((a, b), (a, c)):
+        torch.testing.assert_close(u[0], v[0], rtol=0, atol=0)
+        torch.testing.assert_close(u[1], v[1], rtol=0, atol=0)
+    assert not torch.equal(a[0], d[0])
+    # score / log_density / posterior_mean alone = the same draws as score_and_log_density
+    torch.testing.assert_close(
+        RDMCScore(pi, PROC, 16, method, **kw, seed=7).score(x, t), a[0], rtol=0, atol=0
+    )
+    if method == "is":
+        torch.testing.assert_close(
+            RDMCScore(pi, PROC, 16, seed=7).log_density(x, t), a[1], rtol=0, atol=0
+        )
+        a_t, s_t = float(PROC.alpha(t)), float(PROC.sigma(t))
+        post = RDMCScore(pi, PROC, 16, seed=7).posterior_mean(x, t)  # Tweedie, same draws
+        torch.testing.assert_close(post, (x + s_t**2 * a[0]) / a_t, rtol=1e-9, atol=1e-9)
+
+
+def test_float32_and_chunking():
+    pi = mix(2).to(dtype=torch.float32)
+    t = time_at(0.1)
+    x = points(pi, t, 1, 1).expand(10, 2) + torch.linspace(-3, 3, 10, device=DEV)[:, None]
+    model = RDMCScore(pi, PROC, 4096, estimator="grad", seed=0, chunk_size=3)
+    s, lp = model.score_and_log_density(x, t)
+    assert s.dtype == torch.float32 and lp.dtype == F64
+    s_true, lp_true = exact_score(pi, PROC).score_and_log_density(x, t)
+    torch.testing.assert_close(s, s_true, rtol=0, atol=0.05)  # rows stay in order across chunks
+    torch.testing.assert_close(lp, lp_true.double(), rtol=0, atol=0.05)
+
+
+def test_bad_inputs():
+    pi = mix(2)
+    t = time_at(1.0)
+    model = RDMCScore(pi, PROC, 8, seed=0)
+    with pytest.raises(SMCDiffError, match="x has shape"):
+        model.score(torch.zeros(4, 3, dtype=F64, device=DEV), t)
+    with pytest.raises(SMCDiffError, match=r"t must lie in \[0, 1\]"):
+        model.score(torch.zeros(4, 2, dtype=F64, device=DEV), 1.5)
+    with pytest.raises(SMCDiffError, match="sigma_t = 0"):
+        model.score(torch.zeros(4, 2, dtype=F64, device=DEV), 0.0)
+    nan_target = as_target(lambda z: torch.where(z[:, 0] > 0, float("nan"), pi.log_prob(z)), 2)
+    for method in ("is", "mala"):
+        with pytest.raises(SMCDiffError, match="target log_prob is NaN"):
+            RDMCScore(nan_target, PROC, 8, method, seed=0, check_finite=True).score(
+                torch.zeros(4, 2, dtype=F64, device=DEV), t
+            )
+    for method in ("is", "mala"):  # unchecked (the CUDA default): the NaN reaches the output
+        out = RDMCScore(nan_target, PROC, 8, method, seed=0, check_finite=False).score(
+            torch.full((4, 2), 3.0, dtype=F64, device=DEV), t
+        )
+        assert bool(torch.isnan(out).all())
+    zero = as_target(lambda z: torch.full_like(z[:, 0], -math.inf), 2)
+    with pytest.raises(SMCDiffError, match="zero target density"):
+        RDMCScore(zero, PROC, 8, seed=0, check_finite=True).log_density(
+            torch.zeros(4, 2, dtype=F64, device=DEV), t
+        )
+    bad_shape = as_target(lambda z: pi.log_prob(z)[:-1], 2)
+    with pytest.raises(SMCDiffError, match="log_prob output has shape"):
+        RDMCScore(bad_shape, PROC, 8, seed=0).score(torch.zeros(4, 2, dtype=F64, device=DEV), t)
+    with pytest.raises(SMCDiffError, match="method"):
+        RDMCScore(pi, PROC, 8, "hmc")
+    with pytest.raises(SMCDiffError, match="estimator"):
+        RDMCScore(pi, PROC, 8, estimator="score")
+    with pytest.raises(SMCDiffError, match="even n_samples"):
+        RDMCScore(pi, PROC, 7, antithetic=True)
+    with pytest.raises(SMCDiffError, match="n_samples"):
+        RDMCScore(pi, PROC, 0)
+    with pytest.raises(SMCDiffError, match="generator or seed"):
+        RDMCScore(pi, PROC, 8, seed=1, generator=torch.Generator())
