@@ -12,7 +12,7 @@ from smcdiff.engine import FeynmanKacModel, StepOutput, run_smc
 from smcdiff.errors import DegenerateWeightsError, NonFiniteError, SMCDiffError
 from smcdiff.processes import VE, VP, Flow, NoiseProcess, time_grid
 from smcdiff.result import SMCResult
-from smcdiff.scores import ScoreModel, exact_score
+from smcdiff.scores import GeometricScore, ScoreModel, anneal, cfg, exact_score, product
 from smcdiff.steering import steer
 from smcdiff.target import Target, as_target
 
@@ -38,6 +38,7 @@ __all__ = [
     "Flow",
     "Gaussian",
     "GaussianMixture",
+    "GeometricScore",
     "NoiseProcess",
     "NonFiniteError",
     "PyroTarget",
@@ -46,9 +47,12 @@ __all__ = [
     "ScoreModel",
     "StepOutput",
     "Target",
+    "anneal",
     "as_target",
+    "cfg",
     "exact_score",
     "from_pyro",
+    "product",
     "run_smc",
     "sample",
     "steer",

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from smcdiff.energy.diffusion import run_diffusion
 from smcdiff.energy.tempered import TemperedSMC
 from smcdiff.engine.smc import run_smc
 from smcdiff.errors import SMCDiffError, check_n_particles
@@ -51,6 +52,13 @@ def sample(
       ``kernel="hmc"``, ``n_moves=5``, ``target_ess=0.5``, ``step_size``, ``target_accept``,
       ``max_steps``, kernel options such as ``n_leapfrog``); resampling when the ESS falls below
       ``ess_threshold * N`` (default 1: every step);
+    * ``"diffusion"``: SMC along a VP diffusion path in the coordinates scaled by the reference,
+      proposals from estimated scores (``score="rdmc"``: rdMC importance sampling, or
+      ``"follmer"``), path weights from the estimators' :math:`\hat p_t` that telescope to the
+      target, so it is consistent with an unbiased :math:`\hat Z` (``n_steps=100``, ``n_mc=64``
+      inner samples, ``final_moves=10`` MALA moves; see :mod:`smcdiff.energy.diffusion`);
+    * ``"rdmc"``, ``"ensemble"``: the unweighted reverse SDE with the rdMC score or the Föllmer
+      drift (biased baselines, ``log_z`` NaN);
     * ``"mala"``, ``"hmc"``, ``"ula"``, ``"underdamped"``, ``"pcnl"``: MCMC only, N independent
       chains from the reference (``n_steps=1000``, ``n_warmup``, ``step_size``, kernel options);
       the particles are the chains' last states, equally weighted, and ``log_z`` is NaN.
@@ -187,6 +195,9 @@ def _mcmc(kernel: str) -> Callable[[dict, dict], SMCResult]:
 
 SAMPLE_METHODS: dict[str, Callable[[dict, dict], SMCResult]] = {
     "tempered": _tempered,
+    "diffusion": lambda c, o: run_diffusion(c, o, weighted=True, score=o.pop("score", "rdmc")),
+    "rdmc": lambda c, o: run_diffusion(c, o, weighted=False, score="rdmc"),
+    "ensemble": lambda c, o: run_diffusion(c, o, weighted=False, score="follmer"),
     **{name: _mcmc(name) for name in KERNELS},
 }
 """Method name -> runner ``(common settings, method options) -> SMCResult`` (grouped)."""

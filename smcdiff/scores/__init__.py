@@ -3,6 +3,7 @@ of the noised scores of an unnormalised target (rdMC, Monte Carlo, Föllmer, emp
 """
 
 from smcdiff.scores.base import DensityScoreModel, ScoreModel, has_log_density
+from smcdiff.scores.combine import GeometricDensityScore, GeometricScore, anneal, cfg, product
 from smcdiff.scores.empirical import EmpiricalScore
 from smcdiff.scores.ensemble import EnsembleScore, FollmerDrift, SchrodingerFollmer
 from smcdiff.scores.exact import ExactScore, exact_score
@@ -28,11 +29,15 @@ __all__ = [
     "EnsembleScore",
     "ExactScore",
     "FollmerDrift",
+    "GeometricDensityScore",
+    "GeometricScore",
     "MonteCarloScore",
     "RDMCScore",
     "SchrodingerFollmer",
     "ScoreModel",
     "SmoothingEstimate",
+    "anneal",
+    "cfg",
     "exact_score",
     "fit_gaussian",
     "fit_gaussian_mixture",
@@ -40,5 +45,6 @@ __all__ = [
     "moment_fit_blend",
     "moment_fit_score",
     "monte_carlo_score",
+    "product",
     "smoothed_log_expectation",
 ]

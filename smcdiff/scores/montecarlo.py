@@ -242,11 +242,16 @@ def _draw_chunk(
     use_grad: bool,
     antithetic: bool,
     where: str,
+    common: torch.Tensor | None = None,
 ) -> _Draws:
-    """Smoothing estimate for one chunk of centres ``m`` ``(n, d)``."""
+    """Smoothing estimate for one chunk of centres ``m`` ``(n, d)``; ``common`` ``(1, M', d)``:
+    the same standard normal draws for every row."""
     n, d = m.shape
     shape = (n, n_samples // 2 if antithetic else n_samples, d)
-    xi = torch.randn(shape, generator=generator, dtype=m.dtype, device=m.device)
+    if common is None:
+        xi = torch.randn(shape, generator=generator, dtype=m.dtype, device=m.device)
+    else:
+        xi = common.expand(n, -1, -1)
     if antithetic:
         xi = torch.cat([xi, -xi], dim=1)
     y = m.unsqueeze(1) + c * xi  # (n, M, d)
@@ -299,6 +304,7 @@ def smoothed_log_expectation(
     chunk_size: int | None = None,
     check_finite: bool | None = None,
     where: str = "smoothed_log_expectation",
+    common_noise: bool = False,
 ) -> SmoothingEstimate:
     r"""Monte Carlo :math:`G(m) = \log\mathbb E_\xi[g(m + c\xi)]` and :math:`\nabla_m G` per row.
 
@@ -316,6 +322,10 @@ def smoothed_log_expectation(
             gradient, or rows where every draw has :math:`g = 0` (one host sync per call);
             ``None``: only on CPU, where the sync is free (on CUDA the NaN propagates to the
             output, where the SMC engine's guard names it).
+        common_noise: use the same :math:`\xi_1..\xi_M` for every row (common random numbers):
+            each row's estimate keeps its law, but the errors of nearby rows move together, so
+            ratios between rows are far less noisy. Within one call :math:`\hat G` is then a
+            fixed smooth function of :math:`m`.
 
     Returns:
         :class:`SmoothingEstimate`. Consumes :math:`N M` evaluations of ``log_g`` (and as many
@@ -334,10 +344,16 @@ def smoothed_log_expectation(
         check_count("chunk_size", chunk_size, where)
     rows = default_rows(chunk_size, n_samples, mean.shape[1])
     parts, bad = [], {}
+    common = None
+    if common_noise:
+        m_draw = n_samples // 2 if antithetic else n_samples
+        common = torch.randn(
+            (1, m_draw, mean.shape[1]), generator=generator, dtype=mean.dtype, device=mean.device
+        )
     for start in range(0, mean.shape[0], rows):
         out = _draw_chunk(
             log_g, mean[start : start + rows].detach(), scale, n_samples, generator,
-            use_grad, antithetic, where,
+            use_grad, antithetic, where, common,
         )  # fmt: skip
         parts.append(out.est)
         merge_bad(bad, out.bad)
@@ -401,6 +417,7 @@ class EstimatorBase:
         chunk_size: int | None,
         check_finite: bool | None,
         where: str,
+        common_noise: bool = False,
     ):
         dim = getattr(target, "dim", None)
         if not callable(getattr(target, "log_prob", None)) or not isinstance(dim, int):
@@ -421,6 +438,7 @@ class EstimatorBase:
             check_count("chunk_size", chunk_size, where)
         self.chunk_size = chunk_size
         self.check_finite = check_finite
+        self.common_noise = bool(common_noise)
         self.n_target_evals = 0
         self.n_grad_evals = 0
 
@@ -435,7 +453,7 @@ class EstimatorBase:
         est = smoothed_log_expectation(
             log_g, m, c, self.n_samples, generator=self.random.get(m.device),
             estimator=self.estimator, antithetic=self.antithetic, chunk_size=self.chunk_size,
-            check_finite=self.check_finite, where=where,
+            check_finite=self.check_finite, where=where, common_noise=self.common_noise,
         )  # fmt: skip
         self._count(m.shape[0], self.n_samples, self.use_grad)
         return est
@@ -462,6 +480,14 @@ class MonteCarloScore(EstimatorBase):
         generator / seed: the random stream (a user generator must be on the data's device).
         chunk_size: rows of ``x`` per pass (memory ``chunk_size * M * d``).
         check_finite: see :func:`smoothed_log_expectation`.
+        reference_std: ``r``: draw :math:`x_0^j` from the Gaussian posterior of a reference
+            :math:`\mathcal N(0, r^2 I)` given :math:`x_t` instead of :math:`\mathcal N(x/a, c^2)`,
+            and weight by :math:`\tilde\pi/\mathcal N(0, r^2 I)` (unbiased for the same
+            :math:`Z p_t`; see ``_score_and_log_density``); at high noise the draws then stay where
+            a target of scale ``r`` lives instead of spreading over :math:`c = s/a \gg r`.
+        common_noise: the same inner draws for every point of a call (see
+            :func:`smoothed_log_expectation`): :math:`\hat p_t` becomes one smooth random
+            function per call, which is what a diffusion-path SMC sampler wants.
 
     Counters: ``n_target_evals`` (+ N M per call), ``n_grad_evals`` (+ N M with ``"grad"``).
     """
@@ -479,22 +505,65 @@ class MonteCarloScore(EstimatorBase):
         seed: int | None = None,
         chunk_size: int | None = None,
         check_finite: bool | None = None,
+        reference_std: float | None = None,
+        common_noise: bool = False,
     ):
         where = type(self).__name__
+        if reference_std is not None and not (
+            math.isfinite(float(reference_std)) and float(reference_std) > 0
+        ):
+            raise SMCDiffError(
+                f"{where}: reference_std must be a positive float, got {reference_std!r}"
+            )
+        self.reference_std = None if reference_std is None else float(reference_std)
         if not isinstance(process, NoiseProcess):
             raise SMCDiffError(f"{where}: process must be a NoiseProcess, got {type(process)}")
         super().__init__(
             target, n_samples, estimator=estimator, antithetic=antithetic, log_z=log_z,
             generator=generator, seed=seed, chunk_size=chunk_size, check_finite=check_finite,
-            where=where,
+            where=where, common_noise=common_noise,
         )  # fmt: skip
         self.process = process
 
     def _posterior_is(self, x: torch.Tensor, t: float | torch.Tensor, where: str):
         check_points(x, self.dim, where)
         a, s = noise_coefficients(self.process, t, where)
-        est = self._smooth(self.target.log_prob, x.detach() / a, s / a, where)
+        if self.reference_std is None:
+            est = self._smooth(self.target.log_prob, x.detach() / a, s / a, where)
+            return est, a, s
+        r2 = self.reference_std**2
+        v = 1.0 / (a * a / (s * s) + 1.0 / r2)  # the posterior of N(0, r^2 I) given x_t = x
+
+        log_norm = 0.5 * self.dim * math.log(2 * math.pi * r2)
+
+        def log_g(y: torch.Tensor) -> torch.Tensor:  # log pi~ - log N(y; 0, r^2 I)
+            return self.target.log_prob(y) + 0.5 * (y * y).sum(-1) / r2 + log_norm
+
+        est = self._smooth(log_g, x.detach() * (v * a / (s * s)), math.sqrt(v), where)
         return est, a, s
+
+    def _score_and_log_density(
+        self, x: torch.Tensor, t: float | torch.Tensor, where: str
+    ) -> tuple[SmoothingEstimate, torch.Tensor, torch.Tensor]:
+        r"""``(estimate, score, log density)``. With a reference :math:`\mathcal N(0, r^2 I)` the
+        proposal is :math:`q = \mathcal N(m, vI) \propto \mathcal N(x_0; x/a, c^2 I)\,\mathcal
+        N(x_0; 0, r^2 I)` (:math:`c = s/a`, :math:`1/v = 1/c^2 + 1/r^2`, :math:`m = v a x / s^2`),
+        :math:`g = \tilde\pi / \mathcal N(0, r^2 I)` and
+        :math:`Z p_t(x) = a^{-d}\,\mathcal N(x/a; 0, (r^2 + c^2) I)\, \mathbb E_q[g]`, so
+        :math:`\nabla\log p_t = \frac{va}{s^2}\nabla_m G - \frac{x}{a^2 r^2 + s^2}`."""
+        est, a, s = self._posterior_is(x, t, where)
+        d = self.dim
+        if self.reference_std is None:
+            return est, est.grad / a, est.log_mean - d * math.log(a) - self.log_z
+        r2 = self.reference_std**2
+        v = 1.0 / (a * a / (s * s) + 1.0 / r2)
+        var = r2 + s * s / (a * a)
+        xd = x.detach()
+        log_n = -0.5 * ((xd / a) ** 2).sum(-1).double() / var - 0.5 * d * math.log(
+            2 * math.pi * var
+        )
+        score = est.grad * (v * a / (s * s)) - xd / (a * a * r2 + s * s)
+        return est, score, est.log_mean + log_n - d * math.log(a) - self.log_z
 
     def estimate(self, x: torch.Tensor, t: float | torch.Tensor) -> SmoothingEstimate:
         r"""The raw estimate at :math:`m = x/a`, :math:`c = s/a`: ``log_mean`` is
@@ -505,8 +574,7 @@ class MonteCarloScore(EstimatorBase):
 
     def score(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         r""":math:`\widehat{\nabla\log p_t}(x)`: ``(N, d) -> (N, d)``."""
-        est, a, _ = self._posterior_is(x, t, f"{type(self).__name__}.score")
-        return est.grad / a
+        return self._score_and_log_density(x, t, f"{type(self).__name__}.score")[1]
 
     def log_density(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         r""":math:`\widehat{\log p_t}(x) + \log Z - \text{log\_z}`: ``(N, d) -> (N,)`` float64."""
@@ -516,8 +584,10 @@ class MonteCarloScore(EstimatorBase):
         self, x: torch.Tensor, t: float | torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Both from the same inner samples: ``(N, d)``, ``(N,)`` float64."""
-        est, a, _ = self._posterior_is(x, t, f"{type(self).__name__}.score_and_log_density")
-        return est.grad / a, est.log_mean - self.dim * math.log(a) - self.log_z
+        _, score, logp = self._score_and_log_density(
+            x, t, f"{type(self).__name__}.score_and_log_density"
+        )
+        return score, logp
 
     def posterior_mean(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         r""":math:`\hat{\mathbb E}[x_0\mid x_t = x] = \sum_j w_j x_0^j`, ``(N, d)``."""

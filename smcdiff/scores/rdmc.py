@@ -102,7 +102,8 @@ class RDMCScore(MonteCarloScore):
         init: ``"is"`` (resample ``n_init_samples`` IS draws by weight) or ``"mean"`` (:math:`x/a`).
         n_init_samples: IS draws of the initialisation and of ``log_density`` with ``"mala"``
             (default ``n_samples``).
-        log_z, generator, seed, chunk_size, check_finite: as :class:`MonteCarloScore`.
+        log_z, generator, seed, chunk_size, check_finite, reference_std: as
+            :class:`MonteCarloScore` (``reference_std`` with ``"is"`` only).
 
     Counters with ``"mala"``: per point, ``n_init_samples`` target evaluations for the IS
     initialisation (if ``init="is"``), then ``n_samples * (1 + n_burnin + n_steps)`` target and
@@ -129,12 +130,17 @@ class RDMCScore(MonteCarloScore):
         seed: int | None = None,
         chunk_size: int | None = None,
         check_finite: bool | None = None,
+        reference_std: float | None = None,
+        common_noise: bool = False,
     ):
         where = "RDMCScore"
         super().__init__(
             target, process, n_samples, estimator=estimator, antithetic=antithetic, log_z=log_z,
             generator=generator, seed=seed, chunk_size=chunk_size, check_finite=check_finite,
+            reference_std=reference_std, common_noise=common_noise,
         )  # fmt: skip
+        if reference_std is not None and method == "mala":
+            raise SMCDiffError(f"{where}: reference_std is an importance-sampling option ('is')")
         if method not in _METHODS:
             raise SMCDiffError(f"{where}: method must be 'is' or 'mala', got {method!r}")
         if init not in _INITS:

@@ -21,6 +21,10 @@ Moves are reverse kernels :math:`x_s = c_x x_t + c_s s_t(x_t) + \delta + \sqrt v
   :math:`\log p_{t_{max}}(x) - \log \mathcal N(x; 0, \sigma_{ref}^2 I)` at the start. Then the weighted
   particles target :math:`p(x) e^{\phi(x)}` and ``log_z`` estimates :math:`\log \mathbb E_p[e^{\phi}]`
   without bias from the step count; without it, both refer to the sampler's own marginal.
+  ``end_log_prob`` (an unnormalised :math:`\log\tilde\pi`) replaces :math:`\log p_{t_{min}}` at the
+  last step by :math:`\log\tilde\pi(x)`: the path weights then telescope to :math:`\tilde\pi`
+  (the energy-target sampler of :mod:`smcdiff.energy.diffusion`, where :math:`p_t` is estimated
+  and the estimate at the last step cancels exactly).
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ class DiffusionFK:
         sampler: str = "ancestral",
         eta: float = 1.0,
         tilt_schedule: str = "constant",
+        end_log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ):
@@ -102,6 +107,9 @@ class DiffusionFK:
         self.tilt, self.weighted, self.potential = tuple(tilt), weighted, potential
         self.guided, self.guidance_scale = guided, float(guidance_scale)
         self.path = path_correction
+        if end_log_prob is not None and not path_correction:
+            raise SMCDiffError("end_log_prob needs path_correction=True (a prior with log_density)")
+        self.end_log_prob = end_log_prob
         self.device, self.dtype = torch.device(device), dtype
         self.dim = int(model.dim)
         self.ref_std = self.process.prior_std
@@ -226,6 +234,11 @@ class DiffusionFK:
             log_g = log_g + ev["logp"] - state["logp"] + gaussian_log_prob(x, a * x_new, v) - log_q
         elif self.weighted and shift is not None:
             log_g = log_g + shifted_proposal_log_ratio(z, shift, ker.var)
+        if last and self.end_log_prob is not None:  # p_{t_min} -> the exact end density
+            end = self.end_log_prob(x_new)
+            check_shape("end log_prob", end, (x.shape[0],), where=f"step {k}/{self.n_steps}")
+            checks["end log_prob"] = nan_or_posinf(end.detach())
+            log_g = log_g + end.detach().double() - ev["logp"]
         new: ParticleState = {"x": x_new, **ev}
         if self.weighted and "phi" in ev:
             zero = torch.zeros_like(ev["phi"])  # "final" potential: no intermediate phi

@@ -27,13 +27,18 @@ product :math:`q_1q_2`: :math:`G = d f_t + g^2 s_1\cdot s_2`; CFG :math:`q_c^w q
 :math:`G = -\tfrac{g^2}{2}w(1-w)|s_c - s_u|^2`; reward: :math:`G = \dot\beta r + \beta(-f_t x\cdot\nabla r
 + \tfrac{g^2}{2}\Delta r + g^2 s\cdot\nabla r) + \tfrac{g^2}{2}\beta^2|\nabla r|^2`.
 
-**Discretisation** of step :math:`t \to s` (:math:`\Delta\tau = t - s`): Euler–Maruyama
+**Discretisation** of step :math:`t \to s` (:math:`\Delta\tau = t - s`, coefficients at
+:math:`t`): ``integrator="em"``, Euler–Maruyama
 :math:`x_s = x_t + \Delta\tau\,(-f_t x_t + c_t S_t(x_t) + u_t(x_t)) + h_t\sqrt{\Delta\tau}\,z`;
-log-weight :math:`(W-1)\,d\,\log(\alpha_t/\alpha_s)` (the constant term, integrated exactly)
-:math:`+\ (\beta_s - \beta_t)\,\bar r + \Delta\tau\,\bar G`, where the bars are the trapezoid
-averages over the old and new points (``weight_rule="trapezoid"``, no extra NFE: the new point's
-scores serve the next step) or the old point's values (``"left"``); :math:`G` here excludes the two
-terms handled apart. The bias is :math:`O(\Delta\tau)`; it shrinks with the step count.
+``"exp"`` (default) integrates the linear part :math:`-\lambda x`,
+:math:`\lambda = f_t + c_t W/\nu_t`, :math:`\nu_t = \alpha_t^2 + \sigma_t^2`, exactly (the drift
+:math:`\rho_t` has when each :math:`q_i \approx \mathcal N(0, \nu_t)`, which removes the stiffness
+of the high-noise end) and the rest explicitly. Log-weight :math:`(W-1)\,d\,\log(\alpha_t/\alpha_s)`
+(the constant term, integrated exactly) :math:`+\ (\beta_s - \beta_t)\,\bar r + \Delta\tau\,\bar G`,
+where the bars are the trapezoid averages over the old and new points (``weight_rule="trapezoid"``,
+no extra NFE: the new point's scores serve the next step) or the old point's values (``"left"``);
+:math:`G` here excludes the two terms handled apart. The bias is :math:`O(\Delta\tau)`; it shrinks
+with the step count (table in ``docs/fkc-driftlite.md``).
 
 **Start and log Z.** :math:`\rho_{t_{max}} \approx \mathcal N(0, \sigma_{ref}^2/W)` (each
 :math:`q_i \approx \mathcal N(0,\sigma_{ref}^2)`); the start weight is
@@ -136,6 +141,8 @@ class FKCModel:
             ``beta`` unset).
         noise: ``"target"``, ``"tempered"`` or a float :math:`\kappa \ge 0` (:math:`h^2 = \kappa g^2`).
         weight_rule: ``"trapezoid"`` or ``"left"``.
+        integrator: ``"exp"`` (the linear part of the drift integrated exactly, see
+            ``_move_coefficients``) or ``"em"`` (Euler–Maruyama).
         divergence, n_probes: how :math:`\Delta r` and score divergences are computed.
         control: ``None``, ``"vcg"`` or ``"ecg"``; basis: names from :data:`BASES` (default
             ``("scores", "reward")``, ``"reward"`` only with a reward); ridge: relative ridge.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -18,12 +18,16 @@ from smcdiff.resampling.policies import Never, policy_from_threshold
 from smcdiff.result import SMCResult
 from smcdiff.samplers.kernels import SAMPLERS
 from smcdiff.scores.base import ScoreModel, has_log_density
+from smcdiff.scores.combine import GeometricScore
+from smcdiff.scores.combine import anneal as anneal_model
 from smcdiff.steering.fk import DiffusionFK, TiltTerm
+from smcdiff.steering.fkc import FKCModel
 from smcdiff.steering.potentials import POTENTIALS
 
-__all__ = ["INITS", "METHODS", "steer"]
+__all__ = ["FKC_METHODS", "INITS", "METHODS", "steer"]
 
-METHODS = ("fk", "tds", "guidance", "none")
+METHODS = ("fk", "tds", "fkc", "driftlite-vcg", "driftlite-ecg", "guidance", "none")
+FKC_METHODS = {"fkc": None, "driftlite-vcg": "vcg", "driftlite-ecg": "ecg"}
 INITS = ("prior", "pcnl", "mala")
 
 
@@ -34,6 +38,7 @@ def steer(
     log_likelihood: Callable[[torch.Tensor], torch.Tensor] | None = None,
     beta: float = 1.0,
     method: str = "fk",
+    anneal: float | None = None,
     n_particles: int = 1000,
     n_steps: int = 100,
     resampling: str | Callable = "systematic",
@@ -55,6 +60,11 @@ def steer(
     init: str = "prior",
     init_moves: int = 20,
     init_step_size: float | None = None,
+    beta_schedule: str | Callable[[float], float] = "linear",
+    noise: str | float = "target",
+    divergence: str = "auto",
+    n_probes: int = 1,
+    basis: Sequence[str] | None = None,
     dtype: torch.dtype | None = None,
     check_every: int | None = None,
     progress: bool = False,
@@ -77,6 +87,19 @@ def steer(
       mean shifted by :math:`c_s \nabla\log\tilde p_k`, weight :math:`p(x_{k-1}\mid x_k)\,\tilde
       p_{k-1}(x_{k-1}) / (\tilde p_k(x_k)\, q(x_{k-1}\mid x_k))` and the exact final correction
       :math:`e^{\phi(x_0)}/\tilde p_0(x_0)`; needs a differentiable reward / likelihood;
+    * ``"fkc"``: Feynman–Kac correctors (Skreta et al. 2025) for a geometric target
+      :math:`\prod_i p_i^{w_i}\,e^{\beta_t r}` — ``anneal=gamma`` (:math:`p^\gamma`), a
+      ``model`` built by :func:`smcdiff.product` or :func:`smcdiff.cfg`, and/or a differentiable
+      ``reward`` applied at :math:`x_t` with the schedule ``beta_schedule`` (``"linear"``,
+      ``"snr"``, ``"constant"`` or a callable :math:`t \mapsto \beta_t`, reaching ``beta`` at
+      ``t_min``); the SDE drift uses the target score, ``noise`` (``"target"``, ``"tempered"`` or
+      :math:`\kappa` with :math:`h^2 = \kappa g^2`) sets the drift/weight split, and each step is
+      weighted by the continuous-time FKC potential (trapezoid rule); ``divergence``
+      (``"auto" | "exact" | "hutchinson"``, ``n_probes``) for the Laplacian of the reward;
+    * ``"driftlite-vcg"`` / ``"driftlite-ecg"``: FKC plus DriftLite's control drift over
+      ``basis`` (default: the target score and the reward gradient), refitted every step from the
+      weighted particles to minimise the variance (VCG) or the energy (ECG) of the weights;
+      ``ess_threshold=0`` gives the variants without resampling. See docs/fkc-driftlite.md;
     * ``"guidance"``: the same gradient shift without weights (DPS-style baseline, biased);
     * ``"none"``: the untilted sampler.
 
@@ -122,6 +145,20 @@ def steer(
     for name, fn in (("reward", reward), ("log_likelihood", log_likelihood)):
         if fn is not None and not callable(fn):
             raise SMCDiffError(f"steer: {name} must be a callable x0 (N, d) -> (N,)")
+    if method in FKC_METHODS:
+        return _steer_fkc(
+            model, reward=reward, log_likelihood=log_likelihood, beta=beta, method=method,
+            anneal=anneal, n_particles=n_particles, n_steps=n_steps, resampling=resampling,
+            ess_threshold=ess_threshold, seed=seed, device=device, grid=grid, t_min=t_min,
+            t_max=t_max, n_runs=n_runs, corrector=corrector, dtype=dtype,
+            check_every=check_every, progress=progress, beta_schedule=beta_schedule,
+            noise=noise, divergence=divergence, n_probes=n_probes, basis=basis,
+        )  # fmt: skip
+    if anneal is not None or isinstance(model, GeometricScore):
+        raise SMCDiffError(
+            f"steer: annealed, product and CFG targets need method='fkc' or 'driftlite-vcg'/"
+            f"'driftlite-ecg' (their scores are not the marginals of one diffusion), got {method!r}"
+        )
     tilt = []
     if reward is not None:
         tilt.append(TiltTerm("reward", reward, float(beta)))
@@ -178,10 +215,7 @@ def steer(
         device=device,
         dtype=dtype,
     )
-    gen = torch.Generator(device=device)
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, (1,)).item())
-    gen.manual_seed(seed)
+    gen, seed = _generator(device, seed)
     policy = policy_from_threshold(ess_threshold) if weighted else Never()
     init_corrector = None
     if init != "prior":
@@ -238,3 +272,71 @@ def steer(
 def weighted_method(method: str) -> bool:
     """Methods whose particles carry importance weights (exact in the large-N limit)."""
     return method in ("fk", "tds")
+
+
+def _generator(device: torch.device, seed: int | None) -> tuple[torch.Generator, int]:
+    gen = torch.Generator(device=device)
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    gen.manual_seed(seed)
+    return gen, seed
+
+
+def _steer_fkc(model, *, reward, log_likelihood, beta, method, anneal, n_particles, n_steps,
+               resampling, ess_threshold, seed, device, grid, t_min, t_max, n_runs, corrector,
+               dtype, check_every, progress, beta_schedule, noise, divergence, n_probes,
+               basis) -> SMCResult:  # fmt: skip
+    """``steer`` for the FKC / DriftLite methods (see :func:`steer`)."""
+    if log_likelihood is not None:
+        if reward is not None:
+            raise SMCDiffError(
+                f"steer: method={method!r} takes one differentiable reward; fold the likelihood "
+                "into it (reward = lambda x: r(x) + log_lik(x) / beta)"
+            )
+        reward, beta = log_likelihood, 1.0
+    if anneal is not None:
+        if not (isinstance(anneal, int | float) and math.isfinite(anneal) and anneal > 0):
+            raise SMCDiffError(f"steer: anneal must be a positive number, got {anneal!r}")
+        model = anneal_model(model, float(anneal))
+    if reward is None and not isinstance(model, GeometricScore):
+        raise SMCDiffError(
+            f"steer: method={method!r} needs anneal=, a product/cfg model or a reward"
+        )
+    if corrector is not None:
+        raise SMCDiffError(f"steer: method={method!r} does not take a corrector yet")
+    model_device = getattr(model, "device", None)
+    device = torch.device(device if device is not None else (model_device or "cpu"))
+    dtype = dtype or getattr(model, "dtype", None) or torch.float32
+    times = time_grid(model.process, n_steps, grid, t_min=t_min, t_max=t_max).tolist()
+    fk = FKCModel(
+        model, times, reward=reward, beta=beta if reward is not None else None,
+        beta_schedule=beta_schedule, noise=noise, divergence=divergence, n_probes=n_probes,
+        control=FKC_METHODS[method], basis=basis, device=device, dtype=dtype,
+    )  # fmt: skip
+    gen, seed = _generator(device, seed)
+    t0 = time.perf_counter()
+    run = run_smc(
+        fk, n_particles, n_groups=n_runs or 1, resampling=resampling,
+        policy=policy_from_threshold(ess_threshold), generator=gen, check_every=check_every,
+        progress=progress,
+    )  # fmt: skip
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    info = {
+        "method": method,
+        "seed": seed,
+        "n_steps": n_steps,
+        "anneal": anneal,
+        "beta": beta if reward is not None else None,
+        "beta_schedule": beta_schedule if isinstance(beta_schedule, str) else "custom",
+        "noise": noise,
+        "grid": grid,
+        "resampling": resampling if isinstance(resampling, str) else "custom",
+        "ess_threshold": ess_threshold,
+        "device": str(device),
+        "nfe": int(run.trace["nfe"].sum()),
+        "n_grad": int(run.trace["n_grad"].sum()),
+        "n_resampled": int(run.trace["resampled"].sum()),
+        "wall_time_s": time.perf_counter() - t0,
+    }
+    return SMCResult.from_run(run, grouped=n_runs is not None, info=info)

@@ -306,3 +306,30 @@ def test_bad_inputs():
         RDMCScore(pi, PROC, 0)
     with pytest.raises(SMCDiffError, match="generator or seed"):
         RDMCScore(pi, PROC, 8, seed=1, generator=torch.Generator())
+
+
+@pytest.mark.parametrize("d", [2, 10])
+@pytest.mark.parametrize("ratio", [1.0, 3.0, 30.0])
+def test_reference_proposal_is_exact_in_expectation_and_wins_at_high_noise(d, ratio):
+    # x0 drawn from the Gaussian posterior of a N(0, r^2) reference given x_t, weighted by
+    # pi / N(0, r^2): Z p_t unbiased, and at sigma/alpha >> target scale far lower error than
+    # drawing x0 from N(x/a, (s/a)^2)
+    pi, t = mix(d), time_at(ratio)
+    target = as_target(pi.log_prob, d)
+    exact = exact_score(pi, PROC)
+    x = points(pi, t, 4, 64)
+    ref = RDMCScore(target, PROC, 256, reference_std=2.5, seed=1, antithetic=True)
+    plain = RDMCScore(target, PROC, 256, seed=1, antithetic=True)
+    s_ref, lp_ref = ref.score_and_log_density(x, t)
+    s_true, lp_true = exact.score(x, t), exact.log_density(x, t)
+    assert ref.score(x, t).shape == x.shape  # same path through score()
+    if d == 2 or ratio >= 30.0:  # (in 10-D at moderate noise p_hat / p is too heavy-tailed
+        # for 64 replicates to estimate its standard error)
+        ratio_p = torch.exp(lp_ref - lp_true).reshape(4, 64)  # E[p_hat / p] = 1
+        se = ratio_p.std(1) / 8.0
+        assert float(((ratio_p.mean(1) - 1).abs() / se).max()) < 5.0
+    if ratio >= 3.0:
+        s_plain, _ = plain.score_and_log_density(x, t)
+        assert rmse(s_ref, s_true) < (0.5 if ratio >= 30.0 else 0.9) * rmse(s_plain, s_true)
+    if ratio >= 30.0:  # high noise: the reference posterior is close to p(x0 | x_t)
+        assert rmse(s_ref, s_true) < 0.2 * float(s_true.square().mean().sqrt()) + 0.05
