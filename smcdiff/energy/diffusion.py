@@ -103,7 +103,7 @@ def run_diffusion(c: dict, opts: dict, *, weighted: bool, score: str) -> SMCResu
     else:
         model = RDMCScore(
             counter, VP(), n_mc, "is", estimator=estimator, antithetic=antithetic,
-            generator=inner, chunk_size=chunk, reference_std=1.0 if weighted else None,
+            generator=inner, chunk_size=chunk, reference_std=1.0,
             common_noise=weighted,
         )  # fmt: skip
 
