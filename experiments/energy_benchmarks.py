@@ -39,6 +39,11 @@ def _targets() -> dict[str, tuple[Callable, float]]:
     }
 
 
+def _truth(make: Callable, n: int = 20_000) -> torch.Tensor:
+    """``n`` exact samples drawn on the CPU at a fixed seed (same set on every device), float64."""
+    return make().sample(n, generator=torch.Generator().manual_seed(12345)).double()
+
+
 def methods_for(name: str) -> dict[str, dict]:
     """Sampler settings per target; the tempered budgets are the BlackJAX peer's
     (HMC 10 leapfrog steps; 5 moves per temperature on gmm40 and the funnel, 10 otherwise)."""
@@ -46,7 +51,45 @@ def methods_for(name: str) -> dict[str, dict]:
     return {
         "tempered-hmc": {"method": "tempered", "kernel": "hmc", "n_moves": moves},
         "tempered-mala": {"method": "tempered", "kernel": "mala", "n_moves": 20},
+        "diffusion-rdmc": {"method": "diffusion", "n_steps": 100, "n_mc": 64},
     }
+
+
+PEER = {  # the BlackJAX peer's settings (peer_blackjax_tempered.py): inner kernel, moves
+    "gmm40_fab": ("hmc", 5),
+    "funnel10": ("hmc", 5),
+    "manywell32": ("hmc", 10),
+    "mw5": ("hmc", 10),
+}
+
+
+def timing(out_dir: str | Path, device: str = "cuda", ns: tuple[int, ...] = (10_000, 100_000)):
+    """Wall time of ``sample(method="tempered")`` in the BlackJAX peer's configurations (HMC with
+    10 leapfrog steps, target ESS 0.5, systematic resampling every step), each timed on its second
+    run (the first warms up kernels and caches). Writes ``energy_timing.json``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, (make, ref_std) in _targets().items():
+        target = make()
+        target = target.to(device) if hasattr(target, "to") else target
+        truth = _truth(make)
+        kernel, moves = PEER[name]
+        for n in ns:
+            kw = {"method": "tempered", "kernel": kernel, "n_moves": moves, "n_particles": n}
+            smcdiff.sample(target, seed=0, device=device, reference_std=ref_std, **kw)
+            res = smcdiff.sample(target, seed=1, device=device, reference_std=ref_std, **kw)
+            row = {"target": name, "n": n, "kernel": kernel, "n_moves": moves, "device": device}
+            row.update(evaluate(target, name, res, truth, float(getattr(target, "log_z", 0.0))))
+            row.update(
+                wall_s=res.info["wall_time_s"],
+                n_temperatures=res.info["n_temperatures"],
+                n_grad_evals=res.info["n_grad_evals"],
+            )
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    (out / "energy_timing.json").write_text(json.dumps(rows, indent=1))
+    return rows
 
 
 def evaluate(target, name: str, res, truth: torch.Tensor, log_z_true: float) -> dict:
@@ -95,8 +138,7 @@ def run(
         target = make()
         if hasattr(target, "to"):
             target = target.to(device)
-        gen = torch.Generator(device=device).manual_seed(12345)
-        truth = target.sample(20_000, generator=gen).double()
+        truth = _truth(make)
         log_z_true = float(getattr(target, "log_z", 0.0))
         for meth, kw in methods_for(name).items():
             if methods and meth not in methods:
@@ -187,8 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", nargs="*")
     p.add_argument("--methods", nargs="*")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--timing", action="store_true", help="only the timing runs vs the peer")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
+    if a.timing:
+        timing(a.out, a.device)
+        return 0
     run(
         a.out, a.device, a.quick, a.n, tuple(range(a.seeds)),
         tuple(a.targets) if a.targets else None, tuple(a.methods) if a.methods else None,

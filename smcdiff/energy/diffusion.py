@@ -104,7 +104,7 @@ def run_diffusion(c: dict, opts: dict, *, weighted: bool, score: str) -> SMCResu
         model = RDMCScore(
             counter, VP(), n_mc, "is", estimator=estimator, antithetic=antithetic,
             generator=inner, chunk_size=chunk, reference_std=1.0,
-            common_noise=weighted,
+            common_noise="fixed" if weighted else False,
         )  # fmt: skip
 
     times = time_grid(model.process, n_steps, grid, t_min=t_min, t_max=t_max).tolist()

@@ -305,6 +305,7 @@ def smoothed_log_expectation(
     check_finite: bool | None = None,
     where: str = "smoothed_log_expectation",
     common_noise: bool = False,
+    common_draws: torch.Tensor | None = None,
 ) -> SmoothingEstimate:
     r"""Monte Carlo :math:`G(m) = \log\mathbb E_\xi[g(m + c\xi)]` and :math:`\nabla_m G` per row.
 
@@ -326,6 +327,8 @@ def smoothed_log_expectation(
             each row's estimate keeps its law, but the errors of nearby rows move together, so
             ratios between rows are far less noisy. Within one call :math:`\hat G` is then a
             fixed smooth function of :math:`m`.
+        common_draws: ``(1, M', d)`` standard normal draws to use as the common ones
+            (:math:`M' = M/2` when ``antithetic``), e.g. kept fixed over many calls.
 
     Returns:
         :class:`SmoothingEstimate`. Consumes :math:`N M` evaluations of ``log_g`` (and as many
@@ -344,8 +347,8 @@ def smoothed_log_expectation(
         check_count("chunk_size", chunk_size, where)
     rows = default_rows(chunk_size, n_samples, mean.shape[1])
     parts, bad = [], {}
-    common = None
-    if common_noise:
+    common = common_draws
+    if common is None and common_noise:
         m_draw = n_samples // 2 if antithetic else n_samples
         common = torch.randn(
             (1, m_draw, mean.shape[1]), generator=generator, dtype=mean.dtype, device=mean.device
@@ -438,9 +441,24 @@ class EstimatorBase:
             check_count("chunk_size", chunk_size, where)
         self.chunk_size = chunk_size
         self.check_finite = check_finite
-        self.common_noise = bool(common_noise)
+        if common_noise not in (False, True, "call", "fixed"):
+            raise SMCDiffError(f"{where}: common_noise must be False, 'call' or 'fixed'")
+        self.common_noise = {True: "call"}.get(common_noise, common_noise)
+        self._fixed_draws: torch.Tensor | None = None
         self.n_target_evals = 0
         self.n_grad_evals = 0
+
+    def _draws(self, m: torch.Tensor) -> torch.Tensor | None:
+        """The inner draws kept for the estimator's lifetime (``common_noise="fixed"``)."""
+        if self.common_noise != "fixed":
+            return None
+        if self._fixed_draws is None or self._fixed_draws.device != m.device:
+            k = self.n_samples // 2 if self.antithetic else self.n_samples
+            gen = self.random.get(m.device)
+            self._fixed_draws = torch.randn(
+                (1, k, self.dim), generator=gen, dtype=m.dtype, device=m.device
+            )
+        return self._fixed_draws.to(m.dtype)
 
     def _count(self, n_rows: int, n_samples: int, with_grad: bool) -> None:
         self.n_target_evals += n_rows * n_samples
@@ -453,7 +471,8 @@ class EstimatorBase:
         est = smoothed_log_expectation(
             log_g, m, c, self.n_samples, generator=self.random.get(m.device),
             estimator=self.estimator, antithetic=self.antithetic, chunk_size=self.chunk_size,
-            check_finite=self.check_finite, where=where, common_noise=self.common_noise,
+            check_finite=self.check_finite, where=where,
+            common_noise=self.common_noise == "call", common_draws=self._draws(m),
         )  # fmt: skip
         self._count(m.shape[0], self.n_samples, self.use_grad)
         return est
@@ -485,9 +504,12 @@ class MonteCarloScore(EstimatorBase):
             and weight by :math:`\tilde\pi/\mathcal N(0, r^2 I)` (unbiased for the same
             :math:`Z p_t`; see ``_score_and_log_density``); at high noise the draws then stay where
             a target of scale ``r`` lives instead of spreading over :math:`c = s/a \gg r`.
-        common_noise: the same inner draws for every point of a call (see
-            :func:`smoothed_log_expectation`): :math:`\hat p_t` becomes one smooth random
-            function per call, which is what a diffusion-path SMC sampler wants.
+        common_noise: ``"call"`` (or True): the same inner draws for every point of a call
+            (see :func:`smoothed_log_expectation`), so :math:`\hat p_t` is one smooth random
+            function per call; ``"fixed"``: the same draws for every call, so
+            :math:`(x, t) \mapsto \hat p_t(x)` is one smooth random function for the estimator's
+            lifetime — what a diffusion-path SMC sampler wants (its weights compare
+            :math:`\hat p` across steps).
 
     Counters: ``n_target_evals`` (+ N M per call), ``n_grad_evals`` (+ N M with ``"grad"``).
     """
@@ -506,7 +528,7 @@ class MonteCarloScore(EstimatorBase):
         chunk_size: int | None = None,
         check_finite: bool | None = None,
         reference_std: float | None = None,
-        common_noise: bool = False,
+        common_noise: bool | str = False,
     ):
         where = type(self).__name__
         if reference_std is not None and not (

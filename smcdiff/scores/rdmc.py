@@ -131,7 +131,7 @@ class RDMCScore(MonteCarloScore):
         chunk_size: int | None = None,
         check_finite: bool | None = None,
         reference_std: float | None = None,
-        common_noise: bool = False,
+        common_noise: bool | str = False,
     ):
         where = "RDMCScore"
         super().__init__(
