@@ -7,5 +7,6 @@ Each module exposes ``run(out_dir, device="cpu", quick=False) -> list[dict]`` an
 EXPERIMENTS = {
     "gmm2d": "smcdiff_experiments.gmm2d",
     "energy": "smcdiff_experiments.energy_benchmarks",
+    "steering": "smcdiff_experiments.steering_benchmarks",
 }
 DEFAULT = "gmm2d"
