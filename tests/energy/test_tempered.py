@@ -20,7 +20,8 @@ def test_next_temperature_solves_the_conditional_ess_equation():
     for g in range(2):
         f = lambda d, g=g: float(conditional_ess(log_w[g], d * ell[g])) / 500 - 0.5  # noqa: E731
         root = brentq(f, 0.0, 1.0 - float(lam[g]), xtol=1e-14)
-        assert abs(float(delta[g]) - root) < 1e-9
+        # the grid search returns the lower end of a bracket of relative width ~48^-4
+        assert root * (1 - 1e-6) <= float(delta[g]) <= root
     assert float(delta[2]) == pytest.approx(1e-4)  # the target ESS is reachable: jump to 1
 
 
