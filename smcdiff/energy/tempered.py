@@ -99,7 +99,9 @@ class TemperedSMC:
     ``n_moves`` times per step, ``step_size`` its initial step (default from :math:`\\sigma_0`
     and d), adapted toward ``target_accept`` (the kernel's default if ``None``);
     ``target_ess``: the CESS fraction :math:`\\rho^\\star`; ``max_steps``: a cap on the number
-    of temperatures. Counts: ``nfe`` = target evaluations, ``n_grad`` = gradient evaluations.
+    of temperatures; ``cuda_graph``: on CUDA, capture the MCMC moves of a step as one CUDA graph
+    (the target's ``log_prob`` must be capturable: no host syncs, no data-dependent shapes).
+    Counts: ``nfe`` = target evaluations, ``n_grad`` = gradient evaluations.
     """
 
     uses_weights = True
@@ -117,6 +119,7 @@ class TemperedSMC:
         target_ess: float = 0.5,
         max_steps: int = 1000,
         adapt_gain: float = 0.5,
+        cuda_graph: bool = False,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         **kernel_kwargs: Any,
@@ -149,6 +152,8 @@ class TemperedSMC:
         self.kernel_kwargs = kernel_kwargs
         self.target_accept = resolve_target_accept(self.factory, target_accept)
         self.n_moves, self.target_ess, self.gain = n_moves, float(target_ess), float(adapt_gain)
+        self.cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
+        self._graph: dict[str, Any] | None = None
         if step_size is None:  # a fraction of the reference scale, shrinking with dimension
             s0 = float(std.min())
             leap = self.kernel_name == "hmc"
@@ -198,7 +203,8 @@ class TemperedSMC:
         nfe = n_grad = 0
         info: dict[str, torch.Tensor] = {}
         if k > 1:  # at k = 1 every particle is still an exact draw of the reference
-            x, log_h, accept, moves_grad = self._move(x, lam, log_h, G, generator)
+            move = self._graphed_move if self.cuda_graph else self._move
+            x, log_h, accept, moves_grad = move(x, lam, log_h, G, generator)
             n_grad += moves_grad
             nfe += moves_grad
             info["accept"] = accept
@@ -223,6 +229,41 @@ class TemperedSMC:
     def done(self, k: int, state: ParticleState) -> torch.Tensor:
         """True after the step whose moves ran at :math:`\\lambda = 1` in every group."""
         return (state["lam_start"] >= 1.0).all()
+
+    def _graphed_move(
+        self,
+        x: torch.Tensor,
+        lam: torch.Tensor,
+        log_h: torch.Tensor,
+        G: int,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """:meth:`_move` captured once as a CUDA graph (all ``n_moves`` kernel steps, their
+        gradients and the step-size updates) and replayed every step: one launch instead of
+        thousands. Inputs are copied into static buffers; the user generator is registered with
+        the graph so replays keep drawing fresh numbers from it."""
+        key = (tuple(x.shape), G, x.dtype)
+        g = self._graph
+        if g is None or g["key"] != key:
+            static = {"x": x.clone(), "lam": lam.clone(), "log_h": log_h.clone()}
+            side = torch.cuda.Stream(device=x.device)
+            side.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(side):  # warm up (allocator, autograd) off the capture
+                calls = self._move(static["x"], static["lam"], static["log_h"], G, generator)[3]
+            torch.cuda.current_stream(x.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            graph.register_generator_state(generator)
+            with torch.cuda.graph(graph):
+                out = self._move(static["x"], static["lam"], static["log_h"], G, generator)
+            g = self._graph = {"key": key, "graph": graph, "static": static, "out": out[:3]}
+            g["calls"] = calls
+        st = g["static"]
+        st["x"].copy_(x)
+        st["lam"].copy_(lam)
+        st["log_h"].copy_(log_h)
+        g["graph"].replay()
+        xo, lho, acc = g["out"]
+        return xo.clone(), lho.clone(), acc.clone(), g["calls"]
 
     def _move(
         self,

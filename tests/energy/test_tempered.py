@@ -117,3 +117,10 @@ def test_mcmc_baseline_samples_a_gaussian():
     assert float((res.particles.mean(0) - mean).abs().max()) < 0.1  # SE 0.016
     assert float((res.particles.var(0) - 0.49).abs().max()) < 0.06
     assert res.info["n_grad_evals"] > 0
+
+
+def test_cuda_graph_option_is_a_no_op_off_cuda():
+    t = gaussian_target(torch.zeros(2), 1.0, 0.0)
+    a = sample(t, n_particles=200, seed=5, cuda_graph=True)
+    b = sample(t, n_particles=200, seed=5)
+    assert torch.equal(a.particles, b.particles) and torch.equal(a.log_z, b.log_z)
