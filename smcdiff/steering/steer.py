@@ -82,11 +82,13 @@ def steer(
       below ``ess_threshold * N`` (0: never, 1: every step); ``proposal="guided"`` shifts each step
       by the gradient of the intermediate tilt and corrects the weights exactly;
     * ``"tds"``: the twisted diffusion sampler (Wu et al. 2023): FK steering with the twisted
-      proposal (``proposal="guided"``), ``potential="difference"`` and, unless given,
-      ``tilt_schedule="constant"``: twist :math:`\tilde p_k(x) = e^{\phi(\hat x_0(x_k))}`, proposal
+      proposal (``proposal="guided"``) and ``potential="difference"``: twist :math:`\tilde p_k(x) = e^{\phi(\hat x_0(x_k))}`, proposal
       mean shifted by :math:`c_s \nabla\log\tilde p_k`, weight :math:`p(x_{k-1}\mid x_k)\,\tilde
       p_{k-1}(x_{k-1}) / (\tilde p_k(x_k)\, q(x_{k-1}\mid x_k))` and the exact final correction
-      :math:`e^{\phi(x_0)}/\tilde p_0(x_0)`; needs a differentiable reward / likelihood;
+      :math:`e^{\phi(x_0)}/\tilde p_0(x_0)`; needs a differentiable reward / likelihood. The
+      published twist is ``tilt_schedule="constant"``; the default ``"snr"`` fades it at high
+      noise, which keeps TDS from collapsing onto one mode of a multimodal target
+      (docs/steering-results.md);
     * ``"fkc"``: Feynman–Kac correctors (Skreta et al. 2025) for a geometric target
       :math:`\prod_i p_i^{w_i}\,e^{\beta_t r}` — ``anneal=gamma`` (:math:`p^\gamma`), a
       ``model`` built by :func:`smcdiff.product` or :func:`smcdiff.cfg`, and/or a differentiable
@@ -105,7 +107,7 @@ def steer(
 
     ``path_correction`` (``"auto"``: on when ``model`` has ``log_density``) also weights out the
     discretisation error of the sampler, so that the target is exact for any ``n_steps``.
-    ``tilt_schedule`` (default ``"snr"``; ``"constant"`` for ``"tds"``): ``"snr"`` scales the intermediate tilt by :math:`\alpha_t^2/(\alpha_t^2+\sigma_t^2)`
+    ``tilt_schedule`` (default ``"snr"``): ``"snr"`` scales the intermediate tilt by :math:`\alpha_t^2/(\alpha_t^2+\sigma_t^2)`
     (same final target, lower variance when :math:`\phi(\hat x_0)` is overconfident at high noise);
     FK steering as published is ``tilt_schedule="constant", grid="uniform", path_correction=False``.
     ``grid``: ``"log_snr"`` (default), ``"uniform"`` or ``"edm"`` (see :func:`smcdiff.time_grid`);
@@ -122,7 +124,7 @@ def steer(
     Returns an :class:`SMCResult` whose ``log_z`` estimates :math:`\log\mathbb E_p[e^{\beta r}\, p(y\mid x)]`.
     """
     if tilt_schedule is None:
-        tilt_schedule = "constant" if method == "tds" else "snr"
+        tilt_schedule = "snr"
     if init not in INITS:
         raise SMCDiffError(f"steer: init must be one of {INITS}, got {init!r}")
     if method not in METHODS:
