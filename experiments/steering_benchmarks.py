@@ -158,8 +158,9 @@ def annealed_truth(
     logc = c.log().sum(-1)
     log_mass = gamma * w.log() + 0.5 * (1 - gamma) * (d * LOG2PI + logc) - 0.5 * d * math.log(gamma)
     approx64 = smcdiff.GaussianMixture(torch.softmax(log_mass, 0), m, c / gamma)
+    approx64 = approx64.to("cpu")  # the truth is computed on the CPU (same numbers everywhere)
     x = approx64.sample(n_is, generator=gen)
-    q64 = q.to(dtype=F64)
+    q64 = q.to(device="cpu", dtype=F64)
     lw = gamma * q64.log_prob(x) - approx64.log_prob(x)
     log_z = float(torch.logsumexp(lw, 0) - math.log(n_is))
     wn = torch.softmax(lw, 0)
@@ -225,7 +226,7 @@ def _anneal_task(name, prior, gamma, proc, t_min, n_is, gen) -> Task:
 def _tilt_task(prior, proc, t_min, beta=1.0) -> Task:
     q = prior.noised(proc, t_min)
     d = prior.dim
-    q_mat = 0.2 * torch.eye(d, dtype=F64)
+    q_mat = 0.2 * torch.eye(d, dtype=F64, device=prior.device)
     b = q_mat @ prior.means.double()[3]  # pulls towards the lightest mode
     exact, log_norm = q.tilt(b, q_mat, beta)
     q64, b32, qm32 = q.to(dtype=F64), b.float().to(prior.device), q_mat.float().to(prior.device)
