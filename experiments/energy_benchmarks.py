@@ -24,19 +24,17 @@ import torch
 import smcdiff
 from smcdiff.diagnostics.transport import entropic_wasserstein2, sliced_ks, wasserstein2
 
-DESCRIPTION = "energy targets (gmm40, funnel, many-well, mw5) x samplers vs ground truth"
+DESCRIPTION = "energy targets (gmm40, funnel, many-well, mw5, dw50) x samplers vs ground truth"
+DEFAULT_TARGETS = ("gmm40_fab", "funnel10", "manywell32", "mw5", "dw50")
+N_MODES = {"gmm40_fab": 40, "mw5": 32, "dw5": 32, "dw50": 32}
 
 
-def _targets() -> dict[str, tuple[Callable, float]]:
-    """name -> (constructor, reference std: the BlackJAX peer's sigma_0)."""
-    from smcdiff_targets import MW5, Funnel, Gmm40Fab, ManyWell
+def _targets(names: tuple[str, ...] = DEFAULT_TARGETS) -> dict[str, tuple[Callable, float]]:
+    """name -> (constructor, reference std) from ``smcdiff_targets.TARGETS`` (targets with exact
+    samplers; the particle systems and the logistic regression need their reference sets)."""
+    from smcdiff_targets import TARGETS
 
-    return {
-        "gmm40_fab": (Gmm40Fab, 40.0),
-        "funnel10": (Funnel, 3.0),
-        "manywell32": (ManyWell, 2.0),
-        "mw5": (MW5, 2.5),
-    }
+    return {name: TARGETS[name] for name in names}
 
 
 def _truth(make: Callable, n: int = 20_000) -> torch.Tensor:
@@ -70,7 +68,7 @@ def timing(out_dir: str | Path, device: str = "cuda", ns: tuple[int, ...] = (10_
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name, (make, ref_std) in _targets().items():
+    for name, (make, ref_std) in _targets(tuple(PEER)).items():
         target = make()
         target = target.to(device) if hasattr(target, "to") else target
         truth = _truth(make)
@@ -103,7 +101,7 @@ def evaluate(target, name: str, res, truth: torch.Tensor, log_z_true: float) -> 
     if target.dim <= 8:
         row["w2"] = wasserstein2(x, truth, w, max_points=2000)
     if callable(getattr(target, "mode_index", None)):
-        n_modes = {"gmm40_fab": 40, "mw5": 32}[name]
+        n_modes = N_MODES[name]
         idx = target.mode_index(x)
         mass = torch.zeros(n_modes, dtype=torch.float64, device=x.device).scatter_add_(0, idx, w)
         row["modes_covered"] = int((mass > 0).sum())
@@ -131,9 +129,9 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     if quick:
         n_particles, seeds = 1000, (0, 1)
-    registry = _targets()
+    registry = _targets(targets or DEFAULT_TARGETS)
     rows: list[dict] = []
-    for name in targets or tuple(registry):
+    for name in registry:
         make, ref_std = registry[name]
         target = make()
         if hasattr(target, "to"):

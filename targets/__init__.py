@@ -8,6 +8,7 @@ from smcdiff_targets.double_well import DoubleWell, dw5, dw50
 from smcdiff_targets.energy import MW5, Funnel, Gmm40Fab, ManyWell, load_gmm40_fab_means
 from smcdiff_targets.logistic import LaplaceApprox, LogisticRegression
 from smcdiff_targets.particles import ParticleSystem, dw4, lj13, lj55, reference_samples
+from smcdiff_targets.registry import TARGETS, get_target
 from smcdiff_targets.steering_toys import (
     SteeringProblem,
     gmm2d_likelihood_problem,
@@ -18,6 +19,7 @@ from smcdiff_targets.steering_toys import (
 
 __all__ = [
     "MW5",
+    "TARGETS",
     "DoubleWell",
     "Funnel",
     "Gmm40Fab",
@@ -29,6 +31,7 @@ __all__ = [
     "dw4",
     "dw5",
     "dw50",
+    "get_target",
     "gmm2d_likelihood_problem",
     "gmm2d_prior",
     "gmm2d_reward_problem",
