@@ -28,6 +28,7 @@ Step sizes adapt per group between moves by Robbins–Monro on the group's mean 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -39,6 +40,9 @@ from smcdiff.mcmc.runner import get_kernel, resolve_target_accept
 from smcdiff.target import Target
 
 __all__ = ["TemperedSMC", "next_temperature"]
+
+_GRAPH_CACHE: dict[tuple, dict[str, Any]] = {}
+_GRAPH_CACHE_SIZE = 8
 
 
 def next_temperature(
@@ -99,8 +103,9 @@ class TemperedSMC:
     ``n_moves`` times per step, ``step_size`` its initial step (default from :math:`\\sigma_0`
     and d), adapted toward ``target_accept`` (the kernel's default if ``None``);
     ``target_ess``: the CESS fraction :math:`\\rho^\\star`; ``max_steps``: a cap on the number
-    of temperatures; ``cuda_graph``: on CUDA, capture the MCMC moves of a step as one CUDA graph
-    (the target's ``log_prob`` must be capturable: no host syncs, no data-dependent shapes).
+    of temperatures; ``cuda_graph`` (default: on for CUDA): capture the MCMC moves of a step as one
+    CUDA graph, cached across runs (the target's ``log_prob`` must be capturable: no host syncs,
+    no data-dependent shapes; if capture fails the moves run eagerly, with a warning).
     Counts: ``nfe`` = target evaluations, ``n_grad`` = gradient evaluations.
     """
 
@@ -119,7 +124,7 @@ class TemperedSMC:
         target_ess: float = 0.5,
         max_steps: int = 1000,
         adapt_gain: float = 0.5,
-        cuda_graph: bool = False,
+        cuda_graph: bool | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         **kernel_kwargs: Any,
@@ -152,8 +157,9 @@ class TemperedSMC:
         self.kernel_kwargs = kernel_kwargs
         self.target_accept = resolve_target_accept(self.factory, target_accept)
         self.n_moves, self.target_ess, self.gain = n_moves, float(target_ess), float(adapt_gain)
-        self.cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
-        self._graph: dict[str, Any] | None = None
+        on_cuda = self.device.type == "cuda"
+        self.cuda_graph = on_cuda if cuda_graph is None else bool(cuda_graph) and on_cuda
+        self._graph_seeded = False
         if step_size is None:  # a fraction of the reference scale, shrinking with dimension
             s0 = float(std.min())
             leap = self.kernel_name == "hmc"
@@ -203,8 +209,20 @@ class TemperedSMC:
         nfe = n_grad = 0
         info: dict[str, torch.Tensor] = {}
         if k > 1:  # at k = 1 every particle is still an exact draw of the reference
-            move = self._graphed_move if self.cuda_graph else self._move
-            x, log_h, accept, moves_grad = move(x, lam, log_h, G, generator)
+            out = None
+            if self.cuda_graph:
+                try:
+                    out = self._graphed_move(x, lam, log_h, G, generator)
+                except Exception as err:  # a target that cannot be captured: run eagerly
+                    warnings.warn(
+                        f"tempered SMC: CUDA-graph capture of the MCMC moves failed ({err!r}); "
+                        "running them eagerly (pass cuda_graph=False to skip the attempt)",
+                        stacklevel=2,
+                    )
+                    self.cuda_graph = False
+            if out is None:
+                out = self._move(x, lam, log_h, G, generator)
+            x, log_h, accept, moves_grad = out
             n_grad += moves_grad
             nfe += moves_grad
             info["accept"] = accept
@@ -239,24 +257,41 @@ class TemperedSMC:
         generator: torch.Generator,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """:meth:`_move` captured once as a CUDA graph (all ``n_moves`` kernel steps, their
-        gradients and the step-size updates) and replayed every step: one launch instead of
-        thousands. Inputs are copied into static buffers; the user generator is registered with
-        the graph so replays keep drawing fresh numbers from it."""
-        key = (tuple(x.shape), G, x.dtype)
-        g = self._graph
-        if g is None or g["key"] != key:
+        gradients and the step-size updates) and replayed: one launch instead of thousands.
+
+        Graphs are cached across runs (like a jit cache) under the target, the settings and the
+        shape. Each cache entry keeps alive everything its kernels read (the capturing model's
+        tensors, the static buffers) and owns a CUDA generator registered with the graph, which
+        is re-seeded from the run's generator at the run's first move: runs stay reproducible by
+        seed. Replays draw fresh numbers because the registered generator's offset advances."""
+        key = (
+            id(self.target), self.kernel_name, self.n_moves, repr(sorted(self.kernel_kwargs.items())),
+            self.target_accept, self.gain, tuple(self.ref_mean.tolist()),
+            tuple(self.ref_std.reshape(-1).tolist()), tuple(x.shape), G, x.dtype, str(x.device),
+        )  # fmt: skip
+        g = _GRAPH_CACHE.get(key)
+        if g is None:
+            gen = torch.Generator(device=x.device)
+            gen.manual_seed(0)
             static = {"x": x.clone(), "lam": lam.clone(), "log_h": log_h.clone()}
             side = torch.cuda.Stream(device=x.device)
             side.wait_stream(torch.cuda.current_stream(x.device))
             with torch.cuda.stream(side):  # warm up (allocator, autograd) off the capture
-                calls = self._move(static["x"], static["lam"], static["log_h"], G, generator)[3]
+                calls = self._move(static["x"], static["lam"], static["log_h"], G, gen)[3]
             torch.cuda.current_stream(x.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            graph.register_generator_state(generator)
+            graph.register_generator_state(gen)
             with torch.cuda.graph(graph):
-                out = self._move(static["x"], static["lam"], static["log_h"], G, generator)
-            g = self._graph = {"key": key, "graph": graph, "static": static, "out": out[:3]}
-            g["calls"] = calls
+                out = self._move(static["x"], static["lam"], static["log_h"], G, gen)
+            g = {"graph": graph, "static": static, "out": out[:3], "calls": calls, "gen": gen}
+            g["model"] = self  # the captured kernels read this model's tensors: keep them alive
+            if len(_GRAPH_CACHE) >= _GRAPH_CACHE_SIZE:
+                _GRAPH_CACHE.pop(next(iter(_GRAPH_CACHE)))
+            _GRAPH_CACHE[key] = g
+        if not self._graph_seeded:  # once per run: one number from the run's generator
+            seed = torch.randint(0, 2**62, (1,), generator=generator, device=x.device)
+            g["gen"].manual_seed(int(seed))
+            self._graph_seeded = True
         st = g["static"]
         st["x"].copy_(x)
         st["lam"].copy_(lam)
