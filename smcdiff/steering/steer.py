@@ -231,24 +231,8 @@ def steer(
         kwargs = {"prior_var": ref_var} if init == "pcnl" else {}
         init_corrector = mcmc_corrector(init, fk.log_target, init_moves, h0, **kwargs)
 
-    t0 = time.perf_counter()
-    run = run_smc(
-        fk,
-        n_particles,
-        n_groups=n_runs or 1,
-        resampling=resampling,
-        policy=policy,
-        corrector=corrector,
-        init_corrector=init_corrector,
-        generator=gen,
-        check_every=check_every,
-        progress=progress,
-    )
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    info = {
+    settings = {
         "method": method,
-        "seed": seed,
         "n_steps": n_steps,
         "potential": potential,
         "tilt_schedule": tilt_schedule,
@@ -257,18 +241,13 @@ def steer(
         "path_correction": bool(path_correction),
         "sampler": sampler,
         "grid": grid,
-        "resampling": resampling
-        if isinstance(resampling, str)
-        else getattr(resampling, "__name__", "custom"),
         "ess_threshold": ess_threshold,
         "beta": beta,
-        "device": str(device),
-        "nfe": int(run.trace["nfe"].sum()),
-        "n_grad": int(run.trace["n_grad"].sum()),
-        "n_resampled": int(run.trace["resampled"].sum()),
-        "wall_time_s": time.perf_counter() - t0,
     }
-    return SMCResult.from_run(run, grouped=n_runs is not None, info=info)
+    return _run(
+        fk, n_particles, n_runs, resampling, policy, gen, seed, device, check_every, progress,
+        settings, corrector=corrector, init_corrector=init_corrector,
+    )  # fmt: skip
 
 
 def weighted_method(method: str) -> bool:
@@ -316,25 +295,40 @@ def _steer_fkc(model, *, reward, log_likelihood, beta, method, anneal, n_particl
         control=FKC_METHODS[method], basis=basis, device=device, dtype=dtype,
     )  # fmt: skip
     gen, seed = _generator(device, seed)
-    t0 = time.perf_counter()
-    run = run_smc(
-        fk, n_particles, n_groups=n_runs or 1, resampling=resampling,
-        policy=policy_from_threshold(ess_threshold), generator=gen, check_every=check_every,
-        progress=progress,
-    )  # fmt: skip
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    info = {
+    settings = {
         "method": method,
-        "seed": seed,
         "n_steps": n_steps,
         "anneal": anneal,
         "beta": beta if reward is not None else None,
         "beta_schedule": beta_schedule if isinstance(beta_schedule, str) else "custom",
         "noise": noise,
         "grid": grid,
-        "resampling": resampling if isinstance(resampling, str) else "custom",
         "ess_threshold": ess_threshold,
+    }
+    policy = policy_from_threshold(ess_threshold)
+    return _run(
+        fk, n_particles, n_runs, resampling, policy, gen, seed, device, check_every, progress,
+        settings,
+    )  # fmt: skip
+
+
+def _run(fk, n_particles, n_runs, resampling, policy, gen, seed, device, check_every, progress,
+         settings, corrector=None, init_corrector=None) -> SMCResult:  # fmt: skip
+    """Run an FK model with the engine and wrap it as an :class:`SMCResult` whose ``info`` holds
+    ``settings`` plus the seed, device, counts and wall time."""
+    t0 = time.perf_counter()
+    run = run_smc(
+        fk, n_particles, n_groups=n_runs or 1, resampling=resampling, policy=policy,
+        corrector=corrector, init_corrector=init_corrector, generator=gen,
+        check_every=check_every, progress=progress,
+    )  # fmt: skip
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    name = resampling if isinstance(resampling, str) else getattr(resampling, "__name__", "custom")
+    info = {
+        **settings,
+        "seed": seed,
+        "resampling": name,
         "device": str(device),
         "nfe": int(run.trace["nfe"].sum()),
         "n_grad": int(run.trace["n_grad"].sum()),
