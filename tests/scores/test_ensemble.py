@@ -14,6 +14,7 @@ from smcdiff.scores import exact_score
 from smcdiff.scores.empirical import EmpiricalScore
 from smcdiff.scores.ensemble import EnsembleScore, FollmerDrift, SchrodingerFollmer
 from smcdiff.target import as_target
+from tests.scores.estimator_targets import rmse
 
 F64 = torch.float64
 DEV = torch.device(os.environ.get("SMCDIFF_TEST_DEVICE", "cpu"))
@@ -38,10 +39,6 @@ def mix(d, k=1.0):
     covs = a @ a.transpose(-1, -2) + 0.2 * torch.eye(d, dtype=F64)
     means = 2.0 * torch.randn(3, d, generator=g, dtype=F64)
     return GaussianMixture([0.2, 0.3, 0.5], k * means, k * k * covs).to(DEV)
-
-
-def rmse(a, b):
-    return float((a - b).square().mean().sqrt())
 
 
 def test_schrodinger_follmer_process():

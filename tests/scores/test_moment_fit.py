@@ -20,6 +20,7 @@ from smcdiff.scores.moment_fit import (
     moment_fit_score,
 )
 from smcdiff.scores.rdmc import RDMCScore
+from tests.scores.estimator_targets import rmse
 
 F64 = torch.float64
 DEV = torch.device(os.environ.get("SMCDIFF_TEST_DEVICE", "cpu"))
@@ -151,10 +152,6 @@ def test_gaussian_fit_score_is_accurate_at_high_noise_only():
     assert rel[10.0] < 0.05 and rel[30.0] < 0.01
     assert rel[10.0] < rel[3.0] / 5
     assert rel[10.0] / rel[30.0] > 12  # ~ (a/s)^3 = 27; (a/s)^2 would give 9
-
-
-def rmse(a, b):
-    return float((a - b).square().mean().sqrt())
 
 
 def test_moment_fit_score_and_blend():

@@ -7,13 +7,13 @@ import os
 import pytest
 import torch
 
-from smcdiff.distributions import Gaussian, GaussianMixture
 from smcdiff.errors import SMCDiffError
 from smcdiff.processes import VE, VP
 from smcdiff.scores import exact_score
 from smcdiff.scores.montecarlo import MonteCarloScore, monte_carlo_score, smoothed_log_expectation
 from smcdiff.scores.rdmc import RDMCScore
 from smcdiff.target import as_target
+from tests.scores.estimator_targets import gauss, mix, rmse
 
 F64 = torch.float64
 DEV = torch.device(os.environ.get("SMCDIFF_TEST_DEVICE", "cpu"))
@@ -21,26 +21,6 @@ DEV = torch.device(os.environ.get("SMCDIFF_TEST_DEVICE", "cpu"))
 
 def gen(seed):
     return torch.Generator(DEV).manual_seed(seed)
-
-
-def gauss(d):
-    g = torch.Generator().manual_seed(100 + d)
-    a = torch.randn(d, d, generator=g, dtype=F64) / math.sqrt(d)
-    return Gaussian(
-        torch.randn(d, generator=g, dtype=F64), a @ a.T + 0.5 * torch.eye(d, dtype=F64)
-    ).to(DEV)
-
-
-def mix(d):
-    g = torch.Generator().manual_seed(d)
-    a = torch.randn(3, d, d, generator=g, dtype=F64) / math.sqrt(d)
-    covs = a @ a.transpose(-1, -2) + 0.2 * torch.eye(d, dtype=F64)
-    means = 2.0 * torch.randn(3, d, generator=g, dtype=F64)
-    return GaussianMixture([0.2, 0.3, 0.5], means, covs).to(DEV)
-
-
-def rmse(a, b):
-    return float((a - b).square().mean().sqrt())
 
 
 # ---------------------------------------------------------------- the core, in closed form

@@ -7,33 +7,17 @@ import os
 import pytest
 import torch
 
-from smcdiff.distributions import Gaussian, GaussianMixture
 from smcdiff.errors import SMCDiffError
 from smcdiff.processes import VP
 from smcdiff.scores import exact_score
 from smcdiff.scores.montecarlo import MonteCarloScore
 from smcdiff.scores.rdmc import RDMCScore
 from smcdiff.target import as_target
+from tests.scores.estimator_targets import gauss, mix, rmse
 
 F64 = torch.float64
 DEV = torch.device(os.environ.get("SMCDIFF_TEST_DEVICE", "cpu"))
 PROC = VP()
-
-
-def gauss(d):
-    g = torch.Generator().manual_seed(100 + d)
-    a = torch.randn(d, d, generator=g, dtype=F64) / math.sqrt(d)
-    return Gaussian(
-        torch.randn(d, generator=g, dtype=F64), a @ a.T + 0.5 * torch.eye(d, dtype=F64)
-    ).to(DEV)
-
-
-def mix(d):
-    g = torch.Generator().manual_seed(d)
-    a = torch.randn(3, d, d, generator=g, dtype=F64) / math.sqrt(d)
-    covs = a @ a.transpose(-1, -2) + 0.2 * torch.eye(d, dtype=F64)
-    means = 2.0 * torch.randn(3, d, generator=g, dtype=F64)
-    return GaussianMixture([0.2, 0.3, 0.5], means, covs).to(DEV)
 
 
 TARGETS = {"gauss": gauss, "mix": mix}
@@ -47,10 +31,6 @@ def points(pi, t, n_points, n_rep, seed=5):
     """``n_points`` exact draws of p_t, each repeated ``n_rep`` times (independent estimates)."""
     x = exact_score(pi, PROC).sample_marginal(n_points, t, torch.Generator(DEV).manual_seed(seed))
     return x.repeat_interleave(n_rep, 0)
-
-
-def rmse(a, b):
-    return float((a - b).square().mean().sqrt())
 
 
 def assert_unbiased(est, exact, n_points, n_rep, n_se=5.0):

@@ -1,0 +1,32 @@
+"""Shared test targets of the score-estimator tests: a correlated Gaussian and a 3-component
+mixture with exact noised scores, on the test device, float64."""
+
+import math
+import os
+
+import torch
+
+from smcdiff.distributions import Gaussian, GaussianMixture
+
+F64 = torch.float64
+DEV = torch.device(os.environ.get("SMCDIFF_TEST_DEVICE", "cpu"))
+
+
+def gauss(d):
+    g = torch.Generator().manual_seed(100 + d)
+    a = torch.randn(d, d, generator=g, dtype=F64) / math.sqrt(d)
+    return Gaussian(
+        torch.randn(d, generator=g, dtype=F64), a @ a.T + 0.5 * torch.eye(d, dtype=F64)
+    ).to(DEV)
+
+
+def mix(d):
+    g = torch.Generator().manual_seed(d)
+    a = torch.randn(3, d, d, generator=g, dtype=F64) / math.sqrt(d)
+    covs = a @ a.transpose(-1, -2) + 0.2 * torch.eye(d, dtype=F64)
+    means = 2.0 * torch.randn(3, d, generator=g, dtype=F64)
+    return GaussianMixture([0.2, 0.3, 0.5], means, covs).to(DEV)
+
+
+def rmse(a, b):
+    return float((a - b).square().mean().sqrt())
