@@ -14,7 +14,7 @@ import torch
 
 from smcdiff.errors import SMCDiffError, check_shape
 
-__all__ = ["Target", "as_target", "grad_log_prob"]
+__all__ = ["CountingTarget", "Target", "as_target", "grad_log_prob"]
 
 
 @runtime_checkable
@@ -77,3 +77,20 @@ def grad_log_prob(target: Target, x: torch.Tensor) -> tuple[torch.Tensor, torch.
             )
         (grad,) = torch.autograd.grad(lp.sum(), xg)
     return lp.detach(), grad
+
+
+class CountingTarget:
+    """``target`` with evaluation counters: ``n_evals`` (rows of ``x`` evaluated) and ``n_grads``
+    (rows evaluated with ``x.requires_grad``, i.e. for a gradient). Python ints from shapes: no
+    host-device sync."""
+
+    def __init__(self, target: Target):
+        self.target, self.dim = target, int(target.dim)
+        self.n_evals = self.n_grads = 0
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.numel() // self.dim
+        self.n_evals += n
+        if x.requires_grad:
+            self.n_grads += n
+        return self.target.log_prob(x)

@@ -33,7 +33,7 @@ import torch
 
 from smcdiff.engine.smc import run_smc
 from smcdiff.errors import SMCDiffError
-from smcdiff.mcmc.runner import get_kernel
+from smcdiff.mcmc.corrector import mcmc_corrector
 from smcdiff.processes.grids import time_grid
 from smcdiff.processes.schedules import VP
 from smcdiff.resampling.policies import Never, policy_from_threshold
@@ -41,7 +41,7 @@ from smcdiff.result import SMCResult
 from smcdiff.scores.ensemble import FollmerDrift
 from smcdiff.scores.rdmc import RDMCScore
 from smcdiff.steering.fk import DiffusionFK
-from smcdiff.target import Target
+from smcdiff.target import CountingTarget, Target
 
 __all__ = ["ScaledTarget", "run_diffusion"]
 
@@ -94,7 +94,7 @@ def run_diffusion(c: dict, opts: dict, *, weighted: bool, score: str) -> SMCResu
     inner = torch.Generator(device=device).manual_seed(
         int(torch.randint(0, 2**62, (1,), generator=gen, device=device))
     )
-    counter = _Counter(scaled)
+    counter = CountingTarget(scaled)
     if score == "follmer":
         model: Any = FollmerDrift(
             counter, n_mc, estimator="stein" if estimator == "tweedie" else estimator,
@@ -129,9 +129,10 @@ def run_diffusion(c: dict, opts: dict, *, weighted: bool, score: str) -> SMCResu
         progress=c["progress"],
     )
     y = run.state["x"]
-    moves_grad = 0
-    if final_moves:
-        y, moves_grad = _final_moves(scaled, y, final_kernel, final_moves, final_step, gen)
+    if final_moves:  # adapted MCMC moves invariant for the target; weights are unchanged
+        h0 = final_step or 0.1 * d ** (-1 / 3)
+        moves = mcmc_corrector(final_kernel, lambda k, z: counter.log_prob(z), final_moves, h0)
+        y = moves(0, {"x": y}, gen)[0]["x"]
     run.state = {"x": scaled.to_x(y)}
     if not weighted:
         run.log_z = torch.full_like(run.log_z, math.nan)
@@ -139,53 +140,8 @@ def run_diffusion(c: dict, opts: dict, *, weighted: bool, score: str) -> SMCResu
         "score": score,
         "n_steps": n_steps,
         "n_mc": n_mc,
-        "n_target_evals": counter.n_evals + moves_grad,
-        "n_grad_evals": counter.n_grads + moves_grad,
+        "n_target_evals": counter.n_evals,
+        "n_grad_evals": counter.n_grads,
         "n_resampled": int(run.trace["resampled"].sum()),
     }
     return SMCResult.from_run(run, grouped=c["grouped"], info=info)
-
-
-class _Counter:
-    """Counts target evaluations (rows) and gradient evaluations (rows of calls under grad)."""
-
-    def __init__(self, target: ScaledTarget):
-        self.target, self.dim = target, target.dim
-        self.n_evals = self.n_grads = 0
-
-    def log_prob(self, y: torch.Tensor) -> torch.Tensor:
-        n = y.numel() // self.dim
-        self.n_evals += n
-        if y.requires_grad:
-            self.n_grads += n
-        return self.target.log_prob(y)
-
-
-def _final_moves(
-    target: ScaledTarget,
-    y: torch.Tensor,
-    kernel: str,
-    n_moves: int,
-    step_size: float | None,
-    gen: torch.Generator,
-) -> tuple[torch.Tensor, int]:
-    """``n_moves`` adapted MCMC moves invariant for the target (weights are unchanged)."""
-    from smcdiff.mcmc.adapt import robbins_monro
-
-    calls = [0]
-
-    def log_prob(z: torch.Tensor) -> torch.Tensor:
-        calls[0] += z.shape[0]
-        return target.log_prob(z)
-
-    factory = get_kernel(kernel)
-    kern = factory(log_prob)
-    s = kern.init(y, gen)
-    h0 = step_size or 0.1 * target.dim ** (-1 / 3)
-    log_h = torch.tensor(math.log(h0), dtype=y.dtype, device=y.device)
-    goal = getattr(factory, "default_target_accept", None)
-    for _ in range(n_moves):
-        s, info = kern.step(s, log_h.exp(), gen)
-        if goal is not None:
-            log_h = robbins_monro(log_h, info.accept_prob.mean(), goal, 0.5)
-    return s.x.detach(), calls[0]

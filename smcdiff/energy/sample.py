@@ -17,7 +17,7 @@ from smcdiff.mcmc.runner import KERNELS, run_chain
 from smcdiff.resampling import get_scheme
 from smcdiff.resampling.policies import policy_from_threshold
 from smcdiff.result import SMCResult
-from smcdiff.target import Target
+from smcdiff.target import CountingTarget, Target
 
 __all__ = ["SAMPLE_METHODS", "sample"]
 
@@ -167,15 +167,9 @@ def _mcmc(kernel: str) -> Callable[[dict, dict], SMCResult]:
         z = torch.randn(G * N, d, generator=c["generator"], device=c["device"], dtype=c["dtype"])
         x0 = z * std + (0.0 if mean is None else torch.as_tensor(mean).to(z))
         n_steps = int(opts.pop("n_steps", 1000))
-        calls = [0]
-        target = c["target"]
-
-        def log_prob(y: torch.Tensor) -> torch.Tensor:
-            calls[0] += y.shape[0]
-            return target.log_prob(y)
-
+        counted = CountingTarget(c["target"])
         opts.setdefault("step_size", 0.1 * float(std.min()) ** 2)
-        chain = run_chain(kernel, log_prob, x0, n_steps, generator=c["generator"], **opts)
+        chain = run_chain(kernel, counted.log_prob, x0, n_steps, generator=c["generator"], **opts)
         x = chain.samples[-1].reshape(G, N, d)
         lw = torch.full((G, N), -math.log(N), dtype=torch.float64, device=x.device)
         lz = torch.full((G,), math.nan, dtype=torch.float64)
@@ -183,8 +177,8 @@ def _mcmc(kernel: str) -> Callable[[dict, dict], SMCResult]:
         info = {
             "kernel": kernel,
             "n_steps": n_steps,
-            "n_target_evals": calls[0],
-            "n_grad_evals": calls[0],
+            "n_target_evals": counted.n_evals,
+            "n_grad_evals": counted.n_grads,
             "n_nonfinite": chain.n_nonfinite,
         }
         if not c["grouped"]:
