@@ -51,8 +51,9 @@ from pyro.distributions.transforms import biject_to
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
+from smcdiff.checks import check_device, check_shape
 from smcdiff.diagnostics.arviz import _np, import_arviz
-from smcdiff.errors import SMCDiffError, check_device, check_shape
+from smcdiff.errors import SMCDiffError
 from smcdiff.resampling import get_scheme
 
 __all__ = ["PyroTarget", "PyroVectorizationWarning", "from_pyro"]

@@ -12,7 +12,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from smcdiff.errors import SMCDiffError, check_shape
+from smcdiff.checks import check_shape
+from smcdiff.errors import SMCDiffError
 
 __all__ = ["CountingTarget", "Target", "as_target", "grad_log_prob"]
 

@@ -32,7 +32,8 @@ import torch
 from numpy.polynomial import Polynomial
 
 from smcdiff import GaussianMixture
-from smcdiff.errors import SMCDiffError, check_shape
+from smcdiff.checks import check_shape
+from smcdiff.errors import SMCDiffError
 
 __all__ = ["MW5", "Funnel", "Gmm40Fab", "ManyWell", "load_gmm40_fab_means"]
 

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from smcdiff.errors import SMCDiffError, check_shape
+from smcdiff.checks import check_shape
+from smcdiff.errors import SMCDiffError
 
 __all__ = ["LaplaceApprox", "LogisticRegression", "load_dataset"]
 

@@ -66,7 +66,8 @@ from typing import Any
 import torch
 from smcdiff_targets.energy import _check_n
 
-from smcdiff.errors import SMCDiffError, check_shape
+from smcdiff.checks import check_shape
+from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc import MCMCState, get_kernel, rm_gain, robbins_monro
 from smcdiff.mcmc.base import finite_rows
 

@@ -9,10 +9,11 @@ from typing import Any
 
 import torch
 
+from smcdiff.checks import check_n_particles
 from smcdiff.energy.diffusion import run_diffusion
 from smcdiff.energy.tempered import TemperedSMC
 from smcdiff.engine.smc import run_smc
-from smcdiff.errors import SMCDiffError, check_n_particles
+from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.runner import KERNELS, run_chain
 from smcdiff.resampling import get_scheme
 from smcdiff.resampling.policies import policy_from_threshold

@@ -33,8 +33,9 @@ from typing import Any
 
 import torch
 
-from smcdiff.engine.model import ParticleState, StepOutput, nan_or_posinf, nonfinite_rows
-from smcdiff.errors import SMCDiffError, check_shape
+from smcdiff.checks import check_shape, nan_or_posinf, nonfinite_rows
+from smcdiff.engine.model import ParticleState, StepOutput
+from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.adapt import robbins_monro
 from smcdiff.mcmc.runner import get_kernel, resolve_target_accept
 from smcdiff.target import Target

@@ -1,12 +1,6 @@
 """The Feynman–Kac model protocol and the SMC engine that runs every sampler."""
 
-from smcdiff.engine.model import (
-    FeynmanKacModel,
-    ParticleState,
-    StepOutput,
-    nan_or_posinf,
-    nonfinite_rows,
-)
+from smcdiff.engine.model import FeynmanKacModel, ParticleState, StepOutput
 from smcdiff.engine.smc import Corrector, SMCRun, run_smc
 
 __all__ = [
@@ -15,7 +9,5 @@ __all__ = [
     "ParticleState",
     "SMCRun",
     "StepOutput",
-    "nan_or_posinf",
-    "nonfinite_rows",
     "run_smc",
 ]

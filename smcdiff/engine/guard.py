@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from smcdiff.engine.model import nan_or_posinf
+from smcdiff.checks import nan_or_posinf
 from smcdiff.errors import DegenerateWeightsError, NonFiniteError
 
 __all__ = ["LOG_POTENTIAL", "WEIGHTS_DEGENERATE", "FiniteGuard"]

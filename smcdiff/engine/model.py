@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["FeynmanKacModel", "ParticleState", "StepOutput", "nan_or_posinf", "nonfinite_rows"]
+__all__ = ["FeynmanKacModel", "ParticleState", "StepOutput"]
 
 ParticleState = dict[str, torch.Tensor]
 """Named per-particle tensors, each with leading dimension ``G * N`` (groups flattened).
@@ -35,41 +35,44 @@ class StepOutput:
     info: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-@runtime_checkable
-class FeynmanKacModel(Protocol):
-    r"""A Feynman–Kac model on steps ``0..n_steps``.
+class FeynmanKacModel:
+    r"""Base class of every Feynman–Kac model the engine runs, on steps ``0..n_steps``.
 
-    ``init(n, generator)`` draws :math:`x_0 \sim M_0` and returns :math:`\log G_0`;
-    ``step(k, state, generator)`` for ``k = 1..n_steps`` moves :math:`x_{k-1} \to x_k \sim M_k` and
-    returns :math:`\log G_k(x_{k-1}, x_k)`. The engine targets
-    :math:`\pi_k \propto M_0 \prod_{j \le k} G_j M_j` and estimates its normaliser.
-    ``times[k]`` is the (diffusion) time of step k, used by policies and the trace.
+    Required: ``n_steps`` and
 
-    Optional: ``refresh(k, state) -> (state, nfe)`` recomputes what the state caches about ``x``
-    (scores, densities, tilts) after an MCMC corrector moved the particles; the engine calls it
-    after every corrector move.
+    * ``init(n, generator) -> StepOutput``: draw :math:`x_0 \sim M_0` (``n = G*N`` rows) and
+      return :math:`\log G_0`;
+    * ``step(k, state, generator, log_weights) -> StepOutput`` for ``k = 1..n_steps``: move
+      :math:`x_{k-1} \to x_k \sim M_k` and return :math:`\log G_k(x_{k-1}, x_k)`.
+      ``log_weights`` are the normalised log-weights ``(G, N)`` (float64) the step starts from,
+      after the resampling decision; most models ignore them, moves that adapt to the weighted
+      population (drift control, adaptive tempering) read them.
 
-    Optional: ``uses_weights = True`` makes the engine call ``step(k, state, generator,
-    log_weights=log_w)`` with the normalised log-weights ``(G, N)`` (float64) that the step starts
-    from (after the resampling decision) — for moves that adapt to the weighted population (drift
-    control, adaptive tempering). ``done(k, state) -> bool tensor`` (a 0-d tensor) lets a model end
-    the run before ``n_steps`` (then ``n_steps`` is a maximum); the engine reads it after each step
-    (one host-device sync per step, only for models that define it).
+    The engine targets :math:`\pi_k \propto M_0 \prod_{j \le k} G_j M_j` and estimates its
+    normaliser. The optional hooks below have defaults; override what applies:
+
+    * ``times``: the (diffusion) time of each step, ``n_steps + 1`` floats, or ``None`` for models
+      without one (tempering); policies and the trace use it when given;
+    * ``refresh(k, state) -> (state, nfe)``: recompute what the state caches about ``x`` (scores,
+      densities, tilts) after an MCMC corrector moved the particles (default: nothing to do);
+    * ``done(k, state) -> 0-d bool tensor | None``: end the run before ``n_steps`` (then
+      ``n_steps`` is a maximum); ``None`` (the default) never ends early and costs nothing, a
+      tensor costs one host-device sync per step.
     """
 
     n_steps: int
-    times: list[float]
+    times: Sequence[float] | None = None
 
-    def init(self, n: int, generator: torch.Generator) -> StepOutput: ...
+    def init(self, n: int, generator: torch.Generator) -> StepOutput:
+        raise NotImplementedError
 
-    def step(self, k: int, state: ParticleState, generator: torch.Generator) -> StepOutput: ...
+    def step(
+        self, k: int, state: ParticleState, generator: torch.Generator, log_weights: torch.Tensor
+    ) -> StepOutput:
+        raise NotImplementedError
 
+    def refresh(self, k: int, state: ParticleState) -> tuple[ParticleState, int]:
+        return state, 0
 
-def nonfinite_rows(x: torch.Tensor) -> torch.Tensor:
-    """Boolean ``(N,)``: rows of ``x`` (``(N, ...)``) holding any NaN or ±inf."""
-    return ~torch.isfinite(x).reshape(x.shape[0], -1).all(dim=1)
-
-
-def nan_or_posinf(x: torch.Tensor) -> torch.Tensor:
-    """Boolean mask of NaN or +inf entries (``-inf`` is a legal log-weight: weight zero)."""
-    return torch.isnan(x) | (x == float("inf"))
+    def done(self, k: int, state: ParticleState) -> torch.Tensor | None:
+        return None

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
+from smcdiff.checks import check_n_particles
 from smcdiff.engine.guard import FiniteGuard
 from smcdiff.engine.model import FeynmanKacModel, ParticleState
-from smcdiff.errors import SMCDiffError, check_n_particles
+from smcdiff.errors import SMCDiffError
 from smcdiff.resampling import get_scheme
 from smcdiff.resampling.policies import Always
 from smcdiff.weights import ess as ess_fn

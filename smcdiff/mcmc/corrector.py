@@ -8,11 +8,12 @@ from typing import Any
 
 import torch
 
+from smcdiff.checks import check_int
 from smcdiff.engine.model import ParticleState
 from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.adapt import robbins_monro
 from smcdiff.mcmc.base import Kernel
-from smcdiff.mcmc.runner import check_int, get_kernel, resolve_target_accept
+from smcdiff.mcmc.runner import get_kernel, resolve_target_accept
 
 __all__ = ["mcmc_corrector"]
 

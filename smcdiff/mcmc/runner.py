@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from smcdiff.errors import SMCDiffError, check_shape
+from smcdiff.checks import check_int, check_shape
+from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.adapt import rm_gain, robbins_monro
 from smcdiff.mcmc.base import Kernel, LogProb, finite_rows
 from smcdiff.mcmc.hmc import HMC
@@ -50,12 +51,6 @@ def resolve_target_accept(
     if not 0.0 < target_accept < 1.0:
         raise SMCDiffError(f"target_accept must be in (0, 1), got {target_accept}")
     return float(target_accept)
-
-
-def check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SMCDiffError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 @dataclass

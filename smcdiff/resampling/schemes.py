@@ -22,7 +22,8 @@ from collections.abc import Callable
 
 import torch
 
-from smcdiff.errors import SMCDiffError, check_n_particles
+from smcdiff.checks import check_n_particles
+from smcdiff.errors import SMCDiffError
 from smcdiff.resampling._ssp_numba import ssp_counts
 from smcdiff.weights import normalize
 

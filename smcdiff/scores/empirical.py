@@ -57,8 +57,9 @@ import math
 
 import torch
 
+from smcdiff.checks import check_shape
 from smcdiff.distributions.gaussian_mixture import GaussianMixture
-from smcdiff.errors import SMCDiffError, check_shape
+from smcdiff.errors import SMCDiffError
 from smcdiff.processes.schedules import NoiseProcess
 from smcdiff.scores.montecarlo import check_points
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from smcdiff.checks import check_shape
 from smcdiff.distributions.gaussian_mixture import GaussianMixture
-from smcdiff.errors import SMCDiffError, check_shape
+from smcdiff.errors import SMCDiffError
 from smcdiff.processes.schedules import NoiseProcess
 
 __all__ = ["ExactScore", "exact_score"]

@@ -75,7 +75,8 @@ from typing import NamedTuple
 
 import torch
 
-from smcdiff.errors import SMCDiffError, check_shape
+from smcdiff.checks import check_shape, nan_or_posinf
+from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.base import value_and_grad
 from smcdiff.processes.schedules import NoiseProcess
 from smcdiff.target import Target
@@ -174,10 +175,6 @@ def default_rows(chunk_size: int | None, n_samples: int, dim: int) -> int:
     if chunk_size is not None:
         return chunk_size
     return max(1, _ELEMENT_BUDGET // max(1, n_samples * dim))
-
-
-def nan_or_posinf(v: torch.Tensor) -> torch.Tensor:
-    return torch.isnan(v) | (v == math.inf)
 
 
 class GeneratorSource:

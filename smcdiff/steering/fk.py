@@ -35,8 +35,9 @@ from dataclasses import dataclass
 
 import torch
 
-from smcdiff.engine.model import ParticleState, StepOutput, nan_or_posinf, nonfinite_rows
-from smcdiff.errors import SMCDiffError, check_device, check_shape
+from smcdiff.checks import check_device, check_shape, nan_or_posinf, nonfinite_rows
+from smcdiff.engine.model import ParticleState, StepOutput
+from smcdiff.errors import SMCDiffError
 from smcdiff.processes.parameterization import tweedie_x0
 from smcdiff.samplers.kernels import (
     gaussian_log_prob,

@@ -67,8 +67,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from smcdiff.engine.model import ParticleState, StepOutput, nonfinite_rows
-from smcdiff.errors import SMCDiffError, check_device, check_shape
+from smcdiff.checks import check_device, check_shape, nonfinite_rows
+from smcdiff.engine.model import ParticleState, StepOutput
+from smcdiff.errors import SMCDiffError
 from smcdiff.scores.base import ScoreModel, has_log_density
 from smcdiff.scores.combine import GeometricScore
 from smcdiff.steering.driftlite import (

@@ -8,10 +8,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from smcdiff.checks import check_int, check_n_particles
 from smcdiff.engine.smc import Corrector, run_smc
-from smcdiff.errors import SMCDiffError, check_n_particles
+from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.corrector import mcmc_corrector
-from smcdiff.mcmc.runner import check_int
 from smcdiff.processes.grids import time_grid
 from smcdiff.resampling import get_scheme
 from smcdiff.resampling.policies import Never, policy_from_threshold

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from smcdiff.engine import StepOutput, nonfinite_rows, run_smc
+from smcdiff.checks import nonfinite_rows
+from smcdiff.engine import StepOutput, run_smc
 from smcdiff.errors import SMCDiffError
 from smcdiff.resampling import policy_from_threshold
 
