@@ -2,7 +2,13 @@
 of the noised scores of an unnormalised target (rdMC, Monte Carlo, Föllmer, empirical, moment fit).
 """
 
-from smcdiff.scores.base import DensityScoreModel, ScoreModel, has_log_density
+from smcdiff.scores.base import (
+    DensityScoreModel,
+    ScoreModel,
+    event_shape_of,
+    has_log_density,
+    model_time,
+)
 from smcdiff.scores.combine import GeometricDensityScore, GeometricScore, anneal, cfg, product
 from smcdiff.scores.empirical import EmpiricalScore
 from smcdiff.scores.ensemble import EnsembleScore, FollmerDrift, SchrodingerFollmer
@@ -38,10 +44,12 @@ __all__ = [
     "SmoothingEstimate",
     "anneal",
     "cfg",
+    "event_shape_of",
     "exact_score",
     "fit_gaussian",
     "fit_gaussian_mixture",
     "has_log_density",
+    "model_time",
     "moment_fit_blend",
     "moment_fit_score",
     "monte_carlo_score",

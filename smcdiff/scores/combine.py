@@ -28,7 +28,7 @@ import torch
 
 from smcdiff.errors import SMCDiffError
 from smcdiff.processes.schedules import NoiseProcess
-from smcdiff.scores.base import ScoreModel, has_log_density
+from smcdiff.scores.base import ScoreModel, event_shape_of, has_log_density, model_time
 
 __all__ = ["GeometricDensityScore", "GeometricScore", "anneal", "cfg", "product"]
 
@@ -43,13 +43,15 @@ class GeometricScore:
 
     Args:
         models: component score models, all with the same ``process`` (same type and
-            parameters) and ``dim``. A component that is itself a :class:`GeometricScore` is
+            parameters) and event shape. A component that is itself a :class:`GeometricScore` is
             expanded into its components (weights multiplied).
         weights: one finite real per model; negative weights are allowed (CFG with ``w > 1``) but
             the total :math:`W = \sum_i w_i` must be positive.
 
-    ``score(x, t)``: ``(N, d) -> (N, d)``; ``component_scores(x, t)``: ``(K, N, d)``, one NFE per
-    component. When every component has ``log_density``, the object is a
+    ``score(x, t)``: ``(N, *event_shape)`` -> same shape; ``component_scores(x, t)``:
+    ``(K, N, *event_shape)``, one NFE per component. Time: ``scalar_time`` is true (a float ``t``)
+    only if every component declares it; otherwise ``t`` is a ``(N,)`` tensor and each component
+    gets it in its own form through :func:`~smcdiff.scores.base.model_time`. When every component has ``log_density``, the object is a
     :class:`GeometricDensityScore` and also offers :math:`\log\rho_t = \sum_i w_i\log q_{i,t}` —
     *unnormalised*: :math:`\int\rho_t \ne 1` in general.
     """
@@ -88,9 +90,10 @@ class GeometricScore:
                     f"{where}: component {i} uses process {m.process!r} but component 0 uses "
                     f"{first.process!r}; a geometric combination needs one noise process"
                 )
-            if int(m.dim) != int(first.dim):
+            if event_shape_of(m) != event_shape_of(first):
                 raise SMCDiffError(
-                    f"{where}: component {i} has dim {m.dim} but component 0 has dim {first.dim}"
+                    f"{where}: component {i} has event shape (dims) {event_shape_of(m)} but "
+                    f"component 0 has {event_shape_of(first)}"
                 )
         total = sum(leaf_w)
         if not total > 0:
@@ -103,22 +106,25 @@ class GeometricScore:
         self.total_weight = total
         self.process: NoiseProcess = first.process
         self.dim = int(first.dim)
+        self.event_shape: tuple[int, ...] = event_shape_of(first)
+        # one common float time only if every component takes one; otherwise (N,) tensors
+        self.scalar_time = all(getattr(m, "scalar_time", False) for m in leaves)
 
     @property
     def n_components(self) -> int:
         return len(self.models)
 
-    def component_scores(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        """Scores :math:`s_{i,t}(x)` of every component, stacked ``(K, N, d)``."""
-        return torch.stack([m.score(x, t) for m in self.models])
+    def component_scores(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        """Scores :math:`s_{i,t}(x)` of every component, stacked ``(K, N, *event_shape)``."""
+        return torch.stack([m.score(x, model_time(m, t, x)) for m in self.models])
 
     def combine(self, comps: torch.Tensor) -> torch.Tensor:
         r""":math:`\sum_i w_i\, c_i` over the leading axis of ``comps`` ``(K, ...)``."""
         w = torch.tensor(self.weights, dtype=comps.dtype, device=comps.device)
         return torch.tensordot(w, comps, dims=1)
 
-    def score(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        r""":math:`S_t(x) = \sum_i w_i s_{i,t}(x)`, ``(N, d) -> (N, d)``."""
+    def score(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        r""":math:`S_t(x) = \sum_i w_i s_{i,t}(x)`, ``(N, *event_shape)`` -> same shape."""
         return self.combine(self.component_scores(x, t))
 
     def __repr__(self) -> str:
@@ -131,23 +137,25 @@ class GeometricScore:
 class GeometricDensityScore(GeometricScore):
     r"""A :class:`GeometricScore` whose components all know :math:`\log q_{i,t}`."""
 
-    def component_log_densities(self, x: torch.Tensor, t: float) -> torch.Tensor:
+    def component_log_densities(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         r""":math:`\log q_{i,t}(x)` (normalised) of every component, ``(K, N)``."""
-        return torch.stack([m.log_density(x, t) for m in self.models])
+        return torch.stack([m.log_density(x, model_time(m, t, x)) for m in self.models])
 
     def component_scores_and_log_densities(
-        self, x: torch.Tensor, t: float
+        self, x: torch.Tensor, t: float | torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(component_scores, component_log_densities)``: ``(K, N, d)``, ``(K, N)``; one NFE
-        per component."""
-        pairs = [m.score_and_log_density(x, t) for m in self.models]
+        """``(component_scores, component_log_densities)``: ``(K, N, *event_shape)``, ``(K, N)``;
+        one NFE per component."""
+        pairs = [m.score_and_log_density(x, model_time(m, t, x)) for m in self.models]
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
-    def log_density(self, x: torch.Tensor, t: float) -> torch.Tensor:
+    def log_density(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         r""":math:`\log\rho_t(x) = \sum_i w_i \log q_{i,t}(x)`, ``(N,)`` — unnormalised."""
         return self.combine(self.component_log_densities(x, t))
 
-    def score_and_log_density(self, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def score_and_log_density(
+        self, x: torch.Tensor, t: float | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(score, log_density)`` from one evaluation of each component."""
         comps, logq = self.component_scores_and_log_densities(x, t)
         return self.combine(comps), self.combine(logq)

@@ -23,8 +23,11 @@ class ExactScore:
     (the law at t = 0) noised by ``process``.
 
     ``x`` is ``(N, d)`` on the device and in the dtype of ``dist``; ``t`` a float or 0-d tensor
-    in [0, 1]. Outputs are differentiable in ``x``.
+    in [0, 1] (``scalar_time``: the closed form is for one common time; callers get the float from
+    :func:`~smcdiff.scores.base.model_time`). Outputs are differentiable in ``x``.
     """
+
+    scalar_time = True
 
     def __init__(self, dist: GaussianMixture, process: NoiseProcess):
         if not isinstance(dist, GaussianMixture):
@@ -34,6 +37,7 @@ class ExactScore:
         self.dist = dist
         self.process = process
         self.dim = dist.dim
+        self.event_shape: tuple[int, ...] = (int(dist.dim),)
 
     @property
     def device(self) -> torch.device:

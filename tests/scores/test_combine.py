@@ -24,6 +24,8 @@ def model(mean, cov, process=VP):
 class ScoreOnly:
     """A score model without a log density (like a trained network)."""
 
+    scalar_time = True  # it hands t on to an ExactScore
+
     def __init__(self, inner):
         self.inner, self.process, self.dim = inner, inner.process, inner.dim
 
