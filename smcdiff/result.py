@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from smcdiff.engine.smc import SMCRun
+from smcdiff.engine.result import SMCRun
 from smcdiff.resampling import get_scheme
 from smcdiff.weights import ess as ess_fn
 
@@ -31,6 +31,8 @@ class SMCResult:
     log_z: torch.Tensor
     trace: dict[str, torch.Tensor]
     info: dict[str, Any] = field(default_factory=dict)
+    collected: dict[str, Any] = field(default_factory=dict)
+    """Records of the run's collectors by name (see :mod:`smcdiff.engine.collectors`)."""
     target: Any = field(default=None, repr=False, compare=False)
     """The target the particles were drawn for (set by :func:`smcdiff.sample`); a target with
     ``posterior_dataset`` (e.g. :func:`smcdiff.from_pyro`) names the ArviZ posterior by its sites."""
@@ -45,7 +47,7 @@ class SMCResult:
             trace = {
                 k: (v[:, 0] if v.dim() == 2 and k not in ("t",) else v) for k, v in trace.items()
             }
-        return cls(x, lw, lz, trace, info)
+        return cls(x, lw, lz, trace, info, collected=run.collected)
 
     @property
     def weights(self) -> torch.Tensor:

@@ -52,7 +52,8 @@ def _run0(value: torch.Tensor, n_runs: int | None) -> np.ndarray:
 def plot_ess(
     results: SMCResult | Sequence[tuple[str, SMCResult]], ax: Axes | None = None
 ) -> Figure:
-    """Normalised ESS / N after each reweighting, against ``t`` from 1 (noise) to 0 (data).
+    """Normalised ESS / N after each reweighting, against ``t`` from 1 (noise) to 0 (data), or
+    against the step for models without times (tempering).
 
     ``results``: one result, or ``(label, result)`` pairs drawn on the same axes. Steps after
     which the particles were resampled are marked (``x``) at the ESS that triggered them:
@@ -64,11 +65,12 @@ def plot_ess(
         raise SMCDiffError("plot_ess: no results to plot")
     fig, ax = _axes(ax)
     t_lo, t_hi, grouped, marked = math.inf, -math.inf, False, False
+    timed = all("t" in res.trace for _, res in pairs)  # else: against the step (e.g. tempering)
     for label, res in pairs:
         n_runs = _n_runs(res)
         grouped |= n_runs is not None
-        t = _run0(res.trace["t"], None)
         ess = _run0(res.trace["ess"], n_runs) / res.n_particles
+        t = _run0(res.trace["t"], None) if timed else np.arange(ess.shape[0], dtype=np.float64)
         name = label + (" (run 0)" if n_runs is not None and label else "")
         (line,) = ax.plot(t, ess, label=name or None)
         resampled = _run0(res.trace["resampled"], n_runs).astype(bool)
@@ -78,9 +80,9 @@ def plot_ess(
             ax.plot(t[trigger], ess[trigger], "x", color=line.get_color(), label=label_marks)
             marked = True
         t_lo, t_hi = min(t_lo, float(t.min())), max(t_hi, float(t.max()))
-    ax.set_xlim(t_hi, t_lo)
+    ax.set_xlim(*((t_hi, t_lo) if timed else (t_lo, t_hi)))
     ax.set_ylim(0.0, 1.05)
-    ax.set_xlabel("t  (1 = noise → 0 = data)")
+    ax.set_xlabel("t  (1 = noise → 0 = data)" if timed else "step")
     ax.set_ylabel("ESS / N")
     ax.set_title("Effective sample size" + (" (grouped runs: run 0)" if grouped else ""))
     if any(label for label, _ in pairs) or marked:

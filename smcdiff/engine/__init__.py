@@ -1,13 +1,27 @@
-"""The Feynman–Kac model protocol and the SMC engine that runs every sampler."""
+"""The Feynman–Kac model base class, the step API and the SMC loop that runs every sampler."""
 
+from smcdiff.engine.collectors import Collector, Genealogy, Trace, WeightedMoments
 from smcdiff.engine.model import FeynmanKacModel, ParticleState, StepOutput
-from smcdiff.engine.smc import Corrector, SMCRun, run_smc
+from smcdiff.engine.resampler import LocalResampler, Resampler, as_resampler
+from smcdiff.engine.result import SMCRun
+from smcdiff.engine.smc import SMC, Corrector, run_smc
+from smcdiff.engine.state import SMCState, StepInfo
 
 __all__ = [
+    "SMC",
+    "Collector",
     "Corrector",
     "FeynmanKacModel",
+    "Genealogy",
+    "LocalResampler",
     "ParticleState",
+    "Resampler",
     "SMCRun",
+    "SMCState",
+    "StepInfo",
     "StepOutput",
+    "Trace",
+    "WeightedMoments",
+    "as_resampler",
     "run_smc",
 ]

@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 import torch
 
-from smcdiff.checks import nan_or_posinf
 from smcdiff.errors import DegenerateWeightsError, NonFiniteError
 
 __all__ = ["LOG_POTENTIAL", "WEIGHTS_DEGENERATE", "FiniteGuard"]
@@ -21,45 +20,34 @@ LOG_POTENTIAL = "log-potential (incremental log-weight)"
 
 
 class FiniteGuard:
-    def __init__(self, n_total: int, times: list[float], n_steps: int):
+    def __init__(self, n_total: int, n_steps: int):
         self.n_total = n_total
-        self.times = times
         self.n_steps = n_steps
         self._names: list[str] = []  # order of first appearance = order of causality in a step
-        self._rows: list[tuple[int, dict[str, torch.Tensor]]] = []
+        self._rows: list[tuple[int, dict[str, torch.Tensor], float | None]] = []
         self._checked = 0
 
-    def record(self, step: int, counts: dict[str, torch.Tensor]) -> None:
+    def record(self, step: int, counts: dict[str, torch.Tensor], t: float | None = None) -> None:
+        """``counts``: quantity name -> number of invalid particles (0-d device tensors)."""
         for name in counts:
             if name not in self._names:
                 self._names.append(name)
-        self._rows.append((step, counts))
-
-    def record_checks(
-        self, step: int, checks: dict[str, torch.Tensor], log_g: torch.Tensor, log_w: torch.Tensor
-    ) -> None:
-        """``checks``: name -> bool mask ``(G*N,)`` from the model; ``log_g``: the step's
-        log-potentials and ``log_w`` the unnormalised log-weights after it, both ``(G, N)``."""
-        counts = {name: mask.sum() for name, mask in checks.items()}
-        counts[LOG_POTENTIAL] = nan_or_posinf(log_g).sum()
-        counts[WEIGHTS_DEGENERATE] = (log_w == float("-inf")).all(dim=-1).sum()
-        self.record(step, counts)
+        self._rows.append((step, counts, t))
 
     def raise_if_bad(self, partial: Callable[[], object] | None = None) -> None:
         rows = self._rows[self._checked :]
         if not rows:
             return
         table = torch.stack(
-            [torch.stack([c.get(n, _zero(c)) for n in self._names]) for _, c in rows]
+            [torch.stack([c.get(n, _zero(c)) for n in self._names]) for _, c, _ in rows]
         )
         bad = table.cpu()  # the one sync
         self._checked = len(self._rows)
         if not bool(bad.any()):
             return
         i, q = (int(v) for v in bad.nonzero()[0])
-        step, name, count = rows[i][0], self._names[q], int(bad[i, q])
-        t = self.times[step]
-        where = f"step {step}/{self.n_steps} (t={t:.4g})"
+        (step, _, t), name, count = rows[i], self._names[q], int(bad[i, q])
+        where = f"step {step}/{self.n_steps}" + (f" (t={t:.4g})" if t is not None else "")
         res = partial() if partial is not None else None
         if name == WEIGHTS_DEGENERATE:
             raise DegenerateWeightsError(

@@ -1,6 +1,6 @@
-r"""The one SMC loop. Every sampler in smcdiff is a :class:`FeynmanKacModel` run by :func:`run_smc`.
+r"""The one SMC engine: a step API over an explicit state, and :func:`run_smc`, a short loop over it.
 
-Per step k = 1..K, for each of G independent groups of N particles:
+Per step k = 1..K, for each of G independent groups of N particles (:meth:`SMC.step`):
 
 1. decide (a device mask, no sync) whether to resample, from the current weights;
 2. resample where the mask is set (weights reset to uniform), else keep the ancestry;
@@ -9,27 +9,35 @@ Per step k = 1..K, for each of G independent groups of N particles:
    because :math:`W_{k-1}` is the normalised weight *after* that choice (uniform if it resampled);
 5. optionally apply an MCMC corrector that leaves the current target invariant.
 
-Log-weights and log Z are kept in float64.
+Log-weights and log Z are kept in float64. A user-written loop looks like :func:`run_smc`::
+
+    smc = SMC(model, policy=ESSBelow(0.5))
+    state, info = smc.init(n_particles, generator)
+    for k in range(1, model.n_steps + 1):
+        state, info = smc.step(state, generator)
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 import torch
 
-from smcdiff.checks import check_n_particles
-from smcdiff.engine.guard import FiniteGuard
-from smcdiff.engine.model import FeynmanKacModel, ParticleState
+from smcdiff.checks import check_int, check_n_particles, nan_or_posinf
+from smcdiff.engine.collectors import Collector, Trace
+from smcdiff.engine.guard import LOG_POTENTIAL, WEIGHTS_DEGENERATE, FiniteGuard
+from smcdiff.engine.model import FeynmanKacModel, ParticleState, StepOutput
+from smcdiff.engine.progress import Progress
+from smcdiff.engine.resampler import Resampler, as_resampler
+from smcdiff.engine.result import SMCRun
+from smcdiff.engine.state import SMCState, StepInfo
 from smcdiff.errors import SMCDiffError
-from smcdiff.resampling import get_scheme
-from smcdiff.resampling.policies import Always
+from smcdiff.resampling.policies import Always, ResamplingPolicy
 from smcdiff.weights import ess as ess_fn
 from smcdiff.weights import log_normalize
 
-__all__ = ["Corrector", "SMCRun", "run_smc"]
+__all__ = ["SMC", "Corrector", "run_smc"]
 
 Corrector = Callable[[int, ParticleState, torch.Generator], tuple[ParticleState, dict]]
 """``corrector(k, state, generator) -> (state, info)``: an MCMC move invariant for the step-k
@@ -37,19 +45,106 @@ target, applied after reweighting. ``info`` maps names (e.g. ``"accept"``) to sc
 go into the trace."""
 
 
-@dataclass
-class SMCRun:
-    """Raw engine output. Shapes: ``state`` entries ``(G*N, ...)``, ``log_weights`` ``(G, N)``
-    (normalised, float64), ``log_z`` ``(G,)`` float64; ``trace`` maps names to CPU tensors with a
-    leading step dimension ``K+1`` (see :func:`run_smc`)."""
+class SMC:
+    r"""The step API (BlackJAX-style ``init`` / ``step`` over an explicit :class:`SMCState`).
 
-    state: ParticleState
-    log_weights: torch.Tensor
-    log_z: torch.Tensor
-    trace: dict[str, torch.Tensor]
-    n_groups: int
-    n_particles: int
-    completed_steps: int
+    ``model``: a :class:`~smcdiff.engine.model.FeynmanKacModel`; ``resampling``: a scheme name, a
+    scheme callable or a :class:`~smcdiff.engine.resampler.Resampler`; ``policy(log_w (G,N), k, t)
+    -> (G,)`` bool decides when to resample (default: always); ``corrector``: MCMC moves after each
+    step's reweighting; ``init_corrector``: MCMC moves invariant for the step-0 target
+    :math:`M_0 G_0`, applied after step 0's reweighting and a resampling decision by ``policy``.
+    """
+
+    def __init__(
+        self,
+        model: FeynmanKacModel,
+        *,
+        resampling: str | Callable | Resampler = "systematic",
+        policy: ResamplingPolicy | None = None,
+        corrector: Corrector | None = None,
+        init_corrector: Corrector | None = None,
+    ):
+        if not isinstance(model, FeynmanKacModel):
+            raise SMCDiffError(
+                f"the engine runs subclasses of smcdiff.FeynmanKacModel, got {type(model).__name__}"
+            )
+        times = model.times
+        if times is not None and len(times) != model.n_steps + 1:
+            raise SMCDiffError(
+                f"model.times has {len(times)} entries, expected n_steps+1={model.n_steps + 1}"
+            )
+        self.model, self.resampler = model, as_resampler(resampling)
+        self.policy = policy if policy is not None else Always()
+        self.corrector, self.init_corrector = corrector, init_corrector
+
+    def time(self, k: int) -> float | None:
+        return None if self.model.times is None else float(self.model.times[k])
+
+    def init(
+        self, n_particles: int, generator: torch.Generator, n_groups: int = 1
+    ) -> tuple[SMCState, StepInfo]:
+        """Step 0: draw ``n_groups * n_particles`` particles from :math:`M_0` and weight them by
+        :math:`G_0`; the MCMC start (``init_corrector``) runs here."""
+        G, N = n_groups, n_particles
+        out = self.model.init(G * N, generator)
+        log_g = out.log_potential.reshape(G, N).double()
+        inc = torch.logsumexp(log_g, dim=-1) - math.log(N)
+        log_w = log_normalize(log_g)
+        ess = ess_fn(log_w)
+        state = SMCState(out.state, log_w, inc, 0, G, N)
+        device = log_g.device
+        mask = torch.zeros(G, dtype=torch.bool, device=device)
+        ancestors = torch.arange(N, device=device).expand(G, N)
+        nfe, extra = out.nfe, dict(out.info)
+        if self.init_corrector is not None:
+            mask = self.policy(log_w, 0, self.time(0))
+            particles, log_w, ancestors = self.resampler(state.particles, log_w, mask, generator)
+            particles, more = self._correct(self.init_corrector, 0, particles, generator)
+            nfe += more.pop("_nfe")
+            extra = {**more, **extra}
+            state = state._replace(particles=particles, log_weights=log_w)
+        invalid = _invalid(out, log_g, log_g)
+        info = StepInfo(0, ess, inc, mask, ancestors, nfe, out.n_grad, extra, invalid, self.time(0))
+        return state, info
+
+    def step(self, state: SMCState, generator: torch.Generator) -> tuple[SMCState, StepInfo]:
+        """Step ``state.step + 1``: resampling decision, resampling, move and reweighting, corrector."""
+        k, G, N = state.step + 1, state.n_groups, state.n_particles
+        mask = self.policy(state.log_weights, k, self.time(k - 1))  # (G,) bool on device
+        particles, log_w, ancestors = self.resampler(
+            state.particles, state.log_weights, mask, generator
+        )
+        out = self.model.step(k, particles, generator, log_w)
+        log_g = out.log_potential.reshape(G, N).double()
+        log_w = log_w + log_g
+        inc = torch.logsumexp(log_w, dim=-1)
+        invalid = _invalid(out, log_g, log_w)
+        log_w = log_normalize(log_w)
+        particles, nfe, extra = out.state, out.nfe, dict(out.info)
+        if self.corrector is not None:
+            particles, more = self._correct(self.corrector, k, particles, generator)
+            nfe += more.pop("_nfe")
+            extra.update(more)
+        new = SMCState(particles, log_w, state.log_z + inc, k, G, N)
+        ess = ess_fn(log_w)
+        info = StepInfo(k, ess, inc, mask, ancestors, nfe, out.n_grad, extra, invalid, self.time(k))
+        return new, info
+
+    def _correct(
+        self, corrector: Corrector, k: int, particles: ParticleState, generator: torch.Generator
+    ) -> tuple[ParticleState, dict]:
+        """Corrector moves, then the model's ``refresh`` of what the state caches about ``x``."""
+        particles, info = corrector(k, particles, generator)
+        particles, extra_nfe = self.model.refresh(k, particles)
+        return particles, {**info, "_nfe": extra_nfe}
+
+
+def _invalid(out: StepOutput, log_g: torch.Tensor, log_w: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Counts of invalid particles per quantity (the model's checks, then the engine's)."""
+    counts = {name: mask.sum() for name, mask in out.checks.items()}
+    counts[LOG_POTENTIAL] = nan_or_posinf(log_g).sum()
+    counts[WEIGHTS_DEGENERATE] = (log_w == float("-inf")).all(dim=-1).sum()
+    return counts
 
 
 def run_smc(
@@ -57,176 +152,66 @@ def run_smc(
     n_particles: int,
     *,
     n_groups: int = 1,
-    resampling: str | Callable = "systematic",
-    policy: Callable | None = None,
+    resampling: str | Callable | Resampler = "systematic",
+    policy: ResamplingPolicy | None = None,
     corrector: Corrector | None = None,
     init_corrector: Corrector | None = None,
     generator: torch.Generator | None = None,
     check_every: int | None = None,
-    progress: bool | Callable[[int], None] = False,
+    progress: bool | Callable[[int, StepInfo], None] | None = None,
+    collectors: Sequence[Collector] = (),
 ) -> SMCRun:
     r"""Run ``model`` with ``n_groups`` independent systems of ``n_particles`` particles.
 
-    ``policy(log_w (G,N), k, t) -> (G,)`` bool decides when to resample (default: always);
-    ``init_corrector(0, state, generator)``: MCMC moves invariant for the step-0 target
-    :math:`M_0 G_0`, applied after step 0's reweighting and a resampling decision by ``policy``
-    (e.g. pCNL or MALA moves that start the particles from a tilted prior);
-    ``check_every`` steps between finiteness checks (each one host-device sync); default 1 on CPU
-    and 32 elsewhere; a final check always runs.
+    See :class:`SMC` for ``resampling``, ``policy``, ``corrector`` and ``init_corrector``.
+    ``check_every``: steps between finiteness checks (each one host-device sync); default 1 on
+    CPU and 32 elsewhere; a final check always runs. ``progress``: ``None`` (a bar when attached
+    to a terminal), ``True``/``False``, or a callable ``progress(k, info)`` after every step.
+    ``collectors``: :class:`~smcdiff.engine.collectors.Collector` objects; their records land in
+    ``SMCRun.collected`` by name.
 
-    The trace holds, per step k = 0..K: ``t``; ``ess`` ``(K+1, G)`` after reweighting;
-    ``log_z_increment`` ``(K+1, G)``; ``resampled`` ``(K+1, G)`` (decided at the start of step k);
-    ``nfe`` and ``n_grad`` ``(K+1,)``; and any model or corrector info (NaN at steps without it).
-    A model with ``done(k, state)`` may stop early: then K is the last step run.
+    The trace (:class:`~smcdiff.engine.collectors.Trace`) holds, per step k = 0..K: ``t`` (if the
+    model has times); ``ess`` ``(K+1, G)`` after reweighting; ``log_z_increment`` ``(K+1, G)``;
+    ``resampled`` ``(K+1, G)`` (decided at the start of step k); ``nfe`` and ``n_grad``
+    ``(K+1,)``; and any model or corrector info (NaN at steps without it). A model whose
+    ``done(k, state)`` returns a tensor may stop early: then K is the last step run.
     """
     check_n_particles(n_particles)
-    if n_groups < 1:
-        raise SMCDiffError(f"n_groups must be >= 1, got {n_groups}")
-    scheme = get_scheme(resampling)
-    policy = policy if policy is not None else Always()
-    G, N, K = n_groups, n_particles, model.n_steps
-    if len(model.times) != K + 1:
-        raise SMCDiffError(
-            f"model.times has {len(model.times)} entries, expected n_steps+1={K + 1}"
-        )
+    n_groups = check_int("n_groups", n_groups, 1, where="run_smc")
+    smc = SMC(model, resampling=resampling, policy=policy, corrector=corrector,
+              init_corrector=init_corrector)  # fmt: skip
     if generator is None:
         generator = torch.Generator()
         generator.seed()
+    trace, K = Trace(), model.n_steps
+    collect = [trace, *collectors]
+    state, info = smc.init(n_particles, generator, n_groups)
+    device = state.log_weights.device
+    check_every = check_int("check_every", check_every, 1, where="run_smc", allow_none=True)
+    check_every = check_every or (1 if device.type == "cpu" else 32)
+    guard = FiniteGuard(n_groups * n_particles, K)
+    last_good = state
 
-    out = model.init(G * N, generator)
-    state = out.state
-    device = state["x"].device
-    if check_every is None:
-        check_every = 1 if device.type == "cpu" else 32
-    guard = FiniteGuard(G * N, model.times, K)
-    offsets = (torch.arange(G, device=device) * N).unsqueeze(1)
-    identity = torch.arange(N, device=device).expand(G, N)
-
-    log_g = out.log_potential.reshape(G, N).double()
-    inc = torch.logsumexp(log_g, dim=-1) - math.log(N)
-    log_z = inc
-    guard.record_checks(0, out.checks, log_g, log_g)
-    log_w = log_normalize(log_g)
-    rec: dict[str, list] = {
-        "ess": [ess_fn(log_w)],
-        "log_z_increment": [inc],
-        "resampled": [torch.zeros(G, dtype=torch.bool, device=device)],
-        "nfe": [out.nfe],
-        "n_grad": [out.n_grad],
-    }
-    corr: dict[str, dict[int, torch.Tensor]] = {}
-    last_good = (state, log_w, log_z, 0)
-
-    def resample(
-        mask: torch.Tensor, state: ParticleState, log_w: torch.Tensor
-    ) -> tuple[ParticleState, torch.Tensor]:
-        """Resample the groups where ``mask`` is set; their weights become uniform."""
-        ancestors = torch.where(mask.unsqueeze(1), scheme(log_w, generator=generator), identity)
-        flat = (ancestors + offsets).reshape(-1)
-        state = {name: v.index_select(0, flat) for name, v in state.items()}
-        log_w = torch.where(mask.unsqueeze(1), torch.full_like(log_w, -math.log(N)), log_w)
-        return state, log_w
+    def record(state: SMCState, info: StepInfo) -> None:
+        guard.record(info.step, info.invalid, info.t)
+        for c in collect:
+            c.collect(state, info)
 
     def partial() -> SMCRun:
-        st, lw, lz, k = last_good
-        return SMCRun(st, lw, lz, _finish_trace(rec, corr, model.times, k), G, N, k)
+        return SMCRun.build(last_good, trace.result(last_good.step), collectors)
 
-    if init_corrector is not None:
-        mask = policy(log_w, 0, model.times[0])
-        state, log_w = resample(mask, state, log_w)
-        state, info = init_corrector(0, state, generator)
-        _record_info(corr, 0, info)
-        if callable(getattr(model, "refresh", None)):
-            state, extra = model.refresh(0, state)
-            rec["nfe"][0] += extra
-        rec["resampled"][0] = mask
-        last_good = (state, log_w, log_z, 0)
-
-    ticker = _progress(progress, K)
-    uses_weights = bool(getattr(model, "uses_weights", False))
-    done = getattr(model, "done", None)
-    _record_info(corr, 0, out.info)
+    record(state, info)
+    tick = Progress(progress, K)
     for k in range(1, K + 1):
-        t_prev = model.times[k - 1]
-        mask = policy(log_w, k, t_prev)  # (G,) bool on device
-        state, log_w = resample(mask, state, log_w)
-
-        if uses_weights:
-            out = model.step(k, state, generator, log_weights=log_w)
-        else:
-            out = model.step(k, state, generator)
-        log_g = out.log_potential.reshape(G, N).double()
-        log_w = log_w + log_g
-        inc = torch.logsumexp(log_w, dim=-1)
-        log_z = log_z + inc
-        guard.record_checks(k, out.checks, log_g, log_w)
-        log_w = log_normalize(log_w)
-        state = out.state
-        nfe = out.nfe
-        _record_info(corr, k, out.info)
-        if corrector is not None:
-            state, info = corrector(k, state, generator)
-            _record_info(corr, k, info)
-            if callable(getattr(model, "refresh", None)):
-                state, extra = model.refresh(k, state)
-                nfe += extra
-
-        rec["ess"].append(ess_fn(log_w))
-        rec["log_z_increment"].append(inc)
-        rec["resampled"].append(mask)
-        rec["nfe"].append(nfe)
-        rec["n_grad"].append(out.n_grad)
+        state, info = smc.step(state, generator)
+        record(state, info)
         if k % check_every == 0 or k == K:
             guard.raise_if_bad(partial)
-            last_good = (state, log_w, log_z, k)
-        ticker(k)
-        if done is not None and k < K and bool(done(k, state)):
-            K = k
+            last_good = state
+        tick(k, info)
+        stop = model.done(k, state) if k < K else None
+        if stop is not None and bool(stop):
             break
+    tick.close()
     guard.raise_if_bad(partial)
-    return SMCRun(state, log_w, log_z, _finish_trace(rec, corr, model.times, K), G, N, K)
-
-
-def _record_info(store: dict[str, dict[int, torch.Tensor]], k: int, info: dict) -> None:
-    for name, v in info.items():
-        store.setdefault(name, {})[k] = v
-
-
-def _finish_trace(
-    rec: dict[str, list], corr: dict[str, dict[int, torch.Tensor]], times: list[float], k: int
-) -> dict[str, torch.Tensor]:
-    """Stack the per-step records (one device-to-host copy each); corrector info is NaN at the
-    steps where no corrector ran."""
-    trace: dict[str, torch.Tensor] = {"t": torch.tensor(times[: k + 1], dtype=torch.float64)}
-    for name, vals in rec.items():
-        vals = vals[: k + 1]
-        if isinstance(vals[0], int):
-            trace[name] = torch.tensor(vals, dtype=torch.long)
-        else:
-            trace[name] = torch.stack(vals).cpu()
-    for name, by_step in corr.items():
-        vals = [torch.as_tensor(v) for v in by_step.values()]
-        shape = max((v.shape for v in vals), key=lambda s: math.prod(s))  # scalars broadcast
-        col = torch.full((k + 1, *shape), float("nan"), dtype=torch.float64)
-        for j, v in by_step.items():
-            if j <= k:
-                col[j] = torch.as_tensor(v).double().cpu()
-        trace[name] = col
-    return trace
-
-
-def _progress(progress: bool | Callable[[int], None], total: int) -> Callable[[int], None]:
-    if callable(progress):
-        return progress
-    if not progress:
-        return lambda k: None
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc="smc", unit="step", leave=False)
-
-    def tick(k: int) -> None:
-        bar.update(1)
-        if k == total:
-            bar.close()
-
-    return tick
+    return SMCRun.build(state, trace.result(), collectors)

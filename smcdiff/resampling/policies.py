@@ -29,7 +29,7 @@ __all__ = [
 
 @runtime_checkable
 class ResamplingPolicy(Protocol):
-    def __call__(self, log_w: torch.Tensor, step: int, t: float) -> torch.Tensor: ...
+    def __call__(self, log_w: torch.Tensor, step: int, t: float | None) -> torch.Tensor: ...
 
 
 def _full(log_w: torch.Tensor, value: bool) -> torch.Tensor:
@@ -40,7 +40,7 @@ def _full(log_w: torch.Tensor, value: bool) -> torch.Tensor:
 class Always:
     """Resample every group at every step."""
 
-    def __call__(self, log_w: torch.Tensor, step: int, t: float) -> torch.Tensor:
+    def __call__(self, log_w: torch.Tensor, step: int, t: float | None) -> torch.Tensor:
         return _full(log_w, True)
 
 
@@ -48,7 +48,7 @@ class Always:
 class Never:
     """Never resample (plain importance sampling along the path)."""
 
-    def __call__(self, log_w: torch.Tensor, step: int, t: float) -> torch.Tensor:
+    def __call__(self, log_w: torch.Tensor, step: int, t: float | None) -> torch.Tensor:
         return _full(log_w, False)
 
 
@@ -62,7 +62,7 @@ class ESSBelow:
         if not 0.0 <= self.fraction <= 1.0:
             raise SMCDiffError(f"ESSBelow: fraction must be in [0, 1], got {self.fraction}")
 
-    def __call__(self, log_w: torch.Tensor, step: int, t: float) -> torch.Tensor:
+    def __call__(self, log_w: torch.Tensor, step: int, t: float | None) -> torch.Tensor:
         return ess(log_w) < self.fraction * log_w.shape[-1]
 
 
@@ -76,7 +76,7 @@ class EveryK:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise SMCDiffError(f"EveryK: k must be an int >= 1, got {self.k!r}")
 
-    def __call__(self, log_w: torch.Tensor, step: int, t: float) -> torch.Tensor:
+    def __call__(self, log_w: torch.Tensor, step: int, t: float | None) -> torch.Tensor:
         return _full(log_w, step % self.k == self.k - 1)
 
 
@@ -99,7 +99,12 @@ class ActiveWindow:
                 f"ActiveWindow: need 0 <= t_lo <= t_hi <= 1, got t_lo={self.t_lo}, t_hi={self.t_hi}"
             )
 
-    def __call__(self, log_w: torch.Tensor, step: int, t: float) -> torch.Tensor:
+    def __call__(self, log_w: torch.Tensor, step: int, t: float | None) -> torch.Tensor:
+        if t is None:
+            raise SMCDiffError(
+                f"ActiveWindow needs the model's times, but the model has none (step {step}); "
+                "use EveryK or ESSBelow"
+            )
         if self.t_lo <= t <= self.t_hi:
             return self.inner(log_w, step, t)
         return _full(log_w, False)

@@ -1,0 +1,130 @@
+r"""Per-step collectors (as in ``particles``): record what you need without touching the engine.
+
+A collector sees the state and the :class:`~smcdiff.engine.state.StepInfo` after every step
+(``k = 0..K``) and returns its record from ``result()``; ``run_smc(..., collectors=[...])`` puts
+each record in ``SMCRun.collected[collector.name]``. Collectors keep device tensors and copy to the
+host once, in ``result()``, so they add no host-device sync inside a step.
+
+Built in: :class:`Trace` (the engine's own per-step trace), :class:`Genealogy` (distinct
+ancestors, optionally the whole ancestry) and :class:`WeightedMoments` (weighted means of a
+function of the particles).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from smcdiff.engine.state import SMCState, StepInfo
+
+__all__ = ["Collector", "Genealogy", "Trace", "WeightedMoments"]
+
+
+class Collector:
+    """Base class: ``name`` (the key in ``SMCRun.collected``), ``collect(state, info)``, ``result()``."""
+
+    name: str = "collector"
+
+    def collect(self, state: SMCState, info: StepInfo) -> None:
+        raise NotImplementedError
+
+    def result(self) -> Any:
+        raise NotImplementedError
+
+
+class Trace(Collector):
+    """The engine's per-step trace: ``t`` (if the model has times), ``ess``, ``log_z_increment``,
+    ``resampled`` ``(K+1, G)``, ``nfe``, ``n_grad`` ``(K+1,)`` and every name in ``info.extra``
+    (NaN at steps without it), as CPU tensors with a leading step dimension."""
+
+    name = "trace"
+
+    def __init__(self) -> None:
+        self.rows: list[StepInfo] = []
+
+    def collect(self, state: SMCState, info: StepInfo) -> None:
+        self.rows.append(info)
+
+    def result(self, last: int | None = None) -> dict[str, torch.Tensor]:
+        """The trace up to step ``last`` (default: every step collected)."""
+        rows = self.rows if last is None else self.rows[: last + 1]
+        trace: dict[str, torch.Tensor] = {}
+        if rows and rows[0].t is not None:
+            trace["t"] = torch.tensor([r.t for r in rows], dtype=torch.float64)
+        for name in ("ess", "log_z_increment", "resampled"):
+            trace[name] = torch.stack([getattr(r, name) for r in rows]).cpu()
+        trace["nfe"] = torch.tensor([r.nfe for r in rows], dtype=torch.long)
+        trace["n_grad"] = torch.tensor([r.n_grad for r in rows], dtype=torch.long)
+        for name in dict.fromkeys(n for r in rows for n in r.extra):
+            trace[name] = _column(rows, name)
+        return trace
+
+
+def _column(rows: list[StepInfo], name: str) -> torch.Tensor:
+    """One ``extra`` entry over steps, NaN where a step did not report it; scalars broadcast."""
+    vals = {j: torch.as_tensor(r.extra[name]) for j, r in enumerate(rows) if name in r.extra}
+    shape = max((v.shape for v in vals.values()), key=lambda s: math.prod(s))
+    col = torch.full((len(rows), *shape), float("nan"), dtype=torch.float64)
+    for j, v in vals.items():
+        col[j] = v.double().cpu()
+    return col
+
+
+class Genealogy(Collector):
+    r"""Ancestry of the particles: after each step k, the number of distinct step-0 ancestors of
+    the current particles per group, ``(K+1, G)`` — the classic picture of path degeneracy (it
+    falls to 1 when every particle descends from one initial particle).
+
+    ``keep_ancestors=True`` also keeps the ancestor indices of every step, ``(K+1, G, N)``
+    (memory ``K G N`` longs), from which whole paths can be traced back.
+    Result: ``{"distinct": (K+1, G), "ancestors": (K+1, G, N) or None}``.
+    """
+
+    name = "genealogy"
+
+    def __init__(self, keep_ancestors: bool = False):
+        self.keep = keep_ancestors
+        self.origin: torch.Tensor | None = None
+        self.distinct: list[torch.Tensor] = []
+        self.ancestors: list[torch.Tensor] = []
+
+    def collect(self, state: SMCState, info: StepInfo) -> None:
+        anc = info.ancestors
+        self.origin = anc.clone() if self.origin is None else self.origin.gather(1, anc)
+        seen = torch.zeros(anc.shape, dtype=torch.bool, device=anc.device)
+        seen.scatter_(1, self.origin, True)
+        self.distinct.append(seen.sum(1))
+        if self.keep:
+            self.ancestors.append(anc)
+
+    def result(self) -> dict[str, torch.Tensor | None]:
+        anc = torch.stack(self.ancestors).cpu() if self.keep else None
+        return {"distinct": torch.stack(self.distinct).cpu(), "ancestors": anc}
+
+
+class WeightedMoments(Collector):
+    r"""Weighted means :math:`\sum_i W_k^i f(x_k^i)` per group after every step.
+
+    ``fn`` maps the particles ``x`` ``(G*N, *event_shape)`` to ``(G*N,)`` or ``(G*N, m)``
+    (default: the particles themselves, flattened); result ``(K+1, G, m)`` float64 on the CPU.
+    ``name`` is the key in ``SMCRun.collected``.
+    """
+
+    def __init__(
+        self, fn: Callable[[torch.Tensor], torch.Tensor] | None = None, name: str = "moments"
+    ):
+        self.fn = fn if fn is not None else (lambda x: x.flatten(1))
+        self.name = name
+        self.values: list[torch.Tensor] = []
+
+    def collect(self, state: SMCState, info: StepInfo) -> None:
+        G, N = state.log_weights.shape
+        f = self.fn(state.particles["x"]).double().reshape(G, N, -1)
+        w = state.log_weights.exp().unsqueeze(-1)
+        self.values.append((w * f).sum(1))
+
+    def result(self) -> torch.Tensor:
+        return torch.stack(self.values).cpu()
