@@ -90,12 +90,12 @@ def resampling_times(n: int, d: int, device, repeats=20) -> dict[str, float]:
         u = (torch.rand((), device=device, generator=gen) + torch.arange(n, device=device)) / n
         return x[torch.searchsorted(c, u).clamp_max(n - 1)]
 
-    from smcdiff.resampling.schemes import _normalized_cdf
+    from smcdiff.resampling.schemes import normalized_cdf
     from smcdiff.weights import normalize
 
     return {
         "stage_softmax_f64": _timed(lambda: normalize(log_w), device, repeats),
-        "stage_cdf_f64": _timed(lambda: _normalized_cdf(normalize(log_w)), device, repeats),
+        "stage_cdf_f64": _timed(lambda: normalized_cdf(normalize(log_w)), device, repeats),
         "stage_ancestors": _timed(lambda: systematic(log_w, generator=gen), device, repeats),
         "stage_gather": _timed(lambda: x[torch.arange(n, device=device)], device, repeats),
         "ours_systematic_gather": _timed(ours, device, repeats),
@@ -134,7 +134,7 @@ def syncs_inside_steps(device) -> int:
     gen = torch.Generator(device=device).manual_seed(0)
     steps_done = []
 
-    def tick(k):
+    def tick(k, info=None):
         steps_done.append(k)
         if k == 1:
             torch.cuda.set_sync_debug_mode("warn")  # count from step 2 on (step 1 warms up)

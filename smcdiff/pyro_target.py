@@ -51,8 +51,8 @@ from pyro.distributions.transforms import biject_to
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
-from smcdiff.checks import check_device, check_shape
-from smcdiff.diagnostics.arviz import _np, import_arviz
+from smcdiff.checks import check_device, check_int, check_shape
+from smcdiff.diagnostics.arviz import import_arviz, to_numpy
 from smcdiff.errors import SMCDiffError
 from smcdiff.resampling import get_scheme
 
@@ -433,10 +433,7 @@ class PyroTarget:
         prior by :math:`T^{-1}`): a normalised initial law for samplers. Pyro samples from the
         global torch RNG, so one seed is drawn from ``generator`` and the run is wrapped in
         ``poutine.seed`` (which restores the global CPU RNG state afterwards)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise SMCDiffError(
-                f"PyroTarget {self.name!r}.init: n must be a positive int, got {n!r}"
-            )
+        n = check_int("n", n, 1, where=f"PyroTarget {self.name!r}.init")
         device = generator.device if generator is not None else "cpu"
         seed = int(torch.randint(0, 2**32, (), generator=generator, device=device))
         with torch.no_grad():
@@ -502,7 +499,7 @@ class PyroTarget:
             values = self.constrain(x.reshape(n_chain * n, self.dim).detach())
         data = {}
         for k, v in values.items():
-            a = _np(v).reshape(n_chain, n, *self.site_shapes[k])
+            a = to_numpy(v).reshape(n_chain, n, *self.site_shapes[k])
             data[k] = (["chain", "draw", *(f"{k}_dim_{i}" for i in range(a.ndim - 2))], a)
         coords = {"chain": np.arange(n_chain), "draw": np.arange(n)}
         attrs = {"inference_library": "smcdiff", "pyro_model": self.name}

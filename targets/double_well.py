@@ -6,7 +6,7 @@ r"""The "DW" family of double-well targets (Berner, Richter et al.; used by SLIP
 ``d = dim``, ``m = n_wells`` double-well coordinates, :math:`2^m` modes of equal weight near
 :math:`x_{1..m} \in \{-\sqrt\delta, \sqrt\delta\}^m`. The density factorises over coordinates,
 so the ground truth is exact: ``log_z = m log ∫ e^{-(t^2-δ)^2} dt + (d - m)/2 log 2π`` (1-D
-quadrature through :class:`smcdiff_targets.energy._QuarticWell`), and exact samples come from
+quadrature through :class:`smcdiff_targets.energy.QuarticWell`), and exact samples come from
 its rejection sampler (well coordinates) and :math:`\mathcal N(0, 1)` (the others).
 
 Named variants (:data:`VARIANTS`), as in the public ``sde_sampler`` configs of the family's
@@ -28,8 +28,9 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from smcdiff_targets.energy import _check_n, _check_x, _QuarticWell
+from smcdiff_targets.energy import QuarticWell, check_n, check_x
 
+from smcdiff.checks import check_int, check_number
 from smcdiff.errors import SMCDiffError
 
 __all__ = ["VARIANTS", "DoubleWell", "dw5", "dw50"]
@@ -39,7 +40,7 @@ _F64 = torch.float64
 
 
 @lru_cache(maxsize=16)
-def _well(delta: float) -> _QuarticWell:
+def _well(delta: float) -> QuarticWell:
     r"""The 1-D well :math:`P(t) = -(t^2 - \delta)^2 = -\delta^2 + 2\delta t^2 - t^4` with the
     rejection envelope scale (out of a log-spaced grid) that minimises the rejection bound,
     i.e. maximises the acceptance rate :math:`Z e^{-\text{log\_bound}}`."""
@@ -47,8 +48,8 @@ def _well(delta: float) -> _QuarticWell:
     # the bound is valid for every scale; the best one sits just above 1/sqrt(2 delta)
     # (acceptance 0.50 at delta = 4 and 2), found on a fine grid in ~0.1 s
     scales = np.geomspace(0.02, 5.0, 400)
-    bounds = [_QuarticWell(coeffs, float(s), 0.5).log_bound for s in scales]
-    return _QuarticWell(coeffs, float(scales[int(np.argmin(bounds))]), 0.5)
+    bounds = [QuarticWell(coeffs, float(s), 0.5).log_bound for s in scales]
+    return QuarticWell(coeffs, float(scales[int(np.argmin(bounds))]), 0.5)
 
 
 class DoubleWell:
@@ -62,14 +63,12 @@ class DoubleWell:
     """
 
     def __init__(self, dim: int, n_wells: int, delta: float, name: str | None = None) -> None:
-        for key, val, lo in (("dim", dim, 1), ("n_wells", n_wells, 1)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < lo:
-                raise SMCDiffError(f"DoubleWell: {key} must be an int >= {lo}, got {val!r}")
+        dim = check_int("dim", dim, 1, where="DoubleWell")
+        n_wells = check_int("n_wells", n_wells, 1, where="DoubleWell")
         if n_wells > dim:
             raise SMCDiffError(f"DoubleWell: n_wells={n_wells} exceeds dim={dim}")
-        if not (isinstance(delta, (int, float)) and math.isfinite(delta) and delta > 0):
-            raise SMCDiffError(f"DoubleWell: delta must be a finite number > 0, got {delta!r}")
-        self.dim, self.n_wells, self.delta = dim, n_wells, float(delta)
+        delta = check_number("delta", delta, minimum=0.0, strict_min=True, where="DoubleWell")
+        self.dim, self.n_wells, self.delta = dim, n_wells, delta
         self.n_modes = 2**n_wells
         self.name = name or f"dw_d{dim}_m{n_wells}_delta{self.delta:g}"
         self._well = _well(self.delta)
@@ -100,7 +99,7 @@ class DoubleWell:
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Unnormalised log density, ``(N, dim) -> (N,)``, in ``x``'s dtype."""
-        _check_x(x, self.dim, "DoubleWell.log_prob")
+        check_x(x, self.dim, "DoubleWell.log_prob")
         m = self.n_wells
         return self._well.log_f(x[:, :m]).sum(-1) - 0.5 * x[:, m:].square().sum(-1)
 
@@ -113,7 +112,7 @@ class DoubleWell:
         dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """``n`` exact samples ``(n, dim)``: rejection per well coordinate, N(0, 1) for the rest."""
-        n = _check_n(n, "DoubleWell.sample")
+        n = check_n(n, "DoubleWell.sample")
         m = self.n_wells
         wells = self._well.sample(n * m, generator, device).reshape(n, m)
         gauss = torch.randn(n, self.dim - m, generator=generator, dtype=_F64, device=device)
@@ -121,7 +120,7 @@ class DoubleWell:
 
     def mode_index(self, x: torch.Tensor) -> torch.Tensor:
         r"""Mode ``(N,)`` int64 in ``0 .. 2^m - 1``: :math:`\sum_{i<m} 2^i [x_i > 0]`."""
-        _check_x(x, self.dim, "DoubleWell.mode_index")
+        check_x(x, self.dim, "DoubleWell.mode_index")
         bits = 2 ** torch.arange(self.n_wells, device=x.device)
         return ((x[:, : self.n_wells] > 0).long() * bits).sum(-1)
 

@@ -17,7 +17,7 @@ where ``log_prob`` is normalised), and ``sample(n, generator)`` draws ``n`` exac
 The 1-D quartic wells of :class:`ManyWell` and :class:`MW5` are integrated by quadrature
 (``scipy.integrate.quad``, relative error < 1e-12) and sampled exactly by vectorised rejection
 from a two-Gaussian envelope whose bound is the exact maximum of a polynomial (see
-:class:`_QuarticWell`).
+:class:`QuarticWell`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 from numpy.polynomial import Polynomial
 
 from smcdiff import GaussianMixture
-from smcdiff.checks import check_shape
+from smcdiff.checks import check_int, check_shape
 from smcdiff.errors import SMCDiffError
 
 __all__ = ["MW5", "Funnel", "Gmm40Fab", "ManyWell", "load_gmm40_fab_means"]
@@ -41,14 +41,14 @@ _LOG_2PI = math.log(2.0 * math.pi)
 _F64 = torch.float64
 
 
-def _check_x(x: torch.Tensor, dim: int, where: str) -> None:
+def check_x(x: torch.Tensor, dim: int, where: str) -> None:
+    """``x`` must be ``(N, dim)``."""
     check_shape("x", x, (None, dim), where=where)
 
 
-def _check_n(n: int, where: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise SMCDiffError(f"{where}: n must be a positive int, got {n!r}")
-    return n
+def check_n(n: int, where: str) -> int:
+    """A sample count: an int >= 1 (NumPy ints accepted)."""
+    return check_int("n", n, 1, where=where)
 
 
 # --------------------------------------------------------------------------- gmm40_fab
@@ -104,16 +104,16 @@ class Gmm40Fab:
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised log density, ``(N, 2) -> (N,)``."""
-        _check_x(x, self.dim, "Gmm40Fab.log_prob")
+        check_x(x, self.dim, "Gmm40Fab.log_prob")
         return self.mixture.log_prob(x)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` exact samples ``(n, 2)`` on the target's device and dtype."""
-        return self.mixture.sample(_check_n(n, "Gmm40Fab.sample"), generator)
+        return self.mixture.sample(check_n(n, "Gmm40Fab.sample"), generator)
 
     def mode_index(self, x: torch.Tensor) -> torch.Tensor:
         """Index ``(N,)`` int64 of the nearest mean (equal covariances: the most likely mode)."""
-        _check_x(x, self.dim, "Gmm40Fab.mode_index")
+        check_x(x, self.dim, "Gmm40Fab.mode_index")
         return torch.cdist(x, self.means.to(x)).argmin(dim=-1)
 
 
@@ -133,14 +133,12 @@ class Funnel:
     scale0 = 3.0
 
     def __init__(self, dim: int = 10) -> None:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
-            raise SMCDiffError(f"Funnel: dim must be an int >= 2, got {dim!r}")
-        self.dim = dim
+        self.dim = check_int("dim", dim, 2, where="Funnel")
         self.name = f"funnel{dim}"
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised log density, ``(N, dim) -> (N,)``."""
-        _check_x(x, self.dim, "Funnel.log_prob")
+        check_x(x, self.dim, "Funnel.log_prob")
         x0, rest = x[:, 0], x[:, 1:]
         s0 = self.scale0
         log_p0 = -0.5 * (x0 / s0) ** 2 - 0.5 * _LOG_2PI - math.log(s0)
@@ -159,14 +157,14 @@ class Funnel:
         r"""``n`` exact samples ``(n, dim)``: :math:`x_0 = 3\varepsilon_0`,
         :math:`x_i = e^{x_0/2}\varepsilon_i`."""
         eps = torch.randn(
-            _check_n(n, "Funnel.sample"), self.dim, generator=generator, dtype=_F64, device=device
+            check_n(n, "Funnel.sample"), self.dim, generator=generator, dtype=_F64, device=device
         )
         x0 = self.scale0 * eps[:, :1]
         return torch.cat([x0, torch.exp(0.5 * x0) * eps[:, 1:]], dim=1).to(dtype)
 
 
 # --------------------------------------------------------------------------- 1-D quartic wells
-class _QuarticWell:
+class QuarticWell:
     r"""A 1-D unnormalised density :math:`f(x) = e^{P(x)}`, :math:`P` a quartic with a negative
     leading coefficient and two maxima; exact quadrature and an exact rejection sampler.
 
@@ -189,7 +187,7 @@ class _QuarticWell:
     def __init__(self, coeffs: tuple[float, ...], scale: float, weight_right: float) -> None:
         self.poly = Polynomial(coeffs)
         if self.poly.degree() != 4 or coeffs[4] >= 0:
-            raise SMCDiffError("_QuarticWell: P must be a quartic with negative x^4 coefficient")
+            raise SMCDiffError("QuarticWell: P must be a quartic with negative x^4 coefficient")
         crit = self.poly.deriv().roots()
         crit = np.sort(crit[np.abs(crit.imag) < 1e-12].real)
         self.modes = (float(crit[-1]), float(crit[0]))  # (m_+, m_-)
@@ -263,9 +261,9 @@ class _QuarticWell:
 
 
 # x1 factor of a manywell pair: P(x) = 0.5 x + 6 x^2 - x^4 (= -(x^4 - 6x^2 - 0.5x))
-_DOUBLE_WELL = _QuarticWell((0.0, 0.5, 6.0, 0.0, -1.0), scale=0.43, weight_right=0.85)
+_DOUBLE_WELL = QuarticWell((0.0, 0.5, 6.0, 0.0, -1.0), scale=0.43, weight_right=0.85)
 # one mw5 coordinate: P(x) = -(x^2 - 4)^2 = -16 + 8x^2 - x^4
-_MW_WELL = _QuarticWell((-16.0, 0.0, 8.0, 0.0, -1.0), scale=0.355, weight_right=0.5)
+_MW_WELL = QuarticWell((-16.0, 0.0, 8.0, 0.0, -1.0), scale=0.355, weight_right=0.5)
 
 
 class ManyWell:
@@ -277,12 +275,13 @@ class ManyWell:
     Ground truth, by quadrature of the 1-D double well:
     ``log_z = dim/2 * (log ∫ e^{-x^4 + 6x^2 + 0.5x} dx + log √(2π))`` = 164.695675 at ``dim=32``;
     ``prob_x1_positive`` = :math:`P(x_1 > 0)` = 0.844307 per pair; :math:`2^{16}` modes with
-    uneven weights. Exact samples: :math:`x_1` by rejection (:class:`_QuarticWell`),
+    uneven weights. Exact samples: :math:`x_1` by rejection (:class:`QuarticWell`),
     :math:`x_2 \sim \mathcal N(0, 1)`.
     """
 
     def __init__(self, dim: int = 32) -> None:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2 or dim % 2:
+        dim = check_int("dim", dim, 2, where="ManyWell")
+        if dim % 2:
             raise SMCDiffError(f"ManyWell: dim must be a positive even int, got {dim!r}")
         self.dim = dim
         self.n_pairs = dim // 2
@@ -300,7 +299,7 @@ class ManyWell:
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Unnormalised log density ``-sum E``, ``(N, dim) -> (N,)``."""
-        _check_x(x, self.dim, "ManyWell.log_prob")
+        check_x(x, self.dim, "ManyWell.log_prob")
         return (_DOUBLE_WELL.log_f(x[:, 0::2]) - 0.5 * x[:, 1::2].square()).sum(-1)
 
     def sample(
@@ -312,7 +311,7 @@ class ManyWell:
         dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """``n`` exact samples ``(n, dim)``."""
-        n = _check_n(n, "ManyWell.sample")
+        n = check_n(n, "ManyWell.sample")
         x1 = _DOUBLE_WELL.sample(n * self.n_pairs, generator, device).reshape(n, self.n_pairs)
         x2 = torch.randn(n, self.n_pairs, generator=generator, dtype=_F64, device=device)
         return torch.stack([x1, x2], dim=-1).reshape(n, self.dim).to(dtype)
@@ -325,7 +324,7 @@ class MW5:
     Ground truth, by quadrature of one coordinate: ``log_z = 5 log ∫ e^{-(x^2-4)^2} dx``
     = -0.541056 (5 × -0.108211); ``abs_mean`` = :math:`\mathbb E|x_i|` = 1.975015,
     ``second_moment`` = :math:`\mathbb E x_i^2` = 3.934105. Exact samples by rejection per
-    coordinate (:class:`_QuarticWell`, envelope :math:`\frac12\mathcal N(\pm2, 0.355^2)`).
+    coordinate (:class:`QuarticWell`, envelope :math:`\frac12\mathcal N(\pm2, 0.355^2)`).
     """
 
     name = "mw5"
@@ -349,7 +348,7 @@ class MW5:
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Unnormalised log density, ``(N, 5) -> (N,)``."""
-        _check_x(x, self.dim, "MW5.log_prob")
+        check_x(x, self.dim, "MW5.log_prob")
         return _MW_WELL.log_f(x).sum(-1)
 
     def sample(
@@ -361,11 +360,11 @@ class MW5:
         dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """``n`` exact samples ``(n, 5)``."""
-        n = _check_n(n, "MW5.sample")
+        n = check_n(n, "MW5.sample")
         return _MW_WELL.sample(n * self.dim, generator, device).reshape(n, self.dim).to(dtype)
 
     def mode_index(self, x: torch.Tensor) -> torch.Tensor:
         r"""Mode ``(N,)`` int64 in ``0..31``: the sign pattern :math:`\sum_i 2^i [x_i > 0]`."""
-        _check_x(x, self.dim, "MW5.mode_index")
+        check_x(x, self.dim, "MW5.mode_index")
         bits = 2 ** torch.arange(self.dim, device=x.device)
         return ((x > 0).long() * bits).sum(-1)

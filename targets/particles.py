@@ -64,9 +64,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from smcdiff_targets.energy import _check_n
+from smcdiff_targets.energy import check_n
 
-from smcdiff.checks import check_shape
+from smcdiff.checks import check_int, check_shape
 from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc import MCMCState, get_kernel, rm_gain, robbins_monro
 from smcdiff.mcmc.base import finite_rows
@@ -134,9 +134,8 @@ class ParticleSystem:
         name: str = "particles",
         reference: dict[str, Any] | None = None,
     ) -> None:
-        for key, val, lo in (("n_particles", n_particles, 2), ("spatial_dim", spatial_dim, 1)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < lo:
-                raise SMCDiffError(f"ParticleSystem: {key} must be an int >= {lo}, got {val!r}")
+        n_particles = check_int("n_particles", n_particles, 2, where="ParticleSystem")
+        spatial_dim = check_int("spatial_dim", spatial_dim, 1, where="ParticleSystem")
         for key, val in (("com_std", com_std), ("min_distance", min_distance)):
             if not (math.isfinite(val) and val > 0):
                 raise SMCDiffError(f"ParticleSystem: {key} must be finite and > 0, got {val!r}")
@@ -233,7 +232,7 @@ class ParticleSystem:
     ) -> torch.Tensor:
         r"""``n`` exact centre-of-mass draws ``(n, spatial_dim)``, :math:`\mathcal N(0, \sigma_c^2/n)`."""
         z = torch.randn(
-            _check_n(n, "sample_com"),
+            check_n(n, "sample_com"),
             self.spatial_dim,
             generator=generator,
             device=device,
@@ -406,7 +405,7 @@ def reference_samples(
     ``accept_rate`` and ``step_size`` (means at level 0), ``swap_rate`` (per adjacent level
     pair), ``draws_per_chain``, ``n_nonfinite``, ``seconds``.
     """
-    n = _check_n(n, "reference_samples")
+    n = check_n(n, "reference_samples")
     device = torch.device(device or "cpu")
     cfg = {**getattr(target, "reference", {}), **settings}
     missing = {"kernel", "n_chains", "n_warmup", "thin"} - cfg.keys()

@@ -39,7 +39,7 @@ import xarray as xr
 if TYPE_CHECKING:
     from smcdiff.result import SMCResult
 
-__all__ = ["import_arviz", "to_inference_data"]
+__all__ = ["import_arviz", "to_inference_data", "to_numpy"]
 
 _SMC_GROUPS = ("smc_particles", "smc_trace")
 
@@ -102,7 +102,7 @@ def _container(groups: dict[str, xr.Dataset], attrs: dict[str, Any]) -> Any:
     )
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
+def to_numpy(t: torch.Tensor) -> np.ndarray:
     """CPU numpy copy of a tensor (bfloat16, which numpy lacks, and float16 become float32)."""
     t = t.detach().cpu()
     if t.dtype in (torch.float16, torch.bfloat16):
@@ -121,7 +121,7 @@ def _event_dims(event_ndim: int) -> list[str]:
 
 def _posterior(result: SMCResult, seed: int | None) -> xr.Dataset:
     grouped = result.log_weights.dim() == 2
-    x = _with_chain(_np(result.resample(result.n_particles, seed=seed)), grouped)
+    x = _with_chain(to_numpy(result.resample(result.n_particles, seed=seed)), grouped)
     dims = ["chain", "draw", *_event_dims(x.ndim - 2)]
     return xr.Dataset(
         {"x": (dims, x)}, coords={d: np.arange(n) for d, n in zip(dims, x.shape, strict=True)}
@@ -130,9 +130,9 @@ def _posterior(result: SMCResult, seed: int | None) -> xr.Dataset:
 
 def _particles(result: SMCResult) -> xr.Dataset:
     grouped = result.log_weights.dim() == 2
-    x = _with_chain(_np(result.particles), grouped)
-    lw = _with_chain(_np(result.log_weights).astype(np.float64), grouped)
-    lz = np.atleast_1d(_np(result.log_z).astype(np.float64))
+    x = _with_chain(to_numpy(result.particles), grouped)
+    lw = _with_chain(to_numpy(result.log_weights).astype(np.float64), grouped)
+    lz = np.atleast_1d(to_numpy(result.log_z).astype(np.float64))
     dims = ["chain", "particle", *_event_dims(x.ndim - 2)]
     return xr.Dataset(
         {"x": (dims, x), "log_weights": (dims[:2], lw), "log_z": (["chain"], lz)},
@@ -147,7 +147,7 @@ def _trace(result: SMCResult) -> xr.Dataset:
     data = {}
     n_steps = None
     for name, value in result.trace.items():
-        a = _np(torch.as_tensor(value))
+        a = to_numpy(torch.as_tensor(value))
         n_steps = a.shape[0]
         if name == "t":
             continue
@@ -159,7 +159,7 @@ def _trace(result: SMCResult) -> xr.Dataset:
         data[name] = (dims, a)
     coords: dict[str, Any] = {} if n_steps is None else {"step": np.arange(n_steps)}
     if "t" in result.trace:
-        coords["t"] = ("step", _np(torch.as_tensor(result.trace["t"])).astype(np.float64))
+        coords["t"] = ("step", to_numpy(torch.as_tensor(result.trace["t"])).astype(np.float64))
     if n_runs is not None:
         coords["chain"] = np.arange(n_runs)
     return xr.Dataset(data, coords=coords)
@@ -187,7 +187,7 @@ def _attr_value(value: Any) -> str | int | float | list | None:
     if value is None:
         return None
     if isinstance(value, torch.Tensor | np.ndarray):
-        a = _np(value) if isinstance(value, torch.Tensor) else value
+        a = to_numpy(value) if isinstance(value, torch.Tensor) else value
         if a.size == 1:
             return _attr_value(a.reshape(()).item())
         if a.ndim == 1 and a.dtype.kind in "biuf":

@@ -22,20 +22,27 @@ import torch
 
 from smcdiff.errors import SMCDiffError
 
-__all__ = ["energy_distance", "gaussian_mmd", "sliced_wasserstein", "weighted_moments"]
+__all__ = [
+    "energy_distance",
+    "gaussian_mmd",
+    "prepare_samples",
+    "sliced_wasserstein",
+    "weighted_moments",
+]
 
 _BLOCK_BYTES = 64 * 2**20
 _BANDWIDTH_SUBSAMPLE = 1000
 
 
-def _prepare(
+def prepare_samples(
     x: torch.Tensor, y: torch.Tensor, weights_x: torch.Tensor | None, fn: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(x (N, d), y (M, d), w (N,))`` in float64 on ``x``'s device, ``w`` normalised."""
+    """``(x (N, d), y (M, d), w (N,))`` in float64 on ``x``'s device, ``w`` normalised; particles
+    of any shape ``(N, *event_shape)`` are flattened to ``d = prod(event_shape)`` (1-D: ``d = 1``)."""
     x = x.detach().to(torch.float64)
     y = y.detach().to(device=x.device, dtype=torch.float64)
-    x = x.unsqueeze(-1) if x.dim() == 1 else x
-    y = y.unsqueeze(-1) if y.dim() == 1 else y
+    x = x.unsqueeze(-1) if x.dim() == 1 else x.flatten(1)
+    y = y.unsqueeze(-1) if y.dim() == 1 else y.flatten(1)
     if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
         raise SMCDiffError(
             f"{fn}: x and y must be (N, d) and (M, d) with the same d, "
@@ -85,7 +92,7 @@ def energy_distance(
     In 1-D, :math:`D^2 = 2 \int (F - G)^2`, and ``scipy.stats.energy_distance(x, y, w)`` returns
     :math:`\sqrt{D^2}`.
     """
-    x, y, w = _prepare(x, y, weights_x, "energy_distance")
+    x, y, w = prepare_samples(x, y, weights_x, "energy_distance")
     v = torch.full((y.shape[0],), 1.0 / y.shape[0], dtype=torch.float64, device=x.device)
     ident = torch.nn.Identity()
     return (
@@ -112,7 +119,7 @@ def sliced_wasserstein(
     merged breakpoints of the two cumulative weight sequences (:math:`O((N+M)\log(N+M))` each).
     With ``d = 1`` every direction is :math:`\pm 1`: one projection gives the exact :math:`W_p`.
     """
-    x, y, w = _prepare(x, y, weights_x, "sliced_wasserstein")
+    x, y, w = prepare_samples(x, y, weights_x, "sliced_wasserstein")
     if n_projections < 1 or p < 1:
         raise SMCDiffError(
             f"sliced_wasserstein: need n_projections >= 1 and p >= 1, got {n_projections}, {p}"
@@ -165,7 +172,7 @@ def gaussian_mmd(
     compared with one reference is scored with the same kernel. A zero median (constant ``y``)
     falls back to :math:`h = 1`.
     """
-    x, y, w = _prepare(x, y, weights_x, "gaussian_mmd")
+    x, y, w = prepare_samples(x, y, weights_x, "gaussian_mmd")
     if bandwidth is None:
         h = _median_distance(y)
         h = torch.where(h > 0, h, torch.ones_like(h))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from smcdiff.diagnostics.metrics import _prepare
+from smcdiff.diagnostics.metrics import prepare_samples
 from smcdiff.errors import SMCDiffError
 
 __all__ = ["entropic_wasserstein2", "sliced_ks", "wasserstein2"]
@@ -66,7 +66,7 @@ def wasserstein2(
     seed: int = 0,
 ) -> float:
     """Exact :math:`W_2` between the two empirical measures (module docstring)."""
-    x, y, w = _prepare(x, y, weights_x, "wasserstein2")
+    x, y, w = prepare_samples(x, y, weights_x, "wasserstein2")
     a, b, cost = _costs(*_subsample(x, w, y, max_points, seed))
     return float(_ot().emd2(a, b, cost, numItermax=10_000_000)) ** 0.5
 
@@ -84,7 +84,7 @@ def entropic_wasserstein2(
     r"""Entropy-regularised :math:`W_2` (module docstring), log-domain Sinkhorn."""
     if not reg > 0:
         raise SMCDiffError(f"entropic_wasserstein2: reg must be > 0, got {reg}")
-    x, y, w = _prepare(x, y, weights_x, "entropic_wasserstein2")
+    x, y, w = prepare_samples(x, y, weights_x, "entropic_wasserstein2")
     dev = x.device
     xs, ws, ys = _subsample(x, w, y, max_points, seed)
     xs, ws, ys = xs.to(dev), ws.to(dev), ys.to(dev)  # POT's torch backend: runs on x's device
@@ -105,7 +105,7 @@ def sliced_ks(
 ) -> float:
     r"""Mean over ``n_directions`` random unit vectors :math:`u` of
     :math:`\sup_s |F_x(u^\top\cdot \le s) - F_y(u^\top\cdot \le s)|` (weighted CDF for ``x``)."""
-    x, y, w = _prepare(x, y, weights_x, "sliced_ks")
+    x, y, w = prepare_samples(x, y, weights_x, "sliced_ks")
     gen = torch.Generator().manual_seed(seed)
     u = torch.randn(x.shape[1], n_directions, generator=gen, dtype=torch.float64).to(x.device)
     u = u / u.norm(dim=0, keepdim=True)

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from smcdiff.checks import check_int, check_time
 from smcdiff.errors import SMCDiffError
 from smcdiff.processes.schedules import NoiseProcess
 
@@ -65,10 +66,7 @@ def _as_time(t: float | torch.Tensor, where: str) -> float:
                 f"{where}: t must be a scalar, got a tensor of shape {tuple(t.shape)}"
             )
         t = t.item()
-    t = float(t)
-    if not 0.0 <= t <= 1.0:
-        raise SMCDiffError(f"{where}: t must lie in [0, 1] (0 = data, 1 = noise), got {t}")
-    return t
+    return check_time("t (0 = data, 1 = noise)", t, where=where)
 
 
 def _factor(cov64: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,8 +318,7 @@ class GaussianMixture:
         return_components: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``n`` exact samples ``(n, d)`` (and their component indices ``(n,)`` int64)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise SMCDiffError(f"GaussianMixture.sample: n must be a positive int, got {n!r}")
+        n = check_int("n", n, 1, where="GaussianMixture.sample")
         comp = torch.multinomial(self._w64, n, replacement=True, generator=generator)
         eps = torch.randn(n, self.dim, generator=generator, dtype=self.dtype, device=self.device)
         x = self._means[comp]

@@ -32,6 +32,7 @@ __all__ = [
     "Scheme",
     "get_scheme",
     "multinomial",
+    "normalized_cdf",
     "offspring_counts",
     "residual",
     "ssp",
@@ -62,7 +63,7 @@ def _uniform(shape: tuple[int, ...], log_w: torch.Tensor, generator: torch.Gener
     return torch.rand(shape, dtype=torch.float64, device=log_w.device, generator=generator)
 
 
-def _normalized_cdf(mass: torch.Tensor) -> torch.Tensor:
+def normalized_cdf(mass: torch.Tensor) -> torch.Tensor:
     r"""CDF :math:`F_i = \sum_{j \le i} m_j / \sum_j m_j` of non-negative ``mass`` ``(..., N)``.
 
     Dividing by the computed last entry (not by the exact total 1) makes :math:`F_i = 1.0` exactly
@@ -78,7 +79,7 @@ def _inverse_cdf(mass: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     ``u`` need not be sorted. ``u`` is kept below 1 (``(k + V)/n`` can round up to 1.0).
     """
     u = u.clamp(max=_BELOW_ONE)
-    idx = torch.searchsorted(_normalized_cdf(mass), u, right=True)
+    idx = torch.searchsorted(normalized_cdf(mass), u, right=True)
     return idx.clamp_(max=mass.shape[-1] - 1)
 
 
@@ -130,7 +131,7 @@ def stratified(
     """
     n = _check(log_w, n)
     v = _uniform((*log_w.shape[:-1], n), log_w, generator)
-    m = n * _normalized_cdf(_weights(log_w))
+    m = n * normalized_cdf(_weights(log_w))
     j = m.floor().long().clamp_(max=n)
     v_j = v.gather(-1, j.clamp(max=n - 1))
     c = j + ((j < n) & (v_j < m - j)).long()
@@ -148,7 +149,7 @@ def systematic(
     """
     n = _check(log_w, n)
     v = _uniform((*log_w.shape[:-1], 1), log_w, generator)
-    c = torch.ceil(n * _normalized_cdf(_weights(log_w)) - v).long().clamp_(0, n)
+    c = torch.ceil(n * normalized_cdf(_weights(log_w)) - v).long().clamp_(0, n)
     return _ancestors_from_counts_below(c, n)
 
 
