@@ -123,8 +123,13 @@ def check_options(given: Iterable[str], valid: Iterable[str], *, where: str) -> 
 
 
 def check_time(name: str, t: Any, *, where: str | None = None) -> float:
-    """A diffusion time as a float in ``[0, 1]``."""
-    return check_number(name, t, minimum=0.0, maximum=1.0, where=where)
+    """A diffusion time as a float in ``[0, 1]`` (0 = data, 1 = noise)."""
+    t = check_number(name, t, where=where)
+    if not 0.0 <= t <= 1.0:
+        raise SMCDiffError(
+            f"{_prefix(where)}{name} must lie in [0, 1] (0 = data, 1 = noise), got {t}"
+        )
+    return t
 
 
 def check_n_particles(n: Any, *, minimum: int = 2, name: str = "n_particles") -> int:
