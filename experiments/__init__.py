@@ -1,7 +1,9 @@
 """Experiments that reproduce smcdiff's tables and figures (installed as ``smcdiff_experiments``).
 
-Each module exposes ``run(out_dir, device="cpu", quick=False) -> list[dict]`` and a one-line
-``DESCRIPTION``; ``smcdiff run NAME`` calls it. ``EXPERIMENTS`` maps CLI names to modules.
+Each module exposes a one-line ``DESCRIPTION``,
+``run(out_dir, device="cpu", quick=False, progress=True) -> list[dict]`` (writes its results into
+``out_dir``) and ``format_table(rows) -> str`` (the table printed at the end).
+``smcdiff run NAME`` calls them; ``EXPERIMENTS`` maps CLI names to modules.
 """
 
 EXPERIMENTS = {

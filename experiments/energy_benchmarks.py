@@ -212,6 +212,9 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+format_table = render  # the table `smcdiff run energy` prints
+
+
 def _line(row: dict) -> str:
     keys = ("log_z_err", "entropic_w2", "mode_tv", "sliced_ks", "p_x1_pos", "wall_s")
     parts = [f"{k}={row[k]:.4g}" for k in keys if k in row]

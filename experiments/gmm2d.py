@@ -175,6 +175,7 @@ def _convergence_figure(rows: list[dict], out: Path) -> None:
         y0 = max(r[key][0] for r in rows if r["n_particles"] == ref[0])
         ax.plot(ref, [y0, y0 * (ref[0] / ref[1]) ** 0.5], "k--", lw=1, label="1/sqrt(N)")
         ax.set(xscale="log", yscale="log", xlabel="particles N", title=f"FK: {title}")
+        ax.set_ylabel(f"{title} (mean ± std over runs)")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "figures" / "fk_convergence.png", dpi=120)

@@ -58,7 +58,7 @@ import torch
 import smcdiff
 from smcdiff.diagnostics.metrics import energy_distance, gaussian_mmd, sliced_wasserstein
 
-DESCRIPTION = "steering benchmark: FK / TDS / FKC / DriftLite vs exact targets (issue 3)"
+DESCRIPTION = "steering benchmark: FK / TDS / FKC / DriftLite vs exact targets"
 
 F64 = torch.float64
 LOG2PI = math.log(2 * math.pi)
