@@ -46,6 +46,11 @@ mixture restricted to those components (the log density is then a lower bound). 
 memory device (the tail of the softmax is negligible when :math:`v` is small); it does not by
 itself cure memorisation (:math:`k = 1` is the nearest-sample score :math:`(a y_{nn} - x)/v`).
 
+**Shapes.** The kernel is isotropic, so the maths is per coordinate: samples may be
+``(J, *event_shape)`` (vectors, images, particle systems); they are flattened to
+:math:`d = \prod` ``event_shape`` coordinates, and ``x`` ``(N, *event_shape)`` likewise, with
+outputs in ``x``'s shape. The time is one float for all rows (``scalar_time = True``).
+
 Precision: :math:`\ell_j` are computed in the data's dtype; in float64 the score matches the
 closed-form mixture score to :math:`\sim 10^{-12}` relative. In float32 with very small :math:`v` the
 cancellation in :math:`a x\cdot y_j/v` costs :math:`\sim 10^{-7}\,\|x\|\|y\|/v` in the logits.
@@ -57,28 +62,16 @@ import math
 
 import torch
 
-from smcdiff.checks import check_shape
+from smcdiff.checks import check_int, check_number, check_shape, check_time
 from smcdiff.distributions.gaussian_mixture import GaussianMixture
 from smcdiff.errors import SMCDiffError
 from smcdiff.processes.schedules import NoiseProcess
-from smcdiff.scores.montecarlo import check_points
+from smcdiff.scores.montecarlo import check_points, default_rows
 
 __all__ = ["EmpiricalScore"]
 
 _F64 = torch.float64
 _LOG_2PI = math.log(2.0 * math.pi)
-_ELEMENT_BUDGET = 1 << 22  # N * chunk logits per pass when chunk_size is None
-
-
-def _as_time(t: float | torch.Tensor, where: str) -> float:
-    if isinstance(t, torch.Tensor):
-        if t.numel() != 1:
-            raise SMCDiffError(f"{where}: t must be a scalar, got shape {tuple(t.shape)}")
-        t = t.item()
-    t = float(t)
-    if not 0.0 <= t <= 1.0:
-        raise SMCDiffError(f"{where}: t must lie in [0, 1] (0 = data, 1 = noise), got {t}")
-    return t
 
 
 class EmpiricalScore:
@@ -86,7 +79,8 @@ class EmpiricalScore:
     (see the module docstring). A :class:`~smcdiff.scores.base.DensityScoreModel`.
 
     Args:
-        samples: :math:`y` ``(J, d)``; fixes dtype and device.
+        samples: :math:`y` ``(J, *event_shape)`` (``(J, d)`` for vectors); fixes the event
+            shape, dtype and device.
         process: the :class:`NoiseProcess`.
         log_weights: ``(J,)`` unnormalised log-weights (``-inf`` allowed: weight zero), default
             uniform; normalised in float64.
@@ -95,8 +89,11 @@ class EmpiricalScore:
         chunk_size: data points per pass (memory ``N * chunk_size``); default keeps
             :math:`N\cdot` chunk near :math:`2^{22}`.
 
-    Outputs are differentiable in ``x``. ``n_target_evals`` / ``n_grad_evals`` stay 0.
+    ``x`` is ``(N, *event_shape)`` and ``t`` one float for all rows (``scalar_time``). Outputs are
+    differentiable in ``x``. ``n_target_evals`` / ``n_grad_evals`` stay 0.
     """
+
+    scalar_time = True
 
     def __init__(
         self,
@@ -111,30 +108,28 @@ class EmpiricalScore:
         where = type(self).__name__
         if not isinstance(process, NoiseProcess):
             raise SMCDiffError(f"{where}: process must be a NoiseProcess, got {type(process)}")
-        if not (math.isfinite(bandwidth) and bandwidth >= 0.0):
-            raise SMCDiffError(f"{where}: bandwidth must be a finite float >= 0, got {bandwidth}")
-        for name, val in (("k", k), ("chunk_size", chunk_size)):
-            if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val < 1):
-                raise SMCDiffError(f"{where}: {name} must be a positive int or None, got {val!r}")
+        self.bandwidth = check_number("bandwidth", bandwidth, minimum=0.0, where=where)
+        self.k = check_int("k", k, 1, where=where, allow_none=True)
+        self.chunk_size = check_int("chunk_size", chunk_size, 1, where=where, allow_none=True)
         self.process = process
-        self.bandwidth = float(bandwidth)
-        self.k = k
-        self.chunk_size = chunk_size
         self.n_target_evals = 0
         self.n_grad_evals = 0
-        check_shape("samples", samples, (None, None), where=where)
-        self.dim = samples.shape[1]
+        if not isinstance(samples, torch.Tensor) or samples.dim() < 2:
+            check_shape("samples", samples, (None, None), where=where)  # raises
+        self.event_shape: tuple[int, ...] = tuple(samples.shape[1:])
+        self.dim = math.prod(self.event_shape)
         self.update(samples, log_weights)
 
     def update(
         self, samples: torch.Tensor, log_weights: torch.Tensor | None = None, *, check: bool = True
     ) -> None:
-        """Replace the sample set (e.g. by the current SMC particles and their log-weights).
+        """Replace the sample set ``(J, *event_shape)`` (e.g. by the current SMC particles and
+        their log-weights ``(J,)``).
 
         ``check`` validates finiteness (one host sync); pass ``False`` inside a GPU step.
         """
         where = f"{type(self).__name__}.update"
-        check_points(samples, self.dim, where, name="samples")
+        check_points(samples, self.event_shape, where, name="samples")
         n = samples.shape[0]
         if n < 1:
             raise SMCDiffError(f"{where}: samples is empty")
@@ -155,7 +150,7 @@ class EmpiricalScore:
                     f"{where}: samples must be finite and log_weights not NaN / +inf, with at "
                     f"least one finite log-weight"
                 )
-        self.samples = samples.detach()
+        self.samples = samples.detach().reshape(n, self.dim)  # flat (J, d)
         self.log_weights = lw  # normalised, float64
         self._log_w = lw.to(samples.dtype)
         self._sq_norm = self.samples.square().sum(-1)  # (J,)
@@ -167,7 +162,7 @@ class EmpiricalScore:
     def variance(self, t: float | torch.Tensor) -> tuple[float, float]:
         r"""``(a, v)``: :math:`\alpha_t` and the component variance :math:`v = s^2 + a^2h^2`."""
         where = f"{type(self).__name__}"
-        t = _as_time(t, where)
+        t = check_time("t", t, where=where)
         a, s = float(self.process.alpha(t)), float(self.process.sigma(t))
         v = s * s + a * a * self.bandwidth**2
         if not v > 0.0:
@@ -178,7 +173,8 @@ class EmpiricalScore:
         return a, v
 
     def as_mixture(self, t: float | torch.Tensor) -> GaussianMixture:
-        r""":math:`\hat p_t^h` as a :class:`GaussianMixture` (diagonal; for checks and small J)."""
+        r""":math:`\hat p_t^h` as a :class:`GaussianMixture` (diagonal; for checks and small J), on
+        the flattened coordinates ``(d,)``."""
         a, v = self.variance(t)
         w = self.log_weights.exp()
         covs = torch.full((self.n_data, self.dim), v, dtype=_F64, device=self.samples.device)
@@ -187,8 +183,9 @@ class EmpiricalScore:
     # ---------------------------------------------------------------- core
     def _stats(self, x: torch.Tensor, t: float | torch.Tensor, where: str):
         r"""``(lse (N,) float64, ybar (N, d), a, v)``: :math:`\operatorname{logsumexp}_j\ell_j` and
-        :math:`\sum_j r_j y_j`."""
-        check_points(x, self.dim, where)
+        :math:`\sum_j r_j y_j`, for ``x`` flattened to ``(N, d)`` by the caller after this check
+        of ``x`` ``(N, *event_shape)``."""
+        check_points(x, self.event_shape, where)
         if x.device != self.samples.device:
             raise SMCDiffError(
                 f"{where}: x is on {x.device} but the samples are on {self.samples.device}"
@@ -198,12 +195,17 @@ class EmpiricalScore:
                 f"{where}: x has dtype {x.dtype} but the samples have {self.samples.dtype}"
             )
         a, v = self.variance(t)
+        flat = self._flat(x)
         if self.k is not None:
-            return (*self._stats_topk(x, a, v), a, v)
-        return (*self._stats_full(x, a, v), a, v)
+            return (*self._stats_topk(flat, a, v), a, v)
+        return (*self._stats_full(flat, a, v), a, v)
+
+    def _flat(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], self.dim)
 
     def _chunk(self, n: int) -> int:
-        return self.chunk_size or max(1, _ELEMENT_BUDGET // max(1, n))
+        """Data points per pass: ``chunk_size``, or about :math:`2^{22}/N` (``N`` rows of x)."""
+        return default_rows(self.chunk_size, n, 1)
 
     def _logits(self, x: torch.Tensor, a: float, v: float, sl: slice) -> torch.Tensor:
         y = self.samples[sl]
@@ -248,24 +250,25 @@ class EmpiricalScore:
 
     # ---------------------------------------------------------------- public
     def posterior_mean(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
-        r""":math:`\mathbb E[x_0\mid x_t = x]` under :math:`\hat p_0^h`, ``(N, d)``:
+        r""":math:`\mathbb E[x_0\mid x_t = x]` under :math:`\hat p_0^h`, ``x``'s shape:
         :math:`\bar y + \frac{a h^2}{v}(x - a\bar y)` with :math:`\bar y = \sum_j r_j(x) y_j`
         (for :math:`h = 0`, :math:`\bar y`: the ensemble estimate of the posterior mean); equal to
         Tweedie's :math:`(x + s^2\nabla\log\hat p_t^h)/a`."""
         _, ybar, a, v = self._stats(x, t, f"{type(self).__name__}.posterior_mean")
         if self.bandwidth == 0.0:
-            return ybar
-        return ybar + (a * self.bandwidth**2 / v) * (x - a * ybar)
+            return ybar.reshape(x.shape)
+        return (ybar + (a * self.bandwidth**2 / v) * (self._flat(x) - a * ybar)).reshape(x.shape)
 
     def score_and_log_density(
         self, x: torch.Tensor, t: float | torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""``(score (N, d), log density (N,) float64)`` from one pass over the data."""
+        r"""``(score, log density (N,) float64)`` from one pass over the data; the score has
+        ``x``'s shape."""
         lse, ybar, a, v = self._stats(x, t, f"{type(self).__name__}.score_and_log_density")
         return self._score(x, ybar, a, v), self._log_density(x, lse, v)
 
     def score(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
-        r""":math:`(a\sum_j r_j y_j - x)/v`: ``(N, d) -> (N, d)``."""
+        r""":math:`(a\sum_j r_j y_j - x)/v`: ``(N, *event_shape)`` to the same shape."""
         _, ybar, a, v = self._stats(x, t, f"{type(self).__name__}.score")
         return self._score(x, ybar, a, v)
 
@@ -275,14 +278,14 @@ class EmpiricalScore:
         return self._log_density(x, lse, v)
 
     def _score(self, x: torch.Tensor, ybar: torch.Tensor, a: float, v: float) -> torch.Tensor:
-        return (a * ybar - x) / v
+        return ((a * ybar - self._flat(x)) / v).reshape(x.shape)
 
     def _log_density(self, x: torch.Tensor, lse: torch.Tensor, v: float) -> torch.Tensor:
-        sq = x.to(_F64).square().sum(-1)
+        sq = self._flat(x).to(_F64).square().sum(-1)
         return lse - sq / (2.0 * v) - 0.5 * self.dim * (_LOG_2PI + math.log(v))
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(n_data={self.n_data}, dim={self.dim}, "
+            f"{type(self).__name__}(n_data={self.n_data}, event_shape={self.event_shape}, "
             f"process={self.process!r}, bandwidth={self.bandwidth}, k={self.k})"
         )

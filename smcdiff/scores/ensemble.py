@@ -37,7 +37,8 @@ Completing the square in :math:`y`,
 :class:`SchrodingerFollmer` is that noise process in this toolkit's convention
 (:math:`t = 1 - u`: :math:`\alpha_t = 1 - t`, :math:`\sigma_t = \sqrt{t(1-t)}`), and
 :class:`FollmerDrift` is a score model for it: ``score(x, t) = b(x, 1-t) - x/(1-t)``. Both
-:class:`FollmerDrift` and ``RDMCScore(method="is")`` on :class:`SchrodingerFollmer` estimate the
+:class:`FollmerDrift` and :class:`~smcdiff.scores.rdmc.RDMCImportanceScore` on
+:class:`SchrodingerFollmer` estimate the
 same :math:`\nabla\log p^{\rm SF}`, by importance sampling the same posterior from different
 proposals (:math:`\mathcal N(x, (1-u)I)` weighted by :math:`\tilde\pi/\mathcal N(0, I)` here,
 :math:`\mathcal N(x/u, \tfrac{1-u}u I)` weighted by :math:`\tilde\pi` there).
@@ -60,6 +61,7 @@ import math
 
 import torch
 
+from smcdiff.checks import check_number, check_time
 from smcdiff.errors import SMCDiffError
 from smcdiff.processes.schedules import NoiseProcess
 from smcdiff.scores.empirical import EmpiricalScore
@@ -113,7 +115,8 @@ class FollmerDrift(EstimatorBase):
             :class:`~smcdiff.scores.montecarlo.MonteCarloScore`.
 
     ``process`` is :class:`SchrodingerFollmer`; ``score`` / ``log_density`` take its time
-    :math:`t = 1 - u`. Counters: ``n_target_evals`` (+ N M per call), ``n_grad_evals`` (+ N M
+    :math:`t = 1 - u`, one float for all rows (``scalar_time``), and ``x`` ``(N, d)``
+    (``event_shape = (d,)``, the target's). Counters: ``n_target_evals`` (+ N M per call), ``n_grad_evals`` (+ N M
     with ``"grad"``).
     """
 
@@ -144,11 +147,8 @@ class FollmerDrift(EstimatorBase):
 
     @staticmethod
     def _time(u: float | torch.Tensor, where: str) -> float:
-        if isinstance(u, torch.Tensor):
-            if u.numel() != 1:
-                raise SMCDiffError(f"{where}: time must be a scalar, got shape {tuple(u.shape)}")
-            u = u.item()
-        u = float(u)
+        """The Föllmer time as a float in ``[0, 1)`` (not a diffusion time: u = 1 is the target)."""
+        u = check_number("u", u, where=where)
         if not 0.0 <= u < 1.0:
             raise SMCDiffError(
                 f"{where}: the Föllmer time u must lie in [0, 1) (at u = 1 the drift is "
@@ -160,7 +160,7 @@ class FollmerDrift(EstimatorBase):
         r"""Raw smoothing estimate at :math:`m = x`, :math:`c = \sqrt{1-u}`: ``log_mean`` is
         :math:`\log\frac1M\sum_j f(y_j)`, ``grad`` the drift."""
         where = "FollmerDrift.estimate"
-        check_points(x, self.dim, where)
+        check_points(x, self.event_shape, where)
         u = self._time(u, where)
         return self._smooth(self._log_f, x.detach(), math.sqrt(1.0 - u), where)
 
@@ -175,9 +175,7 @@ class FollmerDrift(EstimatorBase):
 
     # ---------------------------------------------------------------- score model view
     def _sf(self, x: torch.Tensor, t: float | torch.Tensor, where: str):
-        if isinstance(t, torch.Tensor):
-            t = t.item()
-        t = float(t)
+        t = check_time("t", t, where=where)
         if not 0.0 < t < 1.0:
             raise SMCDiffError(
                 f"{where}: t must lie in (0, 1) for the Schrödinger–Föllmer marginal (t = 0 is "

@@ -37,13 +37,13 @@ import math
 
 import torch
 
-from smcdiff.checks import check_shape
+from smcdiff.checks import check_int, check_number, check_shape, check_time
 from smcdiff.distributions.gaussian_mixture import GaussianMixture
 from smcdiff.errors import SMCDiffError
 from smcdiff.processes.schedules import NoiseProcess
-from smcdiff.scores.base import ScoreModel, has_log_density
+from smcdiff.scores.base import ScoreModel, event_shape_of, has_log_density, model_time
 from smcdiff.scores.exact import ExactScore, exact_score
-from smcdiff.scores.montecarlo import GeneratorSource, check_count, check_points
+from smcdiff.scores.montecarlo import GeneratorSource, check_points
 
 __all__ = [
     "BlendedScore",
@@ -88,12 +88,6 @@ def _weighted_moments(
     return mu, cov
 
 
-def _check_reg(reg: float, where: str) -> float:
-    if not (math.isfinite(reg) and reg >= 0.0):
-        raise SMCDiffError(f"{where}: reg must be a finite float >= 0, got {reg}")
-    return float(reg)
-
-
 def fit_gaussian(
     samples: torch.Tensor, log_weights: torch.Tensor | None = None, *, reg: float = 1e-6
 ) -> GaussianMixture:
@@ -102,7 +96,7 @@ def fit_gaussian(
     :class:`GaussianMixture` in the samples' dtype and device."""
     where = "fit_gaussian"
     w = _weights(samples, log_weights, where)
-    reg = _check_reg(reg, where)
+    reg = check_number("reg", reg, minimum=0.0, where=where)
     mu, cov = _weighted_moments(samples.detach().to(_F64), w, reg)
     return GaussianMixture(torch.ones(1, dtype=_F64), mu.unsqueeze(0).to(samples.dtype), cov[None])
 
@@ -167,12 +161,12 @@ def fit_gaussian_mixture(
     Returns the mixture in the samples' dtype and device.
     """
     where = "fit_gaussian_mixture"
-    check_count("n_components", n_components, where)
-    check_count("n_iter", n_iter, where, minimum=0)
+    n_components = check_int("n_components", n_components, 1, where=where)
+    n_iter = check_int("n_iter", n_iter, 0, where=where)
     if n_components == 1:
         return fit_gaussian(samples, log_weights, reg=reg)
     w = _weights(samples, log_weights, where)
-    reg = _check_reg(reg, where)
+    reg = check_number("reg", reg, minimum=0.0, where=where)
     if samples.shape[0] < n_components:
         raise SMCDiffError(
             f"{where}: {samples.shape[0]} samples cannot seed {n_components} components"
@@ -210,29 +204,36 @@ def moment_fit_score(
 class BlendedScore:
     r"""``low_noise`` below a noise level, ``high_noise`` from it on: at time t the model used is
     ``high_noise`` if :math:`\sigma_t/\alpha_t \ge` ``noise_threshold`` (or :math:`\alpha_t = 0`),
-    else ``low_noise``. Both must share the process (the same object, or equal ``repr``).
+    else ``low_noise``. Both must share the process (the same object, or equal ``repr``) and the
+    event shape.
 
-    Has ``log_density`` / ``score_and_log_density`` only in effect when both models do (calling
-    them otherwise raises). ``n_target_evals`` / ``n_grad_evals`` sum the two models' counters.
+    The choice needs one time for all rows: ``scalar_time = True`` (a float ``t``); each model
+    gets it in its own form (:func:`~smcdiff.scores.base.model_time`). ``x`` is
+    ``(N, *event_shape)``. Has ``log_density`` / ``score_and_log_density`` only in effect when
+    both models do (calling them otherwise raises). ``n_target_evals`` / ``n_grad_evals`` sum the
+    two models' counters.
     """
+
+    scalar_time = True
 
     def __init__(self, low_noise: ScoreModel, high_noise: ScoreModel, noise_threshold: float):
         where = "BlendedScore"
         for name, m in (("low_noise", low_noise), ("high_noise", high_noise)):
             if not (callable(getattr(m, "score", None)) and hasattr(m, "process")):
                 raise SMCDiffError(f"{where}: {name} must be a ScoreModel (process, dim, score)")
-        if low_noise.dim != high_noise.dim:
+        shape, high_shape = event_shape_of(low_noise), event_shape_of(high_noise)
+        if shape != high_shape:
             raise SMCDiffError(
-                f"{where}: low_noise has dim {low_noise.dim}, high_noise {high_noise.dim}"
+                f"{where}: low_noise has event shape {shape}, high_noise {high_shape}"
             )
         p, q = low_noise.process, high_noise.process
         if p is not q and repr(p) != repr(q):
             raise SMCDiffError(f"{where}: the models use different processes: {p!r} vs {q!r}")
-        if not (math.isfinite(noise_threshold) and noise_threshold > 0):
-            raise SMCDiffError(f"{where}: noise_threshold must be a finite float > 0")
+        self.noise_threshold = check_number(
+            "noise_threshold", noise_threshold, minimum=0.0, strict_min=True, where=where
+        )
         self.low_noise, self.high_noise = low_noise, high_noise
-        self.noise_threshold = float(noise_threshold)
-        self.process, self.dim = p, low_noise.dim
+        self.process, self.dim, self.event_shape = p, low_noise.dim, shape
 
     @property
     def n_target_evals(self) -> int:
@@ -244,14 +245,15 @@ class BlendedScore:
 
     def model_at(self, t: float | torch.Tensor) -> ScoreModel:
         """The model used at time ``t``."""
-        t = float(t.item() if isinstance(t, torch.Tensor) else t)
+        t = check_time("t", t, where="BlendedScore")
         a, s = float(self.process.alpha(t)), float(self.process.sigma(t))
         if a <= 0.0 or s >= self.noise_threshold * a:
             return self.high_noise
         return self.low_noise
 
     def score(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
-        return self.model_at(t).score(x, t)
+        m = self.model_at(t)
+        return m.score(x, model_time(m, t, x))
 
     def _density_model(self, t: float | torch.Tensor):
         m = self.model_at(t)
@@ -263,12 +265,14 @@ class BlendedScore:
         return m
 
     def log_density(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
-        return self._density_model(t).log_density(x, t)
+        m = self._density_model(t)
+        return m.log_density(x, model_time(m, t, x))
 
     def score_and_log_density(
         self, x: torch.Tensor, t: float | torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._density_model(t).score_and_log_density(x, t)
+        m = self._density_model(t)
+        return m.score_and_log_density(x, model_time(m, t, x))
 
     def __repr__(self) -> str:
         return (

@@ -57,14 +57,20 @@ i.e. :math:`\log p_t(x) + \log Z = G(x/a) - d\log a` with :math:`g = \tilde\pi`,
 :math:`x_0^j = x/a + (s/a)\xi_j` drawn from the Gaussian factor of the posterior
 :math:`p(x_0\mid x_t = x) \propto \tilde\pi(x_0)\,\mathcal N(x_0; x/a, (s/a)^2 I)` and weighted by
 :math:`\tilde\pi`. This is the importance-sampling rdMC estimator
-(:class:`smcdiff.scores.rdmc.RDMCScore` with ``method="is"``); for VE (:math:`a = 1`) it is
+(:class:`smcdiff.scores.rdmc.RDMCImportanceScore`); for VE (:math:`a = 1`) it is
 exactly the classical Monte Carlo score :math:`\nabla\log\mathbb E_\varepsilon[e^{-U(x + \sigma
 \varepsilon)}]` with its two estimators :math:`\mathbb E[\varepsilon w]/\sigma` and
 :math:`\mathbb E[w\nabla\log\pi(x + \sigma\varepsilon)]`. It is implemented once, here
-(:class:`MonteCarloScore`), and ``RDMCScore(method="is")`` is the same class.
+(:class:`MonteCarloScore`), and :class:`~smcdiff.scores.rdmc.RDMCImportanceScore` is that class
+under its rdMC name.
 
 Log densities are float64 estimates of :math:`\log p_t + \log Z`; pass ``log_z`` to subtract a
 known :math:`\log Z`. The estimators are not differentiable in ``x`` (outputs are detached).
+
+Score-model contract: every estimator here declares ``scalar_time = True`` (one common time per
+call, a float: :func:`smcdiff.scores.base.model_time` hands it over) and
+``event_shape = (dim,)``: the target's ``log_prob`` takes flat points ``(K, d)``, so ``x`` is
+``(N, d)``.
 """
 
 from __future__ import annotations
@@ -75,15 +81,28 @@ from typing import NamedTuple
 
 import torch
 
-from smcdiff.checks import check_shape, nan_or_posinf
+from smcdiff.checks import (
+    check_choice,
+    check_int,
+    check_number,
+    check_shape,
+    check_time,
+    nan_or_posinf,
+)
 from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.base import value_and_grad
 from smcdiff.processes.schedules import NoiseProcess
+from smcdiff.seeding import seeded_generator
 from smcdiff.target import Target
 
 __all__ = [
+    "Draws",
+    "EstimatorBase",
+    "GeneratorSource",
     "MonteCarloScore",
+    "NoisedTargetScore",
     "SmoothingEstimate",
+    "draw_chunk",
     "monte_carlo_score",
     "smoothed_log_expectation",
 ]
@@ -109,9 +128,10 @@ class SmoothingEstimate(NamedTuple):
     ess: torch.Tensor
 
 
-class _Draws(NamedTuple):
-    """One chunk's draws: the estimate plus the points ``y`` ``(n, M, d)``, their log-weights
-    ``log_g`` ``(n, M)`` float64 and the device counts of bad values (for the finite checks)."""
+class Draws(NamedTuple):
+    """One chunk's draws (:func:`draw_chunk`): the estimate plus the points ``y`` ``(n, M, d)``,
+    their log-weights ``log_g`` ``(n, M)`` float64 and the device counts of bad values (for the
+    finite checks, :func:`raise_if_bad`)."""
 
     est: SmoothingEstimate
     y: torch.Tensor
@@ -123,24 +143,16 @@ class _Draws(NamedTuple):
 
 
 def check_estimator(estimator: str, where: str) -> bool:
-    """Validate ``estimator``; ``True`` for the gradient form."""
-    if estimator not in ESTIMATORS:
-        raise SMCDiffError(
-            f"{where}: estimator must be one of {', '.join(map(repr, ESTIMATORS))}, "
-            f"got {estimator!r}"
-        )
-    return estimator == "grad"
+    """Validate ``estimator`` (one of :data:`ESTIMATORS`); ``True`` for the gradient form."""
+    return check_choice("estimator", estimator, ESTIMATORS, where=where) == "grad"
 
 
-def check_count(name: str, value: object, where: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SMCDiffError(f"{where}: {name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def check_points(x: torch.Tensor, dim: int, where: str, name: str = "x") -> None:
-    """``x`` must be a floating ``(N, dim)`` tensor."""
-    check_shape(name, x, (None, dim), where=where)
+def check_points(
+    x: torch.Tensor, event_shape: int | tuple[int, ...], where: str, name: str = "x"
+) -> None:
+    """``x`` must be a floating ``(N, *event_shape)`` tensor (an int ``d``: ``(N, d)``)."""
+    shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
+    check_shape(name, x, (None, *shape), where=where)
     if not x.is_floating_point():
         raise SMCDiffError(f"{where}: {name} must be floating point, got {x.dtype}")
 
@@ -148,14 +160,9 @@ def check_points(x: torch.Tensor, dim: int, where: str, name: str = "x") -> None
 def noise_coefficients(
     process: NoiseProcess, t: float | torch.Tensor, where: str
 ) -> tuple[float, float]:
-    r"""``(alpha_t, sigma_t)`` as host floats; requires :math:`t\in[0,1]`, :math:`\alpha_t,\sigma_t > 0`."""
-    if isinstance(t, torch.Tensor):
-        if t.numel() != 1:
-            raise SMCDiffError(f"{where}: t must be a scalar, got shape {tuple(t.shape)}")
-        t = t.item()
-    t = float(t)
-    if not 0.0 <= t <= 1.0:
-        raise SMCDiffError(f"{where}: t must lie in [0, 1] (0 = data, 1 = noise), got {t}")
+    r"""``(alpha_t, sigma_t)`` as host floats; requires :math:`t\in[0,1]` (checked by
+    :func:`~smcdiff.checks.check_time`), :math:`\alpha_t,\sigma_t > 0`."""
+    t = check_time("t", t, where=where)
     a, s = float(process.alpha(t)), float(process.sigma(t))
     if not (math.isfinite(a) and a > 0.0):
         raise SMCDiffError(
@@ -171,7 +178,8 @@ def noise_coefficients(
 
 
 def default_rows(chunk_size: int | None, n_samples: int, dim: int) -> int:
-    """Rows of ``x`` per chunk: ``chunk_size``, or enough to keep ``rows * M * d`` near 4M."""
+    """Rows per chunk: ``chunk_size``, or enough to keep ``rows * n_samples * dim`` near 4M (the
+    memory of one pass: ``n_samples`` inner draws of size ``dim`` per row)."""
     if chunk_size is not None:
         return chunk_size
     return max(1, _ELEMENT_BUDGET // max(1, n_samples * dim))
@@ -179,7 +187,8 @@ def default_rows(chunk_size: int | None, n_samples: int, dim: int) -> int:
 
 class GeneratorSource:
     """The random stream of an estimator: a user ``generator`` (its device must match the data),
-    or one generator per device seeded with ``seed`` (a random seed when ``seed`` is ``None``)."""
+    or one generator per device made by :func:`smcdiff.seeding.seeded_generator` from ``seed``
+    (a random seed when ``seed`` is ``None``)."""
 
     def __init__(self, generator: torch.Generator | None, seed: int | None, where: str):
         if generator is not None and seed is not None:
@@ -188,12 +197,12 @@ class GeneratorSource:
             raise SMCDiffError(
                 f"{where}: generator must be a torch.Generator, got {type(generator).__name__}"
             )
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise SMCDiffError(f"{where}: seed must be an int, got {seed!r}")
-        self.generator, self.seed, self.where = generator, seed, where
+        self.seed = check_int("seed", seed, 0, where=where, allow_none=True)
+        self.generator, self.where = generator, where
         self._per_device: dict[torch.device, torch.Generator] = {}
 
     def get(self, device: torch.device) -> torch.Generator:
+        """The generator for data on ``device`` (made on first use for a seeded source)."""
         if self.generator is not None:
             if self.generator.device.type != device.type:
                 raise SMCDiffError(
@@ -203,11 +212,7 @@ class GeneratorSource:
             return self.generator
         gen = self._per_device.get(device)
         if gen is None:
-            gen = torch.Generator(device=device)
-            if self.seed is None:
-                gen.seed()
-            else:
-                gen.manual_seed(self.seed)
+            gen = seeded_generator(self.seed, device)
             self._per_device[device] = gen
         return gen
 
@@ -223,14 +228,20 @@ def raise_if_bad(bad: dict[str, torch.Tensor], total: int, where: str) -> None:
 
 
 def merge_bad(acc: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> None:
+    """Add the counts of ``new`` into ``acc`` (in place)."""
     for k, v in new.items():
         acc[k] = acc[k] + v if k in acc else v
+
+
+def should_check(check_finite: bool | None, x: torch.Tensor) -> bool:
+    """Whether to run the finite checks: ``check_finite``, or (``None``) only on CPU."""
+    return x.device.type == "cpu" if check_finite is None else bool(check_finite)
 
 
 # ---------------------------------------------------------------- the core estimator
 
 
-def _draw_chunk(
+def draw_chunk(
     log_g: Callable[[torch.Tensor], torch.Tensor],
     m: torch.Tensor,
     c: float,
@@ -240,9 +251,10 @@ def _draw_chunk(
     antithetic: bool,
     where: str,
     common: torch.Tensor | None = None,
-) -> _Draws:
-    """Smoothing estimate for one chunk of centres ``m`` ``(n, d)``; ``common`` ``(1, M', d)``:
-    the same standard normal draws for every row."""
+) -> Draws:
+    """Smoothing estimate for one chunk of centres ``m`` ``(n, d)``, with its draws; ``common``
+    ``(1, M', d)``: the same standard normal draws for every row. No argument checks (callers:
+    :func:`smoothed_log_expectation`, and rdMC's MALA initialisation)."""
     n, d = m.shape
     shape = (n, n_samples // 2 if antithetic else n_samples, d)
     if common is None:
@@ -280,13 +292,31 @@ def _draw_chunk(
         mean=(m.to(_F64) + c * wxi).to(m.dtype),
         ess=1.0 / w.square().sum(1),
     )
-    return _Draws(est, y, lg, bad)
+    return Draws(est, y, lg, bad)
 
 
 def _concat(parts: list[SmoothingEstimate]) -> SmoothingEstimate:
     if len(parts) == 1:
         return parts[0]
     return SmoothingEstimate(*(torch.cat(f, dim=0) for f in zip(*parts, strict=True)))
+
+
+def _check_smoothing_args(
+    mean: torch.Tensor,
+    scale: float,
+    n_samples: int,
+    antithetic: bool,
+    chunk_size: int | None,
+    where: str,
+) -> None:
+    check_shape("mean", mean, (None, None), where=where)
+    if not mean.is_floating_point():
+        raise SMCDiffError(f"{where}: mean must be floating point, got {mean.dtype}")
+    check_int("n_samples", n_samples, 2 if antithetic else 1, where=where)
+    if antithetic and n_samples % 2:
+        raise SMCDiffError(f"{where}: antithetic draws need an even n_samples, got {n_samples}")
+    check_number("scale", scale, minimum=0.0, strict_min=True, where=where)
+    check_int("chunk_size", chunk_size, 1, where=where, allow_none=True)
 
 
 def smoothed_log_expectation(
@@ -332,16 +362,7 @@ def smoothed_log_expectation(
         gradients with ``"grad"``).
     """
     use_grad = check_estimator(estimator, where)
-    check_shape("mean", mean, (None, None), where=where)
-    if not mean.is_floating_point():
-        raise SMCDiffError(f"{where}: mean must be floating point, got {mean.dtype}")
-    check_count("n_samples", n_samples, where, minimum=2 if antithetic else 1)
-    if antithetic and n_samples % 2:
-        raise SMCDiffError(f"{where}: antithetic draws need an even n_samples, got {n_samples}")
-    if not (math.isfinite(scale) and scale > 0):
-        raise SMCDiffError(f"{where}: scale must be a finite float > 0, got {scale}")
-    if chunk_size is not None:
-        check_count("chunk_size", chunk_size, where)
+    _check_smoothing_args(mean, scale, n_samples, antithetic, chunk_size, where)
     rows = default_rows(chunk_size, n_samples, mean.shape[1])
     parts, bad = [], {}
     common = common_draws
@@ -351,7 +372,7 @@ def smoothed_log_expectation(
             (1, m_draw, mean.shape[1]), generator=generator, dtype=mean.dtype, device=mean.device
         )
     for start in range(0, mean.shape[0], rows):
-        out = _draw_chunk(
+        out = draw_chunk(
             log_g, mean[start : start + rows].detach(), scale, n_samples, generator,
             use_grad, antithetic, where, common,
         )  # fmt: skip
@@ -363,10 +384,6 @@ def smoothed_log_expectation(
         empty = mean.new_zeros(0)
         return SmoothingEstimate(empty.to(_F64), mean, mean, empty.to(_F64))
     return _concat(parts)
-
-
-def should_check(check_finite: bool | None, x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" if check_finite is None else bool(check_finite)
 
 
 def monte_carlo_score(
@@ -397,12 +414,15 @@ def monte_carlo_score(
     return est.grad, est.log_mean
 
 
-# ---------------------------------------------------------------- the score model
+# ---------------------------------------------------------------- the score models
 
 
 class EstimatorBase:
-    """Plumbing shared by the Monte Carlo score models: target, process, sample size, random
-    stream, evaluation counters, ``log_z``, chunking and finiteness checks."""
+    """Plumbing shared by the Monte Carlo score models: target, sample size, random stream,
+    evaluation counters, ``log_z``, chunking and finiteness checks, and the score-model contract
+    (``scalar_time = True``; ``event_shape = (dim,)``, the target's flat points)."""
+
+    scalar_time = True
 
     def __init__(
         self,
@@ -417,26 +437,23 @@ class EstimatorBase:
         chunk_size: int | None,
         check_finite: bool | None,
         where: str,
-        common_noise: bool = False,
+        common_noise: bool | str = False,
     ):
         dim = getattr(target, "dim", None)
         if not callable(getattr(target, "log_prob", None)) or not isinstance(dim, int):
             raise SMCDiffError(f"{where}: target must have an int dim and a log_prob method")
         self.target = target
         self.dim = dim
-        self.n_samples = check_count("n_samples", n_samples, where)
+        self.event_shape: tuple[int, ...] = (dim,)
+        self.n_samples = check_int("n_samples", n_samples, 1, where=where)
         self.use_grad = check_estimator(estimator, where)
         self.estimator = estimator
         if antithetic and n_samples % 2:
             raise SMCDiffError(f"{where}: antithetic draws need an even n_samples, got {n_samples}")
         self.antithetic = bool(antithetic)
-        if not math.isfinite(float(log_z)):
-            raise SMCDiffError(f"{where}: log_z must be a finite float, got {log_z!r}")
-        self.log_z = float(log_z)
+        self.log_z = check_number("log_z", log_z, where=where)
         self.random = GeneratorSource(generator, seed, where)
-        if chunk_size is not None:
-            check_count("chunk_size", chunk_size, where)
-        self.chunk_size = chunk_size
+        self.chunk_size = check_int("chunk_size", chunk_size, 1, where=where, allow_none=True)
         self.check_finite = check_finite
         if common_noise not in (False, True, "call", "fixed"):
             raise SMCDiffError(f"{where}: common_noise must be False, 'call' or 'fixed'")
@@ -462,6 +479,11 @@ class EstimatorBase:
         if with_grad:
             self.n_grad_evals += n_rows * n_samples
 
+    def _check(self, bad: dict[str, torch.Tensor], x: torch.Tensor, per_row: int, where: str):
+        """The finite checks of ``bad`` counts over ``x.shape[0] * per_row`` draws, if enabled."""
+        if should_check(self.check_finite, x):
+            raise_if_bad(bad, x.shape[0] * per_row, where)
+
     def _smooth(
         self, log_g: Callable[[torch.Tensor], torch.Tensor], m: torch.Tensor, c: float, where: str
     ) -> SmoothingEstimate:
@@ -475,13 +497,45 @@ class EstimatorBase:
         return est
 
 
-class MonteCarloScore(EstimatorBase):
+class NoisedTargetScore(EstimatorBase):
+    r"""Base of the estimators of the noised target :math:`p_t` of ``process`` from the posterior
+    :math:`p(x_0\mid x_t)` (:class:`MonteCarloScore`, the rdMC classes of
+    :mod:`smcdiff.scores.rdmc`): the process, the time check and coefficients, and the log
+    density :math:`\log p_t + \log Z - \text{log\_z} = \hat G - d\log a - \text{log\_z}`."""
+
+    def __init__(self, target: Target, process: NoiseProcess, n_samples: int, **kwargs):
+        where = kwargs["where"]
+        if not isinstance(process, NoiseProcess):
+            raise SMCDiffError(f"{where}: process must be a NoiseProcess, got {type(process)}")
+        super().__init__(target, n_samples, **kwargs)
+        self.process = process
+
+    def _coefficients(
+        self, x: torch.Tensor, t: float | torch.Tensor, where: str
+    ) -> tuple[float, float]:
+        """Check ``x`` ``(N, d)`` and ``t``; ``(alpha_t, sigma_t)``."""
+        check_points(x, self.event_shape, where)
+        return noise_coefficients(self.process, t, where)
+
+    def _log_p(self, log_mean: torch.Tensor, a: float) -> torch.Tensor:
+        r""":math:`\log p_t + \log Z - \text{log\_z}` from :math:`\hat G` (``log_mean``)."""
+        return log_mean - self.dim * math.log(a) - self.log_z
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(target={self.target!r}, process={self.process!r}, "
+            f"n_samples={self.n_samples}, estimator={self.estimator!r})"
+        )
+
+
+class MonteCarloScore(NoisedTargetScore):
     r"""Importance-sampling score of the noised target :math:`p_t = \pi * \mathcal N(0, \sigma_t^2)`
     after scaling by :math:`\alpha_t` (see the module docstring):
     :math:`x_0^j = x/a + (s/a)\xi_j`, weights :math:`\propto\tilde\pi(x_0^j)`.
 
     For ``VE`` this is the classical Monte Carlo score; for any process it is rdMC's
-    importance-sampling estimator (``RDMCScore(..., method="is")`` is this class).
+    importance-sampling estimator (:class:`~smcdiff.scores.rdmc.RDMCImportanceScore` is this
+    class).
 
     Args:
         target: a :class:`~smcdiff.target.Target` (``dim``, ``log_prob``), unnormalised.
@@ -508,7 +562,8 @@ class MonteCarloScore(EstimatorBase):
             lifetime — what a diffusion-path SMC sampler wants (its weights compare
             :math:`\hat p` across steps).
 
-    Counters: ``n_target_evals`` (+ N M per call), ``n_grad_evals`` (+ N M with ``"grad"``).
+    ``x`` is ``(N, d)`` and ``t`` one float for all rows (``scalar_time``). Counters:
+    ``n_target_evals`` (+ N M per call), ``n_grad_evals`` (+ N M with ``"grad"``).
     """
 
     def __init__(
@@ -528,25 +583,18 @@ class MonteCarloScore(EstimatorBase):
         common_noise: bool | str = False,
     ):
         where = type(self).__name__
-        if reference_std is not None and not (
-            math.isfinite(float(reference_std)) and float(reference_std) > 0
-        ):
-            raise SMCDiffError(
-                f"{where}: reference_std must be a positive float, got {reference_std!r}"
-            )
-        self.reference_std = None if reference_std is None else float(reference_std)
-        if not isinstance(process, NoiseProcess):
-            raise SMCDiffError(f"{where}: process must be a NoiseProcess, got {type(process)}")
+        self.reference_std = check_number(
+            "reference_std", reference_std, minimum=0.0, strict_min=True, where=where,
+            allow_none=True,
+        )  # fmt: skip
         super().__init__(
-            target, n_samples, estimator=estimator, antithetic=antithetic, log_z=log_z,
+            target, process, n_samples, estimator=estimator, antithetic=antithetic, log_z=log_z,
             generator=generator, seed=seed, chunk_size=chunk_size, check_finite=check_finite,
             where=where, common_noise=common_noise,
         )  # fmt: skip
-        self.process = process
 
     def _posterior_is(self, x: torch.Tensor, t: float | torch.Tensor, where: str):
-        check_points(x, self.dim, where)
-        a, s = noise_coefficients(self.process, t, where)
+        a, s = self._coefficients(x, t, where)
         if self.reference_std is None:
             est = self._smooth(self.target.log_prob, x.detach() / a, s / a, where)
             return est, a, s
@@ -573,7 +621,7 @@ class MonteCarloScore(EstimatorBase):
         est, a, s = self._posterior_is(x, t, where)
         d = self.dim
         if self.reference_std is None:
-            return est, est.grad / a, est.log_mean - d * math.log(a) - self.log_z
+            return est, est.grad / a, self._log_p(est.log_mean, a)
         r2 = self.reference_std**2
         v = 1.0 / (a * a / (s * s) + 1.0 / r2)
         var = r2 + s * s / (a * a)
@@ -582,7 +630,7 @@ class MonteCarloScore(EstimatorBase):
             2 * math.pi * var
         )
         score = est.grad * (v * a / (s * s)) - xd / (a * a * r2 + s * s)
-        return est, score, est.log_mean + log_n - d * math.log(a) - self.log_z
+        return est, score, self._log_p(est.log_mean + log_n, a)
 
     def estimate(self, x: torch.Tensor, t: float | torch.Tensor) -> SmoothingEstimate:
         r"""The raw estimate at :math:`m = x/a`, :math:`c = s/a`: ``log_mean`` is
@@ -611,9 +659,3 @@ class MonteCarloScore(EstimatorBase):
     def posterior_mean(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         r""":math:`\hat{\mathbb E}[x_0\mid x_t = x] = \sum_j w_j x_0^j`, ``(N, d)``."""
         return self._posterior_is(x, t, f"{type(self).__name__}.posterior_mean")[0].mean
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(target={self.target!r}, process={self.process!r}, "
-            f"n_samples={self.n_samples}, estimator={self.estimator!r})"
-        )

@@ -11,7 +11,7 @@ from smcdiff.errors import SMCDiffError
 from smcdiff.processes import VE, VP
 from smcdiff.scores import exact_score
 from smcdiff.scores.montecarlo import MonteCarloScore, monte_carlo_score, smoothed_log_expectation
-from smcdiff.scores.rdmc import RDMCScore
+from smcdiff.scores.rdmc import RDMCImportanceScore, RDMCScore
 from smcdiff.target import as_target
 from tests.scores.estimator_targets import gauss, mix, rmse
 
@@ -114,9 +114,10 @@ def test_ve_monte_carlo_score_consistency(name, d, t, m, estimator):
 
 
 def test_monte_carlo_score_is_rdmc_is_with_alpha_one():
-    """One implementation: the functional form, MonteCarloScore and RDMCScore(method="is") give the
-    same numbers from the same stream (VE: alpha = 1, sigma = sigma_t)."""
-    assert issubclass(RDMCScore, MonteCarloScore)
+    """One implementation: the functional form, MonteCarloScore and RDMCScore(method="is") (an
+    RDMCImportanceScore) give the same numbers from the same stream (VE: alpha = 1, sigma =
+    sigma_t)."""
+    assert issubclass(RDMCImportanceScore, MonteCarloScore)
     process, t = VE(), 0.4
     pi = mix(2)
     x = exact_score(pi, process).sample_marginal(6, t, gen(0))
