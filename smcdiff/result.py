@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,10 +39,17 @@ class SMCResult:
     ``posterior_dataset`` (e.g. :func:`smcdiff.from_pyro`) names the ArviZ posterior by its sites."""
 
     @classmethod
-    def from_run(cls, run: SMCRun, *, grouped: bool, info: dict[str, Any]) -> SMCResult:
+    def from_run(
+        cls, run: SMCRun, *, grouped: bool, info: dict[str, Any], has_log_z: bool = True
+    ) -> SMCResult:
+        """Wrap an engine run (``grouped``: keep the leading run dimension). ``has_log_z=False``
+        for methods without importance weights: their ``log_z`` is NaN (no estimate), the
+        convention of every front door."""
         x = run.state["x"]
         x = x.reshape(run.n_groups, run.n_particles, *x.shape[1:])
         lw, lz, trace = run.log_weights, run.log_z, dict(run.trace)
+        if not has_log_z:
+            lz = torch.full_like(lz, math.nan)
         if not grouped:
             x, lw, lz = x[0], lw[0], lz[0]
             trace = {

@@ -1,8 +1,32 @@
-"""Steering a diffusion prior toward a tilt: FK potentials, proposals, FKC and DriftLite, ``steer()``."""
+"""Steering a diffusion prior toward a tilt: FK potentials, proposals, FKC and DriftLite, ``steer()``.
 
-from smcdiff.steering.fk import DiffusionFK, TiltTerm
+``steer(method=...)`` dispatches through a registry (:mod:`smcdiff.steering.registry`); the
+built-in methods are in :mod:`smcdiff.steering.methods`, and :func:`register_method` adds one.
+"""
+
+from smcdiff.diffusion_fk import POTENTIALS, DiffusionFK, TiltTerm
 from smcdiff.steering.fkc import FKCModel
-from smcdiff.steering.potentials import POTENTIALS
-from smcdiff.steering.steer import METHODS, steer
+from smcdiff.steering.registry import (
+    CommonConfig,
+    MethodPlan,
+    get_method,
+    register_method,
+    registered_methods,
+    unregister_method,
+)
+from smcdiff.steering.steer import run_plan, steer
 
-__all__ = ["METHODS", "POTENTIALS", "DiffusionFK", "FKCModel", "TiltTerm", "steer"]
+__all__ = [
+    "POTENTIALS",
+    "CommonConfig",
+    "DiffusionFK",
+    "FKCModel",
+    "MethodPlan",
+    "TiltTerm",
+    "get_method",
+    "register_method",
+    "registered_methods",
+    "run_plan",
+    "steer",
+    "unregister_method",
+]
