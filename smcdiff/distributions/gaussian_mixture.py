@@ -66,7 +66,7 @@ def _as_time(t: float | torch.Tensor, where: str) -> float:
                 f"{where}: t must be a scalar, got a tensor of shape {tuple(t.shape)}"
             )
         t = t.item()
-    return check_time("t (0 = data, 1 = noise)", t, where=where)
+    return check_time("t", t, where=where)
 
 
 def _factor(cov64: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
