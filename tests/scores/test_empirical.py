@@ -169,3 +169,29 @@ def test_float32_device_dtype_and_errors():
     model = EmpiricalScore(y, VP())
     model.update(y[:10])
     assert model.n_data == 10
+
+
+@pytest.mark.parametrize("kw", [{}, {"bandwidth": 0.3}, {"k": 5, "chunk_size": 7}])
+def test_event_shaped_samples_are_the_flat_score_reshaped(kw):
+    """Samples (J, 2, 3) and x (N, 2, 3): the maths is per coordinate, so score, log density and
+    posterior mean are those of the flattened (J, 6) set, in x's shape; one float time."""
+    y, log_w = data(40, 6)
+    x = torch.randn(5, 6, generator=gen(3), dtype=F64, device=DEV)
+    flat = EmpiricalScore(y, VP(), log_weights=log_w, **kw)
+    shaped = EmpiricalScore(y.reshape(40, 2, 3), VP(), log_weights=log_w, **kw)
+    assert shaped.scalar_time is True and shaped.event_shape == (2, 3) and shaped.dim == 6
+    s, lp = shaped.score_and_log_density(x.reshape(5, 2, 3), 0.4)
+    s_flat, lp_flat = flat.score_and_log_density(x, 0.4)
+    assert s.shape == (5, 2, 3)
+    torch.testing.assert_close(s.reshape(5, 6), s_flat, rtol=0, atol=0)
+    torch.testing.assert_close(lp, lp_flat, rtol=0, atol=0)
+    torch.testing.assert_close(
+        shaped.posterior_mean(x.reshape(5, 2, 3), 0.4).reshape(5, 6),
+        flat.posterior_mean(x, 0.4),
+        rtol=0,
+        atol=0,
+    )
+    with pytest.raises(SMCDiffError, match="x has shape"):
+        shaped.score(x, 0.4)
+    with pytest.raises(SMCDiffError, match="samples has shape"):
+        shaped.update(y)

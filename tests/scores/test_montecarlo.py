@@ -4,12 +4,13 @@ Monte Carlo score (= rdMC-IS with alpha = 1) against ExactScore."""
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
 from smcdiff.errors import SMCDiffError
 from smcdiff.processes import VE, VP
-from smcdiff.scores import exact_score
+from smcdiff.scores import BlendedScore, FollmerDrift, exact_score, moment_fit_score
 from smcdiff.scores.montecarlo import MonteCarloScore, monte_carlo_score, smoothed_log_expectation
 from smcdiff.scores.rdmc import RDMCImportanceScore, RDMCScore
 from smcdiff.target import as_target
@@ -195,3 +196,26 @@ def test_counters_determinism_and_errors():
     # check_finite=False: no sync, the NaN propagates instead
     out = MonteCarloScore(nan_t, process, 4, seed=0, check_finite=False).score(x, t)
     assert bool(torch.isnan(out).all())
+
+
+def test_score_model_contract_of_the_estimators():
+    """Training-free estimators take one float time (scalar_time) and flat points (event_shape
+    (d,)); a 0-d tensor time and NumPy ints are accepted, a time outside [0, 1] is refused."""
+    process, t = VE(), 0.4
+    pi = mix(2)
+    x = exact_score(pi, process).sample_marginal(5, t, gen(0))
+    mc = MonteCarloScore(pi, process, np.int64(8), seed=np.int64(2), chunk_size=np.int32(2))
+    follmer = FollmerDrift(pi, 8, seed=2)
+    blend = BlendedScore(mc, moment_fit_score(x, process), 1.0)
+    for model in (mc, follmer, blend):
+        assert model.scalar_time is True and model.event_shape == (2,)
+    torch.testing.assert_close(
+        mc.score(x, torch.tensor(t, dtype=F64)),
+        MonteCarloScore(pi, process, 8, seed=2, chunk_size=2).score(x, t),
+        rtol=0,
+        atol=0,
+    )
+    with pytest.raises(SMCDiffError, match=r"t must lie in \[0, 1\]"):
+        mc.score(x, 1.5)
+    with pytest.raises(SMCDiffError, match=r"t must lie in \[0, 1\]"):
+        blend.score(x, -0.1)

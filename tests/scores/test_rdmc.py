@@ -4,6 +4,7 @@ of a correlated Gaussian and a 3-component mixture (ExactScore)."""
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,7 +12,7 @@ from smcdiff.errors import SMCDiffError
 from smcdiff.processes import VP
 from smcdiff.scores import exact_score
 from smcdiff.scores.montecarlo import MonteCarloScore
-from smcdiff.scores.rdmc import RDMCScore
+from smcdiff.scores.rdmc import RDMCImportanceScore, RDMCMalaScore, RDMCScore
 from smcdiff.target import as_target
 from tests.scores.estimator_targets import gauss, mix, rmse
 
@@ -313,3 +314,38 @@ def test_reference_proposal_is_exact_in_expectation_and_wins_at_high_noise(d, ra
         assert rmse(s_ref, s_true) < (0.5 if ratio >= 30.0 else 0.9) * rmse(s_plain, s_true)
     if ratio >= 30.0:  # high noise: the reference posterior is close to p(x0 | x_t)
         assert rmse(s_ref, s_true) < 0.2 * float(s_true.square().mean().sqrt()) + 0.05
+
+
+def test_one_class_per_method_and_the_score_model_contract():
+    """RDMCScore(method=...) builds RDMCImportanceScore or RDMCMalaScore; an option the chosen
+    class does not take is an error; both declare scalar_time and event_shape; NumPy ints pass."""
+    pi = mix(2)
+    is_model = RDMCScore(pi, PROC, np.int64(8), seed=np.int64(0))
+    mala = RDMCScore(pi, PROC, 8, "mala", n_steps=np.int32(3))
+    assert type(is_model) is RDMCImportanceScore and type(mala) is RDMCMalaScore
+    assert isinstance(is_model, MonteCarloScore) and not isinstance(mala, MonteCarloScore)
+    for model in (is_model, mala):
+        assert model.scalar_time is True and model.event_shape == (2,)
+    assert is_model.n_samples == 8 and type(is_model.n_samples) is int and mala.n_steps == 3
+    with pytest.raises(SMCDiffError, match="does not take 'n_steps'"):
+        RDMCScore(pi, PROC, 8, "is", n_steps=3)
+    with pytest.raises(SMCDiffError, match="does not take 'reference_std'"):
+        RDMCScore(pi, PROC, 8, "mala", reference_std=1.0)
+    with pytest.raises(SMCDiffError, match="t must lie in"):
+        mala.score(torch.zeros(4, 2, dtype=F64, device=DEV), -0.5)
+
+
+@pytest.mark.parametrize("init", ["is", "mean"])
+def test_mala_posterior_mean_comes_from_its_chains(init):
+    """RDMCMalaScore.posterior_mean averages the chains' states: with the same seed it is the
+    Tweedie inverse of its score, (x + s^2 score) / a, and close to the exact posterior mean."""
+    pi, t = gauss(10), time_at(1.0)
+    a, s = float(PROC.alpha(t)), float(PROC.sigma(t))
+    x = points(pi, t, 4, 1)
+    kw = {"n_steps": 40, "init": init, "seed": 2}
+    post = RDMCMalaScore(pi, PROC, 32, **kw).posterior_mean(x, t)
+    score = RDMCMalaScore(pi, PROC, 32, **kw).score(x, t)
+    torch.testing.assert_close(post, (x + s * s * score) / a, rtol=1e-9, atol=1e-9)
+    exact = (x + s * s * exact_score(pi, PROC).score(x, t)) / a
+    scale = float((exact - x / a).square().mean().sqrt())  # the prior-to-posterior move
+    assert rmse(post, exact) < 0.2 * scale, (rmse(post, exact), scale)
