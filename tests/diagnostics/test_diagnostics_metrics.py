@@ -14,12 +14,9 @@ from smcdiff.diagnostics import (
     weighted_moments,
 )
 from smcdiff.diagnostics import metrics as metrics_module
+from smcdiff.seeding import seeded_generator as gen
 
 DISTANCES = [energy_distance, sliced_wasserstein, gaussian_mmd]
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def test_same_distribution_near_zero_and_shift_clearly_positive():

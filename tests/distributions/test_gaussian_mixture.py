@@ -11,6 +11,7 @@ from scipy.special import logsumexp
 from smcdiff.distributions import Gaussian, GaussianMixture
 from smcdiff.errors import SMCDiffError
 from smcdiff.processes import VE, VP, Flow
+from tests.stats import assert_proportions, assert_sample_moments
 
 F64 = torch.float64
 
@@ -118,28 +119,16 @@ def test_score_is_twice_differentiable_and_stable_far_out():
 
 
 # ---------------------------------------------------------------- sampling and moments
-def sample_moment_check(gm, x, n_se=5.0):
-    """Sample mean/covariance of x (n, d) against gm's moments, tolerance from standard errors."""
-    n = x.shape[0]
-    xc = x - x.mean(0)
-    prod = xc.unsqueeze(-1) * xc.unsqueeze(-2)
-    se_mean = x.std(0) / math.sqrt(n)
-    se_cov = prod.std(0) / math.sqrt(n)
-    assert ((x.mean(0) - gm.mean()).abs() <= n_se * se_mean).all()
-    assert ((prod.mean(0) - gm.covariance()).abs() <= n_se * se_cov + 1e-12).all()
-
-
 @pytest.mark.parametrize("diag", [False, True])
 def test_sample_moments_and_components(diag):
     gm = random_mixture(3, 3, diag=diag, seed=7)
     x, comp = gm.sample(100_000, torch.Generator().manual_seed(0), return_components=True)
     assert x.shape == (100_000, 3) and comp.shape == (100_000,)
-    sample_moment_check(gm, x)
+    assert_sample_moments(x, gm.mean(), gm.covariance())
     freq = torch.bincount(comp, minlength=3).double() / 100_000
-    se = (gm.weights * (1 - gm.weights) / 100_000).sqrt()
-    assert ((freq - gm.weights).abs() <= 5 * se).all()
+    assert_proportions(freq, gm.weights, 100_000, what="component frequencies")
     k = 1
-    sample_moment_check(Gaussian(gm.means[k], gm.covs[k]), x[comp == k])
+    assert_sample_moments(x[comp == k], gm.means[k], gm.covs[k])
     again = gm.sample(100_000, torch.Generator().manual_seed(0))
     assert torch.equal(x, again)
 
@@ -165,7 +154,7 @@ def test_noised_matches_forward_process(process, diag):
         xt = a * x0 + s * torch.randn(x0.shape, generator=g, dtype=F64)
         pt = gm.noised(process, t)
         assert pt.is_diagonal == diag
-        sample_moment_check(pt, xt)
+        assert_sample_moments(xt, pt.mean(), pt.covariance())
         torch.testing.assert_close(pt.means, a * gm.means)
 
 

@@ -7,8 +7,9 @@ import torch
 
 from smcdiff.errors import SMCDiffError
 from smcdiff.resampling import SCHEMES, get_scheme, offspring_counts, systematic
-from smcdiff.resampling.schemes import _normalized_cdf
+from smcdiff.resampling.schemes import normalized_cdf
 from smcdiff.weights import normalize
+from tests.stats import assert_within
 
 ALL = sorted(SCHEMES)
 LOW_VARIANCE = [s for s in ALL if s != "multinomial"]
@@ -45,7 +46,7 @@ def test_counts_are_unbiased_sum_to_n_and_skip_zero_weights(scheme, n):
     # REPS draws has standard error <= sqrt(n W (1 - W) / REPS); 5 of them bound a false alarm
     # (over 150 checks) at ~1e-4. Zero weights get a zero tolerance.
     se = (n * W * (1 - W) / REPS).sqrt()
-    assert ((counts.mean(0) - n * W).abs() <= 5 * se).all()
+    assert_within(counts.mean(0), n * W, se, what=f"{scheme} mean offspring counts")
 
 
 @pytest.mark.parametrize("scheme", LOW_VARIANCE)
@@ -102,7 +103,7 @@ def test_resample_to_a_different_number_of_particles(scheme, n_in, n_out):
 def test_cdf_is_exactly_one_from_the_last_positive_weight_on():
     log_w = torch.randn(10**6, generator=gen(6))
     log_w[-3:] = -math.inf
-    cdf = _normalized_cdf(normalize(log_w.double()))
+    cdf = normalized_cdf(normalize(log_w.double()))
     assert (cdf[-4:] == 1.0).all()
 
 

@@ -24,21 +24,26 @@ from smcdiff_targets.particles import (
 )
 
 from smcdiff.errors import SMCDiffError
+from smcdiff.seeding import seeded_generator as gen
 from smcdiff.target import Target, grad_log_prob
+from tests.stats import (
+    assert_gaussian_variance,
+    assert_iid_mean,
+    assert_unbiased,
+    assert_within,
+    grid_log_integral,
+    replicate_se,
+)
 
 F64 = torch.float64
 LJ13_MIN_PAIRS = -44.326801  # icosahedral global minimum of sum_{i<j} 4[(s/r)^12 - (s/r)^6]
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _spread(target: ParticleSystem, n: int, seed: int, scale: float) -> torch.Tensor:
     """Random configurations ``(n, dim)`` float64 with every pair distance > 1.1 = 5.5 soft
     floors, where the floor changes the squared distance by < 3e-15 (relative): energies are
     then the textbook ones to round-off."""
-    x = scale * torch.randn(200 * n, target.dim, generator=_gen(seed), dtype=F64)
+    x = scale * torch.randn(200 * n, target.dim, generator=gen(seed), dtype=F64)
     pos = x.view(-1, target.n_particles, target.spatial_dim)
     iu = torch.triu_indices(target.n_particles, target.n_particles, 1)
     ok = (pos[:, iu[0]] - pos[:, iu[1]]).norm(dim=-1).min(-1).values > 1.1
@@ -78,7 +83,7 @@ def _icosahedron(radius: float) -> torch.Tensor:
 
 
 def _random_rotation(s: int, seed: int) -> torch.Tensor:
-    q, r = torch.linalg.qr(torch.randn(s, s, generator=_gen(seed), dtype=F64))
+    q, r = torch.linalg.qr(torch.randn(s, s, generator=gen(seed), dtype=F64))
     return q * torch.sign(torch.diagonal(r))
 
 
@@ -152,9 +157,9 @@ def test_energy_invariances(target):
     x = _spread(target, 4, 3, {4: 2.5, 13: 2.5, 55: 5.0}[n])
     e = target.energy(x)
     pos = x.view(4, n, s)
-    shift = torch.randn(4, 1, s, generator=_gen(4), dtype=F64) * 3
+    shift = torch.randn(4, 1, s, generator=gen(4), dtype=F64) * 3
     rot = _random_rotation(s, 5)
-    perm = torch.randperm(n, generator=_gen(6))
+    perm = torch.randperm(n, generator=gen(6))
     for moved in (pos + shift, pos @ rot.T, pos[:, perm], -pos):
         assert torch.allclose(target.energy(moved.reshape(4, -1)), e, rtol=1e-11, atol=1e-9)
     # log_prob moves under a translation by exactly the change of the COM term
@@ -215,7 +220,7 @@ def test_dw4_known_configurations():
 def test_finite_at_coincident_particles(target, dtype):
     x = torch.zeros(3, target.dim, dtype=dtype)
     x[1, :3] = 1e-9  # two particles almost on top of each other
-    x[2] = 0.3 * torch.randn(target.dim, generator=_gen(7), dtype=dtype)
+    x[2] = 0.3 * torch.randn(target.dim, generator=gen(7), dtype=dtype)
     lp, g = grad_log_prob(target, x)
     assert torch.isfinite(lp).all() and torch.isfinite(g).all()
     if target.name != "dw4":
@@ -242,17 +247,17 @@ def test_com_gaussian_normalisation_by_quadrature(n, weight, k, c, com_std):
     h = 0.05 if n == 2 else 0.08
     axis = torch.arange(-int(6 / h), int(6 / h) + 1, dtype=F64) * h
     grid = torch.cartesian_prod(*([axis] * n)).reshape(-1, n)
-    log_int = float(torch.logsumexp(t.log_prob(grid), 0)) + n * math.log(h)
+    log_int = grid_log_integral(t.log_prob(grid), h, n)
     a = (weight * n * k + c) / 2
     assert log_int == pytest.approx(0.5 * (n - 1) * math.log(math.pi / a), abs=1e-7)
 
 
 def test_sample_com_law():
     t = lj13(com_std=2.0)
-    c = t.sample_com(40_000, _gen(8), dtype=F64)
+    c = t.sample_com(40_000, gen(8), dtype=F64).reshape(-1)
     var = 4.0 / 13
-    assert abs(c.mean().item()) < 5 * math.sqrt(var / c.numel())
-    assert abs(c.var().item() - var) < 5 * var * math.sqrt(2 / c.numel())
+    assert_iid_mean(c, 0.0, var, what="COM mean")
+    assert_gaussian_variance(c, var, what="COM variance")
 
 
 # ----------------------------------------------------------------------------- reference sets
@@ -293,12 +298,9 @@ def test_replica_exchange_is_exact_on_a_double_well(tmp_path, monkeypatch):
     per_chain = x.view(draws, n_chains, 2)
     mode = adapter.target.mode_index(x).view(draws, n_chains)
     for j in range(4):  # fraction in each mode: 1/4, chain means independent across chains
-        frac = (mode == j).double().mean(0)
-        assert abs(frac.mean().item() - 0.25) < 5 * frac.std().item() / math.sqrt(n_chains)
+        assert_unbiased((mode == j).double().mean(0), 0.25, what=f"mass of mode {j}")
     absm = per_chain.abs().mean((0, 2))
-    assert abs(absm.mean().item() - adapter.target.abs_mean) < 5 * absm.std().item() / math.sqrt(
-        n_chains
-    )
+    assert_unbiased(absm, adapter.target.abs_mean, what="E|x|")
 
 
 def test_dw4_reference_mixes_and_agrees_with_an_independent_run(tmp_path, monkeypatch):
@@ -318,8 +320,8 @@ def test_dw4_reference_mixes_and_agrees_with_an_independent_run(tmp_path, monkey
         runs.append(t.interatomic_distances(x).mean(-1).view(draws, n_chains).mean(0).double())
     # mean pair distance: per-chain means are independent, so the SE is exact up to its estimate
     (a, b) = runs
-    se = math.sqrt(a.var().item() / n_chains + b.var().item() / n_chains)
-    assert abs(a.mean().item() - b.mean().item()) < 5 * se
+    se = (replicate_se(a) ** 2 + replicate_se(b) ** 2).sqrt()
+    assert_within(a.mean(), b.mean(), se, what="mean pair distance, run 0 vs run 1")
     assert 3.5 < a.mean().item() < 4.5  # pair distances live around 2.5 and 5.5
 
 
@@ -339,10 +341,10 @@ def test_reference_com_is_exact_and_independent(tmp_path, monkeypatch):
     x = reference_samples(t, 2000, n_chains=200, n_temps=1, thin=5, n_warmup=100, dtype=F64)
     com = t.com(x)
     var = 1.5**2 / 4
-    assert abs(com.var().item() - var) < 5 * var * math.sqrt(2 / com.numel())
+    assert_gaussian_variance(com.reshape(-1), var, what="COM variance")
     # independence of the COM and the mean-free part (reference_finalize): no correlation
     r = np.corrcoef(com.square().sum(-1).numpy(), t.interatomic_distances(x).mean(-1).numpy())
-    assert abs(r[0, 1]) < 5 / math.sqrt(x.shape[0])
+    assert_within(r[0, 1], 0.0, 1 / math.sqrt(x.shape[0]), what="correlation")
 
 
 def test_reference_cache_roundtrip(tmp_path, monkeypatch):
