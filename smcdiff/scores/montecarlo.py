@@ -439,9 +439,9 @@ class EstimatorBase:
         where: str,
         common_noise: bool | str = False,
     ):
-        dim = getattr(target, "dim", None)
-        if not callable(getattr(target, "log_prob", None)) or not isinstance(dim, int):
+        if not callable(getattr(target, "log_prob", None)):
             raise SMCDiffError(f"{where}: target must have an int dim and a log_prob method")
+        dim = check_int("target.dim", getattr(target, "dim", None), 1, where=where)
         self.target = target
         self.dim = dim
         self.event_shape: tuple[int, ...] = (dim,)
