@@ -479,7 +479,9 @@ class EstimatorBase:
         if with_grad:
             self.n_grad_evals += n_rows * n_samples
 
-    def _check(self, bad: dict[str, torch.Tensor], x: torch.Tensor, per_row: int, where: str):
+    def _check(
+        self, bad: dict[str, torch.Tensor], x: torch.Tensor, per_row: int, where: str
+    ) -> None:
         """The finite checks of ``bad`` counts over ``x.shape[0] * per_row`` draws, if enabled."""
         if should_check(self.check_finite, x):
             raise_if_bad(bad, x.shape[0] * per_row, where)
