@@ -32,16 +32,31 @@ gradient. Two ways to pick :math:`\theta` from the current weighted particles (w
 
 Both are solved per group, batched, in float64, without a host sync; the ridge is relative,
 :math:`\lambda = \text{ridge}\cdot\operatorname{tr}(A)/J` (plus a tiny floor), so it does not
-depend on the scale of the features. Shapes: ``G`` groups, ``N`` particles, ``J`` basis functions.
+depend on the scale of the features. Shapes: ``G`` groups, ``N`` particles, ``J`` basis functions,
+``E`` the event shape of one particle (fields are compared over its flattened dims).
+
+The solvers as objects (:class:`VCG`, :class:`ECG`, by name in :data:`CONTROLS`) read what they
+need from a particle state (``psi``; ``phi`` and ``pot``) and give :math:`\theta` per group.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["CONTROLS", "ecg_coefficients", "vcg_coefficients", "weighted_variance"]
+from smcdiff.checks import check_number
+from smcdiff.errors import SMCDiffError
 
-CONTROLS = ("vcg", "ecg")
+__all__ = [
+    "CONTROLS",
+    "ECG",
+    "VCG",
+    "Control",
+    "ecg_coefficients",
+    "make_control",
+    "vcg_coefficients",
+    "weighted_variance",
+]
+
 _FLOOR = 1e-100
 
 
@@ -99,7 +114,7 @@ def ecg_coefficients(
     r"""ECG: :math:`\theta = \arg\min_\theta \mathbb E_W|\sum_j\theta_j\phi_j - u^\star|^2`.
 
     Args:
-        fields: :math:`\phi_j(x_n)` ``(G, N, J, d)``; potentials: :math:`a_j(x_n)` with
+        fields: :math:`\phi_j(x_n)` ``(G, N, J, *E)``; potentials: :math:`a_j(x_n)` with
             :math:`\phi_j = \nabla a_j`, ``(G, N, J)``; rate: :math:`G` ``(G, N)``; weights:
             normalised ``(G, N)``; ridge: relative Tikhonov term.
 
@@ -107,9 +122,77 @@ def ecg_coefficients(
         ``(G, J)`` float64: :math:`(M + \lambda I)^{-1}\operatorname{Cov}_W(a, G)`,
         :math:`M_{ij} = \mathbb E_W[\phi_i\cdot\phi_j]`.
     """
-    phi, a, g, w = fields.double(), potentials.double(), rate.double(), weights.double()
+    phi, a, g, w = fields.double().flatten(3), potentials.double(), rate.double(), weights.double()
     gram = torch.einsum("gn,gnid,gnjd->gij", w, phi, phi)
     ac = a - _wmean(a, w).unsqueeze(1)
     gc = g - _wmean(g, w).unsqueeze(1)
     cross = (w.unsqueeze(-1) * ac * gc.unsqueeze(-1)).sum(1)
     return _ridge_solve(gram, cross, ridge)
+
+
+class Control:
+    r"""A DriftLite solver: ``coefficients(state, rate, weights)`` gives :math:`\theta` ``(G, J)``
+    float64 from the particle ``state`` (entries ``(G*N, ...)``: ``psi`` ``(G*N, J)``, ``phi``
+    ``(G*N, J, *E)``, ``pot`` ``(G*N, J)``), the rate :math:`G` ``(G*N,)`` and the normalised
+    weights ``(G, N)``. ``needs_potentials``: whether the state must hold ``pot``."""
+
+    name = "control"
+    needs_potentials = False
+
+    def __init__(self, ridge: float = 1e-6):
+        self.ridge = check_number("ridge", ridge, minimum=0.0, where=type(self).__name__)
+
+    def coefficients(
+        self, state: dict[str, torch.Tensor], rate: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(ridge={self.ridge:g})"
+
+
+class VCG(Control):
+    """Variance-controlling: :func:`vcg_coefficients` on the features ``psi``."""
+
+    name = "vcg"
+
+    def coefficients(
+        self, state: dict[str, torch.Tensor], rate: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        g, n = weights.shape
+        psi = state["psi"]
+        return vcg_coefficients(psi.reshape(g, n, psi.shape[1]), rate.reshape(g, n), weights,
+                                self.ridge)  # fmt: skip
+
+
+class ECG(Control):
+    """Energy-controlling: :func:`ecg_coefficients` on the fields ``phi`` and potentials ``pot``."""
+
+    name = "ecg"
+    needs_potentials = True
+
+    def coefficients(
+        self, state: dict[str, torch.Tensor], rate: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        g, n = weights.shape
+        phi, pot = state["phi"], state["pot"]
+        return ecg_coefficients(
+            phi.reshape(g, n, *phi.shape[1:]), pot.reshape(g, n, pot.shape[1]),
+            rate.reshape(g, n), weights, self.ridge,
+        )  # fmt: skip
+
+
+CONTROLS: dict[str, type[Control]] = {"vcg": VCG, "ecg": ECG}
+
+
+def make_control(spec: str | Control | None, ridge: float, *, where: str) -> Control | None:
+    """``None``, the solver named by ``spec`` (from :data:`CONTROLS`, with ``ridge``) or ``spec``
+    itself when it is a :class:`Control` (which carries its own ridge)."""
+    ridge = check_number("ridge", ridge, minimum=0.0, where=where)
+    if spec is None or isinstance(spec, Control):
+        return spec
+    if not isinstance(spec, str) or spec not in CONTROLS:
+        raise SMCDiffError(
+            f"{where}: control must be None, a Control or one of {tuple(CONTROLS)}, got {spec!r}"
+        )
+    return CONTROLS[spec](ridge)

@@ -16,7 +16,7 @@ from smcdiff.errors import SMCDiffError
 from smcdiff.resampling.policies import Never
 from smcdiff.scores.combine import anneal
 from smcdiff.steering.driftlite import ecg_coefficients, vcg_coefficients, weighted_variance
-from smcdiff.steering.fkc import FKCModel
+from smcdiff.steering.fkc import BasisField, FKCModel, PositionBasis
 
 F64 = torch.float64
 PROC = smcdiff.VP()
@@ -228,3 +228,32 @@ def test_ecg_needs_potentials():
         FKCModel(anneal(ScoreOnly(), 2.0), times, control="ecg")
     FKCModel(anneal(ScoreOnly(), 2.0), times, control="ecg", basis=("x",))  # |x|^2/2 is known
     FKCModel(anneal(ScoreOnly(), 2.0), times, control="vcg")  # VCG needs no potentials
+
+
+def test_a_user_basis_field_plugs_in_next_to_names():
+    # a user's own field object gives the numbers of the built-in field it copies ("x")
+    class Position(BasisField):
+        label = "position"
+        has_potential = True
+
+        def value(self, p):
+            return p.x
+
+        def divergence(self, p):
+            return torch.full((p.x.shape[0],), float(p.x[0].numel()), dtype=F64)
+
+        def potential(self, p):
+            return 0.5 * p.x.double().square().flatten(1).sum(-1)
+
+    model, _, _, _ = annealed_gaussian(2.0)
+    kw = dict(n=64, runs=2, steps=8, seed=9)
+    for control in ("vcg", "ecg"):
+        named = run(anneal(model, 2.0), control=control, basis=("scores", "x"), **kw)
+        mine = run(anneal(model, 2.0), control=control, basis=("scores", Position()), **kw)
+        assert torch.equal(named.state["x"], mine.state["x"])
+        assert torch.equal(named.log_z, mine.log_z)
+    times = smcdiff.time_grid(PROC, 4)
+    with pytest.raises(SMCDiffError, match="distinct"):
+        FKCModel(model, times, control="vcg", basis=("x", PositionBasis()))
+    with pytest.raises(SMCDiffError, match="potentials"):
+        FKCModel(model, times, control="ecg", basis=(type("NoPot", (BasisField,), {})(),))

@@ -17,7 +17,15 @@ import smcdiff
 from smcdiff.engine import run_smc
 from smcdiff.errors import SMCDiffError
 from smcdiff.scores.combine import anneal, cfg, product
-from smcdiff.steering.fkc import FKCModel, divergence
+from smcdiff.steering.driftlite import VCG
+from smcdiff.steering.fkc import (
+    EulerMaruyama,
+    FKCModel,
+    HutchinsonDivergence,
+    LeftPoint,
+    SNRBeta,
+    divergence,
+)
 
 PROC = smcdiff.VP()
 T_MIN = PROC.t_min
@@ -343,3 +351,71 @@ def test_nonfinite_reward_is_reported_with_its_step():
 
     with pytest.raises(smcdiff.NonFiniteError, match="reward"):
         run(model, n=200, runs=1, steps=10, reward=reward, beta=1.0)
+
+
+class AsEventShape:
+    """A flat exact score model seen through particles of shape ``(N, *event_shape)``."""
+
+    scalar_time = True
+
+    def __init__(self, flat, event_shape):
+        self.flat, self.process, self.event_shape = flat, flat.process, tuple(event_shape)
+        self.dim = flat.dim
+
+    def score(self, x, t):
+        return self.flat.score(x.reshape(x.shape[0], -1), t).reshape(x.shape)
+
+    def log_density(self, x, t):
+        return self.flat.log_density(x.reshape(x.shape[0], -1), t)
+
+    def score_and_log_density(self, x, t):
+        s, lq = self.flat.score_and_log_density(x.reshape(x.shape[0], -1), t)
+        return s.reshape(x.shape), lq
+
+
+SHAPED_CASES = {
+    "anneal": {},
+    "vcg-reward-hutchinson": dict(
+        control="vcg", divergence="hutchinson", n_probes=2, basis=("scores", "reward", "x")
+    ),
+    "ecg-reward": dict(control="ecg", basis=("target", "reward", "x")),
+}
+
+
+@pytest.mark.parametrize("case", list(SHAPED_CASES))
+def test_particles_of_any_shape_give_the_numbers_of_the_flat_problem(case):
+    # FKC annealing (gamma = 2) of an exact 6-D Gaussian on (N, 2, 3) particles: every reduction
+    # runs over the flattened event dims, so the same seed gives bit-identical numbers
+    cov = torch.eye(6, dtype=F64) + 0.3 * torch.ones(6, 6, dtype=F64)
+    flat = smcdiff.exact_score(smcdiff.Gaussian(torch.linspace(-1.0, 1.0, 6), cov), PROC)
+    b_vec = torch.linspace(0.5, -0.5, 6)
+    kw = dict(SHAPED_CASES[case])
+    if "control" in kw:
+        kw.update(reward=lambda x: x.flatten(1) @ b_vec.to(x) - 0.1 * x.pow(4).flatten(1).sum(-1))
+    res = {}
+    for name, model in (("flat", flat), ("shaped", AsEventShape(flat, (2, 3)))):
+        fk = FKCModel(anneal(model, 2.0), smcdiff.time_grid(PROC, 10), **kw)
+        res[name] = run_smc(fk, 64, n_groups=2, generator=torch.Generator().manual_seed(3))
+    flat_res, shaped = res["flat"], res["shaped"]
+    assert shaped.state["x"].shape == (128, 2, 3)
+    assert torch.equal(shaped.state["x"].reshape(128, 6), flat_res.state["x"])
+    assert torch.equal(shaped.log_weights, flat_res.log_weights)
+    assert torch.equal(shaped.log_z, flat_res.log_z)
+    if "control" in kw:
+        assert shaped.state["phi"].shape == (128, 3, 2, 3)
+        assert torch.equal(shaped.trace["theta"][1:], flat_res.trace["theta"][1:])
+
+
+def test_parts_given_as_objects_match_their_names():
+    model, _, _ = gaussian([0.0, 0.0], [[1.0, 0.0], [0.0, 1.0]])
+    kw = dict(n=50, runs=2, steps=6, reward=lambda x: -(x**2).sum(-1) + x[:, 0], seed=0)
+    named = run(
+        model, beta=1.5, beta_schedule="snr", integrator="em", weight_rule="left",
+        divergence="hutchinson", n_probes=2, control="vcg", **kw,
+    )  # fmt: skip
+    objects = run(
+        model, beta_schedule=SNRBeta(1.5), integrator=EulerMaruyama(), weight_rule=LeftPoint(),
+        divergence=HutchinsonDivergence(2), control=VCG(), **kw,
+    )  # fmt: skip
+    assert torch.equal(named.state["x"], objects.state["x"])
+    assert torch.equal(named.log_z, objects.log_z)
