@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from smcdiff.cli import main
 
 
@@ -10,6 +12,7 @@ def test_list_names_the_default_experiment(capsys):
     assert "gmm2d" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_quick_run_writes_table_figures_and_arviz(tmp_path, capsys):
     assert main(["run", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out

@@ -4,6 +4,7 @@ import math
 
 import pyro
 import pyro.distributions as dist
+import pytest
 import torch
 
 import smcdiff
@@ -41,6 +42,7 @@ def test_tempered_sample_of_a_pyro_model_gives_its_evidence_and_posterior():
     assert "mu" in post and post["mu"].shape[-1] == 1000
 
 
+@pytest.mark.slow
 def test_tempered_sample_of_beta_binomial_evidence():
     k, n = torch.tensor(7.0), torch.tensor(20.0)
     target = smcdiff.from_pyro(beta_binomial, k, n)

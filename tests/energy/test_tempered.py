@@ -69,6 +69,7 @@ def test_tempered_recovers_log_z_of_mw5_and_its_32_equal_modes():
     assert float(tv.max()) < 0.15
 
 
+@pytest.mark.slow
 def test_tempered_recovers_log_z_and_well_probability_of_manywell32():
     from smcdiff_targets import ManyWell
 
@@ -80,6 +81,7 @@ def test_tempered_recovers_log_z_and_well_probability_of_manywell32():
     assert abs(p_right - t.prob_x1_positive) < 0.03
 
 
+@pytest.mark.slow
 def test_tempered_finds_all_modes_of_gmm40_fab_with_the_right_weights():
     from smcdiff_targets import Gmm40Fab
 

@@ -136,6 +136,7 @@ def test_control_of_gaussian_annealing_is_the_exact_zero_variance_drift(control)
     assert_matches(ratio, torch.ones(1), 0.005 if control == "vcg" else 0.03, "Z_hat / Z", 0.01)
 
 
+@pytest.mark.slow
 def test_vcg_without_resampling_keeps_the_ess_and_plain_fkc_does_not():
     gamma = 2.0
     model, _, c, _ = annealed_gaussian(gamma)
@@ -162,6 +163,7 @@ def reward_problem():
 
 
 @pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+@pytest.mark.slow
 def test_vcg_reward_tilt_matches_the_exact_tilt_and_cuts_weight_variance(divergence):
     model, reward, exact, log_norm = reward_problem()
     kw = dict(reward=reward, beta=2.0, divergence=divergence, n_probes=2)
@@ -178,6 +180,7 @@ def test_vcg_reward_tilt_matches_the_exact_tilt_and_cuts_weight_variance(diverge
     assert float(ratio) > 10, float(ratio)
 
 
+@pytest.mark.slow
 def test_vcg_on_the_annealed_mixture_beats_plain_fkc():
     gamma = 2.0
     prior = smcdiff.GaussianMixture(

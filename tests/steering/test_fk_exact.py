@@ -72,6 +72,7 @@ def test_fk_recovers_the_gaussian_posterior_and_evidence(gaussian_inverse, varia
     assert_unbiased(z_ratio.unsqueeze(1), torch.ones(1), 0.25, "evidence")
 
 
+@pytest.mark.slow
 def test_without_path_correction_few_steps_are_biased_and_many_steps_converge(gaussian_inverse):
     p = gaussian_inverse
 
@@ -129,6 +130,7 @@ def test_guidance_is_biased_and_none_samples_the_prior(gaussian_inverse):
     assert float((n.particles.double().mean(0) - prior_t.mean().double()).norm()) < 0.08
 
 
+@pytest.mark.slow
 def test_mixture_posterior_weights_are_recovered_and_error_shrinks_with_n(mixture_inverse_8d):
     p = mixture_inverse_8d
     exact_w = p.posterior.weights.double()
@@ -149,6 +151,7 @@ def test_mixture_posterior_weights_are_recovered_and_error_shrinks_with_n(mixtur
     assert errs[2] < 0.6 * errs[0], errs
 
 
+@pytest.mark.slow
 def test_reward_tilt_of_a_mixture_matches_the_exact_tilt(device):
     from smcdiff_targets import gmm2d_reward_problem
 

@@ -138,6 +138,7 @@ def test_annealed_gaussian_has_covariance_over_gamma_and_the_right_log_z(case):
     check_target(res, mean_x, cov_x, log_z, case, z_se)
 
 
+@pytest.mark.slow
 def test_product_of_two_gaussians():
     m1, mu1, c1 = gaussian([1.0, 0.0], [[1.0, 0.2], [0.2, 0.6]])
     m2, mu2, c2 = gaussian([-0.5, 0.5], [[0.5, -0.1], [-0.1, 0.9]])
@@ -171,6 +172,7 @@ def test_reward_tilt_with_beta_schedule_matches_the_exact_tilt(schedule):
     check_target(res, mean_x, cov_x, float(log_norm), f"tilt-{schedule}")
 
 
+@pytest.mark.slow
 def test_annealed_mixture_mode_weights_and_covariances():
     # well separated: p^gamma ~ sum_k w_k^gamma N_k^gamma = sum_k w_k^gamma det(S_k)^((1-g)/2) ... N(m_k, S_k/g)
     gamma = 2.0

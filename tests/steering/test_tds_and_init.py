@@ -11,6 +11,7 @@ from tests.steering.test_fk_exact import R, assert_unbiased, run_moments
 
 
 @pytest.mark.parametrize("path_correction", [True, False])
+@pytest.mark.slow
 def test_tds_recovers_the_gaussian_posterior_and_evidence(gaussian_inverse, path_correction):
     p = gaussian_inverse
     res = smcdiff.steer(
