@@ -5,9 +5,9 @@ target :math:`\tilde\pi_y(y) = \tilde\pi(\mu + \sigma_0 y)\,\sigma_0^d` has the 
 :math:`Z` and roughly unit scale, and run the reverse VP diffusion from :math:`\mathcal N(0, I)`.
 
 ``method="diffusion"`` (weighted, consistent, with :math:`\log\hat Z`): the estimator (rdMC
-importance sampling by default, :class:`~smcdiff.scores.RDMCScore`) gives both the score that
+importance sampling by default, :class:`~smcdiff.scores.RDMCImportanceScore`) gives the score that
 drives the proposal and an estimate :math:`\hat p_t(y)` of :math:`Z p_t(y)`, unbiased for it. The
-path-corrected FK model of :mod:`smcdiff.steering.fk` weights each move by
+path-corrected FK model of :mod:`smcdiff.diffusion_fk` weights each move by
 
 .. math:: \frac{\hat p_s(y_s)\, q_{t|s}(y_t \mid y_s)}{\hat p_t(y_t)\, q(y_s \mid y_t)},
 
@@ -31,6 +31,9 @@ from typing import Any
 
 import torch
 
+from smcdiff.diffusion_fk import build_diffusion_fk
+from smcdiff.energy.options import DiffusionOptions, RunSettings
+from smcdiff.energy.reference import reference_tensors
 from smcdiff.engine.smc import run_smc
 from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.corrector import mcmc_corrector
@@ -39,11 +42,11 @@ from smcdiff.processes.schedules import VP
 from smcdiff.resampling.policies import Never, policy_from_threshold
 from smcdiff.result import SMCResult
 from smcdiff.scores.ensemble import FollmerDrift
-from smcdiff.scores.rdmc import RDMCScore
-from smcdiff.steering.fk import DiffusionFK
-from smcdiff.target import CountingTarget, Target
+from smcdiff.scores.rdmc import RDMCImportanceScore
+from smcdiff.seeding import child_generator
+from smcdiff.target import CountingTarget, Target, target_event_shape
 
-__all__ = ["ScaledTarget", "run_diffusion"]
+__all__ = ["ScaledTarget", "run_diffusion", "scaled_target", "score_estimator"]
 
 
 class ScaledTarget:
@@ -54,7 +57,7 @@ class ScaledTarget:
         self.target, self.dim = target, int(target.dim)
         self.mean, self.std = mean, std
         self.log_det = (
-            float(torch.log(std).sum()) if std.dim() == 1 else self.dim * math.log(float(std))
+            float(torch.log(std).sum()) if std.dim() >= 1 else self.dim * math.log(float(std))
         )
 
     def to_x(self, y: torch.Tensor) -> torch.Tensor:
@@ -64,84 +67,86 @@ class ScaledTarget:
         return self.target.log_prob(self.to_x(y)) + self.log_det
 
 
-def run_diffusion(c: dict, opts: dict, *, weighted: bool, score: str) -> SMCResult:
-    """Runner behind ``sample(method="diffusion" | "rdmc" | "ensemble")`` (module docstring).
+def scaled_target(settings: RunSettings) -> ScaledTarget:
+    """The target in the coordinates scaled by the run's reference (mean and scale). The
+    training-free estimators work on vectors: a target with a non-flat ``event_shape`` is
+    refused."""
+    s = settings
+    shape = target_event_shape(s.target)
+    if len(shape) != 1:
+        raise SMCDiffError(
+            f"sample: the diffusion methods take targets on vectors (N, d); this target's "
+            f"event_shape is {shape} (use method='tempered' or an MCMC method)"
+        )
+    std, mean = reference_tensors(s.reference_std, s.reference_mean, (s.target.dim,), "sample")
+    to = {"device": s.device, "dtype": s.dtype}
+    return ScaledTarget(s.target, mean.to(**to), std.to(**to))
 
-    ``opts``: ``n_steps`` (100), ``n_mc`` inner samples per particle and step (64), ``estimator``
-    (``"tweedie"`` or ``"grad"``), ``antithetic`` (True), ``grid`` (``"log_snr"``), ``t_min``,
-    ``t_max``, ``final_moves`` (10, weighted only), ``final_kernel`` (``"mala"``),
-    ``final_step_size``, ``chunk_size``.
-    """
-    opts = dict(opts)
-    n_steps = int(opts.pop("n_steps", 100))
-    n_mc = int(opts.pop("n_mc", 64))
-    estimator = opts.pop("estimator", "tweedie")
-    antithetic = bool(opts.pop("antithetic", True))
-    grid = opts.pop("grid", "log_snr")
-    t_min, t_max = opts.pop("t_min", None), opts.pop("t_max", None)
-    final_moves = int(opts.pop("final_moves", 10 if weighted else 0))
-    final_kernel = opts.pop("final_kernel", "mala")
-    final_step = opts.pop("final_step_size", None)
-    chunk = opts.pop("chunk_size", None)
-    if opts:
-        raise SMCDiffError(f"sample: unknown options for this method: {sorted(opts)}")
-    device, dtype, gen = c["device"], c["dtype"], c["generator"]
-    d = c["target"].dim
-    std = torch.as_tensor(c["reference_std"], dtype=dtype, device=device)
-    mean = c["reference_mean"]
-    mean = torch.zeros(d, dtype=dtype, device=device) if mean is None else torch.as_tensor(mean)
-    scaled = ScaledTarget(c["target"], mean.to(device=device, dtype=dtype), std)
-    inner = torch.Generator(device=device).manual_seed(
-        int(torch.randint(0, 2**62, (1,), generator=gen, device=device))
-    )
+
+def run_diffusion(settings: RunSettings, options: DiffusionOptions, *, weighted: bool) -> SMCResult:
+    """Runner behind ``sample(method="diffusion" | "rdmc" | "ensemble")`` (module docstring):
+    ``weighted`` for ``"diffusion"``; ``options.score`` picks the estimator (``"rdmc"`` or
+    ``"follmer"``). ``log_z`` is NaN for the unweighted baselines."""
+    s, o = settings, options
+    scaled = scaled_target(s)
+    inner = child_generator(s.generator, s.device)
     counter = CountingTarget(scaled)
-    if score == "follmer":
-        model: Any = FollmerDrift(
-            counter, n_mc, estimator="stein" if estimator == "tweedie" else estimator,
-            antithetic=antithetic, generator=inner, chunk_size=chunk,
-        )  # fmt: skip
-    else:
-        model = RDMCScore(
-            counter, VP(), n_mc, "is", estimator=estimator, antithetic=antithetic,
-            generator=inner, chunk_size=chunk, reference_std=1.0,
-            common_noise="fixed" if weighted else False,
-        )  # fmt: skip
-
-    times = time_grid(model.process, n_steps, grid, t_min=t_min, t_max=t_max).tolist()
-    fk = DiffusionFK(
+    model = score_estimator(o, counter, inner, weighted)
+    times = time_grid(model.process, o.n_steps, o.grid, t_min=o.t_min, t_max=o.t_max).tolist()
+    fk = build_diffusion_fk(
         model,
         times,
         weighted=weighted,
         path_correction=weighted,
         sampler="ancestral_upper" if weighted else "ancestral",
         end_log_prob=scaled.log_prob if weighted else None,
-        device=device,
-        dtype=dtype,
+        device=s.device,
+        dtype=s.dtype,
     )
     run = run_smc(
         fk,
-        c["n_particles"],
-        n_groups=c["n_groups"],
-        resampling=c["resampling"],
-        policy=policy_from_threshold(min(c["ess_threshold"], 0.5)) if weighted else Never(),
-        generator=gen,
-        check_every=c["check_every"],
-        progress=c["progress"],
+        s.n_particles,
+        n_groups=s.n_groups,
+        resampling=s.resampling,
+        policy=policy_from_threshold(min(s.ess_threshold, 0.5)) if weighted else Never(),
+        generator=s.generator,
+        check_every=s.check_every,
+        progress=s.progress,
     )
     y = run.state["x"]
-    if final_moves:  # adapted MCMC moves invariant for the target; weights are unchanged
-        h0 = final_step or 0.1 * d ** (-1 / 3)
-        moves = mcmc_corrector(final_kernel, lambda k, z: counter.log_prob(z), final_moves, h0)
-        y = moves(0, {"x": y}, gen)[0]["x"]
+    n_moves = o.final_moves if o.final_moves is not None else (10 if weighted else 0)
+    if n_moves:  # adapted MCMC moves invariant for the target; weights are unchanged
+        h0 = o.final_step_size or 0.1 * scaled.dim ** (-1 / 3)
+        moves = mcmc_corrector(o.final_kernel, lambda k, z: counter.log_prob(z), n_moves, h0)
+        y = moves(0, {"x": y}, s.generator)[0]["x"]
     run.state = {"x": scaled.to_x(y)}
     if not weighted:
         run.log_z = torch.full_like(run.log_z, math.nan)
     info = {
-        "score": score,
-        "n_steps": n_steps,
-        "n_mc": n_mc,
+        "score": o.score,
+        "n_steps": o.n_steps,
+        "n_mc": o.n_mc,
         "n_target_evals": counter.n_evals,
         "n_grad_evals": counter.n_grads,
         "n_resampled": int(run.trace["resampled"].sum()),
     }
-    return SMCResult.from_run(run, grouped=c["grouped"], info=info)
+    return SMCResult.from_run(run, grouped=s.grouped, info=info)
+
+
+def score_estimator(
+    options: DiffusionOptions, target: Target, generator: torch.Generator, weighted: bool
+) -> Any:
+    r"""The training-free score model of ``options.score`` on the scaled ``target``: rdMC
+    importance sampling (with one fixed common noise per run when ``weighted``, so its
+    :math:`\hat p_t` is a smooth function of the particles) or the Föllmer drift."""
+    o = options
+    if o.score == "follmer":
+        return FollmerDrift(
+            target, o.n_mc, estimator="stein" if o.estimator == "tweedie" else o.estimator,
+            antithetic=o.antithetic, generator=generator, chunk_size=o.chunk_size,
+        )  # fmt: skip
+    return RDMCImportanceScore(
+        target, VP(), o.n_mc, estimator=o.estimator, antithetic=o.antithetic,
+        generator=generator, chunk_size=o.chunk_size, reference_std=1.0,
+        common_noise="fixed" if weighted else False,
+    )  # fmt: skip

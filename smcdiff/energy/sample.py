@@ -1,26 +1,59 @@
-r"""``sample()``: the front door for energy-defined targets :math:`\pi(x) \propto e^{-U(x)}`."""
+r"""``sample()``: the front door for energy-defined targets :math:`\pi(x) \propto e^{-U(x)}`.
+
+A registry, :data:`SAMPLE_METHODS`, maps each method name to a :class:`SampleMethod`: the frozen
+dataclass of its options (:mod:`smcdiff.energy.options`), the runner ``(settings, options) ->
+SMCResult`` and the options the method fixes itself. A new method is one module and one line.
+"""
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from smcdiff.checks import check_n_particles
+from smcdiff.checks import check_int, check_n_particles, check_number
+from smcdiff.energy.chains import run_mcmc
 from smcdiff.energy.diffusion import run_diffusion
-from smcdiff.energy.tempered import TemperedSMC
-from smcdiff.engine.smc import run_smc
+from smcdiff.energy.options import DiffusionOptions, MCMCOptions, RunSettings, TemperedOptions
+from smcdiff.energy.tempered import run_tempered
 from smcdiff.errors import SMCDiffError
-from smcdiff.mcmc.runner import KERNELS, run_chain
+from smcdiff.mcmc.registry import KERNELS, get_kernel, kernel_name, kernel_parameters
 from smcdiff.resampling import get_scheme
-from smcdiff.resampling.policies import policy_from_threshold
 from smcdiff.result import SMCResult
-from smcdiff.target import CountingTarget, Target
+from smcdiff.seeding import make_generator
+from smcdiff.target import Target
 
-__all__ = ["SAMPLE_METHODS", "sample"]
+__all__ = ["SAMPLE_METHODS", "SampleMethod", "method_options", "sample"]
+
+
+@dataclass(frozen=True)
+class SampleMethod:
+    """One entry of :data:`SAMPLE_METHODS`: ``options`` (the frozen dataclass of the method's
+    options), ``run(settings, options) -> SMCResult`` and ``fixed`` (options the method sets
+    itself, e.g. the kernel of ``"mala"``; passing them is an error)."""
+
+    options: type
+    run: Callable[[RunSettings, Any], SMCResult]
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+
+
+SAMPLE_METHODS: dict[str, SampleMethod] = {
+    "tempered": SampleMethod(TemperedOptions, run_tempered),
+    "diffusion": SampleMethod(DiffusionOptions, functools.partial(run_diffusion, weighted=True)),
+    "rdmc": SampleMethod(
+        DiffusionOptions, functools.partial(run_diffusion, weighted=False), {"score": "rdmc"}
+    ),
+    "ensemble": SampleMethod(
+        DiffusionOptions, functools.partial(run_diffusion, weighted=False), {"score": "follmer"}
+    ),
+    **{name: SampleMethod(MCMCOptions, run_mcmc, {"kernel": name}) for name in KERNELS},
+}
+"""Method name -> :class:`SampleMethod`."""
 
 
 def sample(
@@ -37,36 +70,49 @@ def sample(
     resampling: str | Callable = "systematic",
     ess_threshold: float = 1.0,
     check_every: int | None = None,
-    progress: bool = False,
-    **options: Any,
+    progress: bool | Callable | None = None,
+    options: Any = None,
+    **kwargs: Any,
 ) -> SMCResult:
-    r"""Weighted particles for :math:`\pi \propto e^{\text{target.log\_prob}}` and its log normaliser.
+    r"""Weighted particles for :math:`\pi \propto e^{\text{target.log\_prob}}` and its log
+    normaliser.
 
-    ``target``: a :class:`~smcdiff.Target` (``dim``, batched ``log_prob`` ``(N, d) -> (N,)``).
-    Every method starts from the reference :math:`\mathcal N(\mu, \sigma_0^2 I)` with
-    :math:`\sigma_0` = ``reference_std`` (default: ``target.reference_std`` if the target has one,
-    else 1) and :math:`\mu` = ``reference_mean`` (default 0).
+    ``target``: a :class:`~smcdiff.Target` (``dim``, optional ``event_shape``, batched
+    ``log_prob`` ``(N, *event_shape) -> (N,)``). Every method starts from the reference
+    :math:`\mathcal N(\mu, \sigma_0^2 I)` with :math:`\sigma_0` = ``reference_std`` (default:
+    ``target.reference_std`` if the target has one, else 1; a float or a tensor of the event
+    shape) and :math:`\mu` = ``reference_mean`` (default 0).
 
-    Methods (``options`` go to the method):
+    Methods and their options (``options=`` the method's dataclass, and/or its fields as keyword
+    arguments; an option the method does not take is an error naming it and listing the valid
+    ones):
 
-    * ``"tempered"``: adaptive tempered SMC (:class:`~smcdiff.energy.tempered.TemperedSMC`:
+    * ``"tempered"``: adaptive tempered SMC (:class:`~smcdiff.energy.options.TemperedOptions`:
       ``kernel="hmc"``, ``n_moves=5``, ``target_ess=0.5``, ``step_size``, ``target_accept``,
-      ``max_steps``, ``cuda_graph`` (default on CUDA: each step's MCMC moves run as one cached
-      CUDA graph, 5-14x faster on an H100), kernel options such as ``n_leapfrog``); resampling when the ESS falls below
+      ``max_steps``, ``adapt_gain``, ``cuda_graph`` (default on CUDA: each step's MCMC moves run
+      as one cached CUDA graph, 5-14x faster on an H100), kernel options such as
+      ``n_leapfrog``); particles of any event shape; resampling when the ESS falls below
       ``ess_threshold * N`` (default 1: every step);
     * ``"diffusion"``: SMC along a VP diffusion path in the coordinates scaled by the reference,
       proposals from estimated scores (``score="rdmc"``: rdMC importance sampling, or
       ``"follmer"``), path weights from the estimators' :math:`\hat p_t` that telescope to the
-      target, so it is consistent with an unbiased :math:`\hat Z` (``n_steps=100``, ``n_mc=64``
-      inner samples, ``final_moves=10`` MALA moves; see :mod:`smcdiff.energy.diffusion`);
+      target, so it is consistent with an unbiased :math:`\hat Z`
+      (:class:`~smcdiff.energy.options.DiffusionOptions`: ``n_steps=100``, ``n_mc=64`` inner
+      samples, ``final_moves=10`` MALA moves; see :mod:`smcdiff.energy.diffusion`);
     * ``"rdmc"``, ``"ensemble"``: the unweighted reverse SDE with the rdMC score or the Föllmer
-      drift (biased baselines, ``log_z`` NaN);
+      drift (biased baselines, ``log_z`` NaN; the same options but ``score``);
     * ``"mala"``, ``"hmc"``, ``"ula"``, ``"underdamped"``, ``"pcnl"``: MCMC only, N independent
-      chains from the reference (``n_steps=1000``, ``n_warmup``, ``step_size``, kernel options);
-      the particles are the chains' last states, equally weighted, and ``log_z`` is NaN.
+      chains from the reference (:class:`~smcdiff.energy.options.MCMCOptions`: ``n_steps=1000``,
+      ``n_warmup``, ``step_size``, ``target_accept``, kernel options); the particles are the
+      chains' last states, equally weighted, ``log_z`` is NaN and the trace has one step (its
+      ``ess`` is N; see :func:`~smcdiff.energy.chains.run_mcmc`).
 
     ``n_runs`` runs independent systems at once (results get a leading run dimension).
-    ``result.info`` holds the settings, ``n_target_evals``, ``n_grad_evals`` and ``wall_time_s``.
+    ``seed``: an int (NumPy ints accepted) or ``None`` (a fresh seed, reported in ``info``).
+    ``progress``: ``None`` (a bar when standard error is a terminal: the temperature from 0 to 1
+    for ``"tempered"``, the steps otherwise), ``True``/``False``, or a callable
+    ``progress(k, info)``. ``result.info`` holds the settings, ``n_target_evals``,
+    ``n_grad_evals`` and ``wall_time_s``.
     """
     if method not in SAMPLE_METHODS:
         raise SMCDiffError(
@@ -74,126 +120,122 @@ def sample(
         )
     if not isinstance(target, Target):
         raise SMCDiffError(
-            "sample: target must have .dim and .log_prob(x) (see smcdiff.Target / smcdiff.as_target)"
+            "sample: target must have .dim and .log_prob(x) "
+            "(see smcdiff.Target / smcdiff.as_target)"
         )
-    check_n_particles(n_particles)
-    if n_runs is not None and (
-        isinstance(n_runs, bool) or not isinstance(n_runs, int) or n_runs < 1
-    ):
-        raise SMCDiffError(f"sample: n_runs must be a positive int or None, got {n_runs!r}")
-    if not 0.0 <= ess_threshold <= 1.0:
-        raise SMCDiffError(f"sample: ess_threshold must be in [0, 1], got {ess_threshold}")
-    get_scheme(resampling)
-    device = torch.device(device if device is not None else _target_device(target))
-    dtype = dtype or getattr(target, "dtype", None) or torch.float32
-    if reference_std is None:
-        reference_std = getattr(target, "reference_std", 1.0)
-    gen = torch.Generator(device=device)
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, (1,)).item())
-    gen.manual_seed(seed)
-    common = {
-        "target": target,
-        "n_particles": n_particles,
-        "n_groups": n_runs or 1,
-        "grouped": n_runs is not None,
-        "generator": gen,
-        "device": device,
-        "dtype": dtype,
-        "reference_std": reference_std,
-        "reference_mean": reference_mean,
-        "resampling": resampling,
-        "ess_threshold": ess_threshold,
-        "check_every": check_every,
-        "progress": progress,
-    }
+    opts = method_options(method, options, **kwargs)
+    settings, seed = _settings(
+        target, n_particles=n_particles, seed=seed, device=device, dtype=dtype, n_runs=n_runs,
+        reference_std=reference_std, reference_mean=reference_mean, resampling=resampling,
+        ess_threshold=ess_threshold, check_every=check_every, progress=progress,
+    )  # fmt: skip
     t0 = time.perf_counter()
-    result = SAMPLE_METHODS[method](common, options)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    info = {
+    result = SAMPLE_METHODS[method].run(settings, opts)
+    if settings.device.type == "cuda":
+        torch.cuda.synchronize(settings.device)
+    result.info = {
         "method": method,
         "seed": seed,
-        "device": str(device),
-        "n_particles": n_particles,
+        "device": str(settings.device),
+        "n_particles": settings.n_particles,
         **result.info,
         "wall_time_s": time.perf_counter() - t0,
     }
-    result.info = info
     result.target = target
     return result
+
+
+def method_options(method: str, options: Any = None, **kwargs: Any) -> Any:
+    """The options dataclass of ``method`` (see :data:`SAMPLE_METHODS`), from ``options`` (an
+    instance of it, or ``None`` for the defaults) updated by ``kwargs``: its field names, and for
+    kernel methods the kernel's own options (``n_leapfrog``, ...), which go to
+    ``kernel_options``. Unknown names raise an :class:`SMCDiffError` listing the valid ones."""
+    entry = SAMPLE_METHODS[method]
+    cls, where = entry.options, f"sample(method={method!r})"
+    if options is None:
+        options = cls(**entry.fixed)
+    elif not isinstance(options, cls):
+        raise SMCDiffError(
+            f"{where}: options must be a {cls.__name__}, got {type(options).__name__}"
+        )
+    for name, value in entry.fixed.items():
+        if getattr(options, name) != value:
+            raise SMCDiffError(
+                f"{where}: {name} is set by the method to {value!r}, got {getattr(options, name)!r}"
+            )
+    names = _field_names(entry)
+    given = {k: v for k, v in kwargs.items() if k in names}
+    rest = {k: v for k, v in kwargs.items() if k not in names}
+    kernel, kernel_params = None, None
+    if "kernel_options" in names:
+        kernel = given.get("kernel", options.kernel)
+        kernel_params = kernel_parameters(get_kernel(kernel))
+        moved = {k: rest.pop(k) for k in list(rest) if kernel_params is None or k in kernel_params}
+        if moved:
+            given["kernel_options"] = {
+                **given.get("kernel_options", options.kernel_options),
+                **moved,
+            }
+    if rest:
+        raise SMCDiffError(_unknown_options(method, list(rest), names, kernel, kernel_params))
+    return dataclasses.replace(options, **given) if given else options
+
+
+def _unknown_options(
+    method: str,
+    unknown: list[str],
+    names: set[str],
+    kernel: Any,
+    kernel_params: tuple[str, ...] | None,
+) -> str:
+    """The error message for options ``method`` does not take: each name (noting the methods
+    that take it, or that the method sets it itself) and the valid names."""
+    notes = []
+    for name in unknown:
+        if name in SAMPLE_METHODS[method].fixed:
+            notes.append(f"{name!r} is set by method {method!r}")
+            continue
+        others = [m for m, e in SAMPLE_METHODS.items() if name in _field_names(e)]
+        if others:
+            notes.append(f"{name!r} is an option of method {', '.join(map(repr, others[:3]))}")
+    valid = ", ".join(sorted(names - {"kernel_options"}))
+    if kernel_params:
+        valid += f"; options of kernel {kernel_name(kernel)!r}: {', '.join(kernel_params)}"
+    why = f" ({'; '.join(notes)})" if notes else ""
+    return (
+        f"sample: unknown options for method {method!r}: {', '.join(map(repr, unknown))}{why}; "
+        f"valid options: {valid}"
+    )
+
+
+def _field_names(entry: SampleMethod) -> set[str]:
+    """The option names a method takes (its dataclass's fields but the fixed ones)."""
+    return {f.name for f in dataclasses.fields(entry.options)} - set(entry.fixed)
+
+
+def _settings(target: Target, **kw: Any) -> tuple[RunSettings, int]:
+    """Check and resolve the settings every method shares; returns them and the run's seed."""
+    n_particles = check_n_particles(kw["n_particles"])
+    n_runs = check_int("n_runs", kw["n_runs"], 1, where="sample", allow_none=True)
+    ess_threshold = check_number(
+        "ess_threshold", kw["ess_threshold"], minimum=0.0, maximum=1.0, where="sample"
+    )
+    get_scheme(kw["resampling"])
+    device = torch.device(kw["device"] if kw["device"] is not None else _target_device(target))
+    dtype = kw["dtype"] or getattr(target, "dtype", None) or torch.float32
+    reference_std = kw["reference_std"]
+    if reference_std is None:
+        reference_std = getattr(target, "reference_std", 1.0)
+    generator, seed = make_generator(kw["seed"], device)
+    settings = RunSettings(
+        target=target, n_particles=n_particles, n_groups=n_runs or 1, grouped=n_runs is not None,
+        generator=generator, device=device, dtype=dtype, reference_std=reference_std,
+        reference_mean=kw["reference_mean"], resampling=kw["resampling"],
+        ess_threshold=ess_threshold, check_every=kw["check_every"], progress=kw["progress"],
+    )  # fmt: skip
+    return settings, seed
 
 
 def _target_device(target: Target) -> torch.device:
     dev = getattr(target, "device", None)
     return torch.device(dev) if dev is not None else torch.device("cpu")
-
-
-def _tempered(c: dict, opts: dict) -> SMCResult:
-    fk = TemperedSMC(
-        c["target"],
-        reference_std=c["reference_std"],
-        reference_mean=c["reference_mean"],
-        device=c["device"],
-        dtype=c["dtype"],
-        **opts,
-    )
-    run = run_smc(
-        fk,
-        c["n_particles"],
-        n_groups=c["n_groups"],
-        resampling=c["resampling"],
-        policy=policy_from_threshold(c["ess_threshold"]),
-        generator=c["generator"],
-        check_every=c["check_every"],
-        progress=c["progress"],
-    )
-    info = {
-        "kernel": fk.kernel_name,
-        "n_moves": fk.n_moves,
-        "target_ess": fk.target_ess,
-        "n_temperatures": run.completed_steps,
-        "n_target_evals": int(run.trace["nfe"].sum()),
-        "n_grad_evals": int(run.trace["n_grad"].sum()),
-        "n_resampled": int(run.trace["resampled"].sum()),
-    }
-    return SMCResult.from_run(run, grouped=c["grouped"], info=info)
-
-
-def _mcmc(kernel: str) -> Callable[[dict, dict], SMCResult]:
-    def run(c: dict, opts: dict) -> SMCResult:
-        G, N, d = c["n_groups"], c["n_particles"], c["target"].dim
-        std = torch.as_tensor(c["reference_std"], dtype=c["dtype"], device=c["device"])
-        mean = c["reference_mean"]
-        z = torch.randn(G * N, d, generator=c["generator"], device=c["device"], dtype=c["dtype"])
-        x0 = z * std + (0.0 if mean is None else torch.as_tensor(mean).to(z))
-        n_steps = int(opts.pop("n_steps", 1000))
-        counted = CountingTarget(c["target"])
-        opts.setdefault("step_size", 0.1 * float(std.min()) ** 2)
-        chain = run_chain(kernel, counted.log_prob, x0, n_steps, generator=c["generator"], **opts)
-        x = chain.samples[-1].reshape(G, N, d)
-        lw = torch.full((G, N), -math.log(N), dtype=torch.float64, device=x.device)
-        lz = torch.full((G,), math.nan, dtype=torch.float64)
-        trace = {"accept_rate": chain.accept_rate.reshape(G, N).mean(-1).cpu()}
-        info = {
-            "kernel": kernel,
-            "n_steps": n_steps,
-            "n_target_evals": counted.n_evals,
-            "n_grad_evals": counted.n_grads,
-            "n_nonfinite": chain.n_nonfinite,
-        }
-        if not c["grouped"]:
-            x, lw, lz, trace = x[0], lw[0], lz[0], {k: v[0] for k, v in trace.items()}
-        return SMCResult(x, lw, lz, trace, info)
-
-    return run
-
-
-SAMPLE_METHODS: dict[str, Callable[[dict, dict], SMCResult]] = {
-    "tempered": _tempered,
-    "diffusion": lambda c, o: run_diffusion(c, o, weighted=True, score=o.pop("score", "rdmc")),
-    "rdmc": lambda c, o: run_diffusion(c, o, weighted=False, score="rdmc"),
-    "ensemble": lambda c, o: run_diffusion(c, o, weighted=False, score="follmer"),
-    **{name: _mcmc(name) for name in KERNELS},
-}
-"""Method name -> runner ``(common settings, method options) -> SMCResult`` (grouped)."""

@@ -29,18 +29,28 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from smcdiff.checks import check_shape, nan_or_posinf, nonfinite_rows
-from smcdiff.engine.model import ParticleState, StepOutput
+from smcdiff.energy.options import RunSettings, TemperedOptions
+from smcdiff.energy.reference import reference_tensors
+from smcdiff.engine.model import FeynmanKacModel, ParticleState, StepOutput
+from smcdiff.engine.progress import Progress
+from smcdiff.engine.smc import run_smc
+from smcdiff.engine.state import SMCState, StepInfo
 from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.adapt import robbins_monro
-from smcdiff.mcmc.runner import get_kernel, resolve_target_accept
-from smcdiff.target import Target
+from smcdiff.mcmc.base import row_sum
+from smcdiff.mcmc.registry import get_kernel, kernel_name, resolve_target_accept
+from smcdiff.resampling.policies import policy_from_threshold
+from smcdiff.result import SMCResult
+from smcdiff.seeding import child_generator
+from smcdiff.target import Target, target_event_shape
 
-__all__ = ["TemperedSMC", "next_temperature"]
+__all__ = ["TemperedSMC", "next_temperature", "run_tempered"]
 
 _GRAPH_CACHE: dict[tuple, dict[str, Any]] = {}
 _GRAPH_CACHE_SIZE = 8
@@ -95,88 +105,72 @@ def next_temperature(
     return torch.where(reach, hi, lo)
 
 
-class TemperedSMC:
+class TemperedSMC(FeynmanKacModel):
     """A :class:`~smcdiff.engine.FeynmanKacModel` for adaptive tempering (module docstring).
 
-    ``target``: a :class:`~smcdiff.Target`; ``reference_std`` :math:`\\sigma_0` (float or ``(d,)``)
-    and ``reference_mean`` :math:`\\mu` (``(d,)`` or ``None`` for 0) define :math:`\\rho`;
-    ``kernel`` a name in :data:`smcdiff.mcmc.KERNELS` (``"hmc"``, ``"mala"``, ...) run
-    ``n_moves`` times per step, ``step_size`` its initial step (default from :math:`\\sigma_0`
-    and d), adapted toward ``target_accept`` (the kernel's default if ``None``);
-    ``target_ess``: the CESS fraction :math:`\\rho^\\star`; ``max_steps``: a cap on the number
-    of temperatures; ``cuda_graph`` (default: on for CUDA): capture the MCMC moves of a step as one
+    ``target``: a :class:`~smcdiff.Target` with particles ``(N, *event_shape)`` (``(N, d)`` for
+    vectors); ``options``: a :class:`~smcdiff.energy.options.TemperedOptions` (kernel, moves per
+    step, CESS fraction, step size and its adaptation, ``max_steps``, CUDA graphs, kernel
+    options); ``reference_std`` :math:`\\sigma_0` (a float, or a tensor of the event shape or
+    ``(d,)``) and ``reference_mean`` :math:`\\mu` (event shape or ``(d,)``; ``None`` for 0) define
+    :math:`\\rho`. With ``cuda_graph`` (default: on for CUDA) the MCMC moves of a step run as one
     CUDA graph, cached across runs (the target's ``log_prob`` must be capturable: no host syncs,
     no data-dependent shapes; if capture fails the moves run eagerly, with a warning).
+    No diffusion time: ``times`` is ``None``; the trace records ``temperature`` ``(K+1, G)``.
     Counts: ``nfe`` = target evaluations, ``n_grad`` = gradient evaluations.
     """
-
-    uses_weights = True
 
     def __init__(
         self,
         target: Target,
+        options: TemperedOptions | None = None,
         *,
         reference_std: float | torch.Tensor = 1.0,
         reference_mean: torch.Tensor | None = None,
-        kernel: str = "hmc",
-        n_moves: int = 5,
-        step_size: float | None = None,
-        target_accept: float | None = None,
-        target_ess: float = 0.5,
-        max_steps: int = 1000,
-        adapt_gain: float = 0.5,
-        cuda_graph: bool | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
-        **kernel_kwargs: Any,
     ):
-        if not 0.0 < target_ess < 1.0:
-            raise SMCDiffError(f"tempered SMC: target_ess must be in (0, 1), got {target_ess}")
-        if isinstance(n_moves, bool) or not isinstance(n_moves, int) or n_moves < 1:
-            raise SMCDiffError(f"tempered SMC: n_moves must be an int >= 1, got {n_moves!r}")
-        self.target, self.dim = target, int(target.dim)
-        self.device, self.dtype = torch.device(device), dtype
-        std = torch.as_tensor(reference_std, dtype=torch.float64)
-        if (
-            std.dim() > 1
-            or (std.dim() == 1 and std.shape[0] != self.dim)
-            or not bool((std > 0).all())
-        ):
+        options = TemperedOptions() if options is None else options
+        if not isinstance(options, TemperedOptions):
             raise SMCDiffError(
-                f"tempered SMC: reference_std must be a positive float or a ({self.dim},) tensor"
+                f"tempered SMC: options must be a TemperedOptions, got {type(options).__name__}"
             )
+        self.options = options
+        self.target, self.dim = target, int(target.dim)
+        self.event_shape = target_event_shape(target)
+        self.device, self.dtype = torch.device(device), dtype
+        where = "tempered SMC"
+        std, mean = reference_tensors(reference_std, reference_mean, self.event_shape, where)
         self.ref_std = std.to(device=self.device, dtype=dtype)
-        mean = torch.zeros(self.dim) if reference_mean is None else torch.as_tensor(reference_mean)
-        check_shape("reference_mean", mean, (self.dim,), where="tempered SMC")
         self.ref_mean = mean.to(device=self.device, dtype=dtype)
         self._ref_log_norm = float(
-            -torch.log(std).sum() * (1 if std.dim() == 1 else self.dim)
+            -torch.log(std).sum() * (1 if std.dim() >= 1 else self.dim)
             - 0.5 * self.dim * math.log(2 * math.pi)
         )
-        self.factory = get_kernel(kernel)
-        self.kernel_name = kernel if isinstance(kernel, str) else getattr(kernel, "__name__", "?")
-        self.kernel_kwargs = kernel_kwargs
-        self.target_accept = resolve_target_accept(self.factory, target_accept)
-        self.n_moves, self.target_ess, self.gain = n_moves, float(target_ess), float(adapt_gain)
+        self.factory = get_kernel(options.kernel)
+        self.kernel_name = kernel_name(options.kernel)
+        self.kernel_kwargs = dict(options.kernel_options)
+        self.target_accept = resolve_target_accept(self.factory, options.target_accept)
+        self.n_moves, self.target_ess = options.n_moves, options.target_ess
+        self.gain = options.adapt_gain
         on_cuda = self.device.type == "cuda"
-        self.cuda_graph = on_cuda if cuda_graph is None else bool(cuda_graph) and on_cuda
+        self.cuda_graph = on_cuda if options.cuda_graph is None else options.cuda_graph and on_cuda
         self._graph_seeded = False
+        step_size = options.step_size
         if step_size is None:  # a fraction of the reference scale, shrinking with dimension
             s0 = float(std.min())
             leap = self.kernel_name == "hmc"
             step_size = (
                 (0.5 * s0 * self.dim**-0.25) if leap else (0.5 * s0 * s0 * self.dim ** (-1 / 3))
             )
-        if not (math.isfinite(step_size) and step_size > 0):
-            raise SMCDiffError(f"tempered SMC: step_size must be finite and > 0, got {step_size}")
         self.step_size0 = float(step_size)
-        self.n_steps = int(max_steps)
-        self.times = [0.0] * (self.n_steps + 1)  # no diffusion time; the trace has "temperature"
+        self.n_steps = options.max_steps
 
     # -- densities --
     def log_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """:math:`\\log\\rho(x)`, ``(N,)`` for ``x`` ``(N, *event_shape)``."""
         z = (x - self.ref_mean) / self.ref_std
-        return -0.5 * (z * z).sum(-1) + self._ref_log_norm
+        return -0.5 * row_sum(z * z) + self._ref_log_norm
 
     def _ell(self, x: torch.Tensor, where: str) -> tuple[torch.Tensor, dict]:
         with torch.no_grad():
@@ -187,7 +181,8 @@ class TemperedSMC:
 
     # -- FK model --
     def init(self, n: int, generator: torch.Generator) -> StepOutput:
-        z = torch.randn(n, self.dim, generator=generator, device=self.device, dtype=self.dtype)
+        shape = (n, *self.event_shape)
+        z = torch.randn(shape, generator=generator, device=self.device, dtype=self.dtype)
         x = self.ref_mean + self.ref_std * z
         ell, checks = self._ell(x, "tempered SMC init")
         zero = torch.zeros(n, dtype=torch.float64, device=self.device)
@@ -200,32 +195,18 @@ class TemperedSMC:
         k: int,
         state: ParticleState,
         generator: torch.Generator,
-        log_weights: torch.Tensor | None = None,
+        log_weights: torch.Tensor,
     ) -> StepOutput:
-        if log_weights is None:
-            raise SMCDiffError("TemperedSMC.step needs log_weights (run it with run_smc)")
+        """Moves at :math:`\\lambda_{k-1}` (from step 2 on), then the next temperature from the
+        CESS of ``log_weights`` ``(G, N)`` and the potential :math:`\\delta\\,\\ell(x)`."""
         G, N = log_weights.shape
         where = f"tempered SMC step {k}"
         x, lam, log_h = state["x"], state["lam"], state["log_h"]
         nfe = n_grad = 0
         info: dict[str, torch.Tensor] = {}
         if k > 1:  # at k = 1 every particle is still an exact draw of the reference
-            out = None
-            if self.cuda_graph:
-                try:
-                    out = self._graphed_move(x, lam, log_h, G, generator)
-                except Exception as err:  # a target that cannot be captured: run eagerly
-                    warnings.warn(
-                        f"tempered SMC: CUDA-graph capture of the MCMC moves failed ({err!r}); "
-                        "running them eagerly (pass cuda_graph=False to skip the attempt)",
-                        stacklevel=2,
-                    )
-                    self.cuda_graph = False
-            if out is None:
-                out = self._move(x, lam, log_h, G, generator)
-            x, log_h, accept, moves_grad = out
-            n_grad += moves_grad
-            nfe += moves_grad
+            x, log_h, accept, n_grad = self._moves(x, lam, log_h, G, generator)
+            nfe += n_grad
             info["accept"] = accept
             info["step_size"] = log_h.reshape(G, N)[:, 0].exp()
         ell, checks = self._ell(x, where)
@@ -245,9 +226,34 @@ class TemperedSMC:
         }
         return StepOutput(new, log_g, checks, nfe=nfe, n_grad=n_grad, info=info)
 
-    def done(self, k: int, state: ParticleState) -> torch.Tensor:
-        """True after the step whose moves ran at :math:`\\lambda = 1` in every group."""
-        return (state["lam_start"] >= 1.0).all()
+    def done(self, k: int, state: ParticleState | SMCState) -> torch.Tensor:
+        """True after the step whose moves ran at :math:`\\lambda = 1` in every group.
+        ``state``: the particles (or the engine's :class:`~smcdiff.engine.SMCState` holding
+        them)."""
+        particles = state.particles if isinstance(state, SMCState) else state
+        return (particles["lam_start"] >= 1.0).all()
+
+    def _moves(
+        self,
+        x: torch.Tensor,
+        lam: torch.Tensor,
+        log_h: torch.Tensor,
+        G: int,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """The step's MCMC moves, as a replayed CUDA graph when enabled (falling back to eager
+        moves, with a warning, if the target cannot be captured)."""
+        if self.cuda_graph:
+            try:
+                return self._graphed_move(x, lam, log_h, G, generator)
+            except Exception as err:  # a target that cannot be captured: run eagerly
+                warnings.warn(
+                    f"tempered SMC: CUDA-graph capture of the MCMC moves failed ({err!r}); "
+                    "running them eagerly (pass cuda_graph=False to skip the attempt)",
+                    stacklevel=3,
+                )
+                self.cuda_graph = False
+        return self._move(x, lam, log_h, G, generator)
 
     def _graphed_move(
         self,
@@ -290,8 +296,7 @@ class TemperedSMC:
                 _GRAPH_CACHE.pop(next(iter(_GRAPH_CACHE)))
             _GRAPH_CACHE[key] = g
         if not self._graph_seeded:  # once per run: one number from the run's generator
-            seed = torch.randint(0, 2**62, (1,), generator=generator, device=x.device)
-            g["gen"].manual_seed(int(seed))
+            g["gen"].manual_seed(child_generator(generator, x.device).initial_seed())
             self._graph_seeded = True
         st = g["static"]
         st["x"].copy_(x)
@@ -330,3 +335,52 @@ class TemperedSMC:
                 log_h = robbins_monro(log_h, a.repeat_interleave(N), self.target_accept, self.gain)
             acc.append(a)
         return s.x.detach(), log_h, torch.stack(acc).mean(0), calls[0]
+
+
+def run_tempered(settings: RunSettings, options: TemperedOptions) -> SMCResult:
+    """Runner behind ``sample(method="tempered")``: :class:`TemperedSMC` run by the engine with
+    resampling when the ESS falls below ``settings.ess_threshold * N``.
+
+    The progress bar (``settings.progress`` ``None`` or ``True``) shows the temperature going
+    from 0 to 1 (the lowest over groups; one value read back per step, which ``done`` reads
+    anyway); a callable ``progress(k, info)`` is handed to the engine as is."""
+    s = settings
+    fk = TemperedSMC(
+        s.target, options, reference_std=s.reference_std, reference_mean=s.reference_mean,
+        device=s.device, dtype=s.dtype,
+    )  # fmt: skip
+    bar = None
+    if s.progress is None or s.progress is True:
+        bar = Progress(s.progress, 1.0, unit="", desc="tempered")
+        if bar.bar is not None:  # the temperature, not a count of steps
+            bar.bar.bar_format = "{desc}: temperature {n:.4f} |{bar}| [{elapsed}]"
+            bar.bar.refresh()
+    hook = s.progress if bar is None else _temperature_hook(bar)
+    try:
+        run = run_smc(
+            fk, s.n_particles, n_groups=s.n_groups, resampling=s.resampling,
+            policy=policy_from_threshold(s.ess_threshold), generator=s.generator,
+            check_every=s.check_every, progress=hook,
+        )  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
+    info = {
+        "kernel": fk.kernel_name,
+        "n_moves": fk.n_moves,
+        "target_ess": fk.target_ess,
+        "n_temperatures": run.completed_steps,
+        "n_target_evals": int(run.trace["nfe"].sum()),
+        "n_grad_evals": int(run.trace["n_grad"].sum()),
+        "n_resampled": int(run.trace["resampled"].sum()),
+    }
+    return SMCResult.from_run(run, grouped=s.grouped, info=info)
+
+
+def _temperature_hook(bar: Progress) -> Callable[[int, StepInfo], None]:
+    """An engine progress hook moving ``bar`` to the step's lowest temperature."""
+
+    def hook(k: int, info: StepInfo) -> None:
+        bar.advance_to(float(info.extra["temperature"].min()))
+
+    return hook

@@ -1,8 +1,10 @@
 r"""Shared pieces of the batched MCMC kernels: state, info, gradients, the MH accept/reject.
 
-Every kernel runs N independent chains at once on ``x`` of shape ``(N, d)`` for a target
-:math:`\pi` given by ``log_prob: (N, d) -> (N,)``. Kernels are small objects built from
-``log_prob`` (and their own parameters) with two pure methods::
+Every kernel runs N independent chains at once on ``x`` of shape ``(N, *event_shape)`` (vectors
+``(N, d)``, particle systems ``(N, n_atoms, dim)``, images ...) for a target :math:`\pi` given by
+``log_prob: (N, *event_shape) -> (N,)``; every reduction runs over all event dimensions.
+Kernels are small objects built from ``log_prob`` (and their own parameters) with two pure
+methods::
 
     state = kernel.init(x, generator)                       # MCMCState
     state, info = kernel.step(state, step_size, generator)  # step_size: float or (N,) tensor
@@ -18,16 +20,28 @@ from typing import NamedTuple, Protocol
 
 import torch
 
-__all__ = ["GradientKernel", "Kernel", "LogProb", "MCMCState", "StepInfo", "value_and_grad"]
+__all__ = [
+    "GradientKernel",
+    "Kernel",
+    "LogProb",
+    "MCMCState",
+    "StepInfo",
+    "chain_step_size",
+    "finite_rows",
+    "row_sum",
+    "select",
+    "value_and_grad",
+]
 
 LogProb = Callable[[torch.Tensor], torch.Tensor]
-"""``log_prob(x (N, d)) -> (N,)``: an unnormalised log-density, differentiable in ``x``."""
+"""``log_prob(x (N, *event_shape)) -> (N,)``: an unnormalised log-density, differentiable in
+``x``."""
 
 
 class MCMCState(NamedTuple):
-    """Per-chain state: ``x`` ``(N, d)``, ``log_prob`` ``(N,)``, ``grad`` ``(N, d)`` (of log_prob
-    at ``x``, reused by the next step), ``velocity`` ``(N, d)`` for kinetic kernels kept across
-    steps (underdamped Langevin), else ``None``."""
+    """Per-chain state: ``x`` ``(N, *event_shape)``, ``log_prob`` ``(N,)``, ``grad`` (shape of
+    ``x``; of log_prob at ``x``, reused by the next step), ``velocity`` (shape of ``x``) for kinetic
+    kernels kept across steps (underdamped Langevin), else ``None``."""
 
     x: torch.Tensor
     log_prob: torch.Tensor
@@ -59,7 +73,8 @@ class Kernel(Protocol):
 
 
 def value_and_grad(log_prob: LogProb, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(log_prob(x) (N,), ∇_x log_prob(x) (N, d))``, both detached; works under ``no_grad``.
+    """``(log_prob(x) (N,), ∇_x log_prob(x)`` (shape of ``x``)), both detached; works under
+    ``no_grad``.
     Rows are independent, so the gradient of the sum is the per-row gradient."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
@@ -71,13 +86,21 @@ def value_and_grad(log_prob: LogProb, x: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 def chain_step_size(step_size: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A float or ``(N,)`` step size as a ``(N or 1, 1)`` tensor broadcasting against ``x``."""
-    return torch.as_tensor(step_size, dtype=x.dtype, device=x.device).reshape(-1, 1)
+    """A float or ``(N,)`` step size as a ``(N or 1, 1, ..., 1)`` tensor broadcasting against
+    ``x`` ``(N, *event_shape)``."""
+    h = torch.as_tensor(step_size, dtype=x.dtype, device=x.device)
+    return h.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def row_sum(x: torch.Tensor) -> torch.Tensor:
+    """``(N,)``: the sum of each row of ``x`` ``(N, *event_shape)`` over all its event dimensions
+    (for ``(N, d)`` exactly ``x.sum(-1)``)."""
+    return x.flatten(1).sum(-1)
 
 
 def finite_rows(log_prob: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """``(N,)`` bool: chains whose log-density and gradient are both finite."""
-    return torch.isfinite(log_prob) & torch.isfinite(grad).all(dim=-1)
+    """``(N,)`` bool: chains whose log-density and gradient (``(N, *event_shape)``) are finite."""
+    return torch.isfinite(log_prob) & torch.isfinite(grad).flatten(1).all(dim=-1)
 
 
 def metropolis(
@@ -103,7 +126,7 @@ def metropolis(
 
 def select(mask: torch.Tensor, a: MCMCState, b: MCMCState) -> MCMCState:
     """Per chain: ``a`` where ``mask`` ``(N,)`` is set, else ``b`` (a ``torch.where`` per field)."""
-    col = mask.unsqueeze(-1)
+    col = mask.reshape(-1, *([1] * (a.x.dim() - 1)))
     return MCMCState(
         torch.where(col, a.x, b.x),
         torch.where(mask, a.log_prob, b.log_prob),

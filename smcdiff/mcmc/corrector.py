@@ -8,12 +8,11 @@ from typing import Any
 
 import torch
 
-from smcdiff.checks import check_int
+from smcdiff.checks import check_int, check_number
 from smcdiff.engine.model import ParticleState
-from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.adapt import robbins_monro
 from smcdiff.mcmc.base import Kernel
-from smcdiff.mcmc.runner import get_kernel, resolve_target_accept
+from smcdiff.mcmc.registry import check_kernel_options, get_kernel, resolve_target_accept
 
 __all__ = ["mcmc_corrector"]
 
@@ -30,8 +29,9 @@ def mcmc_corrector(
     **kernel_kwargs: Any,
 ) -> Callable[[int, ParticleState, torch.Generator], tuple[ParticleState, dict]]:
     r"""``corrector(k, state, generator) -> (state, info)`` applying ``n_moves`` steps of
-    ``kernel`` (name or factory, see :data:`~smcdiff.mcmc.KERNELS`) to ``state["x"]``
-    ``(G*N, d)``, invariant for :math:`\pi_k \propto \exp(\text{log\_target}(k, x))`.
+    ``kernel`` (name or factory, see :data:`~smcdiff.mcmc.KERNELS`; ``kernel_kwargs`` checked
+    against the options it takes) to ``state["x"]`` ``(G*N, *event_shape)``, invariant for
+    :math:`\pi_k \propto \exp(\text{log\_target}(k, x))`.
 
     One step size :math:`h` is shared by all particles (resampling reshuffles them, so a
     per-particle value would not follow its chain). It lives in the closure as a device tensor
@@ -47,10 +47,11 @@ def mcmc_corrector(
     the kernel afresh from ``x`` (a kinetic kernel redraws its velocity); the adapted step size
     carries over between calls, and between runs if the corrector is reused.
     """
+    where = "mcmc_corrector"
     factory = get_kernel(kernel)
-    check_int("n_moves", n_moves, 1)
-    if not (math.isfinite(step_size) and step_size > 0):
-        raise SMCDiffError(f"mcmc_corrector: step_size must be finite and > 0, got {step_size}")
+    check_kernel_options(kernel, kernel_kwargs, where=where)
+    n_moves = check_int("n_moves", n_moves, 1, where=where)
+    step_size = check_number("step_size", step_size, minimum=0.0, strict_min=True, where=where)
     target = resolve_target_accept(factory, target_accept)
     adapting = adapt and target is not None
     box: dict[str, Any] = {"k": 0}

@@ -12,6 +12,7 @@ from smcdiff.mcmc.base import (
     StepInfo,
     chain_step_size,
     metropolis,
+    row_sum,
     value_and_grad,
 )
 
@@ -27,7 +28,9 @@ class HMC(GradientKernel):
     (inner half-kicks merged; L gradients per step) and accept with
     :math:`\log\alpha = H(x, p) - H(x', p')`, :math:`H = -\log\pi(x) + \tfrac12 p^\top M^{-1} p`.
 
-    ``inv_mass``: the diagonal of :math:`M^{-1}`, shape ``(d,)``, or ``None`` for the identity.
+    ``inv_mass``: the diagonal of :math:`M^{-1}`, of the event shape (``(d,)`` for vectors; any
+    shape broadcasting against one particle), or ``None`` for the identity. Works on particles of
+    any shape ``(N, *event_shape)``: kinetic energies sum over every event dimension.
     """
 
     default_target_accept: float | None = 0.65
@@ -55,11 +58,11 @@ class HMC(GradientKernel):
         )
         p = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         p = p / inv_m.sqrt()
-        h0 = -lp + 0.5 * (inv_m * p * p).sum(-1)
+        h0 = -lp + 0.5 * row_sum(inv_m * p * p)
         p = p + 0.5 * h * g
         for i in range(self.n_leapfrog):
             x = x + h * inv_m * p
             lp, g = value_and_grad(self.log_prob, x)
             p = p + (h if i < self.n_leapfrog - 1 else 0.5 * h) * g
-        h1 = -lp + 0.5 * (inv_m * p * p).sum(-1)
+        h1 = -lp + 0.5 * row_sum(inv_m * p * p)
         return metropolis(state, MCMCState(x, lp, g), h0 - h1, generator)

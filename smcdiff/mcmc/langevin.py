@@ -1,7 +1,8 @@
 r"""Langevin kernels: unadjusted (ULA), Metropolis-adjusted (MALA) and underdamped (BAOAB).
 
 All three discretise Langevin dynamics for :math:`\pi`; with :math:`g = \nabla\log\pi` and
-:math:`z \sim N(0, I)` per chain. ULA and the underdamped kernel are unadjusted: their
+:math:`z \sim N(0, I)` per chain, on particles of any shape ``(N, *event_shape)`` (norms sum over
+every event dimension). ULA and the underdamped kernel are unadjusted: their
 stationary law is :math:`\pi` only up to an :math:`O(h)` (ULA) / :math:`O(h^2)` (BAOAB) bias.
 """
 
@@ -20,6 +21,7 @@ from smcdiff.mcmc.base import (
     chain_step_size,
     finite_rows,
     metropolis,
+    row_sum,
     select,
     value_and_grad,
 )
@@ -65,9 +67,9 @@ class MALA(_Overdamped):
     ) -> tuple[MCMCState, StepInfo]:
         h = chain_step_size(step_size, state.x)
         prop = self._propose(state, h, generator)
-        fwd = (prop.x - state.x - h * state.grad).square().sum(-1)
-        bwd = (state.x - prop.x - h * prop.grad).square().sum(-1)
-        log_alpha = prop.log_prob - state.log_prob - (bwd - fwd) / (4 * h.squeeze(-1))
+        fwd = row_sum((prop.x - state.x - h * state.grad).square())
+        bwd = row_sum((state.x - prop.x - h * prop.grad).square())
+        log_alpha = prop.log_prob - state.log_prob - (bwd - fwd) / (4 * h.reshape(-1))
         return metropolis(state, prop, log_alpha, generator)
 
 
@@ -109,5 +111,5 @@ class UnderdampedLangevin(GradientKernel):
         x = x + 0.5 * h * v
         lp, g = value_and_grad(self.log_prob, x)
         prop = MCMCState(x, lp, g, v + 0.5 * h * g)
-        ok = finite_rows(lp, g) & torch.isfinite(prop.velocity).all(-1)
+        ok = finite_rows(lp, g) & torch.isfinite(prop.velocity).flatten(1).all(-1)
         return select(ok, prop, state), StepInfo(ok.to(x.dtype), ok, (~ok).sum())

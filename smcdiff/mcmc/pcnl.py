@@ -15,6 +15,7 @@ from smcdiff.mcmc.base import (
     StepInfo,
     chain_step_size,
     metropolis,
+    row_sum,
     value_and_grad,
 )
 
@@ -23,8 +24,9 @@ __all__ = ["PCNL"]
 
 class PCNL(GradientKernel):
     r"""pCNL for :math:`\log\pi(x) = \log N(x; 0, C) + \Phi(x)` with :math:`C` a scalar or
-    diagonal ``prior_var`` (``float`` or ``(d,)``); ``log_prob`` is the full :math:`\log\pi`
-    and :math:`\Phi(x) = \log\pi(x) + \tfrac12 x^\top C^{-1} x` (up to a constant),
+    diagonal ``prior_var`` (``float``, or a tensor of the event shape: ``(d,)`` for vectors);
+    ``log_prob`` is the full :math:`\log\pi` and
+    :math:`\Phi(x) = \log\pi(x) + \tfrac12 x^\top C^{-1} x` (up to a constant),
     :math:`g = \nabla\Phi = \nabla\log\pi + C^{-1}x`.
 
     Crank–Nicolson on :math:`dx = (-x + C g(x))\,ds + \sqrt{2C}\,dW` with step δ
@@ -62,9 +64,9 @@ class PCNL(GradientKernel):
         x_new = rho * x + torch.sqrt(1 - rho * rho) * (c.sqrt() * xi + torch.sqrt(d / 2) * c * g)
         prop = MCMCState(x_new, *value_and_grad(self.log_prob, x_new))
         g_new = prop.grad + x_new / c
-        phi = state.log_prob + 0.5 * (x * x / c).sum(-1)
-        phi_new = prop.log_prob + 0.5 * (x_new * x_new / c).sum(-1)
-        d = d.squeeze(-1)
+        phi = state.log_prob + 0.5 * row_sum(x * x / c)
+        phi_new = prop.log_prob + 0.5 * row_sum(x_new * x_new / c)
+        d = d.reshape(-1)
 
         log_alpha = _r(x_new, x, phi_new, g_new, c, d) - _r(x, x_new, phi, g, c, d)
         return metropolis(state, prop, log_alpha, generator)
@@ -78,10 +80,10 @@ def _r(
     c: torch.Tensor,
     d: torch.Tensor,
 ) -> torch.Tensor:
-    """:math:`r(u, v)` of :class:`PCNL`, per chain ``(N,)``."""
+    """:math:`r(u, v)` of :class:`PCNL`, per chain ``(N,)`` (inner products over event dims)."""
     return (
         phi_u
-        + 0.5 * ((v - u) * g_u).sum(-1)
-        + d / 4 * ((u + v) * g_u).sum(-1)
-        - d / 4 * (c * g_u * g_u).sum(-1)
+        + 0.5 * row_sum((v - u) * g_u)
+        + d / 4 * row_sum((u + v) * g_u)
+        - d / 4 * row_sum(c * g_u * g_u)
     )

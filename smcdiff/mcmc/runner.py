@@ -10,57 +10,30 @@ from typing import Any
 import torch
 
 from smcdiff.checks import check_int, check_shape
+from smcdiff.engine.progress import Progress
 from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.adapt import rm_gain, robbins_monro
-from smcdiff.mcmc.base import Kernel, LogProb, finite_rows
-from smcdiff.mcmc.hmc import HMC
-from smcdiff.mcmc.langevin import MALA, ULA, UnderdampedLangevin
-from smcdiff.mcmc.pcnl import PCNL
+from smcdiff.mcmc.base import Kernel, LogProb, MCMCState, finite_rows
+from smcdiff.mcmc.registry import (
+    KERNELS,
+    check_kernel_options,
+    get_kernel,
+    kernel_name,
+    resolve_target_accept,
+)
+from smcdiff.seeding import seeded_generator
 
-__all__ = ["KERNELS", "ChainResult", "get_kernel", "run_chain"]
-
-KERNELS: dict[str, Callable[..., Kernel]] = {
-    "ula": ULA,
-    "mala": MALA,
-    "hmc": HMC,
-    "underdamped": UnderdampedLangevin,
-    "pcnl": PCNL,
-}
-"""Kernel name -> factory ``(log_prob, **kernel_kwargs) -> Kernel``."""
-
-
-def get_kernel(kernel: str | Callable[..., Kernel]) -> Callable[..., Kernel]:
-    """The factory for a kernel name (see :data:`KERNELS`), or ``kernel`` itself if callable."""
-    if isinstance(kernel, str):
-        if kernel not in KERNELS:
-            raise SMCDiffError(
-                f"unknown MCMC kernel {kernel!r}; valid names: {', '.join(sorted(KERNELS))}"
-            )
-        return KERNELS[kernel]
-    if not callable(kernel):
-        raise SMCDiffError(f"kernel must be a name or a kernel class, got {type(kernel).__name__}")
-    return kernel
-
-
-def resolve_target_accept(
-    factory: Callable[..., Kernel], target_accept: float | None
-) -> float | None:
-    """``target_accept`` if given (checked in (0, 1)), else the kernel's default."""
-    if target_accept is None:
-        return getattr(factory, "default_target_accept", None)
-    if not 0.0 < target_accept < 1.0:
-        raise SMCDiffError(f"target_accept must be in (0, 1), got {target_accept}")
-    return float(target_accept)
+__all__ = ["KERNELS", "ChainResult", "get_kernel", "resolve_target_accept", "run_chain"]
 
 
 @dataclass
 class ChainResult:
     """Draws of N chains after warm-up, keeping every ``thin``-th step.
 
-    ``samples`` ``(n_kept, N, d)``; ``log_prob`` and ``accept_prob`` ``(n_kept, N)`` at the kept
-    steps; ``accept_rate`` ``(N,)``: mean acceptance probability over all post-warm-up steps;
-    ``step_size`` ``(N,)``: the (frozen) step size used after warm-up; ``n_nonfinite``: rejected
-    non-finite proposals over the whole run.
+    ``samples`` ``(n_kept, N, *event_shape)``; ``log_prob`` and ``accept_prob`` ``(n_kept, N)`` at
+    the kept steps; ``accept_rate`` ``(N,)``: mean acceptance probability over all post-warm-up
+    steps; ``step_size`` ``(N,)``: the (frozen) step size used after warm-up; ``n_nonfinite``:
+    rejected non-finite proposals over the whole run.
     """
 
     samples: torch.Tensor
@@ -72,9 +45,10 @@ class ChainResult:
     kernel: str
 
     def to_arviz(self) -> Any:
-        """ArviZ ``InferenceData``; chains are the particles: posterior ``x`` ``(chain, draw, d)``;
-        sample_stats ``lp``, ``acceptance_rate`` and ``step_size``, each ``(chain, draw)``.
-        ArviZ's "more chains than draws" warning is silenced: many chains is the point here."""
+        """ArviZ ``InferenceData``; chains are the particles: posterior ``x``
+        ``(chain, draw, *event_shape)``; sample_stats ``lp``, ``acceptance_rate`` and
+        ``step_size``, each ``(chain, draw)``. ArviZ's "more chains than draws" warning is
+        silenced: many chains is the point here."""
         import arviz as az
 
         def arr(t: torch.Tensor) -> Any:
@@ -84,7 +58,7 @@ class ChainResult:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="More chains")
             return az.from_dict(
-                posterior={"x": arr(self.samples.permute(1, 0, 2))},
+                posterior={"x": arr(self.samples.transpose(0, 1))},
                 sample_stats={
                     "lp": arr(self.log_prob.T),
                     "acceptance_rate": arr(self.accept_prob.T),
@@ -106,42 +80,67 @@ def run_chain(
     thin: int = 1,
     generator: torch.Generator | None = None,
     seed: int | None = None,
+    progress: bool | Callable[[int, Any], None] | None = None,
     **kernel_kwargs: Any,
 ) -> ChainResult:
     """Run ``N = x0.shape[0]`` chains: ``n_warmup`` warm-up steps, then ``n_steps`` kept steps.
 
-    ``kernel``: a name in :data:`KERNELS` or a factory ``(log_prob, **kernel_kwargs) -> Kernel``.
+    ``x0``: ``(N, *event_shape)`` (``(N, d)`` for vectors), ``log_prob``: ``x -> (N,)``.
+    ``kernel``: a name in :data:`KERNELS` or a factory ``(log_prob, **kernel_kwargs) -> Kernel``;
+    ``kernel_kwargs`` are checked against the options the kernel takes.
     ``step_size``: float or ``(N,)``, the initial step size. ``target_accept``: acceptance rate
     the warm-up adapts toward, per chain (Robbins–Monro, :mod:`smcdiff.mcmc.adapt`); ``None``
     takes the kernel's default (MALA and pCNL 0.574, HMC 0.65, ULA and underdamped: no adaptation).
     ``n_warmup``: default ``n_steps // 2`` when adapting, else 0 (``0`` switches adaptation off).
-    Randomness: ``generator``, or a fresh one seeded with ``seed``.
+    Randomness: ``generator``, or a fresh one seeded with ``seed``. ``progress``: ``None`` (a bar
+    over the ``n_warmup + n_steps`` steps when standard error is a terminal), ``True``/``False``,
+    or a callable ``progress(step, info)`` with the kernel's :class:`~smcdiff.mcmc.StepInfo`.
     """
     where = "run_chain"
-    check_shape("x0", x0, (None, None), where=where)
-    n_chains = x0.shape[0]
-    if n_chains < 1 or x0.shape[1] < 1:
-        raise SMCDiffError(f"{where}: x0 has shape {tuple(x0.shape)}; need (N >= 1 chains, d >= 1)")
-    check_int("n_steps", n_steps, 1)
-    check_int("thin", thin, 1)
+    check_shape("x0", x0, (None, None, *([None] * (x0.dim() - 2))), where=where)
+    if x0.shape[0] < 1 or x0[0].numel() < 1:
+        raise SMCDiffError(
+            f"{where}: x0 has shape {tuple(x0.shape)}; need (N >= 1 chains, *event_shape) with a "
+            "non-empty event"
+        )
+    n_steps = check_int("n_steps", n_steps, where=where)
+    if n_steps < 1:  # worded as the kernels word their counts ("an int >= 1")
+        raise SMCDiffError(f"{where}: n_steps must be an int >= 1, got {n_steps}")
+    thin = check_int("thin", thin, 1, where=where)
     if thin > n_steps:
         raise SMCDiffError(f"{where}: thin={thin} > n_steps={n_steps} would keep no draws")
     factory = get_kernel(kernel)
+    check_kernel_options(kernel, kernel_kwargs, where=where)
     target = resolve_target_accept(factory, target_accept)
     if n_warmup is None:
         n_warmup = n_steps // 2 if target is not None else 0
-    check_int("n_warmup", n_warmup, 0)
+    n_warmup = check_int("n_warmup", n_warmup, 0, where=where)
     h = _initial_step_size(step_size, x0)
     if generator is None:
-        generator = torch.Generator(device=x0.device)
-        if seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(seed)
+        generator = seeded_generator(check_int("seed", seed, allow_none=True), x0.device)
     elif seed is not None:
         raise SMCDiffError(f"{where}: pass generator or seed, not both")
 
     k = factory(log_prob, **kernel_kwargs)
+    state = _start(k, x0, generator)
+    tick = Progress(progress, n_warmup + n_steps, desc=kernel_name(kernel))
+    state, h, n_nonfinite = _warmup(k, state, h, n_warmup, target, generator, tick)
+    out = _draw(k, state, h, n_steps, thin, generator, tick, n_warmup)
+    tick.close()
+    return ChainResult(
+        samples=out["x"],
+        log_prob=out["lp"],
+        accept_prob=out["acc"],
+        accept_rate=out["acc_sum"] / n_steps,
+        step_size=h,
+        n_nonfinite=int(n_nonfinite + out["n_nonfinite"]),
+        kernel=kernel_name(kernel),
+    )
+
+
+def _start(k: Kernel, x0: torch.Tensor, generator: torch.Generator) -> MCMCState:
+    """The kernel's state at ``x0``; an error if any chain starts where the target is not finite."""
+    where, n_chains = "run_chain", x0.shape[0]
     state = k.init(x0, generator)
     check_shape("log_prob(x0)", state.log_prob, (n_chains,), where=where)
     bad = ~finite_rows(state.log_prob, state.grad)
@@ -152,19 +151,48 @@ def run_chain(
             f"{where}: log_prob or its gradient is not finite at x0 for {n_bad} of {n_chains} "
             f"chains (first: chain {first}); start every chain where the target is positive"
         )
+    return state
 
-    n_nonfinite = torch.zeros((), dtype=torch.long, device=x0.device)
-    adapting = target is not None
+
+def _warmup(
+    k: Kernel,
+    state: MCMCState,
+    h: torch.Tensor,
+    n_warmup: int,
+    target: float | None,
+    generator: torch.Generator,
+    tick: Progress,
+) -> tuple[MCMCState, torch.Tensor, torch.Tensor]:
+    """``n_warmup`` steps adapting each chain's step size toward ``target`` (if not ``None``) by
+    Robbins–Monro with gains :func:`~smcdiff.mcmc.rm_gain`. Returns the state, the frozen step
+    sizes ``(N,)`` and the number of non-finite proposals (a device tensor)."""
+    n_nonfinite = torch.zeros((), dtype=torch.long, device=h.device)
     log_h = h.log()
     for t in range(1, n_warmup + 1):
         state, info = k.step(state, h, generator)
         n_nonfinite = n_nonfinite + info.n_nonfinite
-        if adapting:
+        if target is not None:
             log_h = robbins_monro(log_h, info.accept_prob, target, rm_gain(t))
             h = log_h.exp()
+        tick(t, info)
+    return state, h, n_nonfinite
 
+
+def _draw(
+    k: Kernel,
+    state: MCMCState,
+    h: torch.Tensor,
+    n_steps: int,
+    thin: int,
+    generator: torch.Generator,
+    tick: Progress,
+    offset: int,
+) -> dict[str, torch.Tensor]:
+    """``n_steps`` steps at the frozen step size ``h``, keeping every ``thin``-th state: stacked
+    ``x``, ``lp``, ``acc`` and the totals ``acc_sum`` ``(N,)`` and ``n_nonfinite``."""
+    n_nonfinite = torch.zeros((), dtype=torch.long, device=h.device)
     kept: dict[str, list[torch.Tensor]] = {"x": [], "lp": [], "acc": []}
-    acc_sum = torch.zeros(n_chains, dtype=x0.dtype, device=x0.device)
+    acc_sum = torch.zeros(state.x.shape[0], dtype=state.x.dtype, device=state.x.device)
     for i in range(1, n_steps + 1):
         state, info = k.step(state, h, generator)
         n_nonfinite = n_nonfinite + info.n_nonfinite
@@ -173,16 +201,9 @@ def run_chain(
             kept["x"].append(state.x)
             kept["lp"].append(state.log_prob)
             kept["acc"].append(info.accept_prob)
-    name = kernel if isinstance(kernel, str) else getattr(kernel, "__name__", repr(kernel))
-    return ChainResult(
-        samples=torch.stack(kept["x"]),
-        log_prob=torch.stack(kept["lp"]),
-        accept_prob=torch.stack(kept["acc"]),
-        accept_rate=acc_sum / n_steps,
-        step_size=h,
-        n_nonfinite=int(n_nonfinite),
-        kernel=name,
-    )
+        tick(offset + i, info)
+    out = {name: torch.stack(v) for name, v in kept.items()}
+    return {**out, "acc_sum": acc_sum, "n_nonfinite": n_nonfinite}
 
 
 def _initial_step_size(step_size: float | torch.Tensor, x0: torch.Tensor) -> torch.Tensor:

@@ -5,13 +5,13 @@ import math
 
 import torch
 
-from smcdiff.engine import StepOutput, run_smc
+from smcdiff.engine import FeynmanKacModel, StepOutput, run_smc
 from smcdiff.mcmc import mcmc_corrector
 
 G, N, K = 16, 500, 10
 
 
-class Tempering:
+class Tempering(FeynmanKacModel):
     """pi_k ∝ N(0, 4I)^(1 - beta_k) N(m, S)^beta_k; M_0 = N(0, 4I), moves = identity,
     log G_k = (beta_k - beta_{k-1}) (log N(x; m, S) - log N(x; 0, 4I)) (unnormalised)."""
 
@@ -31,7 +31,7 @@ class Tempering:
         x = 2 * torch.randn(n, 3, generator=generator, dtype=torch.float64)
         return StepOutput({"x": x, "tag": torch.arange(n)}, torch.zeros(n, dtype=torch.float64))
 
-    def step(self, k, state, generator):
+    def step(self, k, state, generator, log_weights):
         x = state["x"]
         db = self.betas[k] - self.betas[k - 1]
         return StepOutput(state, db * (self.target.log_prob(x) - self.log_ref(x)))
