@@ -1,6 +1,9 @@
 """Shared targets with closed-form answers.
 
 ``SMCDIFF_TEST_DEVICE=cuda pytest tests/steering`` runs the exactness tests on a GPU (CI is CPU).
+Shared statistical checks (seeded z-tests in standard errors) live in ``tests/stats.py``. Tests
+over ~1 s carry ``@pytest.mark.slow``: ``scripts/test.sh -m "not slow"`` is the quick loop, and
+CI runs everything.
 """
 
 import math

@@ -3,6 +3,7 @@
 import json
 import math
 
+import pytest
 import torch
 from smcdiff_experiments import steering_benchmarks as sb
 
@@ -10,6 +11,7 @@ import smcdiff
 from tests.stats import grid_log_integral
 
 
+@pytest.mark.slow
 def test_quick_run_writes_table_json_and_figures(tmp_path):
     rows = sb.run(tmp_path, quick=True, progress=False)
     for name in ("steering.json", "steering.md", "convergence.json", "truth.json", "traces.json"):

@@ -8,6 +8,7 @@ import torch
 from smcdiff.diagnostics.transport import entropic_wasserstein2, sliced_ks, wasserstein2
 
 
+@pytest.mark.slow
 def test_w2_of_a_translated_set_is_the_shift_and_entropic_w2_approaches_it():
     gen = torch.Generator().manual_seed(0)
     y = torch.randn(300, 3, generator=gen, dtype=torch.float64)

@@ -95,6 +95,7 @@ def test_laplace_log_z_against_quadrature_1d():
     assert abs(float((w * grid[:, 0]).sum()) - float(lap.mean)) < 0.05 * sd
 
 
+@pytest.mark.slow
 def test_reference_samples_match_quadrature_2d(tmp_path, monkeypatch):
     # a skewed 2-D posterior (30 cases): posterior mean and covariance by grid quadrature
     monkeypatch.setenv("SMCDIFF_CACHE", str(tmp_path))
@@ -116,6 +117,7 @@ def test_reference_samples_match_quadrature_2d(tmp_path, monkeypatch):
     assert ((t.laplace().mean - mean).abs() > 3 * se).any()  # the mode is not the mean here
 
 
+@pytest.mark.slow
 def test_mala_reference_mean_is_close_to_laplace_mean(cancer, tmp_path, monkeypatch):
     # Loose by design: the posterior is skewed (31-D, near-separable classes), and long HMC runs
     # put its mean 0.33 - 0.36 Laplace sds from the mode in the worst coordinate (rms 0.16);

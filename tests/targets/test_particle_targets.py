@@ -303,6 +303,7 @@ def test_replica_exchange_is_exact_on_a_double_well(tmp_path, monkeypatch):
     assert_unbiased(absm, adapter.target.abs_mean, what="E|x|")
 
 
+@pytest.mark.slow
 def test_dw4_reference_mixes_and_agrees_with_an_independent_run(tmp_path, monkeypatch):
     monkeypatch.setenv("SMCDIFF_CACHE", str(tmp_path))
     # default settings (4 temperatures, thin 50) but 100 chains x 20 draws; the second run
@@ -325,6 +326,7 @@ def test_dw4_reference_mixes_and_agrees_with_an_independent_run(tmp_path, monkey
     assert 3.5 < a.mean().item() < 4.5  # pair distances live around 2.5 and 5.5
 
 
+@pytest.mark.slow
 def test_plain_chains_fail_the_mixing_check(tmp_path, monkeypatch):
     # the diagnostic has teeth: without tempering, short dw4 chains do not cross the barrier
     monkeypatch.setenv("SMCDIFF_CACHE", str(tmp_path))
@@ -334,6 +336,7 @@ def test_plain_chains_fail_the_mixing_check(tmp_path, monkeypatch):
     assert info["rhat"]["mean_distance"] > 1.05
 
 
+@pytest.mark.slow
 def test_reference_com_is_exact_and_independent(tmp_path, monkeypatch):
     monkeypatch.setenv("SMCDIFF_CACHE", str(tmp_path))
     t = dw4(com_std=1.5)
