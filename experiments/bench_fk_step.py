@@ -122,13 +122,13 @@ def syncs_inside_steps(device) -> int:
     """Host-device syncs during the steps of one run (finiteness checks off until the end)."""
     if device.type != "cuda":
         return 0
+    from smcdiff.diffusion_fk import TiltTerm, build_diffusion_fk
     from smcdiff.engine import run_smc
     from smcdiff.resampling import policy_from_threshold
-    from smcdiff.steering import DiffusionFK, TiltTerm
 
     model, reward = make_problem(device)
     times = smcdiff.time_grid(model.process, 20, "log_snr").tolist()
-    fk = DiffusionFK(
+    fk = build_diffusion_fk(
         model, times, tilt=[TiltTerm("reward", reward)], path_correction=True, device=device
     )
     gen = torch.Generator(device=device).manual_seed(0)

@@ -4,6 +4,7 @@ from smcdiff.samplers.kernels import (
     SAMPLERS,
     ReverseStep,
     gaussian_log_prob,
+    noise_log_prob,
     reverse_step,
     shifted_proposal_log_ratio,
 )
@@ -12,6 +13,7 @@ __all__ = [
     "SAMPLERS",
     "ReverseStep",
     "gaussian_log_prob",
+    "noise_log_prob",
     "reverse_step",
     "shifted_proposal_log_ratio",
 ]

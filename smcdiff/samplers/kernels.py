@@ -37,6 +37,7 @@ __all__ = [
     "SAMPLERS",
     "ReverseStep",
     "gaussian_log_prob",
+    "noise_log_prob",
     "reverse_step",
     "shifted_proposal_log_ratio",
 ]
@@ -92,17 +93,27 @@ def reverse_step(
 
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, var: float) -> torch.Tensor:
-    r""":math:`\log\mathcal N(x; \mu, v I)` over the last dim, in float64; ``(N, d) -> (N,)``."""
-    d = x.shape[-1]
-    r = (x - mean).double()
+    r""":math:`\log\mathcal N(x; \mu, v I)` summed over every event dim, in float64;
+    ``(N, *event_shape) -> (N,)``."""
+    r = (x - mean).double().flatten(1)
+    d = r.shape[1]
     return -0.5 * (r * r).sum(-1) / var - 0.5 * d * math.log(2.0 * math.pi * var)
+
+
+def noise_log_prob(z: torch.Tensor, var: float) -> torch.Tensor:
+    r""":math:`\log\mathcal N(x; \mu, v I)` at :math:`x = \mu + \sqrt v z`, written in terms of
+    the standard normal draw ``z`` (no large terms cancel): :math:`-\|z\|^2/2 - (d/2)\log(2\pi v)`,
+    summed over every event dim, float64; ``(N, *event_shape) -> (N,)``."""
+    z = z.double().flatten(1)
+    return -0.5 * (z**2).sum(-1) - 0.5 * z.shape[1] * math.log(2 * math.pi * var)
 
 
 def shifted_proposal_log_ratio(z: torch.Tensor, shift: torch.Tensor, var: float) -> torch.Tensor:
     r""":math:`\log p(x)/q(x)` for :math:`p = \mathcal N(\mu, vI)`, :math:`q = \mathcal N(\mu+\delta, vI)`,
     at :math:`x = \mu + \delta + \sqrt v z`; equals :math:`-(2\sqrt v\, z\cdot\delta + \|\delta\|^2)/(2v)`.
 
-    Written in terms of ``z`` and ``delta`` so no large terms cancel. ``(N, d) -> (N,)`` float64.
+    Written in terms of ``z`` and ``delta`` so no large terms cancel; sums over every event dim.
+    ``(N, *event_shape) -> (N,)`` float64.
     """
-    z, shift = z.double(), shift.double()
+    z, shift = z.double().flatten(1), shift.double().flatten(1)
     return -(2.0 * math.sqrt(var) * (z * shift).sum(-1) + (shift * shift).sum(-1)) / (2.0 * var)

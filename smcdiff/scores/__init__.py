@@ -27,6 +27,7 @@ from smcdiff.scores.montecarlo import (
     smoothed_log_expectation,
 )
 from smcdiff.scores.rdmc import RDMCScore
+from smcdiff.scores.reshape import ReshapedDensityScore, ReshapedScore, reshape_score
 
 __all__ = [
     "BlendedScore",
@@ -39,6 +40,8 @@ __all__ = [
     "GeometricScore",
     "MonteCarloScore",
     "RDMCScore",
+    "ReshapedDensityScore",
+    "ReshapedScore",
     "SchrodingerFollmer",
     "ScoreModel",
     "SmoothingEstimate",
@@ -54,5 +57,6 @@ __all__ = [
     "moment_fit_score",
     "monte_carlo_score",
     "product",
+    "reshape_score",
     "smoothed_log_expectation",
 ]

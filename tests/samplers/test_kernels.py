@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from smcdiff.processes import VE, VP, Flow
-from smcdiff.samplers import gaussian_log_prob, reverse_step, shifted_proposal_log_ratio
+from smcdiff.samplers import (
+    gaussian_log_prob,
+    noise_log_prob,
+    reverse_step,
+    shifted_proposal_log_ratio,
+)
 
 PROCESSES = [VP(), VP("cosine"), VE(), Flow()]
 IDS = ["vp-linear", "vp-cosine", "ve", "flow"]
@@ -39,6 +44,7 @@ def test_ode_step_is_deterministic_and_em_agrees_with_ancestral_for_small_steps(
 
 
 @pytest.mark.parametrize("sampler", ["ancestral", "ancestral_upper", "ode", "em"])
+@pytest.mark.slow
 def test_untilted_samplers_converge_to_the_prior_at_first_order(sampler):
     # With exact scores the only error is discretisation: O(1/K). (The ancestral kernel's
     # variance v s_s^2/s_t^2 is a lower bound on the true reverse variance: its constant is the
@@ -70,6 +76,25 @@ def test_gaussian_log_prob_and_shifted_ratio_match_torch_distributions():
     assert torch.allclose(gaussian_log_prob(x, mean, var), ref)
     ref_ratio = ref - torch.distributions.Normal(mean + shift, math.sqrt(var)).log_prob(x).sum(-1)
     assert torch.allclose(shifted_proposal_log_ratio(z, shift, var), ref_ratio)
+    ref_noise = torch.distributions.Normal(mean + shift, math.sqrt(var)).log_prob(x).sum(-1)
+    assert torch.allclose(noise_log_prob(z, var), ref_noise)
+
+
+def test_densities_sum_over_every_event_dim():
+    gen = torch.Generator().manual_seed(4)
+    mean, z, shift = (torch.randn(5, 2, 3, 4, generator=gen) for _ in range(3))
+    x, var = mean + shift + 0.5 * z, 0.25
+    flat = [a.reshape(5, -1) for a in (x, mean, z, shift)]
+    for got, want in [
+        (gaussian_log_prob(x, mean, var), gaussian_log_prob(flat[0], flat[1], var)),
+        (noise_log_prob(z, var), noise_log_prob(flat[2], var)),
+        (
+            shifted_proposal_log_ratio(z, shift, var),
+            shifted_proposal_log_ratio(flat[2], flat[3], var),
+        ),
+    ]:
+        assert got.shape == (5,) and got.dtype == torch.float64
+        assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("p", PROCESSES, ids=IDS)

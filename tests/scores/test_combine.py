@@ -129,3 +129,25 @@ def test_errors_name_the_problem(pair):
             make()
     same = model([0.0, 0.0], [[1.0, 0.0], [0.0, 1.0]], process=smcdiff.VP())  # equal, not identical
     assert GeometricScore([m1, same], [1, 1]).n_components == 2
+
+
+class PerRow:
+    """A score model without ``scalar_time`` (like a network): t must be a (N,) tensor."""
+
+    def __init__(self, inner):
+        self.inner, self.process, self.dim = inner, inner.process, inner.dim
+
+    def score(self, x, t):
+        assert isinstance(t, torch.Tensor) and t.shape == (x.shape[0],)
+        return self.inner.score(x, float(t[0]))
+
+
+def test_time_reaches_each_component_in_its_own_form(pair):
+    m1, m2 = pair
+    assert GeometricScore([m1, m2], [1.0, 1.0]).scalar_time  # all closed forms: a float
+    g = GeometricScore([m1, PerRow(m2)], [1.0, 0.5])
+    assert not g.scalar_time and g.event_shape == (2,)
+    x = points()
+    t = smcdiff.scores.model_time(g, 0.3, x)
+    assert t.shape == (30,)
+    torch.testing.assert_close(g.score(x, t), m1.score(x, 0.3) + 0.5 * m2.score(x, 0.3))

@@ -5,11 +5,11 @@ import math
 import torch
 
 import smcdiff
+from smcdiff.diffusion_fk import DiffusionFK, PathCorrection, TiltTerm, snr_schedule
 from smcdiff.engine import run_smc
 from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc import mcmc_corrector
 from smcdiff.resampling import policy_from_threshold
-from smcdiff.steering import DiffusionFK, TiltTerm
 
 
 def test_mala_corrector_keeps_the_posterior_and_evidence_exact(gaussian_inverse):
@@ -19,9 +19,9 @@ def test_mala_corrector_keeps_the_posterior_and_evidence_exact(gaussian_inverse)
         p.model,
         times,
         tilt=[TiltTerm("log_likelihood", p.log_likelihood)],
-        path_correction=True,
+        path=PathCorrection(),
         sampler="ancestral_upper",
-        tilt_schedule="snr",
+        schedule=snr_schedule,
         device=p.model.device,
     )
     calls = []
