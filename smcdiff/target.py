@@ -35,10 +35,17 @@ class Target(Protocol):
 
 def target_event_shape(target: object) -> tuple[int, ...]:
     """The shape of one particle of ``target``: ``target.event_shape`` if declared, else
-    ``(target.dim,)`` (the rule of :func:`smcdiff.scores.base.event_shape_of`, used here)."""
+    ``(target.dim,)`` (the rule of :func:`smcdiff.scores.base.event_shape_of`, used here).
+    Raises if a declared ``event_shape`` does not multiply to ``dim``."""
     from smcdiff.scores.base import event_shape_of  # here: smcdiff.scores imports this module
 
-    return event_shape_of(target)
+    shape = event_shape_of(target)
+    if math.prod(shape) != int(target.dim):  # type: ignore[attr-defined]
+        raise SMCDiffError(
+            f"target: event_shape {shape} has {math.prod(shape)} entries but dim is "
+            f"{target.dim}; dim must be the product of event_shape"  # type: ignore[attr-defined]
+        )
+    return shape
 
 
 class _CallableTarget:
