@@ -35,6 +35,7 @@ def test_quick_run_writes_table_json_and_figures(tmp_path):
     assert {r["method"] for r in conv} == set(sb.WEIGHTED)
 
 
+@pytest.mark.slow
 def test_ground_truths_are_exact():
     proc = smcdiff.VP()
     # product of two mixtures: log Z against quadrature on a grid

@@ -31,6 +31,7 @@ def test_weights_act_as_counts():
     assert sliced_ks(x, y, w) == pytest.approx(sliced_ks(rep, y), abs=1e-12)
 
 
+@pytest.mark.slow
 def test_sliced_ks_of_shifted_gaussians_matches_the_exact_ks_distance():
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(20000, 1, generator=gen, dtype=torch.float64)
