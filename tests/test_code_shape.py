@@ -12,6 +12,7 @@ Each failure lists every offender as ``path:line name (n lines)`` (or ``path:lin
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ PACKAGE = ROOT / "smcdiff"
 MAX_LINES = 60
 
 
+@functools.cache
 def _modules() -> list[tuple[str, list[str], ast.Module]]:
     """``(path relative to the repository, source lines, syntax tree)`` of every module."""
     out = []
