@@ -3,12 +3,26 @@
 Front doors: :func:`sample` (energy-defined targets: tempered SMC, diffusion-path SMC, MCMC) and
 :func:`steer` (tilt a diffusion prior by a reward or a likelihood); the noise
 processes :class:`VP`, :class:`VE`, :class:`Flow`, closed-form priors :class:`GaussianMixture` with
-:func:`exact_score`, and :class:`SMCResult`. Everything else is importable from the subpackages.
+:func:`exact_score`, and :class:`SMCResult`. The engine's step API (:class:`SMC`, :class:`SMCState`,
+:class:`StepInfo`), resamplers and collectors are here for user-written loops; everything else is
+importable from the subpackages.
 """
 
 from smcdiff.distributions import Gaussian, GaussianMixture
 from smcdiff.energy import sample
-from smcdiff.engine import FeynmanKacModel, StepOutput, run_smc
+from smcdiff.engine import (
+    SMC,
+    Collector,
+    FeynmanKacModel,
+    Genealogy,
+    LocalResampler,
+    Resampler,
+    SMCState,
+    StepInfo,
+    StepOutput,
+    WeightedMoments,
+    run_smc,
+)
 from smcdiff.errors import DegenerateWeightsError, NonFiniteError, SMCDiffError
 from smcdiff.processes import VE, VP, Flow, NoiseProcess, time_grid
 from smcdiff.result import SMCResult
@@ -31,22 +45,30 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "SMC",
     "VE",
     "VP",
+    "Collector",
     "DegenerateWeightsError",
     "FeynmanKacModel",
     "Flow",
     "Gaussian",
     "GaussianMixture",
+    "Genealogy",
     "GeometricScore",
+    "LocalResampler",
     "NoiseProcess",
     "NonFiniteError",
     "PyroTarget",
+    "Resampler",
     "SMCDiffError",
     "SMCResult",
+    "SMCState",
     "ScoreModel",
+    "StepInfo",
     "StepOutput",
     "Target",
+    "WeightedMoments",
     "anneal",
     "as_target",
     "cfg",

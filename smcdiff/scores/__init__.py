@@ -26,7 +26,7 @@ from smcdiff.scores.montecarlo import (
     monte_carlo_score,
     smoothed_log_expectation,
 )
-from smcdiff.scores.rdmc import RDMCScore
+from smcdiff.scores.rdmc import RDMCImportanceScore, RDMCMalaScore, RDMCScore
 from smcdiff.scores.reshape import ReshapedDensityScore, ReshapedScore, reshape_score
 
 __all__ = [
@@ -39,6 +39,8 @@ __all__ = [
     "GeometricDensityScore",
     "GeometricScore",
     "MonteCarloScore",
+    "RDMCImportanceScore",
+    "RDMCMalaScore",
     "RDMCScore",
     "ReshapedDensityScore",
     "ReshapedScore",
