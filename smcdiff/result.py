@@ -108,6 +108,11 @@ class SMCResult:
         lz_s = f"{float(lz):.4f}" if lz.dim() == 0 else f"{lz.tolist()}"
         return (
             f"SMCResult(method={self.info.get('method')!r}, particles={tuple(self.particles.shape)}, "
-            f"log_z={lz_s}, final_ess={self.final_ess.mean().item():.1f}, "
-            f"nfe={self.info.get('nfe')})"
+            f"log_z={lz_s}, final_ess={self.final_ess.mean().item():.1f}, {self._cost()})"
         )
+
+    def _cost(self) -> str:
+        """Network evaluations (steering) or target evaluations (energy targets)."""
+        if "n_target_evals" in self.info:
+            return f"target_evals={self.info['n_target_evals']}"
+        return f"nfe={self.info.get('nfe')}"

@@ -15,7 +15,15 @@ from smcdiff.checks import check_choice, check_int, check_number
 from smcdiff.errors import SMCDiffError
 from smcdiff.scores.combine import GeometricScore
 from smcdiff.scores.combine import anneal as anneal_model
-from smcdiff.steering.fkc import BASES, BETA_SCHEDULES, DIVERGENCES, NOISES, FKCModel
+from smcdiff.steering.fkc import (
+    BASES,
+    BETA_SCHEDULES,
+    DIVERGENCES,
+    NOISES,
+    BasisField,
+    BetaSchedule,
+    FKCModel,
+)
 from smcdiff.steering.registry import CommonConfig, MethodPlan
 
 __all__ = ["DriftLiteConfig", "FKCConfig", "build_fkc"]
@@ -31,7 +39,7 @@ class FKCConfig:
     ``beta``, or ``log_likelihood`` alone: one differentiable function) is applied at
     :math:`x_t` with the schedule ``beta_schedule``: ``"linear"`` (default), ``"snr"``,
     ``"constant"`` or a callable :math:`t \mapsto \beta_t` (then leave ``beta`` unset),
-    reaching ``beta`` at ``t_min``. The SDE drift uses the target score; ``noise``
+    reaching ``beta`` at ``t_min``, or a :class:`~smcdiff.steering.fkc.BetaSchedule` object. The SDE drift uses the target score; ``noise``
     (``"target"``, ``"tempered"`` or :math:`\kappa \ge 0` with :math:`h^2 = \kappa g^2`) sets the
     drift/weight split, and each step is weighted by the continuous-time FKC potential
     (trapezoid rule). ``divergence`` (``"auto" | "exact" | "hutchinson"``, with ``n_probes``
@@ -39,7 +47,7 @@ class FKCConfig:
     """
 
     anneal: float | None = None
-    beta_schedule: str | Callable[[float], float] = "linear"
+    beta_schedule: str | BetaSchedule | Callable[[float], float] = "linear"
     noise: str | float = "target"
     divergence: str = "auto"
     n_probes: int | None = None
@@ -48,7 +56,7 @@ class FKCConfig:
         anneal = check_number("anneal", self.anneal, minimum=0.0, strict_min=True, where=WHERE,
                               allow_none=True)  # fmt: skip
         object.__setattr__(self, "anneal", anneal)
-        if not callable(self.beta_schedule):
+        if isinstance(self.beta_schedule, str):  # objects and callables: FKCModel checks them
             check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES, where=WHERE)
         if isinstance(self.noise, str):
             check_choice("noise", self.noise, NOISES, where=WHERE)
@@ -71,14 +79,15 @@ class DriftLiteConfig(FKCConfig):
     resampling. Plus the options of :class:`FKCConfig`.
     """
 
-    basis: Sequence[str] | None = None
+    basis: Sequence[str | BasisField] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.basis is not None:
             basis = (self.basis,) if isinstance(self.basis, str) else tuple(self.basis)
-            for name in basis:
-                check_choice("basis entry", name, BASES, where=WHERE)
+            for name in basis:  # names here; BasisField objects are checked by FKCModel
+                if isinstance(name, str):
+                    check_choice("basis entry", name, BASES, where=WHERE)
             object.__setattr__(self, "basis", basis)
 
 
@@ -106,7 +115,7 @@ def build_fkc(common: CommonConfig, config: FKCConfig, control: str | None = Non
         n_probes=1 if config.n_probes is None else config.n_probes, control=control,
         basis=getattr(config, "basis", None), device=common.device, dtype=common.dtype,
     )  # fmt: skip
-    named = not callable(config.beta_schedule)
+    named = isinstance(config.beta_schedule, str)
     settings = {
         "anneal": config.anneal,
         "beta": (1.0 if beta is None else beta) if reward is not None and named else None,
