@@ -7,15 +7,19 @@ CI runs everything.
 """
 
 import math
-import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 
-import smcdiff
+# the repository root on sys.path, so that ``from tests.stats import ...`` works under a bare
+# ``pytest`` as under ``python -m pytest`` (which puts the working directory there)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-DEVICE = torch.device(os.environ.get("SMCDIFF_TEST_DEVICE", "cpu"))
+import smcdiff
+from tests.stats import DEVICE
 
 
 @dataclass

@@ -26,16 +26,21 @@ compute (``replicate_se``, ``binomial_se``, ``mode_mass``, ``total_variation``,
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import torch
 
 F64 = torch.float64
+# The device of the tests that honour it: ``SMCDIFF_TEST_DEVICE=cuda pytest tests/steering``.
+DEVICE = torch.device(os.environ.get("SMCDIFF_TEST_DEVICE", "cpu"))
 
 __all__ = [
+    "DEVICE",
     "assert_gaussian_moments",
     "assert_gaussian_variance",
     "assert_iid_mean",
+    "assert_outside",
     "assert_proportions",
     "assert_sample_moments",
     "assert_unbiased",
@@ -77,6 +82,25 @@ def assert_within(
         raise AssertionError(
             f"{what}: off by more than {n_se} SE + bias {bias}: estimate {_listed(estimate)}, "
             f"truth {_listed(truth)}, SE {_listed(se)}, |error| / SE {_listed(z)}"
+        )
+
+
+def assert_outside(
+    estimate: Any, value: Any, se: Any, *, n_se: float = 5.0, what: str = "value"
+) -> None:
+    """Some element of ``estimate`` lies more than ``n_se`` SE from ``value``: ``|estimate -
+    value| > n_se * se`` somewhere (NaN fails). The other side of :func:`assert_within`: it shows
+    that a test can see a known bias (guidance without weights, ULA's step-size bias), so that the
+    exact methods' passes mean something. Seeded and sized like the checks above: the bias is many
+    SE, so the check does not flake either way.
+    """
+    estimate = _f64(estimate)
+    value, se = _f64(value, estimate), _f64(se, estimate)
+    z = (estimate - value).abs() / se
+    if bool(z.isnan().any()) or not bool((z > n_se).any()):
+        raise AssertionError(
+            f"{what}: expected more than {n_se} SE from {_listed(value)}: estimate "
+            f"{_listed(estimate)}, SE {_listed(se)}, |error| / SE {_listed(z)}"
         )
 
 

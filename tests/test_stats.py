@@ -11,6 +11,7 @@ from tests.stats import (
     assert_gaussian_moments,
     assert_gaussian_variance,
     assert_iid_mean,
+    assert_outside,
     assert_proportions,
     assert_sample_moments,
     assert_unbiased,
@@ -36,6 +37,19 @@ def test_within_is_elementwise_and_refuses_nan():
         assert_within(torch.tensor([1.0, 2.0]), [1.0, 2.0 + 1e-12], [0.1, 0.0])
     with pytest.raises(AssertionError):
         assert_within(torch.tensor([math.nan]), 0.0, 1.0)
+
+
+def test_outside_needs_one_element_far_off_and_refuses_nan():
+    assert_outside(torch.tensor([1.0, 2.0]), [1.0, 2.6], 0.1)  # the second is 6 SE off
+    with pytest.raises(AssertionError, match="expected more than"):
+        assert_outside(torch.tensor([1.0, 2.0]), [1.4, 2.4], 0.1)  # 4 SE: not far enough
+    with pytest.raises(AssertionError):
+        assert_outside(torch.tensor([math.nan, 2.0]), [1.0, 2.6], 0.1)
+    x = draws()  # a shifted mean is seen, the true one is not
+    se = 1 / math.sqrt(N)
+    assert_outside(x.mean(0), 10 * se, se)
+    with pytest.raises(AssertionError):
+        assert_outside(x.mean(0), 0.0, se)
 
 
 def test_iid_checks_pass_on_the_law_and_fail_off_it():

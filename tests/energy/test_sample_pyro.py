@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import smcdiff
+from smcdiff.diagnostics import weighted_moments
+from tests.stats import assert_unbiased, assert_z_unbiased
 
 
 def normal_normal(y):
@@ -30,13 +32,11 @@ def test_tempered_sample_of_a_pyro_model_gives_its_evidence_and_posterior():
     log_ev = float(
         torch.distributions.MultivariateNormal(torch.full((5,), 0.5).double(), cov).log_prob(y)
     )
-    ratio = torch.exp(res.log_z - log_ev)
-    se = float(ratio.std() / 4.0)
-    assert se < 0.05 and abs(float(ratio.mean()) - 1.0) < 4.5 * se
+    assert_z_unbiased(res.log_z, log_ev, n_se=4.5, max_se=0.05)
     post_var = 1.0 / (1 / 4.0 + 5.0)
     post_mean = post_var * (0.5 / 4.0 + float(y.sum()))
-    m = (res.weights * res.particles[..., 0]).sum(-1)
-    assert abs(float(m.mean()) - post_mean) < 4.5 * float(m.std()) / 4.0 + 1e-3
+    m, _ = weighted_moments(res.particles, res.log_weights)  # (R, 1)
+    assert_unbiased(m, post_mean, n_se=4.5, bias=1e-3, what="posterior mean")
     idata = smcdiff.SMCResult(res.particles[0], res.log_weights[0], res.log_z[0], {}, target=target)
     post = idata.to_arviz().posterior
     assert "mu" in post and post["mu"].shape[-1] == 1000
@@ -50,9 +50,7 @@ def test_tempered_sample_of_beta_binomial_evidence():
     # p(k) = C(n, k) B(k + a, n - k + b) / B(a, b)
     lb = lambda a, b: math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)  # noqa: E731
     log_ev = math.lgamma(21) - math.lgamma(8) - math.lgamma(14) + lb(9.0, 16.0) - lb(2.0, 3.0)
-    ratio = torch.exp(res.log_z - log_ev)
-    se = float(ratio.std() / 4.0)
-    assert se < 0.05 and abs(float(ratio.mean()) - 1.0) < 4.5 * se
+    assert_z_unbiased(res.log_z, log_ev, n_se=4.5, max_se=0.05)
     post = res.to_arviz().posterior
     assert float(post["p"].min()) > 0 and float(post["p"].max()) < 1
     assert abs(float(post["p"].mean()) - 9.0 / 25.0) < 0.02  # Beta(9, 16) mean, SE ~0.003

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import smcdiff
+from smcdiff.diagnostics import weighted_moments
 from smcdiff.engine import run_smc
 from smcdiff.errors import SMCDiffError
 from smcdiff.scores.combine import anneal, cfg, product
@@ -26,6 +27,7 @@ from smcdiff.steering.fkc import (
     SNRBeta,
     divergence,
 )
+from tests.stats import assert_unbiased, assert_within, assert_z_unbiased, mode_mass
 
 PROC = smcdiff.VP()
 T_MIN = PROC.t_min
@@ -65,33 +67,21 @@ def run(target, *, n=1000, runs=16, steps=100, seed=0, **kw):
 
 
 def moments(res):
-    runs = res.log_weights.shape[0]
-    w = torch.exp(res.log_weights)
-    x = res.state["x"].double().reshape(runs, -1, res.state["x"].shape[-1])
-    mean = (w.unsqueeze(-1) * x).sum(1)
-    c = x - mean.unsqueeze(1)
-    return mean, torch.einsum("rn,rni,rnj->rij", w, c, c)
+    """Per-run weighted mean ``(R, d)`` and covariance ``(R, d, d)``, float64."""
+    x = res.state["x"]
+    return weighted_moments(x.reshape(*res.log_weights.shape, x.shape[-1]), res.log_weights)
 
 
 def assert_matches(samples, truth, bias, what, max_se):
     """Across-run mean of ``samples`` (R, ...) within 4.5 SE + ``bias`` of ``truth``; ``bias`` and
-    ``max_se`` are relative to ``max(1, max |truth|)``."""
-    samples = samples.reshape(samples.shape[0], -1).double()
-    truth = torch.as_tensor(truth, dtype=F64).reshape(-1)
-    scale = max(1.0, float(truth.abs().max()))
-    bias, max_se = bias * scale, max_se * scale
-    se = samples.std(0) / math.sqrt(samples.shape[0])
-    err = (samples.mean(0) - truth).abs()
-    assert float(se.max()) < max_se, f"{what}: SE {se.max():.3g} too large to test"
-    assert bool((err < 4.5 * se + bias).all()), (
-        f"{what}: error {err.tolist()} vs 4.5 SE {(4.5 * se).tolist()} + bias {bias}"
-    )
+    ``max_se`` are relative to ``max(1, max |truth|)`` (the scale of the BIAS table)."""
+    scale = max(1.0, float(torch.as_tensor(truth, dtype=F64).abs().max()))
+    assert_unbiased(samples, truth, n_se=4.5, bias=bias * scale, max_se=max_se * scale, what=what)
 
 
 def assert_log_z(res, log_z, bias, max_se=0.1):
     # E[Z_hat] = Z for the discretised model, so compare Z_hat / Z with 1 (bias: in log Z)
-    ratio = torch.exp(res.log_z - log_z).unsqueeze(1)
-    assert_matches(ratio, torch.ones(1), math.expm1(bias), "Z_hat / Z", max_se)
+    assert_z_unbiased(res.log_z, log_z, n_se=4.5, bias=math.expm1(bias), max_se=max_se)
 
 
 # Allowed discretisation bias at K=100 steps (uniform grid, exp integrator): the bias measured with
@@ -191,15 +181,12 @@ def test_annealed_mixture_mode_weights_and_covariances():
     res = run(anneal(smcdiff.exact_score(prior, PROC), gamma), runs=32, steps=200, seed=5)
     w = torch.exp(res.log_weights)
     comp = pt.component_log_prob(res.state["x"]).argmax(-1).reshape(w.shape)
-    mass = torch.zeros(w.shape[0], 3, dtype=F64).scatter_add_(1, comp, w)
+    mass = mode_mass(comp, w, 3)
     # measured bias at K=200 (N=4000 x R=128): mode weights 0.004 +- 0.004, covariances 0.010 +- 0.002
     assert_matches(mass, exact_w, 0.012, "mode weights", 0.02)
-    x = res.state["x"].double().reshape(*w.shape, 2)
+    x = res.state["x"].reshape(*w.shape, 2)
     for k in range(3):
-        wk = w * (comp == k)
-        wk = wk / wk.sum(1, keepdim=True)
-        mu = (wk.unsqueeze(-1) * x).sum(1, keepdim=True)
-        cov = torch.einsum("rn,rni,rnj->rij", wk, x - mu, x - mu)
+        _, cov = weighted_moments(x, torch.log(w * (comp == k)))  # the particles of mode k
         assert_matches(cov, covs[k] / gamma, 0.015, f"covariance of mode {k}", 0.02)
 
 
@@ -288,8 +275,9 @@ def test_divergence_exact_and_hutchinson():
     probes = torch.randint(0, 2, (n_probes, 50, 4), generator=gen).to(F64) * 2 - 1
     sym = jac + jac.transpose(1, 2)
     var = 0.5 * (sym**2).sum((1, 2)) - 0.5 * (sym.diagonal(dim1=1, dim2=2) ** 2).sum(-1)
-    z = (divergence(y, x, probes) - exact) / (var / n_probes).sqrt()
-    assert float(z.abs().max()) < 4.5 and float(z.std()) > 0.5  # random, and unbiased
+    estimate, se = divergence(y, x, probes), (var / n_probes).sqrt()
+    assert_within(estimate, exact, se, n_se=4.5, what="Hutchinson divergence")  # unbiased
+    assert float(((estimate - exact) / se).std()) > 0.5  # and random
     assert torch.equal(divergence(torch.ones(50, 4, dtype=F64), x), torch.zeros(50, dtype=F64))
 
 
