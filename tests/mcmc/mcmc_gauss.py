@@ -1,4 +1,4 @@
-"""Gaussian test targets with exact samples, and SE-based moment checks (tests/mcmc)."""
+"""Gaussian test targets with exact samples (tests/mcmc); the moment checks are in tests/stats.py."""
 
 from dataclasses import dataclass
 
@@ -23,16 +23,3 @@ class Gauss:
 
 def gaussian(m: torch.Tensor, S: torch.Tensor) -> Gauss:
     return Gauss(m.double(), S.double())
-
-
-def assert_moments(x: torch.Tensor, m: torch.Tensor, S: torch.Tensor, n_se: float = 5.0) -> None:
-    """Mean and covariance of n iid rows ``x`` match (m, S) within ``n_se`` standard errors:
-    SE(mean_i) = sqrt(S_ii / n), SE(cov_ij) = sqrt((S_ii S_jj + S_ij^2) / n)."""
-    n = x.shape[0]
-    var = S.diagonal()
-    se_mean = (var / n).sqrt()
-    se_cov = ((var[:, None] * var[None, :] + S**2) / n).sqrt()
-    z_mean = (x.mean(0) - m) / se_mean
-    z_cov = (torch.cov(x.T).reshape(S.shape) - S) / se_cov
-    assert z_mean.abs().max() < n_se, f"mean off by {z_mean.tolist()} SE"
-    assert z_cov.abs().max() < n_se, f"covariance off by {z_cov.tolist()} SE"

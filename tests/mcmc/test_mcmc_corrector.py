@@ -5,8 +5,10 @@ import math
 
 import torch
 
+from smcdiff.diagnostics import weighted_moments
 from smcdiff.engine import FeynmanKacModel, StepOutput, run_smc
 from smcdiff.mcmc import mcmc_corrector
+from tests.stats import assert_within, replicate_se
 
 G, N, K = 16, 500, 10
 
@@ -52,16 +54,11 @@ def test_mala_corrector_in_engine(gauss):
 
     # per-group weighted moments; SE from the spread over the G independent groups, floored
     # at the iid SE of G*N draws (SMC is never better than iid sampling)
-    w = run.log_weights.exp()  # (G, N)
-    x = run.state["x"].reshape(G, N, 3)
-    mean = (w[..., None] * x).sum(1)  # (G, 3)
-    r = x - mean[:, None]
-    cov = torch.einsum("gn,gni,gnj->gij", w, r, r)  # (G, 3, 3)
+    mean, cov = weighted_moments(run.state["x"].reshape(G, N, 3), run.log_weights)
     var = gauss.S.diagonal()
-    for est, truth, se_iid in [
-        (mean, gauss.m, (var / (G * N)).sqrt()),
-        (cov, gauss.S, ((var[:, None] * var[None, :] + gauss.S**2) / (G * N)).sqrt()),
+    for est, truth, se_iid, what in [
+        (mean, gauss.m, (var / (G * N)).sqrt(), "mean"),
+        (cov, gauss.S, ((var[:, None] * var[None, :] + gauss.S**2) / (G * N)).sqrt(), "cov"),
     ]:
-        se = torch.maximum(est.std(0) / math.sqrt(G), se_iid)
-        z = (est.mean(0) - truth) / se
-        assert z.abs().max() < 6, z
+        se = torch.maximum(replicate_se(est), se_iid)
+        assert_within(est.mean(0), truth, se, n_se=6, what=what)
