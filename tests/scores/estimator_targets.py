@@ -2,14 +2,13 @@
 mixture with exact noised scores, on the test device, float64."""
 
 import math
-import os
 
 import torch
 
 from smcdiff.distributions import Gaussian, GaussianMixture
+from tests.stats import DEVICE
 
 F64 = torch.float64
-DEV = torch.device(os.environ.get("SMCDIFF_TEST_DEVICE", "cpu"))
 
 
 def gauss(d):
@@ -17,7 +16,7 @@ def gauss(d):
     a = torch.randn(d, d, generator=g, dtype=F64) / math.sqrt(d)
     return Gaussian(
         torch.randn(d, generator=g, dtype=F64), a @ a.T + 0.5 * torch.eye(d, dtype=F64)
-    ).to(DEV)
+    ).to(DEVICE)
 
 
 def mix(d):
@@ -25,7 +24,7 @@ def mix(d):
     a = torch.randn(3, d, d, generator=g, dtype=F64) / math.sqrt(d)
     covs = a @ a.transpose(-1, -2) + 0.2 * torch.eye(d, dtype=F64)
     means = 2.0 * torch.randn(3, d, generator=g, dtype=F64)
-    return GaussianMixture([0.2, 0.3, 0.5], means, covs).to(DEV)
+    return GaussianMixture([0.2, 0.3, 0.5], means, covs).to(DEVICE)
 
 
 def rmse(a, b):

@@ -2,7 +2,6 @@
 smoothed and nearest-neighbour variants), against the equivalent GaussianMixture."""
 
 import math
-import os
 
 import pytest
 import torch
@@ -12,19 +11,16 @@ from smcdiff.errors import SMCDiffError
 from smcdiff.processes import VE, VP, Flow
 from smcdiff.scores import DensityScoreModel, exact_score
 from smcdiff.scores.empirical import EmpiricalScore
+from smcdiff.seeding import seeded_generator
+from tests.stats import DEVICE
 
 F64 = torch.float64
-DEV = torch.device(os.environ.get("SMCDIFF_TEST_DEVICE", "cpu"))
 PROCESSES = [VP(), VE(sigma_max=10.0), Flow()]
 
 
-def gen(seed):
-    return torch.Generator(DEV).manual_seed(seed)
-
-
 def data(j, d, seed=0):
-    y = 2.0 * torch.randn(j, d, generator=gen(seed), dtype=F64, device=DEV)
-    log_w = torch.randn(j, generator=gen(seed + 1), dtype=F64, device=DEV)
+    y = 2.0 * torch.randn(j, d, generator=seeded_generator(seed, DEVICE), dtype=F64, device=DEVICE)
+    log_w = torch.randn(j, generator=seeded_generator(seed + 1, DEVICE), dtype=F64, device=DEVICE)
     log_w[::7] = -math.inf  # zero weights are legal
     return y, log_w
 
@@ -41,15 +37,15 @@ def test_equals_exact_score_of_equivalent_mixture(process, d):
     y, log_w = data(300, d)
     w = torch.exp(log_w - torch.logsumexp(log_w, 0))
     kde = exact_score(
-        GaussianMixture(w, y, torch.full((300, d), 0.3**2, dtype=F64, device=DEV)), process
+        GaussianMixture(w, y, torch.full((300, d), 0.3**2, dtype=F64, device=DEVICE)), process
     )
     plain = EmpiricalScore(y, process, log_weights=log_w, chunk_size=64)
     smooth = EmpiricalScore(y, process, log_weights=log_w, bandwidth=0.3, chunk_size=64)
     assert isinstance(plain, DensityScoreModel)
     for t in (0.02, 0.1, 0.5, 0.9):
         a, s = float(process.alpha(t)), float(process.sigma(t))
-        mixture = GaussianMixture(w, a * y, torch.full((300, d), s * s, dtype=F64, device=DEV))
-        x = 1.3 * mixture.sample(40, gen(3))
+        mixture = GaussianMixture(w, a * y, torch.full((300, d), s * s, dtype=F64, device=DEVICE))
+        x = 1.3 * mixture.sample(40, seeded_generator(3, DEVICE))
         s_ref, lp_ref = mixture.score_and_log_prob(x)
         s_est, lp_est = plain.score_and_log_density(x, t)
         close(s_est, s_ref)
@@ -66,13 +62,13 @@ def test_equals_exact_score_of_equivalent_mixture(process, d):
 def test_streaming_over_1e5_points():
     """10^5 data points in chunks of 4096: the same as one 10^5-component mixture."""
     process, t, d, j = VP(), 0.3, 3, 100_000
-    y = torch.randn(j, d, generator=gen(0), dtype=F64, device=DEV)
+    y = torch.randn(j, d, generator=seeded_generator(0, DEVICE), dtype=F64, device=DEVICE)
     model = EmpiricalScore(y, process, chunk_size=4096)
     a, s = float(process.alpha(t)), float(process.sigma(t))
     mixture = GaussianMixture(
-        torch.ones(j, dtype=F64), a * y, torch.full((j, d), s * s, dtype=F64, device=DEV)
+        torch.ones(j, dtype=F64), a * y, torch.full((j, d), s * s, dtype=F64, device=DEVICE)
     )
-    x = 2.0 * torch.randn(20, d, generator=gen(1), dtype=F64, device=DEV)
+    x = 2.0 * torch.randn(20, d, generator=seeded_generator(1, DEVICE), dtype=F64, device=DEVICE)
     s_ref, lp_ref = mixture.score_and_log_prob(x)
     s_est, lp_est = model.score_and_log_density(x, t)
     close(s_est, s_ref)
@@ -82,7 +78,9 @@ def test_streaming_over_1e5_points():
 def test_score_is_gradient_of_log_density():
     y, log_w = data(200, 3)
     model = EmpiricalScore(y, VP(), log_weights=log_w, bandwidth=0.1, chunk_size=50)
-    x = torch.randn(10, 3, generator=gen(2), dtype=F64, device=DEV).requires_grad_(True)
+    x = torch.randn(
+        10, 3, generator=seeded_generator(2, DEVICE), dtype=F64, device=DEVICE
+    ).requires_grad_(True)
     (grad,) = torch.autograd.grad(model.log_density(x, 0.2).sum(), x)
     close(model.score(x.detach(), 0.2), grad)
 
@@ -91,7 +89,7 @@ def test_nearest_neighbours():
     process, t, d = VP(), 0.2, 2
     y, log_w = data(500, d, seed=4)
     full = EmpiricalScore(y, process, log_weights=log_w)
-    x = torch.randn(15, d, generator=gen(5), dtype=F64, device=DEV)
+    x = torch.randn(15, d, generator=seeded_generator(5, DEVICE), dtype=F64, device=DEVICE)
     a, s = float(process.alpha(t)), float(process.sigma(t))
     # k = J is the full softmax
     s_all, lp_all = EmpiricalScore(
@@ -110,7 +108,7 @@ def test_nearest_neighbours():
     comp = GaussianMixture(
         torch.exp(log_w - torch.logsumexp(log_w, 0)),
         a * y,
-        torch.full((500, d), s * s, dtype=F64, device=DEV),
+        torch.full((500, d), s * s, dtype=F64, device=DEVICE),
     )
     log_terms = comp.component_log_prob(x)
     top = log_terms.topk(k, dim=1).indices
@@ -118,7 +116,7 @@ def test_nearest_neighbours():
     for i in range(x.shape[0]):
         sub_w = torch.exp(log_wn[top[i]] - torch.logsumexp(log_wn[top[i]], 0))
         sub = GaussianMixture(
-            sub_w, a * y[top[i]], torch.full((k, d), s * s, dtype=F64, device=DEV)
+            sub_w, a * y[top[i]], torch.full((k, d), s * s, dtype=F64, device=DEVICE)
         )
         close(s_k[i : i + 1], sub.score(x[i : i + 1]))
     close(
@@ -131,10 +129,12 @@ def test_memorisation_and_smoothing():
     """At small noise the empirical denoiser returns the data point x_t came from (memorisation);
     the KDE's (bandwidth h >> sigma_t) keeps most of x_t / alpha_t - y_j: it makes new points."""
     process, d, t = VP(), 2, 0.01
-    grid = torch.arange(7, dtype=F64, device=DEV)
+    grid = torch.arange(7, dtype=F64, device=DEVICE)
     y = torch.cartesian_prod(grid, grid)  # 49 points at spacing 1 >> sigma_t
     a, s = float(process.alpha(t)), float(process.sigma(t))
-    x = a * y + s * torch.randn(49, d, generator=gen(1), dtype=F64, device=DEV)  # x_t | x_0 = y_j
+    x = a * y + s * torch.randn(
+        49, d, generator=seeded_generator(1, DEVICE), dtype=F64, device=DEVICE
+    )  # x_t | x_0 = y_j
     close(EmpiricalScore(y, process).posterior_mean(x, t), y, tol=1e-10)  # noise s ≈ 0.045
     x0_hat = EmpiricalScore(y, process, bandwidth=0.2).posterior_mean(x, t)
     kept = (x0_hat - y).norm(dim=1) / (x / a - y).norm(dim=1)
@@ -144,7 +144,7 @@ def test_memorisation_and_smoothing():
 def test_float32_device_dtype_and_errors():
     y, log_w = data(100, 2)
     model32 = EmpiricalScore(y.float(), VP(), log_weights=log_w)
-    x = torch.randn(7, 2, generator=gen(0), dtype=F64, device=DEV)
+    x = torch.randn(7, 2, generator=seeded_generator(0, DEVICE), dtype=F64, device=DEVICE)
     s32, lp32 = model32.score_and_log_density(x.float(), 0.5)
     assert s32.dtype == torch.float32 and lp32.dtype == F64
     s64, lp64 = EmpiricalScore(y, VP(), log_weights=log_w).score_and_log_density(x, 0.5)
@@ -156,7 +156,9 @@ def test_float32_device_dtype_and_errors():
     with pytest.raises(SMCDiffError, match="x has shape"):
         model32.score(x[:, :1].float(), 0.5)
     with pytest.raises(SMCDiffError, match="log_weights"):
-        EmpiricalScore(y, VP(), log_weights=torch.full((100,), float("nan"), dtype=F64, device=DEV))
+        EmpiricalScore(
+            y, VP(), log_weights=torch.full((100,), float("nan"), dtype=F64, device=DEVICE)
+        )
     with pytest.raises(SMCDiffError, match="log_weights has shape"):
         EmpiricalScore(y, VP(), log_weights=log_w[:-1])
     with pytest.raises(SMCDiffError, match="variance"):
@@ -176,7 +178,7 @@ def test_event_shaped_samples_are_the_flat_score_reshaped(kw):
     """Samples (J, 2, 3) and x (N, 2, 3): the maths is per coordinate, so score, log density and
     posterior mean are those of the flattened (J, 6) set, in x's shape; one float time."""
     y, log_w = data(40, 6)
-    x = torch.randn(5, 6, generator=gen(3), dtype=F64, device=DEV)
+    x = torch.randn(5, 6, generator=seeded_generator(3, DEVICE), dtype=F64, device=DEVICE)
     flat = EmpiricalScore(y, VP(), log_weights=log_w, **kw)
     shaped = EmpiricalScore(y.reshape(40, 2, 3), VP(), log_weights=log_w, **kw)
     assert shaped.scalar_time is True and shaped.event_shape == (2, 3) and shaped.dim == 6

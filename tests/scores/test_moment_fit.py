@@ -2,7 +2,6 @@
 
 import itertools
 import math
-import os
 
 import pytest
 import torch
@@ -20,14 +19,11 @@ from smcdiff.scores.moment_fit import (
     moment_fit_score,
 )
 from smcdiff.scores.rdmc import RDMCScore
+from smcdiff.seeding import seeded_generator
 from tests.scores.estimator_targets import rmse
+from tests.stats import DEVICE, assert_proportions, assert_within
 
 F64 = torch.float64
-DEV = torch.device(os.environ.get("SMCDIFF_TEST_DEVICE", "cpu"))
-
-
-def gen(seed):
-    return torch.Generator(DEV).manual_seed(seed)
 
 
 def separated_mixture(d=2):
@@ -35,14 +31,14 @@ def separated_mixture(d=2):
     covs = torch.tensor(
         [[[1.0, 0.3], [0.3, 0.5]], [[0.6, -0.2], [-0.2, 0.8]], [[0.4, 0.0], [0.0, 1.2]]], dtype=F64
     )
-    return GaussianMixture([0.2, 0.3, 0.5], means, covs).to(DEV)
+    return GaussianMixture([0.2, 0.3, 0.5], means, covs).to(DEVICE)
 
 
 def test_fit_gaussian_is_the_weighted_moments():
-    y = torch.randn(500, 3, generator=gen(0), dtype=F64, device=DEV) * torch.tensor(
-        [1.0, 2.0, 0.5], device=DEV
-    )
-    log_w = torch.randn(500, generator=gen(1), dtype=F64, device=DEV)
+    y = torch.randn(
+        500, 3, generator=seeded_generator(0, DEVICE), dtype=F64, device=DEVICE
+    ) * torch.tensor([1.0, 2.0, 0.5], device=DEVICE)
+    log_w = torch.randn(500, generator=seeded_generator(1, DEVICE), dtype=F64, device=DEVICE)
     w = torch.softmax(log_w, 0)
     mu = (w[:, None] * y).sum(0)
     cov = sum(w[j] * torch.outer(y[j] - mu, y[j] - mu) for j in range(500))  # direct, per sample
@@ -50,7 +46,7 @@ def test_fit_gaussian_is_the_weighted_moments():
     assert fit.n_components == 1 and fit.dtype == F64
     torch.testing.assert_close(fit.means[0], mu, rtol=0, atol=1e-12)
     torch.testing.assert_close(
-        fit.covs[0], cov + 1e-3 * torch.eye(3, dtype=F64, device=DEV), rtol=0, atol=1e-12
+        fit.covs[0], cov + 1e-3 * torch.eye(3, dtype=F64, device=DEVICE), rtol=0, atol=1e-12
     )
     uniform = fit_gaussian(y.float(), reg=0.0)
     assert uniform.dtype == torch.float32
@@ -61,17 +57,17 @@ def test_importance_weighted_gaussian_fit_recovers_the_target():
     """Samples of q = N(0, 3² I), log w = log π - log q: the weighted moments are consistent for
     π's mean and covariance (within 5 standard errors from the ESS)."""
     pi = separated_mixture()
-    q = Gaussian(torch.zeros(2, dtype=F64), 9.0 * torch.ones(2, dtype=F64)).to(DEV)
-    y = q.sample(200_000, gen(2))
+    q = Gaussian(torch.zeros(2, dtype=F64), 9.0 * torch.ones(2, dtype=F64)).to(DEVICE)
+    y = q.sample(200_000, seeded_generator(2, DEVICE))
     log_w = pi.log_prob(y) - q.log_prob(y)
     fit = fit_gaussian(y, log_w, reg=0.0)
     w = torch.softmax(log_w, 0)
     ess = float(1 / w.square().sum())
     cov = pi.covariance()
     se_mean = (cov.diagonal() / ess).sqrt()
-    assert bool(((fit.means[0] - pi.mean()).abs() < 5 * se_mean).all())
+    assert_within(fit.means[0], pi.mean(), se_mean, what="weighted mean")
     se_var = (2 * cov.diagonal().square() / ess).sqrt() * 3  # mixture kurtosis allowance
-    assert bool(((fit.covs[0].diagonal() - cov.diagonal()).abs() < 5 * se_var).all())
+    assert_within(fit.covs[0].diagonal(), cov.diagonal(), se_var, what="weighted variance")
 
 
 def match(fit, truth):
@@ -82,18 +78,18 @@ def match(fit, truth):
 def test_em_recovers_a_separated_mixture():
     truth = separated_mixture()
     n = 20_000
-    y = truth.sample(n, gen(3))
+    y = truth.sample(n, seeded_generator(3, DEVICE))
     fit = fit_gaussian_mixture(y, None, 3, n_iter=30, seed=0)
     order = match(fit, truth)
     assert sorted(order.tolist()) == [0, 1, 2]
     w_true = truth.weights
-    se_w = (w_true * (1 - w_true) / n).sqrt()
-    assert bool(((fit.weights[order] - w_true).abs() < 5 * se_w).all())
-    se_m = (truth.covs.diagonal(dim1=-2, dim2=-1) / (n * w_true[:, None])).sqrt()
-    assert bool(((fit.means[order] - truth.means).abs() < 5 * se_m).all())
-    se_c = (2 * truth.covs.diagonal(dim1=-2, dim2=-1).square() / (n * w_true[:, None])).sqrt()
+    assert_proportions(fit.weights[order], w_true, n, what="component weights")
+    var = truth.covs.diagonal(dim1=-2, dim2=-1)  # (3, d); component k holds ~n w_k draws
+    se_m = (var / (n * w_true[:, None])).sqrt()
+    assert_within(fit.means[order], truth.means, se_m, what="component means")
+    se_c = (2 * var.square() / (n * w_true[:, None])).sqrt()
     got_c = fit.covs[order].diagonal(dim1=-2, dim2=-1)
-    assert bool(((got_c - truth.covs.diagonal(dim1=-2, dim2=-1)).abs() < 5 * se_c).all())
+    assert_within(got_c, var, se_c, what="component variances")
     # EM does not decrease the (weighted) log-likelihood
     ll = [
         float(fit_gaussian_mixture(y, None, 3, n_iter=k, seed=0).log_prob(y).mean())
@@ -104,8 +100,8 @@ def test_em_recovers_a_separated_mixture():
 
 def test_weighted_em_equals_em_on_replicated_samples():
     """Integer weights act as repetitions: weights (1, 2, 3, ...) = the sample repeated."""
-    y = separated_mixture().sample(300, gen(4))
-    reps = torch.arange(300, device=DEV) % 3 + 1
+    y = separated_mixture().sample(300, seeded_generator(4, DEVICE))
+    reps = torch.arange(300, device=DEVICE) % 3 + 1
     weighted = fit_gaussian_mixture(y, reps.double().log(), 3, n_iter=10, seed=1)
     repeated = fit_gaussian_mixture(y.repeat_interleave(reps, 0), None, 3, n_iter=10, seed=1)
     # same start: the seeding differs in the draws, so align by the fitted means and compare the
@@ -116,18 +112,18 @@ def test_weighted_em_equals_em_on_replicated_samples():
 
 
 def test_seeded_determinism_and_errors():
-    y = separated_mixture().sample(1000, gen(5))
+    y = separated_mixture().sample(1000, seeded_generator(5, DEVICE))
     a = fit_gaussian_mixture(y, None, 3, n_iter=3, seed=7)
-    b = fit_gaussian_mixture(y, None, 3, n_iter=3, generator=gen(7))
+    b = fit_gaussian_mixture(y, None, 3, n_iter=3, generator=seeded_generator(7, DEVICE))
     torch.testing.assert_close(a.means, b.means, rtol=0, atol=0)
     with pytest.raises(SMCDiffError, match="log_weights"):
-        fit_gaussian(y, torch.full((1000,), float("nan"), dtype=F64, device=DEV))
+        fit_gaussian(y, torch.full((1000,), float("nan"), dtype=F64, device=DEVICE))
     with pytest.raises(SMCDiffError, match="log_weights"):
-        fit_gaussian(y, torch.full((1000,), -math.inf, dtype=F64, device=DEV))
+        fit_gaussian(y, torch.full((1000,), -math.inf, dtype=F64, device=DEVICE))
     with pytest.raises(SMCDiffError, match="samples has shape"):
         fit_gaussian(y[0])
     with pytest.raises(SMCDiffError, match="non-finite"):
-        fit_gaussian(torch.full((5, 2), math.nan, dtype=F64, device=DEV))
+        fit_gaussian(torch.full((5, 2), math.nan, dtype=F64, device=DEVICE))
     with pytest.raises(SMCDiffError, match="cannot seed"):
         fit_gaussian_mixture(y[:2], None, 3)
     with pytest.raises(SMCDiffError, match="n_components"):
@@ -140,12 +136,14 @@ def test_gaussian_fit_score_is_accurate_at_high_noise_only():
     is large at low noise."""
     truth = separated_mixture()
     process = VP()
-    fit = exact_score(Gaussian(truth.mean().double(), truth.covariance().double()).to(DEV), process)
+    fit = exact_score(
+        Gaussian(truth.mean().double(), truth.covariance().double()).to(DEVICE), process
+    )
     exact = exact_score(truth, process)
     rel = {}
     for ratio in (0.3, 3.0, 10.0, 30.0):
         t = float(process.t_from_log_snr(torch.tensor(-2 * math.log(ratio))))
-        x = exact.sample_marginal(2000, t, gen(6))
+        x = exact.sample_marginal(2000, t, seeded_generator(6, DEVICE))
         s_true = exact.score(x, t)
         rel[ratio] = rmse(fit.score(x, t), s_true) / float(s_true.square().mean().sqrt())
     assert rel[0.3] > 0.3
@@ -157,12 +155,12 @@ def test_gaussian_fit_score_is_accurate_at_high_noise_only():
 def test_moment_fit_score_and_blend():
     truth = separated_mixture()
     process = VE(sigma_max=20.0)
-    y = truth.sample(4000, gen(7))
+    y = truth.sample(4000, seeded_generator(7, DEVICE))
     fit = moment_fit_score(y, process, None, 3, n_iter=20, seed=0)
     assert isinstance(fit, ExactScore) and fit.process is process
     low = RDMCScore(truth, process, 32, seed=0)
     blend = moment_fit_blend(low, y, noise_threshold=2.0, n_components=3, seed=0)
-    x = torch.randn(6, 2, generator=gen(8), dtype=F64, device=DEV)
+    x = torch.randn(6, 2, generator=seeded_generator(8, DEVICE), dtype=F64, device=DEVICE)
     t_low = float(torch.log(torch.tensor(1.0 / 0.01)) / math.log(20.0 / 0.01))  # sigma = 1
     t_high = float(torch.log(torch.tensor(5.0 / 0.01)) / math.log(20.0 / 0.01))  # sigma = 5
     assert blend.model_at(t_low) is low and blend.model_at(t_high) is blend.high_noise
