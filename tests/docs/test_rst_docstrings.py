@@ -37,3 +37,15 @@ def test_literal_block_markers():
 
 def test_double_backticks_are_kept():
     assert convert("``steer(model)``") == "``steer(model)``"
+
+
+def test_simple_table_becomes_a_markdown_table():
+    border = "=== ========="
+    rows = ["name config", border, "fk  :class:`~a.FKConfig`", "x   two words", border]
+    text = "\n".join(["Methods", "", border, *rows, "", "after"])
+    table = ["| name | config |", "| --- | --- |", "| fk | ``FKConfig`` |", "| x | two words |"]
+    assert convert(text) == "\n".join(["Methods", "", *table, "", "", "after"])
+
+
+def test_a_lone_border_line_is_not_a_table():
+    assert convert("a\n=== ===\nb") == "a\n=== ===\nb"
