@@ -19,7 +19,7 @@ __all__ = ["SMCResult"]
 class SMCResult:
     r"""Weighted particles and the run's record.
 
-    Shapes (single run): ``particles`` ``(N, d)``; ``log_weights`` ``(N,)`` normalised, float64;
+    Shapes (single run): ``particles`` ``(N, *event_shape)``; ``log_weights`` ``(N,)`` normalised, float64;
     ``log_z`` scalar float64: the estimate of :math:`\log \mathbb E_{p}[e^{\phi}]` (log normaliser of the
     tilt relative to the prior, or the evidence :math:`\log p(y)`). With ``n_runs = R`` independent
     runs every quantity gets a leading ``R`` (``particles`` ``(R, N, d)``, ``log_z`` ``(R,)``).

@@ -20,6 +20,10 @@ LOG_POTENTIAL = "log-potential (incremental log-weight)"
 
 
 class FiniteGuard:
+    """Invalid-particle counts per step and quantity, kept on the device; :meth:`raise_if_bad`
+    reads the rows recorded since the last check in one transfer and raises for the first bad
+    one. ``n_total``: particles in all groups (for the message); ``n_steps``: the model's K."""
+
     def __init__(self, n_total: int, n_steps: int):
         self.n_total = n_total
         self.n_steps = n_steps

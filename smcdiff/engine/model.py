@@ -64,11 +64,14 @@ class FeynmanKacModel:
     times: Sequence[float] | None = None
 
     def init(self, n: int, generator: torch.Generator) -> StepOutput:
+        """Step 0: ``n`` particles from :math:`M_0` and their :math:`\\log G_0` ``(n,)``."""
         raise NotImplementedError
 
     def step(
         self, k: int, state: ParticleState, generator: torch.Generator, log_weights: torch.Tensor
     ) -> StepOutput:
+        """Step ``k``: move ``state`` by :math:`M_k` and return :math:`\\log G_k` ``(G*N,)``;
+        ``log_weights`` ``(G, N)`` are the normalised weights the step starts from."""
         raise NotImplementedError
 
     def refresh(self, k: int, state: ParticleState) -> tuple[ParticleState, int]:

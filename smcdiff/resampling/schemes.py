@@ -226,5 +226,5 @@ def get_scheme(scheme: str | Scheme) -> Scheme:
         return SCHEMES[scheme]
     raise SMCDiffError(
         f"unknown resampling scheme {scheme!r}; valid names: {', '.join(sorted(SCHEMES))} "
-        "(or a callable log_w, n, *, generator -> ancestors)"
+        "(or a callable scheme(log_w, n=None, *, generator) -> ancestors: the engine calls it as scheme(log_w, generator=g) for N offspring)"
     )

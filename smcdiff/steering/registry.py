@@ -57,7 +57,7 @@ WHERE = "steer"
 class CommonConfig:
     r"""Options every :func:`~smcdiff.steer` method takes, checked and resolved once.
 
-    ``reward`` / ``log_likelihood``: callables ``x0 (N, d) -> (N,)``; the tilt is
+    ``reward`` / ``log_likelihood``: callables ``x0 (N, *event_shape) -> (N,)``; the tilt is
     :math:`\phi = \beta r + \log p(y\mid x)` (``beta=None`` means 1). ``n_steps`` steps on the
     ``grid`` (see :func:`smcdiff.time_grid`) from ``t_max`` to ``t_min``. Resampling: the
     ``resampling`` scheme (``None``: ``"systematic"``), decided by ``policy`` (a
@@ -99,7 +99,9 @@ class CommonConfig:
         for name in ("reward", "log_likelihood"):
             fn = getattr(self, name)
             if fn is not None and not callable(fn):
-                raise SMCDiffError(f"{WHERE}: {name} must be a callable x0 (N, d) -> (N,)")
+                raise SMCDiffError(
+                    f"{WHERE}: {name} must be a callable x0 (N, *event_shape) -> (N,)"
+                )
         self._set("beta", check_number("beta", self.beta, where=WHERE, allow_none=True))
 
     def _check_run(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 import smcdiff.steering.methods  # noqa: F401  (registers the built-in methods)
+from smcdiff.engine.collectors import degeneracy_collectors
 from smcdiff.engine.smc import run_smc
 from smcdiff.resampling.policies import ResamplingPolicy
 from smcdiff.result import SMCResult
@@ -56,7 +57,7 @@ def steer(
 ) -> SMCResult:
     r"""Sample :math:`\pi(x) \propto p(x)\, e^{\beta r(x)}\, p(y \mid x)` from a diffusion prior ``model``.
 
-    ``reward`` and ``log_likelihood`` map ``x0`` of shape ``(N, d)`` to ``(N,)`` (either or both;
+    ``reward`` and ``log_likelihood`` map ``x0`` of shape ``(N, *event_shape)`` to ``(N,)`` (either or both;
     they need not be differentiable unless a guided proposal or guidance uses their gradient);
     ``-inf`` is a legal value (a hard constraint), NaN is an error. ``beta`` (default 1) scales
     the reward.
@@ -156,6 +157,7 @@ def run_plan(plan: MethodPlan, common: CommonConfig, *, weighted: bool = True) -
         resampling=common.resampling_scheme, policy=common.resampling_policy(weighted),
         corrector=plan.corrector, init_corrector=plan.init_corrector, generator=gen,
         check_every=common.check_every, progress=common.progress,
+        collectors=degeneracy_collectors(),
     )  # fmt: skip
     if common.device.type == "cuda":
         torch.cuda.synchronize(common.device)
