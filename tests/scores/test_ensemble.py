@@ -14,27 +14,11 @@ from smcdiff.scores.empirical import EmpiricalScore
 from smcdiff.scores.ensemble import EnsembleScore, FollmerDrift, SchrodingerFollmer
 from smcdiff.seeding import seeded_generator
 from smcdiff.target import as_target
-from tests.scores.estimator_targets import rmse
+from tests.scores.estimator_targets import gauss, mix, rmse
 from tests.stats import DEVICE, assert_unbiased
 
 F64 = torch.float64
 SF = SchrodingerFollmer()
-
-
-def gauss(d, k=1.0):
-    g = torch.Generator().manual_seed(100 + d)
-    a = torch.randn(d, d, generator=g, dtype=F64) / math.sqrt(d)
-    cov = a @ a.T + 0.5 * torch.eye(d, dtype=F64)
-    return Gaussian(k * torch.randn(d, generator=g, dtype=F64), k * k * cov).to(DEVICE)
-
-
-def mix(d, k=1.0):
-    """3 components; ``k`` scales the whole law (k < 1 keeps f = π / N(0, I) light-tailed)."""
-    g = torch.Generator().manual_seed(d)
-    a = torch.randn(3, d, d, generator=g, dtype=F64) / math.sqrt(d)
-    covs = a @ a.transpose(-1, -2) + 0.2 * torch.eye(d, dtype=F64)
-    means = 2.0 * torch.randn(3, d, generator=g, dtype=F64)
-    return GaussianMixture([0.2, 0.3, 0.5], k * means, k * k * covs).to(DEVICE)
 
 
 def test_schrodinger_follmer_process():
