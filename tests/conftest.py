@@ -7,16 +7,10 @@ CI runs everything.
 """
 
 import math
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
-
-# the repository root on sys.path, so that ``from tests.stats import ...`` works under a bare
-# ``pytest`` as under ``python -m pytest`` (which puts the working directory there)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import smcdiff
 from tests.stats import DEVICE
