@@ -21,9 +21,10 @@ from smcdiff.engine import (
     StepInfo,
     StepOutput,
     WeightedMoments,
+    WeightTails,
     run_smc,
 )
-from smcdiff.errors import DegenerateWeightsError, NonFiniteError, SMCDiffError
+from smcdiff.errors import DegeneracyWarning, DegenerateWeightsError, NonFiniteError, SMCDiffError
 from smcdiff.processes import VE, VP, Flow, NoiseProcess, time_grid
 from smcdiff.result import SMCResult
 from smcdiff.scores import GeometricScore, ScoreModel, anneal, cfg, exact_score, product
@@ -49,6 +50,7 @@ __all__ = [
     "VE",
     "VP",
     "Collector",
+    "DegeneracyWarning",
     "DegenerateWeightsError",
     "FeynmanKacModel",
     "Flow",
@@ -68,6 +70,7 @@ __all__ = [
     "StepInfo",
     "StepOutput",
     "Target",
+    "WeightTails",
     "WeightedMoments",
     "anneal",
     "as_target",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DegenerateWeightsError", "NonFiniteError", "SMCDiffError"]
+__all__ = ["DegeneracyWarning", "DegenerateWeightsError", "NonFiniteError", "SMCDiffError"]
 
 
 class SMCDiffError(ValueError):
@@ -33,3 +33,10 @@ class NonFiniteError(SMCDiffError, FloatingPointError):
 
 class DegenerateWeightsError(NonFiniteError):
     """Every particle of a group has weight zero (all log-weights are -inf)."""
+
+
+class DegeneracyWarning(UserWarning):
+    """The weights of a run degenerated (a tiny minimum ESS, a few surviving lineages or
+    heavy-tailed weights at some step), so its ``log_z`` and weighted estimates are unreliable
+    even if the final ESS looks healthy. The message names the step and the numbers;
+    ``result.diagnose()`` prints the whole report (:mod:`smcdiff.diagnostics.degeneracy`)."""

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from smcdiff.engine.result import SMCRun
+from smcdiff.errors import NonFiniteError
 from smcdiff.resampling import get_scheme
 from smcdiff.weights import ess as ess_fn
 
@@ -57,6 +58,25 @@ class SMCResult:
             }
         return cls(x, lw, lz, trace, info, collected=run.collected)
 
+    @staticmethod
+    def wrap_partial(
+        err: NonFiniteError, *, grouped: bool, info: dict[str, Any], has_log_z: bool = True
+    ) -> None:
+        """Replace an engine error's ``partial`` (an :class:`SMCRun` up to the last good step) by
+        its :class:`SMCResult`, in place, so that ``err.partial.ess``, ``.resample()``,
+        ``.to_arviz()`` and ``.diagnose()`` work; the front doors call this and re-raise ``err``."""
+        if isinstance(err.partial, SMCRun):
+            info = {**info, "completed_steps": err.partial.completed_steps, "failed": str(err)}
+            err.partial = SMCResult.from_run(
+                err.partial, grouped=grouped, info=info, has_log_z=has_log_z
+            )
+
+    @property
+    def completed_steps(self) -> int:
+        """The last step the run completed (K for a finished run; fewer for an error's
+        ``partial``)."""
+        return int(self.ess.shape[0]) - 1
+
     @property
     def weights(self) -> torch.Tensor:
         """Normalised weights, same shape as ``log_weights``."""
@@ -70,6 +90,21 @@ class SMCResult:
     @property
     def final_ess(self) -> torch.Tensor:
         return ess_fn(self.log_weights)
+
+    @property
+    def min_ess(self) -> torch.Tensor:
+        """The smallest ESS over the run's steps, a 0-d tensor (or ``(R,)``): where a run
+        collapsed, the final ESS can look healthy while this does not (see :meth:`diagnose`)."""
+        return self.ess.nan_to_num(nan=math.inf).min(0).values
+
+    def diagnose(self):
+        """The run's weight-degeneracy report
+        (:class:`~smcdiff.diagnostics.degeneracy.DegeneracyReport`): minimum ESS, distinct
+        ancestors, per-step Pareto k; ``print(result.diagnose())`` says what collapsed, where,
+        and what to try; ``.ok`` is ``False`` when a front door would warn."""
+        from smcdiff.diagnostics.degeneracy import degeneracy_report
+
+        return degeneracy_report(self)
 
     @property
     def n_particles(self) -> int:
@@ -108,8 +143,15 @@ class SMCResult:
         lz_s = f"{float(lz):.4f}" if lz.dim() == 0 else f"{lz.tolist()}"
         return (
             f"SMCResult(method={self.info.get('method')!r}, particles={tuple(self.particles.shape)}, "
-            f"log_z={lz_s}, final_ess={self.final_ess.mean().item():.1f}, {self._cost()})"
+            f"log_z={lz_s}, final_ess={self.final_ess.mean().item():.1f}, "
+            f"min_ess={self._min_ess()}, {self._cost()})"
         )
+
+    def _min_ess(self) -> str:
+        """The minimum ESS and its step (the smallest over the runs of a grouped result)."""
+        ess = self.ess.nan_to_num(nan=math.inf).reshape(self.ess.shape[0], -1)
+        step = int(ess.min(1).values.argmin())
+        return f"{float(ess.min()):.1f} (step {step})"
 
     def _cost(self) -> str:
         """Network evaluations (steering) or target evaluations (energy targets)."""

@@ -34,6 +34,7 @@ import torch
 from smcdiff.diffusion_fk import build_diffusion_fk
 from smcdiff.energy.options import DiffusionOptions, RunSettings
 from smcdiff.energy.reference import reference_tensors
+from smcdiff.engine.collectors import degeneracy_collectors
 from smcdiff.engine.smc import run_smc
 from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.corrector import mcmc_corrector
@@ -112,6 +113,7 @@ def run_diffusion(settings: RunSettings, options: DiffusionOptions, *, weighted:
         generator=s.generator,
         check_every=s.check_every,
         progress=s.progress,
+        collectors=degeneracy_collectors(),
     )
     y = run.state["x"]
     n_moves = o.final_moves if o.final_moves is not None else (10 if weighted else 0)

@@ -21,7 +21,7 @@ from smcdiff.energy.chains import run_mcmc
 from smcdiff.energy.diffusion import run_diffusion
 from smcdiff.energy.options import DiffusionOptions, MCMCOptions, RunSettings, TemperedOptions
 from smcdiff.energy.tempered import run_tempered
-from smcdiff.errors import SMCDiffError
+from smcdiff.errors import NonFiniteError, SMCDiffError
 from smcdiff.mcmc.registry import KERNELS, get_kernel, kernel_name, kernel_parameters
 from smcdiff.resampling import get_scheme
 from smcdiff.result import SMCResult
@@ -130,7 +130,13 @@ def sample(
         ess_threshold=ess_threshold, check_every=check_every, progress=progress,
     )  # fmt: skip
     t0 = time.perf_counter()
-    result = SAMPLE_METHODS[method].run(settings, opts)
+    try:
+        result = SAMPLE_METHODS[method].run(settings, opts)
+    except NonFiniteError as err:  # its partial run becomes an SMCResult
+        info = {"method": method, "seed": seed, "device": str(settings.device)}
+        weighted = getattr(SAMPLE_METHODS[method].run, "keywords", {}).get("weighted", True)
+        SMCResult.wrap_partial(err, grouped=settings.grouped, info=info, has_log_z=weighted)
+        raise
     if settings.device.type == "cuda":
         torch.cuda.synchronize(settings.device)
     result.info = {
@@ -142,6 +148,7 @@ def sample(
         "wall_time_s": time.perf_counter() - t0,
     }
     result.target = target
+    result.diagnose().warn(stacklevel=2)
     return result
 
 

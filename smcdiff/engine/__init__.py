@@ -1,6 +1,6 @@
 """The Feynman–Kac model base class, the step API and the SMC loop that runs every sampler."""
 
-from smcdiff.engine.collectors import Collector, Genealogy, Trace, WeightedMoments
+from smcdiff.engine.collectors import Collector, Genealogy, Trace, WeightedMoments, WeightTails
 from smcdiff.engine.model import FeynmanKacModel, ParticleState, StepOutput
 from smcdiff.engine.resampler import LocalResampler, Resampler, as_resampler
 from smcdiff.engine.result import SMCRun
@@ -21,6 +21,7 @@ __all__ = [
     "StepInfo",
     "StepOutput",
     "Trace",
+    "WeightTails",
     "WeightedMoments",
     "as_resampler",
     "run_smc",

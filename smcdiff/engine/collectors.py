@@ -6,8 +6,9 @@ each record in ``SMCRun.collected[collector.name]``. Collectors keep device tens
 host once, in ``result()``, so they add no host-device sync inside a step.
 
 Built in: :class:`Trace` (the engine's own per-step trace), :class:`Genealogy` (distinct
-ancestors, optionally the whole ancestry) and :class:`WeightedMoments` (weighted means of a
-function of the particles).
+ancestors, optionally the whole ancestry), :class:`WeightedMoments` (weighted means of a
+function of the particles) and :class:`WeightTails` (the largest log-weights of every step, all
+that a per-step PSIS Pareto-:math:`\hat k` needs).
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ import torch
 
 from smcdiff.engine.state import SMCState, StepInfo
 
-__all__ = ["Collector", "Genealogy", "Trace", "WeightedMoments"]
+__all__ = [
+    "Collector",
+    "Genealogy",
+    "Trace",
+    "WeightTails",
+    "WeightedMoments",
+    "degeneracy_collectors",
+    "psis_tail_size",
+]
 
 
 class Collector:
@@ -128,3 +137,44 @@ class WeightedMoments(Collector):
 
     def result(self) -> torch.Tensor:
         return torch.stack(self.values).cpu()
+
+
+def psis_tail_size(n: int) -> int:
+    r"""The number of largest weights PSIS fits for ``n`` draws:
+    :math:`\lceil\min(n/5, 3\sqrt n)\rceil` (ArviZ 0.x; 1.x takes the floor, never more)."""
+    return math.ceil(min(0.2 * n, 3.0 * math.sqrt(n)))
+
+
+class WeightTails(Collector):
+    r"""The ``m`` largest normalised log-weights of every group after every step, ``(K+1, G, m)``.
+
+    The weights after step k are :math:`W_{k-1}^i G_k^i` normalised, the importance weights of
+    step k's log-Z increment; PSIS fits a generalised Pareto tail to the largest
+    :func:`psis_tail_size` of them and compares with the next one, so ``m`` = that size + 1
+    (default) is all a per-step Pareto-:math:`\hat k` needs, whatever N: memory ``(K+1) G m``
+    floats with :math:`m \le 3\sqrt N + 2`, one ``topk`` per step on the device, no sync.
+    Result: ``{"top": (K+1, G, m) float64 (descending), "n_particles": N}``.
+    """
+
+    name = "weight_tails"
+
+    def __init__(self, size: int | None = None):
+        self.size = size
+        self.top: list[torch.Tensor] = []
+        self.n_particles = 0
+
+    def collect(self, state: SMCState, info: StepInfo) -> None:
+        N = state.log_weights.shape[-1]
+        self.n_particles = N
+        m = min(N, self.size if self.size is not None else psis_tail_size(N) + 1)
+        self.top.append(torch.topk(state.log_weights, m, dim=-1).values)
+
+    def result(self) -> dict[str, Any]:
+        return {"top": torch.stack(self.top).cpu().double(), "n_particles": self.n_particles}
+
+
+def degeneracy_collectors() -> list[Collector]:
+    r"""The collectors every front door attaches: :class:`Genealogy` (distinct ancestors, one
+    scatter per step) and :class:`WeightTails` (per-step Pareto-:math:`\hat k`); what
+    :meth:`smcdiff.SMCResult.diagnose` reads."""
+    return [Genealogy(), WeightTails()]

@@ -18,6 +18,7 @@ import torch
 import smcdiff.steering.methods  # noqa: F401  (registers the built-in methods)
 from smcdiff.engine.collectors import degeneracy_collectors
 from smcdiff.engine.smc import run_smc
+from smcdiff.errors import NonFiniteError
 from smcdiff.resampling.policies import ResamplingPolicy
 from smcdiff.result import SMCResult
 from smcdiff.scores.base import ScoreModel
@@ -152,13 +153,19 @@ def run_plan(plan: MethodPlan, common: CommonConfig, *, weighted: bool = True) -
     and wall time; ``weighted=False``: ``log_z`` is NaN (no estimate) and nothing is resampled."""
     gen, seed = make_generator(common.seed, common.device)
     t0 = time.perf_counter()
-    run = run_smc(
-        plan.model, common.n_particles, n_groups=common.n_runs or 1,
-        resampling=common.resampling_scheme, policy=common.resampling_policy(weighted),
-        corrector=plan.corrector, init_corrector=plan.init_corrector, generator=gen,
-        check_every=common.check_every, progress=common.progress,
-        collectors=degeneracy_collectors(),
-    )  # fmt: skip
+    try:
+        run = run_smc(
+            plan.model, common.n_particles, n_groups=common.n_runs or 1,
+            resampling=common.resampling_scheme, policy=common.resampling_policy(weighted),
+            corrector=plan.corrector, init_corrector=plan.init_corrector, generator=gen,
+            check_every=common.check_every, progress=common.progress,
+            collectors=degeneracy_collectors(),
+        )  # fmt: skip
+    except NonFiniteError as err:  # its partial run becomes an SMCResult
+        info = {"method": common.method, **plan.settings, "seed": seed}
+        SMCResult.wrap_partial(err, grouped=common.n_runs is not None, info=info,
+                               has_log_z=weighted)  # fmt: skip
+        raise
     if common.device.type == "cuda":
         torch.cuda.synchronize(common.device)
     scheme = common.resampling_scheme
@@ -177,8 +184,10 @@ def run_plan(plan: MethodPlan, common: CommonConfig, *, weighted: bool = True) -
     if weighted:
         info.update(_resampling_info(common, scheme))
     info["n_resampled"] = int(run.trace["resampled"].sum())
-    return SMCResult.from_run(run, grouped=common.n_runs is not None, info=info,
-                              has_log_z=weighted)  # fmt: skip
+    result = SMCResult.from_run(run, grouped=common.n_runs is not None, info=info,
+                                has_log_z=weighted)  # fmt: skip
+    result.diagnose().warn(stacklevel=3)
+    return result
 
 
 def _resampling_info(common: CommonConfig, scheme: str | Callable) -> dict[str, Any]:

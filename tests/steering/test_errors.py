@@ -35,7 +35,7 @@ def test_nan_tilt_names_the_quantity_and_step_and_keeps_the_last_good_state(mode
         smcdiff.steer(model, **{tilt: nan_from_call(5)}, n_particles=100, n_steps=10, seed=0)
     assert e.value.quantity == tilt and e.value.step == 5
     partial = e.value.partial
-    assert partial.completed_steps == 4 and torch.isfinite(partial.state["x"]).all()
+    assert partial.completed_steps == 4 and torch.isfinite(partial.particles).all()
 
 
 def test_plus_inf_reward_is_an_error_but_minus_inf_is_a_zero_weight(model):
