@@ -84,7 +84,10 @@ class SMCResult:
 
     @property
     def ess(self) -> torch.Tensor:
-        """ESS after reweighting at every step, ``(K+1,)`` (or ``(K+1, R)``)."""
+        """ESS after reweighting at every step, ``(K+1,)`` (or ``(K+1, R)``); a result built
+        without a trace has one step, its final ESS."""
+        if "ess" not in self.trace:
+            return self.final_ess.unsqueeze(0).cpu()
         return self.trace["ess"]
 
     @property
@@ -128,15 +131,21 @@ class SMCResult:
 
         return pareto_k(self.log_weights)
 
-    def to_arviz(self, seed: int | None = 0):
+    def to_arviz(self, seed: int | None = 0, n_draws: int | None = None):
         """ArviZ ``InferenceData``; see :func:`smcdiff.diagnostics.arviz.to_inference_data`.
-        For a Pyro target the ``posterior`` group holds the model's constrained sites."""
-        from smcdiff.diagnostics.arviz import to_inference_data
+        The ``posterior`` holds ``n_draws`` equal-weight draws per run (default: the minimum ESS
+        of the run, so ArviZ's ESS cannot exceed it); ``smc_diagnostics`` the per-step
+        degeneracy diagnostics. For a Pyro target the ``posterior`` group holds the model's
+        constrained sites."""
+        from smcdiff.diagnostics.arviz import honest_draws, to_inference_data
 
+        n_draws = honest_draws(self) if n_draws is None else n_draws
         post = None
         if callable(getattr(self.target, "posterior_dataset", None)):
-            post = self.target.posterior_dataset(self.particles, self.log_weights, seed=seed or 0)
-        return to_inference_data(self, seed=seed, posterior=post)
+            post = self.target.posterior_dataset(
+                self.particles, self.log_weights, n_draws=n_draws, seed=seed or 0
+            )
+        return to_inference_data(self, seed=seed, posterior=post, n_draws=n_draws)
 
     def __repr__(self) -> str:
         lz = self.log_z

@@ -13,12 +13,20 @@ only the container differs, and that choice lives in :func:`_container` (with
 
 Layout (``R`` runs, 1 for a single run; ``N`` particles; event shape ``(d,)`` or ``(d0, d1, ...)``):
 
-- ``posterior``: ``x`` ``(chain=R, draw=N, x_dim_0=d, ...)``, an equal-weight resample of the
-  particles, so every ArviZ summary and plot reads it as draws from the weighted target;
+- ``posterior``: ``x`` ``(chain=R, draw=n, x_dim_0=d, ...)``, an equal-weight resample of the
+  particles, so every ArviZ summary and plot reads it as draws from the weighted target. ArviZ
+  computes its ESS from these draws and has no notion of weights, so ``n`` is the number of draws
+  the run can support: by default :func:`honest_draws`, the minimum ESS over the run's steps and
+  runs (rounded, at least 1) -- a run whose ESS fell to 2 mid-run gives 2 draws, not N draws
+  that ``az.summary`` would count as N independent ones. ``n_draws=N`` restores the old layout;
 - ``smc_particles``: the raw weighted system, ``x`` ``(chain, particle, x_dim_0, ...)``,
   ``log_weights`` ``(chain, particle)`` (normalised, float64) and ``log_z`` ``(chain,)``;
 - ``smc_trace``: every trace entry over ``step = 0..K`` with ``t`` as a coordinate on ``step``;
   per-run entries get ``(chain, step)``;
+- ``smc_diagnostics``: the per-step degeneracy diagnostics of
+  :func:`~smcdiff.diagnostics.degeneracy.degeneracy_report`, ``(chain, step)``: ``ess``,
+  ``distinct_ancestors`` and ``pareto_k`` (those the run collected), with attributes
+  ``min_ess``, ``final_ess``, ``degenerate`` (0/1) and ``problems`` (the warning's sentences);
 - ``attrs`` (on every group; on the root too for 1.x): the scalars of ``result.info``, ``log_z``
   (a float, or a list of ``R`` floats), ``n_particles``, ``n_runs`` and the creation stamp, all
   ``str`` / ``int`` / ``float`` (or lists of numbers), so the object writes to netCDF and JSON.
@@ -39,9 +47,9 @@ import xarray as xr
 if TYPE_CHECKING:
     from smcdiff.result import SMCResult
 
-__all__ = ["import_arviz", "to_inference_data", "to_numpy"]
+__all__ = ["honest_draws", "import_arviz", "to_inference_data", "to_numpy"]
 
-_SMC_GROUPS = ("smc_particles", "smc_trace")
+_SMC_GROUPS = ("smc_particles", "smc_trace", "smc_diagnostics")
 
 
 def import_arviz() -> tuple[ModuleType, int]:
@@ -60,18 +68,27 @@ def import_arviz() -> tuple[ModuleType, int]:
 
 
 def to_inference_data(
-    result: SMCResult, seed: int | None = 0, posterior: xr.Dataset | None = None
+    result: SMCResult,
+    seed: int | None = 0,
+    posterior: xr.Dataset | None = None,
+    n_draws: int | None = None,
 ) -> Any:
     """Convert ``result`` to an ArviZ object (``InferenceData`` on 0.x, ``DataTree`` on 1.x).
 
-    ``seed`` drives the systematic resample that fills ``posterior`` (``None``: fresh entropy).
-    See the module docstring for groups, dimensions and attributes.
+    ``seed`` drives the systematic resample that fills ``posterior`` (``None``: fresh entropy)
+    with ``n_draws`` draws per run (default :func:`honest_draws`). See the module docstring for
+    groups, dimensions and attributes.
     """
+    from smcdiff.diagnostics.degeneracy import degeneracy_report
+
+    report = degeneracy_report(result)
+    n_draws = honest_draws(result) if n_draws is None else int(n_draws)
     attrs = _attrs(result)
     groups = {
-        "posterior": posterior if posterior is not None else _posterior(result, seed),
+        "posterior": posterior if posterior is not None else _posterior(result, seed, n_draws),
         "smc_particles": _particles(result),
         "smc_trace": _trace(result),
+        "smc_diagnostics": _diagnostics(report, result.log_weights.dim() == 2),
     }
     for ds in groups.values():
         ds.attrs.update(attrs)
@@ -119,9 +136,15 @@ def _event_dims(event_ndim: int) -> list[str]:
     return [f"x_dim_{i}" for i in range(event_ndim)]
 
 
-def _posterior(result: SMCResult, seed: int | None) -> xr.Dataset:
+def honest_draws(result: SMCResult) -> int:
+    """The number of equal-weight draws a run supports: its minimum ESS over the steps (and the
+    runs), rounded, at least 1 (N for equally weighted results such as MCMC chains)."""
+    return max(1, round(float(result.min_ess.min())))
+
+
+def _posterior(result: SMCResult, seed: int | None, n_draws: int) -> xr.Dataset:
     grouped = result.log_weights.dim() == 2
-    x = _with_chain(to_numpy(result.resample(result.n_particles, seed=seed)), grouped)
+    x = _with_chain(to_numpy(result.resample(n_draws, seed=seed)), grouped)
     dims = ["chain", "draw", *_event_dims(x.ndim - 2)]
     return xr.Dataset(
         {"x": (dims, x)}, coords={d: np.arange(n) for d, n in zip(dims, x.shape, strict=True)}
@@ -163,6 +186,25 @@ def _trace(result: SMCResult) -> xr.Dataset:
     if n_runs is not None:
         coords["chain"] = np.arange(n_runs)
     return xr.Dataset(data, coords=coords)
+
+
+def _diagnostics(report: Any, grouped: bool) -> xr.Dataset:
+    """The per-step degeneracy diagnostics as ``(chain, step)`` variables, with the summaries."""
+    data = {}
+    for name in ("ess", "distinct_ancestors", "pareto_k"):
+        a = report.per_step.get(name)
+        if a is not None:
+            data[name] = (["chain", "step"], np.swapaxes(a, 0, 1).astype(np.float64))
+    n_steps, n_chains = report.per_step["ess"].shape
+    coords: dict[str, Any] = {"chain": np.arange(n_chains), "step": np.arange(n_steps)}
+    if "t" in report.per_step:
+        coords["t"] = ("step", np.asarray(report.per_step["t"], dtype=np.float64))
+    ds = xr.Dataset(data, coords=coords)
+    ds.attrs["min_ess"] = [float(v) for v in report.min_ess]
+    ds.attrs["final_ess"] = [float(v) for v in report.final_ess]
+    ds.attrs["degenerate"] = int(not report.ok)
+    ds.attrs["problems"] = "; ".join(report.problems)
+    return ds
 
 
 def _attrs(result: SMCResult) -> dict[str, Any]:

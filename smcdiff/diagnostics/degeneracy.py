@@ -197,7 +197,7 @@ def degeneracy_report(result: SMCResult) -> DegeneracyReport:
     """The :class:`DegeneracyReport` of ``result`` (its trace and its ``collected`` records)."""
     N = result.n_particles
     R = result.log_weights.shape[0] if result.log_weights.dim() == 2 else 1
-    ess = _columns(result.trace["ess"], R)
+    ess = _columns(result.ess, R)
     per_step = {"ess": ess}
     if "t" in result.trace:
         per_step["t"] = result.trace["t"].double().numpy()

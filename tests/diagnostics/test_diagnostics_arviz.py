@@ -20,7 +20,7 @@ def test_single_run_layout(make_result):
     res = make_result(n=300, d=3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # in particular no "custom group" warning
-        data = to_inference_data(res, seed=1)
+        data = to_inference_data(res, seed=1, n_draws=300)
 
     post = _group(data, "posterior")
     assert post["x"].dims == ("chain", "draw", "x_dim_0")
@@ -62,7 +62,7 @@ def test_single_run_layout(make_result):
 def test_grouped_runs_layout(make_result):
     R = 3
     res = make_result(n=200, d=2, runs=R)
-    data = to_inference_data(res, seed=0)
+    data = to_inference_data(res, seed=0, n_draws=200)
     post = _group(data, "posterior")
     assert post["x"].shape == (R, 200, 2)
     sp = _group(data, "smc_particles")
@@ -82,7 +82,7 @@ def test_posterior_resample_matches_weighted_mean(make_result):
     # weighted mean; systematic resampling adds at most multinomial noise, sd <= 1/sqrt(N) = 0.016.
     res = make_result(n=4000, d=2, tilt=1.0, seed=3)
     mean, _ = weighted_moments(res.particles, res.log_weights)
-    post = _group(to_inference_data(res, seed=5), "posterior")
+    post = _group(to_inference_data(res, seed=5, n_draws=4000), "posterior")
     draws = post["x"].values.reshape(-1, 2)
     np.testing.assert_allclose(draws.mean(0), mean.numpy(), atol=0.06)
     assert abs(mean[0].item() - 1.0) < 0.1  # and the weighting itself is the tilt
@@ -110,7 +110,7 @@ def test_netcdf_round_trip(make_result, tmp_path):
 def test_event_shape_gets_one_dim_per_axis(make_result):
     res = make_result(n=50, d=6)
     res.particles = res.particles.reshape(50, 2, 3)
-    post = _group(to_inference_data(res), "posterior")
+    post = _group(to_inference_data(res, n_draws=50), "posterior")
     assert post["x"].dims == ("chain", "draw", "x_dim_0", "x_dim_1")
     assert post["x"].shape == (1, 50, 2, 3)
     assert torch.is_tensor(res.particles)
