@@ -24,7 +24,7 @@ from smcdiff.weights import ess as ess_fn
 if TYPE_CHECKING:
     from smcdiff.result import SMCResult
 
-__all__ = ["plot_ess", "plot_log_weights", "plot_particles"]
+__all__ = ["plot_ancestors", "plot_ess", "plot_log_weights", "plot_particles"]
 
 _RUN0 = " (run 0 of {} runs)"
 
@@ -87,6 +87,47 @@ def plot_ess(
     ax.set_title("Effective sample size" + (" (grouped runs: run 0)" if grouped else ""))
     if any(label for label, _ in pairs) or marked:
         ax.legend(loc="best")
+    return fig
+
+
+def plot_ancestors(
+    results: SMCResult | Sequence[tuple[str, SMCResult]], ax: Axes | None = None
+) -> Figure:
+    """Distinct step-0 ancestors of the particles after each step, as a fraction of N (log
+    scale), against ``t`` (or the step): path degeneracy at a glance. A curve that drops to
+    ``1/N`` means every particle descends from one initial particle; the dashed line marks the
+    threshold of :mod:`smcdiff.diagnostics.degeneracy`. Needs the ``genealogy`` record that
+    ``steer()`` and ``sample(method="diffusion")`` collect (or a
+    :class:`~smcdiff.engine.collectors.Genealogy` passed to ``run_smc``).
+    """
+    from smcdiff.diagnostics.degeneracy import MIN_DISTINCT_FLOOR, MIN_DISTINCT_FRACTION
+
+    pairs = [("", results)] if not isinstance(results, Sequence) else list(results)
+    if not pairs or any("genealogy" not in res.collected for _, res in pairs):
+        raise SMCDiffError(
+            "plot_ancestors: every result needs collected['genealogy'] (run with a Genealogy "
+            "collector; steer() attaches one)"
+        )
+    fig, ax = _axes(ax)
+    timed = all("t" in res.trace for _, res in pairs)
+    grouped, n_min = False, math.inf
+    for label, res in pairs:
+        n_runs = _n_runs(res)
+        grouped |= n_runs is not None
+        frac = _run0(res.collected["genealogy"]["distinct"], n_runs) / res.n_particles
+        t = _run0(res.trace["t"], None)[: frac.shape[0]] if timed else np.arange(frac.shape[0])
+        ax.plot(t, frac, label=(label + (" (run 0)" if n_runs is not None else "")) or None)
+        n_min = min(n_min, res.n_particles)
+    floor = max(MIN_DISTINCT_FLOOR, MIN_DISTINCT_FRACTION * n_min) / n_min
+    ax.axhline(floor, linestyle="--", color="grey", label="warning threshold")
+    ax.set_yscale("log")
+    ax.set_ylim(0.5 / n_min, 1.5)
+    if timed:
+        ax.invert_xaxis()
+    ax.set_xlabel("t  (1 = noise → 0 = data)" if timed else "step")
+    ax.set_ylabel("distinct ancestors / N")
+    ax.set_title("Distinct initial ancestors" + (" (grouped runs: run 0)" if grouped else ""))
+    ax.legend(loc="best")
     return fig
 
 

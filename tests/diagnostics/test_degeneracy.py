@@ -141,3 +141,18 @@ def test_a_result_without_a_trace_has_a_one_step_ess():
     lw = torch.log_softmax(torch.randn(50, dtype=torch.float64), 0)
     res = smcdiff.SMCResult(torch.randn(50, 2), lw, torch.tensor(0.0), {})
     assert res.ess.shape == (1,) and res.diagnose().min_ess.shape == (1,)
+
+
+def test_plot_ancestors_draws_the_collapse(collapsed, healthy):
+    import matplotlib
+
+    from smcdiff.diagnostics import plot_ancestors
+
+    matplotlib.use("Agg")
+    fig = plot_ancestors([("beta=100", collapsed), ("beta=2", healthy)])
+    ax = fig.axes[0]
+    bad, good = ax.lines[0].get_ydata(), ax.lines[1].get_ydata()
+    assert bad[0] == 1.0 and bad[-1] * 1000 < dg.MIN_DISTINCT_FLOOR and good[-1] > 0.3
+    assert ax.get_yscale() == "log" and ax.get_xlim()[0] > ax.get_xlim()[1]
+    with pytest.raises(smcdiff.SMCDiffError, match="genealogy"):
+        plot_ancestors(smcdiff.SMCResult(torch.zeros(4, 2), torch.zeros(4), torch.tensor(0.0), {}))
