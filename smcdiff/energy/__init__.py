@@ -4,7 +4,7 @@ dataclass of options each)."""
 
 from smcdiff.energy.options import DiffusionOptions, MCMCOptions, RunSettings, TemperedOptions
 from smcdiff.energy.sample import SAMPLE_METHODS, SampleMethod, method_options, sample
-from smcdiff.energy.tempered import TemperedSMC, next_temperature
+from smcdiff.energy.tempered import TemperedSMC, TemperingIncompleteError, next_temperature
 
 __all__ = [
     "SAMPLE_METHODS",
@@ -14,6 +14,7 @@ __all__ = [
     "SampleMethod",
     "TemperedOptions",
     "TemperedSMC",
+    "TemperingIncompleteError",
     "method_options",
     "next_temperature",
     "sample",

@@ -40,7 +40,7 @@ def run_mcmc(settings: RunSettings, options: MCMCOptions) -> SMCResult:
     chain = run_chain(
         o.kernel, counted.log_prob, x0, o.n_steps, step_size=step_size,
         target_accept=o.target_accept, n_warmup=o.n_warmup, generator=s.generator,
-        progress=s.progress, **o.kernel_options,
+        progress=s.progress, nan_as_neg_inf=o.nan_as_neg_inf, **o.kernel_options,
     )  # fmt: skip
     x = chain.samples[-1].reshape(G, N, *shape)
     lw = torch.full((G, N), -math.log(N), dtype=torch.float64, device=x.device)
@@ -56,6 +56,7 @@ def run_mcmc(settings: RunSettings, options: MCMCOptions) -> SMCResult:
         "n_target_evals": counted.n_evals,
         "n_grad_evals": counted.n_grads,
         "n_nonfinite": chain.n_nonfinite,
+        "n_diverged": chain.n_diverged,
     }
     if not s.grouped:
         x, lw, lz, trace = x[0], lw[0], lz[0], {k: v[:, 0] for k, v in trace.items()}

@@ -9,7 +9,8 @@ against the options the chosen kernel takes (:func:`smcdiff.mcmc.check_kernel_op
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import itertools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -55,6 +56,31 @@ def _probability(name: str, value: Any, where: str, allow_none: bool = False) ->
     )  # fmt: skip
 
 
+def _flag(obj: Any, names: tuple[str, ...], where: str) -> None:
+    """Options that must be ``True`` or ``False``."""
+    for name in names:
+        if not isinstance(getattr(obj, name), bool):
+            raise SMCDiffError(f"{where}: {name} must be True or False, got {getattr(obj, name)!r}")
+
+
+def _schedule(schedule: Sequence[float], where: str) -> tuple[float, ...]:
+    """A fixed temperature schedule: numbers in (0, 1], non-decreasing, ending at 1."""
+    try:
+        lams = tuple(
+            check_number("schedule", v, minimum=0.0, maximum=1.0, strict_min=True, where=where)
+            for v in schedule
+        )
+    except TypeError as err:
+        raise SMCDiffError(f"{where}: schedule must be a sequence of numbers") from err
+    ok = len(lams) >= 1 and lams[-1] == 1.0 and all(a <= b for a, b in itertools.pairwise(lams))
+    if not ok:
+        raise SMCDiffError(
+            f"{where}: schedule must be non-decreasing temperatures in (0, 1] ending at 1, got "
+            f"{list(lams)[:5]}{' ...' if len(lams) > 5 else ''}"
+        )
+    return lams
+
+
 @dataclass(frozen=True)
 class TemperedOptions:
     r"""Options of ``sample(method="tempered")`` (:class:`~smcdiff.energy.tempered.TemperedSMC`).
@@ -64,9 +90,17 @@ class TemperedOptions:
     :math:`\rho^\star \in (0, 1)` that sets each temperature increment; ``step_size``: the
     kernel's initial step (``None``: a fraction of the reference scale shrinking with the
     dimension), adapted toward ``target_accept`` (``None``: the kernel's default) by Robbins–Monro
-    with gain ``adapt_gain``; ``max_steps``: a cap on the number of temperatures; ``cuda_graph``:
+    with gain ``adapt_gain``; ``max_steps``: a cap on the number of temperatures (a run that
+    reaches it below temperature 1 raises
+    :class:`~smcdiff.energy.tempered.TemperingIncompleteError`); ``cuda_graph``:
     capture each step's moves as one CUDA graph (``None``: on for CUDA devices);
-    ``kernel_options``: the kernel's own options (e.g. ``{"n_leapfrog": 10}``).
+    ``kernel_options``: the kernel's own options (e.g. ``{"n_leapfrog": 10}``);
+    ``nan_as_neg_inf``: treat a NaN target log-density as ``-inf`` (zero density) instead of
+    raising a :class:`~smcdiff.errors.NonFiniteError`; ``schedule``: fixed temperatures
+    :math:`0 < \lambda_1 \le \dots \le \lambda_K = 1` instead of adaptive ones (``max_steps``
+    is then not used; step sizes still adapt unless ``adapt_gain=0``); ``unbiased``: run twice,
+    an adaptive pilot and then a run on its temperatures and step sizes, whose :math:`\hat Z`
+    is unbiased (the adaptive run's is a little biased at small N).
     """
 
     kernel: str | Callable[..., Kernel] = "hmc"
@@ -78,9 +112,17 @@ class TemperedOptions:
     adapt_gain: float = 0.5
     cuda_graph: bool | None = None
     kernel_options: Mapping[str, Any] = field(default_factory=dict)
+    nan_as_neg_inf: bool = False
+    schedule: Sequence[float] | None = None
+    unbiased: bool = False
 
     def __post_init__(self) -> None:
         where = "tempered SMC"
+        _flag(self, ("nan_as_neg_inf", "unbiased"), where)
+        if self.schedule is not None:
+            _set(self, "schedule", _schedule(self.schedule, where))
+            if self.unbiased:
+                raise SMCDiffError(f"{where}: pass schedule or unbiased=True, not both")
         _set(self, "n_moves", check_int("n_moves", self.n_moves, 1, where=where))
         _set(self, "target_ess", _probability("target_ess", self.target_ess, where))
         _set(self, "step_size", _positive("step_size", self.step_size, where))
@@ -151,8 +193,9 @@ class MCMCOptions:
     (``None``: ``n_steps // 2`` for adapted kernels, else 0); ``step_size``: the initial step
     (``None``: :math:`0.1\,\sigma_{0,\min}^2` from the reference scale), adapted during warm-up
     toward ``target_accept`` (``None``: the kernel's default); ``kernel_options``: the kernel's own
-    options (e.g. ``{"n_leapfrog": 10}``). Only the chains' last states are returned, so there is
-    no thinning option.
+    options (e.g. ``{"n_leapfrog": 10}``); ``nan_as_neg_inf``: treat a NaN target log-density
+    as ``-inf`` instead of raising (:func:`~smcdiff.mcmc.run_chain`). Only the chains' last
+    states are returned, so there is no thinning option.
     """
 
     kernel: str | Callable[..., Kernel] = "mala"
@@ -161,9 +204,11 @@ class MCMCOptions:
     step_size: float | None = None
     target_accept: float | None = None
     kernel_options: Mapping[str, Any] = field(default_factory=dict)
+    nan_as_neg_inf: bool = False
 
     def __post_init__(self) -> None:
         where = "sample(mcmc)"
+        _flag(self, ("nan_as_neg_inf",), where)
         _set(self, "n_steps", check_int("n_steps", self.n_steps, 1, where=where))
         _set(self, "n_warmup", check_int("n_warmup", self.n_warmup, 0, where=where,
                                          allow_none=True))  # fmt: skip

@@ -16,7 +16,7 @@ from smcdiff.mcmc.registry import (
     kernel_parameters,
     resolve_target_accept,
 )
-from smcdiff.mcmc.runner import ChainResult, run_chain
+from smcdiff.mcmc.runner import ChainResult, DivergenceWarning, run_chain
 
 __all__ = [
     "HMC",
@@ -25,6 +25,7 @@ __all__ = [
     "PCNL",
     "ULA",
     "ChainResult",
+    "DivergenceWarning",
     "Kernel",
     "LogProb",
     "MCMCState",

@@ -11,6 +11,13 @@ methods::
 
 A proposal whose log-density or gradient is not finite is rejected (the chain stays put) and
 counted in ``info.n_nonfinite``; nothing in a step syncs with the host or branches on values.
+A log-density that is NaN (or +inf), or a gradient that is NaN where the log-density is finite,
+at a finite point is a bug of the target, not a rejection: kernels flag those chains in
+``info.nan_log_prob`` / ``info.nan_grad`` and the runners raise a
+:class:`~smcdiff.errors.NonFiniteError` (:func:`nan_to_neg_inf` turns NaN log-densities into
+``-inf``, zero density, for targets that are NaN outside their support). Unadjusted kernels
+(ULA, underdamped) flag the chains they held back in ``info.diverged``: the step left the region
+where the target is finite (too large a step size, or a step out of the support).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import NamedTuple, Protocol
 import torch
 
 __all__ = [
+    "BLOWUP",
     "GradientKernel",
     "Kernel",
     "LogProb",
@@ -28,6 +36,8 @@ __all__ = [
     "StepInfo",
     "chain_step_size",
     "finite_rows",
+    "nan_evaluations",
+    "nan_to_neg_inf",
     "row_sum",
     "select",
     "value_and_grad",
@@ -52,11 +62,19 @@ class MCMCState(NamedTuple):
 class StepInfo(NamedTuple):
     """``accept_prob`` ``(N,)``: the MH acceptance probability :math:`\\min(1, e^{\\log\\alpha})`
     (1 for unadjusted kernels, 0 for non-finite proposals); ``accepted`` ``(N,)`` bool;
-    ``n_nonfinite``: scalar long tensor, the number of rejected non-finite proposals."""
+    ``n_nonfinite``: scalar long tensor, the number of rejected non-finite proposals;
+    ``nan_log_prob`` / ``nan_grad``: ``(N,)`` bool, chains whose step evaluated the target to a
+    NaN (or +inf) log-density / a NaN gradient at a finite point (:func:`nan_evaluations`;
+    ``None``: not reported); ``diverged``: ``(N,)`` bool, for unadjusted kernels the chains held
+    back because their step was not finite (``None`` for Metropolis-adjusted kernels, whose
+    rejections are part of the kernel)."""
 
     accept_prob: torch.Tensor
     accepted: torch.Tensor
     n_nonfinite: torch.Tensor
+    nan_log_prob: torch.Tensor | None = None
+    nan_grad: torch.Tensor | None = None
+    diverged: torch.Tensor | None = None
 
 
 class Kernel(Protocol):
@@ -103,24 +121,61 @@ def finite_rows(log_prob: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(log_prob) & torch.isfinite(grad).flatten(1).all(dim=-1)
 
 
+BLOWUP = 1e4
+"""A proposal farther than ``BLOWUP * (1 + max|x|)`` (sup norm) from the chain's state ``x`` is
+a blown-up step (a diverging trajectory), where a NaN is floating-point overflow (``inf - inf``
+in, e.g., a quartic at 1e20), not a bug of the target: it is rejected, not reported."""
+
+
+def nan_evaluations(
+    x: torch.Tensor, log_prob: torch.Tensor, grad: torch.Tensor, origin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N,)`` bool masks of target evaluations that are bugs, not rejections, at rows of ``x``
+    ``(N, *event_shape)`` proposed from the chain states ``origin`` (same shape): at finite
+    points within :data:`BLOWUP` of ``origin``, ``log_prob`` ``(N,)`` NaN or +inf, or ``grad``
+    (shape of ``x``) holding a NaN where ``log_prob`` is finite. (A non-finite or blown-up
+    ``x`` is a diverging move, and ``-inf`` a zero density: both are rejections.)"""
+    reach = BLOWUP * (1.0 + origin.abs().flatten(1).amax(-1))
+    at = (x - origin).abs().flatten(1).amax(-1) <= reach  # False for inf / NaN rows too
+    bad_lp = at & (torch.isnan(log_prob) | (log_prob == torch.inf))
+    bad_grad = at & torch.isfinite(log_prob) & torch.isnan(grad).flatten(1).any(-1)
+    return bad_lp, bad_grad
+
+
+def nan_to_neg_inf(log_prob: LogProb) -> LogProb:
+    """``log_prob`` with NaN values replaced by ``-inf`` (zero density): for targets whose
+    log-density is NaN outside their support (e.g. ``log`` of a negative number). Chains never
+    move there; a NaN gradient where the log-density is finite stays an error."""
+
+    def wrapped(x: torch.Tensor) -> torch.Tensor:
+        lp = log_prob(x)
+        return torch.where(torch.isnan(lp), torch.full_like(lp, -torch.inf), lp)
+
+    return wrapped
+
+
 def metropolis(
     current: MCMCState,
     proposal: MCMCState,
     log_alpha: torch.Tensor,
     generator: torch.Generator,
+    nan_masks: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[MCMCState, StepInfo]:
     r"""Accept ``proposal`` per chain with probability :math:`\min(1, e^{\log\alpha})`.
 
     Non-finite proposals (log-density, gradient or ``log_alpha``) get :math:`\alpha = 0`.
     Draws one :math:`\log u`, :math:`u \sim U(0, 1)`, per chain and accepts where
-    :math:`\log u < \log\alpha`.
+    :math:`\log u < \log\alpha`. ``nan_masks``: the step's :func:`nan_evaluations` (default:
+    those of ``proposal``; HMC passes them over its whole trajectory).
     """
     ok = finite_rows(proposal.log_prob, proposal.grad) & ~torch.isnan(log_alpha)
     log_alpha = torch.where(ok, log_alpha, torch.full_like(log_alpha, -torch.inf))
     n = log_alpha.shape[0]
     u = torch.rand(n, generator=generator, dtype=log_alpha.dtype, device=log_alpha.device)
     accepted = torch.log(u) < log_alpha
-    info = StepInfo(torch.exp(log_alpha.clamp(max=0.0)), accepted, (~ok).sum())
+    if nan_masks is None:
+        nan_masks = nan_evaluations(proposal.x, proposal.log_prob, proposal.grad, current.x)
+    info = StepInfo(torch.exp(log_alpha.clamp(max=0.0)), accepted, (~ok).sum(), *nan_masks)
     return select(accepted, proposal, current), info
 
 

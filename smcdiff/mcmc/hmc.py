@@ -12,6 +12,7 @@ from smcdiff.mcmc.base import (
     StepInfo,
     chain_step_size,
     metropolis,
+    nan_evaluations,
     row_sum,
     value_and_grad,
 )
@@ -60,9 +61,13 @@ class HMC(GradientKernel):
         p = p / inv_m.sqrt()
         h0 = -lp + 0.5 * row_sum(inv_m * p * p)
         p = p + 0.5 * h * g
+        bad_lp = bad_grad = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for i in range(self.n_leapfrog):
             x = x + h * inv_m * p
             lp, g = value_and_grad(self.log_prob, x)
+            nan_lp, nan_grad = nan_evaluations(x, lp, g, state.x)  # anywhere on the path
+            bad_lp, bad_grad = bad_lp | nan_lp, bad_grad | nan_grad
             p = p + (h if i < self.n_leapfrog - 1 else 0.5 * h) * g
         h1 = -lp + 0.5 * row_sum(inv_m * p * p)
-        return metropolis(state, MCMCState(x, lp, g), h0 - h1, generator)
+        prop = MCMCState(x, lp, g)
+        return metropolis(state, prop, h0 - h1, generator, (bad_lp, bad_grad))

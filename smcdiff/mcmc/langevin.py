@@ -4,6 +4,9 @@ All three discretise Langevin dynamics for :math:`\pi`; with :math:`g = \nabla\l
 :math:`z \sim N(0, I)` per chain, on particles of any shape ``(N, *event_shape)`` (norms sum over
 every event dimension). ULA and the underdamped kernel are unadjusted: their
 stationary law is :math:`\pi` only up to an :math:`O(h)` (ULA) / :math:`O(h^2)` (BAOAB) bias.
+They have no accept/reject: a step to where the target or its gradient is not finite (a diverging
+chain, or a step out of the support) holds the chain back and is flagged in ``info.diverged``;
+:func:`~smcdiff.mcmc.run_chain` warns when that happens.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from smcdiff.mcmc.base import (
     chain_step_size,
     finite_rows,
     metropolis,
+    nan_evaluations,
     row_sum,
     select,
     value_and_grad,
@@ -49,7 +53,9 @@ class ULA(_Overdamped):
     ) -> tuple[MCMCState, StepInfo]:
         prop = self._propose(state, chain_step_size(step_size, state.x), generator)
         ok = finite_rows(prop.log_prob, prop.grad)
-        return select(ok, prop, state), StepInfo(ok.to(state.x.dtype), ok, (~ok).sum())
+        nan = nan_evaluations(prop.x, prop.log_prob, prop.grad, state.x)
+        info = StepInfo(ok.to(state.x.dtype), ok, (~ok).sum(), *nan, diverged=~ok)
+        return select(ok, prop, state), info
 
 
 class MALA(_Overdamped):
@@ -112,4 +118,6 @@ class UnderdampedLangevin(GradientKernel):
         lp, g = value_and_grad(self.log_prob, x)
         prop = MCMCState(x, lp, g, v + 0.5 * h * g)
         ok = finite_rows(lp, g) & torch.isfinite(prop.velocity).flatten(1).all(-1)
-        return select(ok, prop, state), StepInfo(ok.to(x.dtype), ok, (~ok).sum())
+        nan = nan_evaluations(x, lp, g, state.x)
+        info = StepInfo(ok.to(x.dtype), ok, (~ok).sum(), *nan, diverged=~ok)
+        return select(ok, prop, state), info

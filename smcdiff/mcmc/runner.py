@@ -11,9 +11,9 @@ import torch
 
 from smcdiff.checks import check_int, check_shape
 from smcdiff.engine.progress import Progress
-from smcdiff.errors import SMCDiffError
+from smcdiff.errors import NonFiniteError, SMCDiffError
 from smcdiff.mcmc.adapt import rm_gain, robbins_monro
-from smcdiff.mcmc.base import Kernel, LogProb, MCMCState, finite_rows
+from smcdiff.mcmc.base import Kernel, LogProb, MCMCState, StepInfo, finite_rows, nan_to_neg_inf
 from smcdiff.mcmc.registry import (
     KERNELS,
     check_kernel_options,
@@ -23,7 +23,98 @@ from smcdiff.mcmc.registry import (
 )
 from smcdiff.seeding import seeded_generator
 
-__all__ = ["KERNELS", "ChainResult", "get_kernel", "resolve_target_accept", "run_chain"]
+__all__ = [
+    "KERNELS",
+    "ChainMonitor",
+    "ChainResult",
+    "DivergenceWarning",
+    "get_kernel",
+    "resolve_target_accept",
+    "run_chain",
+]
+
+NAN_QUANTITIES = ("target log_prob", "target gradient")
+"""The quantities a chain's NaN checks name (``StepInfo.nan_log_prob``, ``.nan_grad``)."""
+
+
+class DivergenceWarning(RuntimeWarning):
+    """An unadjusted kernel (ULA, underdamped Langevin) stepped to where the target or its
+    gradient is not finite, so chains were held back: the step size is too large for the target
+    (or the chain stepped out of the support). Their draws are not samples of the target."""
+
+
+class ChainMonitor:
+    """Device-side record of a run's bad steps, read back only by :meth:`raise_if_nan` and
+    :meth:`warn_if_diverged` (no host-device sync per step).
+
+    Per quantity of :data:`NAN_QUANTITIES`: the first step ``t`` (1-based over warm-up and kept
+    steps, 0: none) at which some chain evaluated the target to NaN, and how many chains did;
+    per chain: whether an unadjusted kernel held it back (``diverged``), and the first such step.
+    """
+
+    def __init__(self, n_chains: int, device: torch.device, kernel: str, n_warmup: int):
+        zero = torch.zeros((), dtype=torch.long, device=device)
+        self.first = {q: zero for q in NAN_QUANTITIES}
+        self.count = {q: zero for q in NAN_QUANTITIES}
+        self.diverged = torch.zeros(n_chains, dtype=torch.bool, device=device)
+        self.first_diverged = zero
+        self.kernel, self.n_warmup, self.n_chains = kernel, n_warmup, n_chains
+
+    def record(self, t: int, info: StepInfo) -> None:
+        """Fold step ``t``'s :class:`~smcdiff.mcmc.StepInfo` in (device ops only)."""
+        masks = (getattr(info, "nan_log_prob", None), getattr(info, "nan_grad", None))
+        for q, mask in zip(NAN_QUANTITIES, masks, strict=True):
+            if mask is not None:
+                c = mask.sum()
+                new = (self.first[q] == 0) & (c > 0)
+                self.first[q] = torch.where(new, t, self.first[q])
+                self.count[q] = torch.where(new, c, self.count[q])
+        div = getattr(info, "diverged", None)
+        if div is not None:
+            new = (self.first_diverged == 0) & div.any()
+            self.first_diverged = torch.where(new, t, self.first_diverged)
+            self.diverged = self.diverged | div
+
+    def check(self, t: int) -> None:
+        """:meth:`raise_if_nan` every step on CPU, every 32 steps elsewhere (each a sync)."""
+        if self.diverged.device.type == "cpu" or t % 32 == 0:
+            self.raise_if_nan()
+
+    def raise_if_nan(self, where: str = "run_chain") -> None:
+        """Raise a :class:`~smcdiff.errors.NonFiniteError` naming the quantity and the first
+        step if any chain evaluated the target to NaN (one host-device sync)."""
+        table = torch.stack([torch.stack([self.first[q], self.count[q]]) for q in NAN_QUANTITIES])
+        table = table.cpu()
+        for (first, count), q in zip(table.tolist(), NAN_QUANTITIES, strict=True):
+            if first:
+                phase = " (warm-up)" if first <= self.n_warmup else ""
+                fix = (
+                    "; if the target is NaN outside its support, pass nan_as_neg_inf=True"
+                    if q == "target log_prob"
+                    else ""
+                )
+                raise NonFiniteError(
+                    f"{where}: {q} is NaN (or +inf) at a finite point for {count} of "
+                    f"{self.n_chains} chains at step {first}{phase} of the {self.kernel} "
+                    f"chains{fix}",
+                    quantity=q,
+                    step=first,
+                )
+
+    def warn_if_diverged(self, step_size: torch.Tensor, where: str = "run_chain") -> int:
+        """Warn (:class:`DivergenceWarning`) if an unadjusted kernel held chains back; returns
+        the number of such chains."""
+        n = int(self.diverged.sum())
+        if n:
+            warnings.warn(
+                f"{where}: {self.kernel} diverged: {n} of {self.n_chains} chains stepped to where "
+                f"the target log-density or its gradient is not finite (first at step "
+                f"{int(self.first_diverged)}) and were held back, so their draws are not samples "
+                f"of the target; lower step_size (max now {float(step_size.max()):.3g})",
+                DivergenceWarning,
+                stacklevel=3,
+            )
+        return n
 
 
 @dataclass
@@ -43,6 +134,7 @@ class ChainResult:
     step_size: torch.Tensor
     n_nonfinite: int
     kernel: str
+    n_diverged: int = 0
 
     def to_arviz(self) -> Any:
         """ArviZ ``InferenceData``; chains are the particles: posterior ``x``
@@ -81,6 +173,7 @@ def run_chain(
     generator: torch.Generator | None = None,
     seed: int | None = None,
     progress: bool | Callable[[int, Any], None] | None = None,
+    nan_as_neg_inf: bool = False,
     **kernel_kwargs: Any,
 ) -> ChainResult:
     """Run ``N = x0.shape[0]`` chains: ``n_warmup`` warm-up steps, then ``n_steps`` kept steps.
@@ -95,6 +188,13 @@ def run_chain(
     Randomness: ``generator``, or a fresh one seeded with ``seed``. ``progress``: ``None`` (a bar
     over the ``n_warmup + n_steps`` steps when standard error is a terminal), ``True``/``False``,
     or a callable ``progress(step, info)`` with the kernel's :class:`~smcdiff.mcmc.StepInfo`.
+
+    A target log-density that is NaN (or +inf), or a gradient that is NaN where it is finite, at
+    a point a chain proposes raises a :class:`~smcdiff.errors.NonFiniteError` naming the
+    quantity and the first step (checked on the device, read back every step on CPU and every
+    32 steps elsewhere); ``nan_as_neg_inf=True`` treats NaN log-densities as ``-inf`` (zero
+    density: proposals there are rejected). Unadjusted kernels that step to where the target is
+    not finite issue a :class:`DivergenceWarning` and count the chains in ``n_diverged``.
     """
     where = "run_chain"
     check_shape("x0", x0, (None, None, *([None] * (x0.dim() - 2))), where=where)
@@ -121,12 +221,17 @@ def run_chain(
     elif seed is not None:
         raise SMCDiffError(f"{where}: pass generator or seed, not both")
 
-    k = factory(log_prob, **kernel_kwargs)
+    if not isinstance(nan_as_neg_inf, bool):
+        raise SMCDiffError(f"{where}: nan_as_neg_inf must be True or False")
+    k = factory(nan_to_neg_inf(log_prob) if nan_as_neg_inf else log_prob, **kernel_kwargs)
     state = _start(k, x0, generator)
     tick = Progress(progress, n_warmup + n_steps, desc=kernel_name(kernel))
-    state, h, n_nonfinite = _warmup(k, state, h, n_warmup, target, generator, tick)
-    out = _draw(k, state, h, n_steps, thin, generator, tick, n_warmup)
+    watch = ChainMonitor(x0.shape[0], x0.device, kernel_name(kernel), n_warmup)
+    state, h, n_nonfinite = _warmup(k, state, h, n_warmup, target, generator, tick, watch)
+    out = _draw(k, state, h, n_steps, thin, generator, tick, n_warmup, watch)
     tick.close()
+    watch.raise_if_nan()
+    n_diverged = watch.warn_if_diverged(h)
     return ChainResult(
         samples=out["x"],
         log_prob=out["lp"],
@@ -135,6 +240,7 @@ def run_chain(
         step_size=h,
         n_nonfinite=int(n_nonfinite + out["n_nonfinite"]),
         kernel=kernel_name(kernel),
+        n_diverged=n_diverged,
     )
 
 
@@ -162,6 +268,7 @@ def _warmup(
     target: float | None,
     generator: torch.Generator,
     tick: Progress,
+    watch: ChainMonitor,
 ) -> tuple[MCMCState, torch.Tensor, torch.Tensor]:
     """``n_warmup`` steps adapting each chain's step size toward ``target`` (if not ``None``) by
     Robbins–Monro with gains :func:`~smcdiff.mcmc.rm_gain`. Returns the state, the frozen step
@@ -171,9 +278,11 @@ def _warmup(
     for t in range(1, n_warmup + 1):
         state, info = k.step(state, h, generator)
         n_nonfinite = n_nonfinite + info.n_nonfinite
+        watch.record(t, info)
         if target is not None:
             log_h = robbins_monro(log_h, info.accept_prob, target, rm_gain(t))
             h = log_h.exp()
+        watch.check(t)
         tick(t, info)
     return state, h, n_nonfinite
 
@@ -187,6 +296,7 @@ def _draw(
     generator: torch.Generator,
     tick: Progress,
     offset: int,
+    watch: ChainMonitor,
 ) -> dict[str, torch.Tensor]:
     """``n_steps`` steps at the frozen step size ``h``, keeping every ``thin``-th state: stacked
     ``x``, ``lp``, ``acc`` and the totals ``acc_sum`` ``(N,)`` and ``n_nonfinite``."""
@@ -196,11 +306,13 @@ def _draw(
     for i in range(1, n_steps + 1):
         state, info = k.step(state, h, generator)
         n_nonfinite = n_nonfinite + info.n_nonfinite
+        watch.record(offset + i, info)
         acc_sum = acc_sum + info.accept_prob
         if i % thin == 0:
             kept["x"].append(state.x)
             kept["lp"].append(state.log_prob)
             kept["acc"].append(info.accept_prob)
+        watch.check(offset + i)
         tick(offset + i, info)
     out = {name: torch.stack(v) for name, v in kept.items()}
     return {**out, "acc_sum": acc_sum, "n_nonfinite": n_nonfinite}

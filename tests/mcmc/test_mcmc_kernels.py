@@ -2,10 +2,12 @@
 conjugate model. Final states of N independent chains are iid draws, so SEs are the iid ones."""
 
 import math
+import warnings
 
 import pytest
 import torch
 
+from smcdiff.errors import NonFiniteError
 from smcdiff.mcmc import KERNELS, run_chain
 from tests.stats import assert_gaussian_moments, assert_gaussian_variance, assert_outside
 
@@ -95,13 +97,23 @@ def test_adaptation_reaches_target(bad_start):
 
 
 def test_nonfinite_proposals_are_rejected_and_counted():
-    """log_prob is NaN for x >= 1: chains starting below never cross, the NaNs are counted."""
+    """log_prob is NaN for x >= 1: an error by default; with nan_as_neg_inf=True (zero density
+    there) chains starting below never cross, the rejections are counted, and the unadjusted
+    kernels, which have no rejections of their own, say they were held back."""
 
     def log_prob(x):
         return torch.where(x[:, 0] < 1, -0.5 * x[:, 0] ** 2, torch.nan)
 
     x0 = torch.zeros(500, 1, dtype=torch.float64)
     for kernel in ["ula", "mala", "hmc", "underdamped"]:
-        res = run_chain(kernel, log_prob, x0, 30, step_size=0.3, n_warmup=0, seed=4)
+        with pytest.raises(NonFiniteError, match="target log_prob is NaN") as err:
+            run_chain(kernel, log_prob, x0, 30, step_size=0.3, n_warmup=0, seed=4)
+        assert err.value.quantity == "target log_prob" and err.value.step >= 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("error" if kernel in ("mala", "hmc") else "ignore")
+            res = run_chain(
+                kernel, log_prob, x0, 30, step_size=0.3, n_warmup=0, seed=4, nan_as_neg_inf=True
+            )
         assert res.n_nonfinite > 0
         assert torch.isfinite(res.log_prob).all() and (res.samples < 1).all()
+        assert (res.n_diverged > 0) == (kernel in ("ula", "underdamped"))
