@@ -62,7 +62,7 @@ def check_int(
     value = int(value)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise SMCDiffError(
-            f"{_prefix(where)}{name} must be {_bounds(minimum, maximum)}, got {value}"
+            f"{_prefix(where)}{name} must be an int {_bounds(minimum, maximum)}, got {value}"
         )
     return value
 

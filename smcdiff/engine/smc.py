@@ -209,7 +209,7 @@ def run_smc(
             guard.raise_if_bad(partial)
             last_good = state
         tick(k, info)
-        stop = model.done(k, state) if k < K else None
+        stop = model.done(k, state.particles) if k < K else None
         if stop is not None and bool(stop):
             break
     tick.close()

@@ -93,7 +93,7 @@ def test_badly_shaped_or_placed_rewards_fail_at_the_first_step(model, reward, ma
         ({"n_particles": 1}, "n_particles must be at least 2"),
         ({"n_particles": 0}, "n_particles must be at least 2"),
         ({"n_particles": 10.5}, "n_particles must be an int"),
-        ({"n_steps": 0}, "n_steps must be >= 1"),
+        ({"n_steps": 0}, "n_steps must be an int >= 1"),
         ({"method": "magic"}, "method must be one of"),
         ({"potential": "mean"}, "potential must be one of"),
         ({"resampling": "fancy"}, "fancy"),

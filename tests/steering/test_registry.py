@@ -101,7 +101,7 @@ def test_options_of_other_methods_are_refused(model, method, kwargs, match):
         ({"init_moves": 5}, "init_moves set the MCMC start; they need init="),
         ({"init_step_size": 0.1}, "init_step_size set the MCMC start"),
         ({"guidance_scale": 2.0}, "needs proposal='guided'"),
-        ({"init": "mala", "init_moves": 0}, "init_moves must be >= 1"),
+        ({"init": "mala", "init_moves": 0}, "init_moves must be an int >= 1"),
         ({"init": "mala", "init_step_size": -1.0}, "init_step_size must be a finite number"),
         ({"tilt_schedule": "cosine"}, "tilt_schedule must be one of"),
         ({"path_correction": "yes"}, "path_correction must be"),

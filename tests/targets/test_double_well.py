@@ -160,5 +160,5 @@ def test_errors():
         DoubleWell(0, 1, 1.0)
     with pytest.raises(SMCDiffError, match="log_prob"):
         dw5().log_prob(torch.zeros(3, 6))
-    with pytest.raises(SMCDiffError, match="n must be >= 1"):
+    with pytest.raises(SMCDiffError, match="n must be an int >= 1"):
         dw5().sample(0)

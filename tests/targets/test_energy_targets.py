@@ -73,7 +73,7 @@ def test_constructor_and_sample_errors():
         ManyWell(dim=3)
     with pytest.raises(SMCDiffError, match="dim"):
         Funnel(dim=1)
-    with pytest.raises(SMCDiffError, match="n must be >= 1"):
+    with pytest.raises(SMCDiffError, match="n must be an int >= 1"):
         MW5().sample(0)
 
 
