@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -12,6 +12,9 @@ from smcdiff.engine.result import SMCRun
 from smcdiff.errors import NonFiniteError
 from smcdiff.resampling import get_scheme
 from smcdiff.weights import ess as ess_fn
+
+if TYPE_CHECKING:
+    from smcdiff.diagnostics.degeneracy import DegeneracyReport
 
 __all__ = ["SMCResult"]
 
@@ -100,7 +103,7 @@ class SMCResult:
         collapsed, the final ESS can look healthy while this does not (see :meth:`diagnose`)."""
         return self.ess.nan_to_num(nan=math.inf).min(0).values
 
-    def diagnose(self):
+    def diagnose(self) -> DegeneracyReport:
         """The run's weight-degeneracy report
         (:class:`~smcdiff.diagnostics.degeneracy.DegeneracyReport`): minimum ESS, distinct
         ancestors, per-step Pareto k; ``print(result.diagnose())`` says what collapsed, where,
