@@ -70,6 +70,8 @@ the particles of different modes unequally, is reported by :meth:`DegeneracyRepo
 not flagged: with ~3 sqrt(N) tail values per step and ~100 steps, single-step estimates of 0.7-1.8
 occur in runs whose estimates are exact within their error bars.)"""
 
+_MAX_WARNED = 6  # problems listed in a warning (many runs: the rest are in the report)
+
 _ADVICE = (
     "more particles (n_particles); resampling earlier (a higher ess_threshold); more steps "
     "(n_steps) or a gentler tilt schedule (tilt_schedule='snr', a smaller beta first); a proposal "
@@ -108,9 +110,10 @@ class DegeneracyReport:
     def warn(self, stacklevel: int = 2) -> None:
         """Issue one :class:`~smcdiff.errors.DegeneracyWarning` listing the problems (none if ok)."""
         if self.problems:
-            msg = "the weights degenerated, the estimates are unreliable: " + "; ".join(
-                self.problems
-            )
+            shown = self.problems[:_MAX_WARNED]
+            more = len(self.problems) - len(shown)
+            msg = "the weights degenerated, the estimates are unreliable: " + "; ".join(shown)
+            msg += f" (and {more} more)" if more else ""
             warnings.warn(msg + ". See result.diagnose().", DegeneracyWarning, stacklevel + 1)
 
     def __str__(self) -> str:

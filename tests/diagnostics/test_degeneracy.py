@@ -156,3 +156,22 @@ def test_plot_ancestors_draws_the_collapse(collapsed, healthy):
     assert ax.get_yscale() == "log" and ax.get_xlim()[0] > ax.get_xlim()[1]
     with pytest.raises(smcdiff.SMCDiffError, match="genealogy"):
         plot_ancestors(smcdiff.SMCResult(torch.zeros(4, 2), torch.zeros(4), torch.tensor(0.0), {}))
+
+
+@pytest.mark.parametrize("low, flagged", [(9.9, True), (10.1, False)])
+def test_the_min_ess_threshold_is_max_of_floor_and_one_percent(low, flagged):
+    n = 1000
+    lw = torch.full((n,), -math.log(n), dtype=torch.float64)
+    ess = torch.tensor([n, low, n], dtype=torch.float64)
+    res = smcdiff.SMCResult(torch.zeros(n, 2), lw, torch.tensor(0.0), {"ess": ess})
+    assert (not res.diagnose().ok) is flagged
+
+
+def test_a_warning_lists_a_few_problems_and_counts_the_rest():
+    n, runs = 100, 10
+    lw = torch.full((runs, n), -math.log(n), dtype=torch.float64)
+    ess = torch.tensor([[n] * runs, [1.0] * runs, [n] * runs], dtype=torch.float64)
+    res = smcdiff.SMCResult(torch.zeros(runs, n, 2), lw, torch.zeros(runs), {"ess": ess})
+    with pytest.warns(DegeneracyWarning, match=r"run 5: .*\(and 4 more\)") as rec:
+        res.diagnose().warn()
+    assert "run 6" not in str(rec[0].message) and len(res.diagnose().problems) == runs
