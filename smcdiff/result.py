@@ -103,14 +103,15 @@ class SMCResult:
         collapsed, the final ESS can look healthy while this does not (see :meth:`diagnose`)."""
         return self.ess.nan_to_num(nan=math.inf).min(0).values
 
-    def diagnose(self) -> DegeneracyReport:
+    def diagnose(self, full: bool = True) -> DegeneracyReport:
         """The run's weight-degeneracy report
         (:class:`~smcdiff.diagnostics.degeneracy.DegeneracyReport`): minimum ESS, distinct
         ancestors, per-step Pareto k; ``print(result.diagnose())`` says what collapsed, where,
-        and what to try; ``.ok`` is ``False`` when a front door would warn."""
+        and what to try; ``.ok`` is ``False`` when a front door would warn. ``full=False``:
+        Pareto k only where it can be flagged (the front doors' cheap check, same verdict)."""
         from smcdiff.diagnostics.degeneracy import degeneracy_report
 
-        return degeneracy_report(self)
+        return degeneracy_report(self, full=full)
 
     @property
     def n_particles(self) -> int:

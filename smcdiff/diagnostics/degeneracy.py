@@ -163,10 +163,13 @@ class DegeneracyReport:
         return f"step {step} (t={float(t[step]):.3g})"
 
 
-def step_pareto_k(tails: dict, chunk: int = 10_000_000) -> np.ndarray:
+def step_pareto_k(
+    tails: dict, where: np.ndarray | None = None, chunk: int = 10_000_000
+) -> np.ndarray:
     r"""PSIS :math:`\hat k` of every step's weights from a
     :class:`~smcdiff.engine.collectors.WeightTails` record -> ``(K+1, G)`` float64, NaN where
-    undefined (fewer than 25 particles, or fewer than the tail size with non-zero weight).
+    undefined (fewer than 25 particles, or fewer than the tail size with non-zero weight) and
+    where the bool mask ``where`` ``(K+1, G)`` (default: everywhere) is false.
 
     Each row is rebuilt as N values: the kept largest ones and the smallest kept one repeated
     (PSIS reads only the tail and the value just below it, so :math:`\hat k` is exact).
@@ -178,6 +181,8 @@ def step_pareto_k(tails: dict, chunk: int = 10_000_000) -> np.ndarray:
     rows = top.reshape(K1 * G, m)
     k = np.full(K1 * G, np.nan)
     ok = torch.isfinite(rows).all(-1).numpy() if N >= 25 else np.zeros(K1 * G, dtype=bool)
+    if where is not None:
+        ok &= np.asarray(where, dtype=bool).reshape(K1 * G)
     idx = np.flatnonzero(ok)
     step = max(1, chunk // max(N, 1))
     for s in range(0, idx.size, step):
@@ -196,8 +201,12 @@ def _columns(a: torch.Tensor | None, R: int) -> np.ndarray | None:
     return a.reshape(a.shape[0], R)
 
 
-def degeneracy_report(result: SMCResult) -> DegeneracyReport:
-    """The :class:`DegeneracyReport` of ``result`` (its trace and its ``collected`` records)."""
+def degeneracy_report(result: SMCResult, full: bool = True) -> DegeneracyReport:
+    """The :class:`DegeneracyReport` of ``result`` (its trace and its ``collected`` records).
+
+    ``full=False`` (what the front doors use for their warning) computes Pareto k only at the
+    steps where it can be flagged, those with an ESS below :data:`PARETO_K_ESS_FRACTION` of N:
+    the same verdict, and a healthy run costs no PSIS fit (NaN elsewhere in ``per_step``)."""
     N = result.n_particles
     R = result.log_weights.shape[0] if result.log_weights.dim() == 2 else 1
     ess = _columns(result.ess, R)
@@ -211,7 +220,8 @@ def degeneracy_report(result: SMCResult) -> DegeneracyReport:
     tails = result.collected.get("weight_tails")
     if tails is not None:
         tails = {**tails, "top": tails["top"][:K1]}
-        per_step["pareto_k"] = step_pareto_k(tails).reshape(-1, R)
+        where = None if full else ess < PARETO_K_ESS_FRACTION * N
+        per_step["pareto_k"] = step_pareto_k(tails, where).reshape(-1, R)
     report = _summarise(N, per_step)
     report.problems = _problems(report, R)
     return report
@@ -224,11 +234,11 @@ def _summarise(N: int, per_step: dict[str, np.ndarray]) -> DegeneracyReport:
     safe = np.where(np.isnan(ess), np.inf, ess)
     dist = per_step.get("distinct_ancestors")
     k = per_step.get("pareto_k")
-    if k is not None and not np.isnan(k).all(axis=0).any():
+    k_step, k_max = np.full(R, -1), np.full(R, np.nan)
+    if k is not None:
         kk = np.where(np.isnan(k), -np.inf, k)
-        k_step, k_max = kk.argmax(0), kk.max(0)
-    else:
-        k_step, k_max = np.full(R, -1), np.full(R, np.nan)
+        some = ~np.isnan(k).all(axis=0)
+        k_step[some], k_max[some] = kk.argmax(0)[some], kk.max(0)[some]
     return DegeneracyReport(
         n_particles=N, per_step=per_step, min_ess=safe.min(0), min_ess_step=safe.argmin(0),
         final_ess=ess[-1], distinct_ancestors=dist[-1] if dist is not None else np.full(R, np.nan),

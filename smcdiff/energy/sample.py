@@ -91,8 +91,11 @@ def sample(
       ``kernel="hmc"``, ``n_moves=5``, ``target_ess=0.5``, ``step_size``, ``target_accept``,
       ``max_steps``, ``adapt_gain``, ``cuda_graph`` (default on CUDA: each step's MCMC moves run
       as one cached CUDA graph, 5-14x faster on an H100), kernel options such as
-      ``n_leapfrog``); particles of any event shape; resampling when the ESS falls below
-      ``ess_threshold * N`` (default 1: every step);
+      ``n_leapfrog``; ``nan_as_neg_inf``, ``schedule``, ``unbiased``: the adaptive run's
+      :math:`\hat Z` is slightly biased at small N, ``unbiased=True`` adds a second run on the
+      first one's temperatures whose :math:`\hat Z` is unbiased); particles of any event shape;
+      resampling when the ESS falls below ``ess_threshold * N`` (default 1: every step); a run
+      that stops (``max_steps``) below temperature 1 raises;
     * ``"diffusion"``: SMC along a VP diffusion path in the coordinates scaled by the reference,
       proposals from estimated scores (``score="rdmc"``: rdMC importance sampling, or
       ``"follmer"``), path weights from the estimators' :math:`\hat p_t` that telescope to the
@@ -148,7 +151,7 @@ def sample(
         "wall_time_s": time.perf_counter() - t0,
     }
     result.target = target
-    result.diagnose().warn(stacklevel=2)
+    result.diagnose(full=False).warn(stacklevel=2)
     return result
 
 

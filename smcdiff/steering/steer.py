@@ -186,7 +186,7 @@ def run_plan(plan: MethodPlan, common: CommonConfig, *, weighted: bool = True) -
     info["n_resampled"] = int(run.trace["resampled"].sum())
     result = SMCResult.from_run(run, grouped=common.n_runs is not None, info=info,
                                 has_log_z=weighted)  # fmt: skip
-    result.diagnose().warn(stacklevel=3)
+    result.diagnose(full=False).warn(stacklevel=3)
     return result
 
 

@@ -10,6 +10,7 @@ thresholds, so the seeded tests cannot flake.
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -175,3 +176,9 @@ def test_a_warning_lists_a_few_problems_and_counts_the_rest():
     with pytest.warns(DegeneracyWarning, match=r"run 5: .*\(and 4 more\)") as rec:
         res.diagnose().warn()
     assert "run 6" not in str(rec[0].message) and len(res.diagnose().problems) == runs
+
+
+def test_the_front_doors_cheap_check_gives_the_full_verdict(collapsed, healthy):
+    assert collapsed.diagnose(full=False).problems == collapsed.diagnose().problems
+    cheap = healthy.diagnose(full=False)
+    assert cheap.ok and np.isnan(cheap.per_step["pareto_k"]).all()
