@@ -25,13 +25,15 @@ Step sizes adapt per group between moves by Robbins–Monro on the group's mean 
 (:mod:`smcdiff.mcmc.adapt`), a population statistic, so every move stays invariant.
 
 **Bias of the adaptive run.** Temperatures and step sizes chosen from the particles themselves
-make :math:`\hat Z` consistent but not unbiased: at small N its mean is a little off (about
-1 % low at N = 200 on a 4-d Gaussian). A fixed ``schedule`` (with fixed step sizes) gives an
+make :math:`\hat Z` consistent but not unbiased: at small N its mean is low (on a 4-d
+Gaussian, measured over thousands of runs: 2 % at N = 50, 7 % at N = 30 with two MALA moves and
+``target_ess=0.3``, within 0.5 % at N = 200). A fixed ``schedule`` (with fixed step sizes) gives an
 unbiased :math:`\hat Z`; ``unbiased=True`` (:func:`run_tempered`) runs twice: an adaptive pilot,
 then a second, independent run on the pilot's temperatures and step sizes (Jasra et al. 2011).
 
 **Failures are reported, not returned.** A run that ends (``max_steps``) below temperature 1
-raises :class:`TemperingIncompleteError` (its ``partial`` holds the run); a target log-density
+raises :class:`TemperingIncompleteError` (its ``partial`` holds the run; :func:`run_tempered`
+checks, and :func:`check_reached_target` checks a run of your own); a target log-density
 that is NaN (or +inf), or a gradient that is NaN, during the moves raises a
 :class:`~smcdiff.errors.NonFiniteError` naming the quantity and the step (``nan_as_neg_inf``
 treats NaN log-densities as zero density); unadjusted kernels (ULA, underdamped) that step to
@@ -65,7 +67,14 @@ from smcdiff.result import SMCResult
 from smcdiff.seeding import child_generator
 from smcdiff.target import Target, target_event_shape
 
-__all__ = ["TemperedSMC", "TemperingIncompleteError", "next_temperature", "run_tempered"]
+__all__ = [
+    "TemperedSMC",
+    "TemperingIncompleteError",
+    "check_reached_target",
+    "next_temperature",
+    "pilot_schedule",
+    "run_tempered",
+]
 
 MOVE_CHECKS = ("target log_prob in MCMC move", "target gradient in MCMC move")
 """Names of the move checks (quantities of a :class:`~smcdiff.errors.NonFiniteError`)."""
