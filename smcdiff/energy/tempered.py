@@ -480,13 +480,17 @@ def run_tempered(settings: RunSettings, options: TemperedOptions) -> SMCResult:
 
 def pilot_schedule(run: SMCRun, initial_step_size: float) -> tuple[torch.Tensor, torch.Tensor]:
     """From an adaptive run: its temperatures ``(K, G)`` up to the first step where every group
-    reached 1, and the step sizes ``(K+2, G)`` its moves started from at each step (row k for
-    step k: ``initial_step_size`` at step 2, then the trace's ``step_size`` of step k - 1), the
-    fixed schedule of an unbiased second run."""
-    temps = run.trace["temperature"][1:].double()  # (K_pilot, G)
+    reached 1, and step sizes ``(K+2, G)``, row k for the moves of step k: the run's step size
+    after its step-k adaptation (adapted to the same tempered law; ``initial_step_size`` where
+    the run has none), the fixed schedule of an unbiased second run."""
+    temps = run.trace["temperature"][1:].double()  # (K_run, G)
     K = int((temps >= 1.0).all(-1).nonzero()[0, 0]) + 1
+    adapted = run.trace["step_size"].double()  # (K_run + 1, G), NaN at steps 0 and 1
     sizes = torch.full((K + 2, temps.shape[1]), initial_step_size, dtype=torch.float64)
-    sizes[3:] = run.trace["step_size"][2 : K + 1]  # adapted during steps 2..K
+    rows = min(K + 2, adapted.shape[0])
+    sizes[2:rows] = adapted[2:rows]
+    if rows < K + 2 and rows > 2:  # the run ended at 1 without a last move: keep its last size
+        sizes[rows:] = adapted[rows - 1]
     return temps[:K], sizes
 
 
