@@ -9,7 +9,7 @@ importable from the subpackages.
 """
 
 from smcdiff.distributions import Gaussian, GaussianMixture
-from smcdiff.energy import sample
+from smcdiff.energy import DiffusionOptions, MCMCOptions, TemperedOptions, sample
 from smcdiff.engine import (
     SMC,
     Collector,
@@ -52,6 +52,7 @@ __all__ = [
     "Collector",
     "DegeneracyWarning",
     "DegenerateWeightsError",
+    "DiffusionOptions",
     "FeynmanKacModel",
     "Flow",
     "Gaussian",
@@ -59,6 +60,7 @@ __all__ = [
     "Genealogy",
     "GeometricScore",
     "LocalResampler",
+    "MCMCOptions",
     "NoiseProcess",
     "NonFiniteError",
     "PyroTarget",
@@ -70,6 +72,7 @@ __all__ = [
     "StepInfo",
     "StepOutput",
     "Target",
+    "TemperedOptions",
     "WeightTails",
     "WeightedMoments",
     "anneal",
