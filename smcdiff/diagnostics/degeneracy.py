@@ -59,7 +59,7 @@ MIN_ESS_FLOOR = 2.0
 """... and below this many particles (the threshold is ``max(MIN_ESS_FLOOR, fraction * N)``)."""
 MIN_DISTINCT_FRACTION = 0.002
 """Flag a run whose final particles descend from fewer than this fraction of the N initial ones."""
-MIN_DISTINCT_FLOOR = 3
+MIN_DISTINCT_FLOOR = 5
 """... and from fewer than this many (the threshold is ``max(floor, fraction * N)``)."""
 PARETO_K_MAX = 0.7
 """Flag a step whose weights have PSIS :math:`\\hat k` above this (Vehtari et al. 2024) ..."""
