@@ -22,7 +22,10 @@ import warnings
 import torch
 
 import smcdiff
-from smcdiff.resampling import systematic
+from smcdiff.diffusion_fk import TiltTerm, build_diffusion_fk
+from smcdiff.engine import run_smc
+from smcdiff.processes.grids import time_grid
+from smcdiff.resampling import policy_from_threshold, systematic
 
 
 def _sync(device: torch.device) -> None:
@@ -58,18 +61,20 @@ def make_problem(device, d: int = 16, k: int = 8, seed: int = 0):
 
 
 def fk_step_time(n: int, device, path_correction: bool, k1=10, k2=30, repeats=3) -> float:
+    """Seconds per FK step of the engine with steer()'s defaults (log-SNR grid, snr tilt,
+    ancestral_upper under path correction, resampling at ESS < N/2): the difference of runs of
+    k2 and k1 steps, so set-up and the front door's end-of-run diagnostics do not count."""
     model, reward = make_problem(device)
+    sampler = "ancestral_upper" if path_correction else "ancestral"
 
     def run(k):
-        return lambda: smcdiff.steer(
-            model,
-            reward=reward,
-            n_particles=n,
-            n_steps=k,
-            seed=0,
-            device=device,
-            path_correction=path_correction,
-        )
+        times = time_grid(model.process, k, "log_snr").tolist()
+        fk = build_diffusion_fk(model, times, tilt=(TiltTerm("reward", reward),),
+                                path_correction=path_correction, sampler=sampler,
+                                tilt_schedule="snr", device=device)  # fmt: skip
+        policy = policy_from_threshold(0.5)
+        return lambda: run_smc(fk, n, policy=policy, progress=False,
+                               generator=torch.Generator(device=device).manual_seed(0))  # fmt: skip
 
     t1, t2 = _timed(run(k1), device, repeats), _timed(run(k2), device, repeats)
     return (t2 - t1) / (k2 - k1)
@@ -122,10 +127,6 @@ def syncs_inside_steps(device) -> int:
     """Host-device syncs during the steps of one run (finiteness checks off until the end)."""
     if device.type != "cuda":
         return 0
-    from smcdiff.diffusion_fk import TiltTerm, build_diffusion_fk
-    from smcdiff.engine import run_smc
-    from smcdiff.resampling import policy_from_threshold
-
     model, reward = make_problem(device)
     times = smcdiff.time_grid(model.process, 20, "log_snr").tolist()
     fk = build_diffusion_fk(
