@@ -56,7 +56,7 @@ from smcdiff.engine.model import FeynmanKacModel, ParticleState, StepOutput
 from smcdiff.engine.progress import Progress
 from smcdiff.engine.result import SMCRun
 from smcdiff.engine.smc import run_smc
-from smcdiff.engine.state import SMCState, StepInfo
+from smcdiff.engine.state import StepInfo
 from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.adapt import robbins_monro
 from smcdiff.mcmc.base import nan_to_neg_inf, row_sum
@@ -318,12 +318,9 @@ class TemperedSMC(FeynmanKacModel):
         new = row.expand(lam.shape[0]).to(lam)
         return new - lam, new
 
-    def done(self, k: int, state: ParticleState | SMCState) -> torch.Tensor:
-        """True after the step whose moves ran at :math:`\\lambda = 1` in every group.
-        ``state``: the particles (or the engine's :class:`~smcdiff.engine.SMCState` holding
-        them)."""
-        particles = state.particles if isinstance(state, SMCState) else state
-        return (particles["lam_start"] >= 1.0).all()
+    def done(self, k: int, state: ParticleState) -> torch.Tensor:
+        """True after the step whose moves ran at :math:`\\lambda = 1` in every group."""
+        return (state["lam_start"] >= 1.0).all()
 
     def _moves(
         self,
