@@ -3,7 +3,7 @@ Langevin, pCNL), step-size adaptation, a chain runner with ArviZ output, and an 
 adapter."""
 
 from smcdiff.mcmc.adapt import rm_gain, robbins_monro
-from smcdiff.mcmc.base import Kernel, LogProb, MCMCState, StepInfo, row_sum, value_and_grad
+from smcdiff.mcmc.base import Kernel, LogProb, MCMCState, MoveInfo, row_sum, value_and_grad
 from smcdiff.mcmc.corrector import mcmc_corrector
 from smcdiff.mcmc.hmc import HMC
 from smcdiff.mcmc.langevin import MALA, ULA, UnderdampedLangevin
@@ -29,7 +29,7 @@ __all__ = [
     "Kernel",
     "LogProb",
     "MCMCState",
-    "StepInfo",
+    "MoveInfo",
     "UnderdampedLangevin",
     "check_kernel_options",
     "get_kernel",

@@ -33,7 +33,7 @@ __all__ = [
     "Kernel",
     "LogProb",
     "MCMCState",
-    "StepInfo",
+    "MoveInfo",
     "chain_step_size",
     "finite_rows",
     "nan_evaluations",
@@ -59,7 +59,7 @@ class MCMCState(NamedTuple):
     velocity: torch.Tensor | None = None
 
 
-class StepInfo(NamedTuple):
+class MoveInfo(NamedTuple):
     """``accept_prob`` ``(N,)``: the MH acceptance probability :math:`\\min(1, e^{\\log\\alpha})`
     (1 for unadjusted kernels, 0 for non-finite proposals); ``accepted`` ``(N,)`` bool;
     ``n_nonfinite``: scalar long tensor, the number of rejected non-finite proposals;
@@ -87,7 +87,7 @@ class Kernel(Protocol):
 
     def step(
         self, state: MCMCState, step_size: float | torch.Tensor, generator: torch.Generator
-    ) -> tuple[MCMCState, StepInfo]: ...
+    ) -> tuple[MCMCState, MoveInfo]: ...
 
 
 def value_and_grad(log_prob: LogProb, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,7 +160,7 @@ def metropolis(
     log_alpha: torch.Tensor,
     generator: torch.Generator,
     nan_masks: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> tuple[MCMCState, StepInfo]:
+) -> tuple[MCMCState, MoveInfo]:
     r"""Accept ``proposal`` per chain with probability :math:`\min(1, e^{\log\alpha})`.
 
     Non-finite proposals (log-density, gradient or ``log_alpha``) get :math:`\alpha = 0`.
@@ -175,7 +175,7 @@ def metropolis(
     accepted = torch.log(u) < log_alpha
     if nan_masks is None:
         nan_masks = nan_evaluations(proposal.x, proposal.log_prob, proposal.grad, current.x)
-    info = StepInfo(torch.exp(log_alpha.clamp(max=0.0)), accepted, (~ok).sum(), *nan_masks)
+    info = MoveInfo(torch.exp(log_alpha.clamp(max=0.0)), accepted, (~ok).sum(), *nan_masks)
     return select(accepted, proposal, current), info
 
 

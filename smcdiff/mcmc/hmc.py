@@ -9,7 +9,7 @@ from smcdiff.mcmc.base import (
     GradientKernel,
     LogProb,
     MCMCState,
-    StepInfo,
+    MoveInfo,
     chain_step_size,
     metropolis,
     nan_evaluations,
@@ -49,7 +49,7 @@ class HMC(GradientKernel):
 
     def step(
         self, state: MCMCState, step_size: float | torch.Tensor, generator: torch.Generator
-    ) -> tuple[MCMCState, StepInfo]:
+    ) -> tuple[MCMCState, MoveInfo]:
         x, lp, g = state.x, state.log_prob, state.grad
         h = chain_step_size(step_size, x)
         inv_m = (

@@ -20,7 +20,7 @@ from smcdiff.mcmc.base import (
     GradientKernel,
     LogProb,
     MCMCState,
-    StepInfo,
+    MoveInfo,
     chain_step_size,
     finite_rows,
     metropolis,
@@ -50,11 +50,11 @@ class ULA(_Overdamped):
 
     def step(
         self, state: MCMCState, step_size: float | torch.Tensor, generator: torch.Generator
-    ) -> tuple[MCMCState, StepInfo]:
+    ) -> tuple[MCMCState, MoveInfo]:
         prop = self._propose(state, chain_step_size(step_size, state.x), generator)
         ok = finite_rows(prop.log_prob, prop.grad)
         nan = nan_evaluations(prop.x, prop.log_prob, prop.grad, state.x)
-        info = StepInfo(ok.to(state.x.dtype), ok, (~ok).sum(), *nan, diverged=~ok)
+        info = MoveInfo(ok.to(state.x.dtype), ok, (~ok).sum(), *nan, diverged=~ok)
         return select(ok, prop, state), info
 
 
@@ -70,7 +70,7 @@ class MALA(_Overdamped):
 
     def step(
         self, state: MCMCState, step_size: float | torch.Tensor, generator: torch.Generator
-    ) -> tuple[MCMCState, StepInfo]:
+    ) -> tuple[MCMCState, MoveInfo]:
         h = chain_step_size(step_size, state.x)
         prop = self._propose(state, h, generator)
         fwd = row_sum((prop.x - state.x - h * state.grad).square())
@@ -106,7 +106,7 @@ class UnderdampedLangevin(GradientKernel):
 
     def step(
         self, state: MCMCState, step_size: float | torch.Tensor, generator: torch.Generator
-    ) -> tuple[MCMCState, StepInfo]:
+    ) -> tuple[MCMCState, MoveInfo]:
         x, g = state.x, state.grad
         h = chain_step_size(step_size, x)
         c = torch.exp(-self.friction * h)
@@ -119,5 +119,5 @@ class UnderdampedLangevin(GradientKernel):
         prop = MCMCState(x, lp, g, v + 0.5 * h * g)
         ok = finite_rows(lp, g) & torch.isfinite(prop.velocity).flatten(1).all(-1)
         nan = nan_evaluations(x, lp, g, state.x)
-        info = StepInfo(ok.to(x.dtype), ok, (~ok).sum(), *nan, diverged=~ok)
+        info = MoveInfo(ok.to(x.dtype), ok, (~ok).sum(), *nan, diverged=~ok)
         return select(ok, prop, state), info

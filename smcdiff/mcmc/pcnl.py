@@ -12,7 +12,7 @@ from smcdiff.mcmc.base import (
     GradientKernel,
     LogProb,
     MCMCState,
-    StepInfo,
+    MoveInfo,
     chain_step_size,
     metropolis,
     row_sum,
@@ -54,7 +54,7 @@ class PCNL(GradientKernel):
 
     def step(
         self, state: MCMCState, step_size: float | torch.Tensor, generator: torch.Generator
-    ) -> tuple[MCMCState, StepInfo]:
+    ) -> tuple[MCMCState, MoveInfo]:
         x = state.x
         c = torch.as_tensor(self.prior_var, dtype=x.dtype, device=x.device)
         d = chain_step_size(step_size, x)

@@ -13,7 +13,7 @@ from smcdiff.checks import check_int, check_shape
 from smcdiff.engine.progress import Progress
 from smcdiff.errors import NonFiniteError, SMCDiffError
 from smcdiff.mcmc.adapt import rm_gain, robbins_monro
-from smcdiff.mcmc.base import Kernel, LogProb, MCMCState, StepInfo, finite_rows, nan_to_neg_inf
+from smcdiff.mcmc.base import Kernel, LogProb, MCMCState, MoveInfo, finite_rows, nan_to_neg_inf
 from smcdiff.mcmc.registry import (
     KERNELS,
     check_kernel_options,
@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 NAN_QUANTITIES = ("target log_prob", "target gradient")
-"""The quantities a chain's NaN checks name (``StepInfo.nan_log_prob``, ``.nan_grad``)."""
+"""The quantities a chain's NaN checks name (``MoveInfo.nan_log_prob``, ``.nan_grad``)."""
 
 
 class DivergenceWarning(RuntimeWarning):
@@ -60,8 +60,8 @@ class ChainMonitor:
         self.first_diverged = zero
         self.kernel, self.n_warmup, self.n_chains = kernel, n_warmup, n_chains
 
-    def record(self, t: int, info: StepInfo) -> None:
-        """Fold step ``t``'s :class:`~smcdiff.mcmc.StepInfo` in (device ops only)."""
+    def record(self, t: int, info: MoveInfo) -> None:
+        """Fold step ``t``'s :class:`~smcdiff.mcmc.MoveInfo` in (device ops only)."""
         masks = (getattr(info, "nan_log_prob", None), getattr(info, "nan_grad", None))
         for q, mask in zip(NAN_QUANTITIES, masks, strict=True):
             if mask is not None:
@@ -187,7 +187,7 @@ def run_chain(
     ``n_warmup``: default ``n_steps // 2`` when adapting, else 0 (``0`` switches adaptation off).
     Randomness: ``generator``, or a fresh one seeded with ``seed``. ``progress``: ``None`` (a bar
     over the ``n_warmup + n_steps`` steps when standard error is a terminal), ``True``/``False``,
-    or a callable ``progress(step, info)`` with the kernel's :class:`~smcdiff.mcmc.StepInfo`.
+    or a callable ``progress(step, info)`` with the kernel's :class:`~smcdiff.mcmc.MoveInfo`.
 
     A target log-density that is NaN (or +inf), or a gradient that is NaN where it is finite, at
     a point a chain proposes raises a :class:`~smcdiff.errors.NonFiniteError` naming the
