@@ -119,3 +119,18 @@ def test_the_rules_see_what_they_claim():
     assert _imported_module("smcdiff/steering/__init__.py", rel.body[1]) == "smcdiff.steering"
     assert [_is_private(a.name) for a in rel.body[0].names] == [True, False]
     assert not _is_private("__version__")
+
+
+def test_every_package_is_installed() -> None:
+    """Every package directory under ``smcdiff/`` is listed in pyproject's ``packages`` (a
+    non-editable ``pip install .`` ships only those)."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in PACKAGE.rglob("__init__.py")}
+    missing = sorted(found - listed)
+    assert not missing, (
+        f"packages missing from pyproject.toml [tool.setuptools] packages: {missing}"
+    )
