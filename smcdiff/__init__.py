@@ -27,7 +27,15 @@ from smcdiff.engine import (
 from smcdiff.errors import DegeneracyWarning, DegenerateWeightsError, NonFiniteError, SMCDiffError
 from smcdiff.processes import VE, VP, Flow, NoiseProcess, time_grid
 from smcdiff.result import SMCResult
-from smcdiff.scores import GeometricScore, ScoreModel, anneal, cfg, exact_score, product
+from smcdiff.scores import (
+    GeometricScore,
+    NetworkScore,
+    ScoreModel,
+    anneal,
+    cfg,
+    exact_score,
+    product,
+)
 from smcdiff.steering import steer
 from smcdiff.target import Target, as_target
 
@@ -61,6 +69,7 @@ __all__ = [
     "GeometricScore",
     "LocalResampler",
     "MCMCOptions",
+    "NetworkScore",
     "NoiseProcess",
     "NonFiniteError",
     "PyroTarget",

@@ -1,7 +1,24 @@
 """Noise processes, time grids, transition densities and parameterisation conversions."""
 
 from smcdiff.processes.grids import time_grid
-from smcdiff.processes.parameterization import from_score, to_score, tweedie_x0
+from smcdiff.processes.parameterization import (
+    coefficients,
+    convert,
+    from_score,
+    to_score,
+    tweedie_x0,
+)
 from smcdiff.processes.schedules import VE, VP, Flow, NoiseProcess
 
-__all__ = ["VE", "VP", "Flow", "NoiseProcess", "from_score", "time_grid", "to_score", "tweedie_x0"]
+__all__ = [
+    "VE",
+    "VP",
+    "Flow",
+    "NoiseProcess",
+    "coefficients",
+    "convert",
+    "from_score",
+    "time_grid",
+    "to_score",
+    "tweedie_x0",
+]

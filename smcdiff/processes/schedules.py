@@ -9,7 +9,9 @@ everything else follows:
 * SDE :math:`dx = f_t x\,dt + g_t\,dW`, :math:`f_t = \dot\alpha_t/\alpha_t`,
   :math:`g_t^2 = 2\sigma_t\dot\sigma_t - 2 f_t \sigma_t^2 = -\sigma_t^2 \dot\lambda_t`.
 
-Methods take ``t`` as a float or a tensor and return float64 tensors of the same shape.
+Methods take ``t`` as a float or a tensor and return a tensor of the same shape: in the dtype (and on
+the device) of a floating-point tensor ``t`` (a float32 time gives float32 coefficients, as a training
+loop or a network adapter needs), float64 for a Python number or an integer tensor.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ Time = float | torch.Tensor
 
 
 def _t(t: Time) -> torch.Tensor:
+    """``t`` as a tensor: a floating tensor keeps its dtype, anything else becomes float64."""
+    if isinstance(t, torch.Tensor) and t.is_floating_point():
+        return t
     return torch.as_tensor(t, dtype=torch.float64)
 
 
@@ -77,7 +82,9 @@ class NoiseProcess(ABC):
         return math.sqrt(a * a + s * s)
 
     def t_from_log_snr(self, lam: torch.Tensor, iters: int = 100) -> torch.Tensor:
-        """Invert the (decreasing) log-SNR by bisection on [0, 1], in float64."""
+        """Invert the (decreasing) log-SNR by bisection on [0, 1], in float64 (returned in the
+        dtype of a floating-point ``lam``, else float64)."""
+        dtype = lam.dtype if isinstance(lam, torch.Tensor) and lam.is_floating_point() else None
         lam = torch.as_tensor(lam, dtype=torch.float64)
         lo = torch.zeros_like(lam)
         hi = torch.ones_like(lam)
@@ -86,7 +93,7 @@ class NoiseProcess(ABC):
             above = self.log_snr(mid) > lam  # mid is still too early (too little noise)
             lo = torch.where(above, mid, lo)
             hi = torch.where(above, hi, mid)
-        return 0.5 * (lo + hi)
+        return (0.5 * (lo + hi)).to(dtype or torch.float64)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())

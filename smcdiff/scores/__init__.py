@@ -26,6 +26,7 @@ from smcdiff.scores.montecarlo import (
     monte_carlo_score,
     smoothed_log_expectation,
 )
+from smcdiff.scores.network import NetworkScore
 from smcdiff.scores.rdmc import RDMCImportanceScore, RDMCMalaScore, RDMCScore
 from smcdiff.scores.reshape import ReshapedDensityScore, ReshapedScore, reshape_score
 
@@ -39,6 +40,7 @@ __all__ = [
     "GeometricDensityScore",
     "GeometricScore",
     "MonteCarloScore",
+    "NetworkScore",
     "RDMCImportanceScore",
     "RDMCMalaScore",
     "RDMCScore",

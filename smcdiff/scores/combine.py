@@ -115,7 +115,13 @@ class GeometricScore:
         return len(self.models)
 
     def component_scores(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
-        """Scores :math:`s_{i,t}(x)` of every component, stacked ``(K, N, *event_shape)``."""
+        """Scores :math:`s_{i,t}(x)` of every component, stacked ``(K, N, *event_shape)``
+        (components whose class offers ``batched_scores``, e.g. one net under two conditionings,
+        are evaluated in one call when it accepts them)."""
+        batched = getattr(type(self.models[0]), "batched_scores", None)
+        stacked = batched(self.models, x, t) if batched is not None else None
+        if stacked is not None:
+            return stacked
         return torch.stack([m.score(x, model_time(m, t, x)) for m in self.models])
 
     def combine(self, comps: torch.Tensor) -> torch.Tensor:
