@@ -145,9 +145,13 @@ def check_n_particles(n: Any, *, minimum: int = 2, name: str = "n_particles") ->
 
 
 def check_shape(name: str, x: torch.Tensor, shape: tuple[int | None, ...], *, where: str) -> None:
-    """Raise if ``x.shape`` does not match ``shape`` (``None`` matches any size)."""
+    """Raise if ``x`` is not a real tensor whose shape matches ``shape`` (``None`` matches any
+    size): every quantity checked here (scores, rewards, log-densities, samples) is real, and
+    casting a complex one to real would silently drop its imaginary part."""
     if not isinstance(x, torch.Tensor):
         raise SMCDiffError(f"{where}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.is_complex():
+        raise SMCDiffError(f"{where}: {name} has complex dtype {x.dtype}; it must be real")
     ok = x.dim() == len(shape) and all(
         s is None or s == xs for s, xs in zip(shape, x.shape, strict=False)
     )
