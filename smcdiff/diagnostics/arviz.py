@@ -44,6 +44,8 @@ import numpy as np
 import torch
 import xarray as xr
 
+from smcdiff.checks import check_int
+
 if TYPE_CHECKING:
     from smcdiff.result import SMCResult
 
@@ -82,7 +84,9 @@ def to_inference_data(
     from smcdiff.diagnostics.degeneracy import degeneracy_report
 
     report = degeneracy_report(result)
-    n_draws = honest_draws(result) if n_draws is None else int(n_draws)
+    if n_draws is None:
+        n_draws = honest_draws(result)
+    n_draws = check_int("n_draws", n_draws, 1, where="to_arviz")
     attrs = _attrs(result)
     groups = {
         "posterior": posterior if posterior is not None else _posterior(result, seed, n_draws),
