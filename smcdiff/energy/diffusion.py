@@ -120,7 +120,7 @@ def run_diffusion(settings: RunSettings, options: DiffusionOptions, *, weighted:
     if n_moves:  # adapted MCMC moves invariant for the target; weights are unchanged
         h0 = o.final_step_size or 0.1 * scaled.dim ** (-1 / 3)
         moves = mcmc_corrector(o.final_kernel, lambda k, z: counter.log_prob(z), n_moves, h0)
-        y = moves(0, {"x": y}, s.generator)[0]["x"]
+        y = moves(run.completed_steps, {"x": y}, s.generator)[0]["x"]  # k: errors name it
     run.state = {"x": scaled.to_x(y)}
     if not weighted:
         run.log_z = torch.full_like(run.log_z, math.nan)

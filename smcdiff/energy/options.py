@@ -169,7 +169,7 @@ class DiffusionOptions:
         _set(self, "n_steps", check_int("n_steps", self.n_steps, 1, where=where))
         _set(self, "n_mc", check_int("n_mc", self.n_mc, 1, where=where))
         check_choice("estimator", self.estimator, ESTIMATORS, where=where)
-        _set(self, "antithetic", bool(self.antithetic))
+        _flag(self, ("antithetic",), where)
         check_choice("grid", self.grid, GRIDS, where=where)
         for name in ("t_min", "t_max"):
             t = check_number(name, getattr(self, name), minimum=0.0, maximum=1.0, where=where,
