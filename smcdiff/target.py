@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from smcdiff.checks import check_int, check_shape
+from smcdiff.checks import check_device, check_int, check_shape
 from smcdiff.errors import SMCDiffError
 
 __all__ = ["CountingTarget", "Target", "as_target", "grad_log_prob", "target_event_shape"]
@@ -39,13 +39,7 @@ def target_event_shape(target: object) -> tuple[int, ...]:
     Raises if a declared ``event_shape`` does not multiply to ``dim``."""
     from smcdiff.scores.base import event_shape_of  # here: smcdiff.scores imports this module
 
-    shape = event_shape_of(target)
-    if math.prod(shape) != int(target.dim):  # type: ignore[attr-defined]
-        raise SMCDiffError(
-            f"target: event_shape {shape} has {math.prod(shape)} entries but dim is "
-            f"{target.dim}; dim must be the product of event_shape"  # type: ignore[attr-defined]
-        )
-    return shape
+    return event_shape_of(target)
 
 
 class _CallableTarget:
@@ -59,11 +53,12 @@ class _CallableTarget:
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, *event_shape) -> (N,)``; raises :class:`SMCDiffError` on a wrong input or output
-        shape."""
+        shape, or an output on another device than ``x``."""
         where = f"target {self.name!r}.log_prob"
         check_shape("x", x, (None, *self.event_shape), where=where)
         out = self.fn(x)
         check_shape("log_prob output", out, (x.shape[0],), where=where)
+        check_device("log_prob output", out, x.device, where=where)
         return out
 
     def __repr__(self) -> str:

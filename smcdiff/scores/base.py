@@ -14,10 +14,12 @@ Shapes and time (one contract for every caller):
 
 from __future__ import annotations
 
+import math
 from typing import Protocol, runtime_checkable
 
 import torch
 
+from smcdiff.errors import SMCDiffError
 from smcdiff.processes.schedules import NoiseProcess
 
 __all__ = [
@@ -89,8 +91,16 @@ def model_time(model: object, t: float | torch.Tensor, x: torch.Tensor) -> float
 
 
 def event_shape_of(model: object) -> tuple[int, ...]:
-    """``model.event_shape`` as a tuple of ints if the model declares it, else ``(model.dim,)``."""
+    """``model.event_shape`` as a tuple of ints if the model declares it, else ``(model.dim,)``.
+    Raises if a declared ``event_shape`` does not multiply to a declared ``dim``."""
     shape = getattr(model, "event_shape", None)
     if shape is None:
         return (int(model.dim),)  # type: ignore[attr-defined]
-    return tuple(int(s) for s in shape)
+    shape = tuple(int(s) for s in shape)
+    dim = getattr(model, "dim", None)
+    if dim is not None and math.prod(shape) != int(dim):
+        raise SMCDiffError(
+            f"{type(model).__name__}: event_shape {shape} has {math.prod(shape)} entries but dim "
+            f"is {dim}; dim must be the product of event_shape"
+        )
+    return shape
