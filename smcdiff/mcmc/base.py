@@ -27,6 +27,8 @@ from typing import NamedTuple, Protocol
 
 import torch
 
+from smcdiff.errors import SMCDiffError
+
 __all__ = [
     "BLOWUP",
     "GradientKernel",
@@ -35,6 +37,7 @@ __all__ = [
     "MCMCState",
     "MoveInfo",
     "chain_step_size",
+    "check_event_param",
     "finite_rows",
     "nan_evaluations",
     "nan_to_neg_inf",
@@ -97,7 +100,12 @@ def value_and_grad(log_prob: LogProb, x: torch.Tensor) -> tuple[torch.Tensor, to
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         lp = log_prob(x)
-        (grad,) = torch.autograd.grad(lp.sum(), x, allow_unused=True)
+        if not isinstance(lp, torch.Tensor) or lp.is_complex():
+            got = lp.dtype if isinstance(lp, torch.Tensor) else type(lp).__name__
+            raise SMCDiffError(f"target log_prob must return a real torch.Tensor (N,), got {got}")
+        grad = None
+        if lp.requires_grad:
+            (grad,) = torch.autograd.grad(lp.sum(), x, allow_unused=True)
     if grad is None:  # log_prob does not depend on x
         grad = torch.zeros_like(x)
     return lp.detach(), grad.detach()
@@ -108,6 +116,21 @@ def chain_step_size(step_size: float | torch.Tensor, x: torch.Tensor) -> torch.T
     ``x`` ``(N, *event_shape)``."""
     h = torch.as_tensor(step_size, dtype=x.dtype, device=x.device)
     return h.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def check_event_param(name: str, value: float | torch.Tensor, x: torch.Tensor, where: str) -> None:
+    """Raise if the kernel parameter ``value`` (a float, or a tensor meant to broadcast against
+    one particle, e.g. a diagonal mass) does not broadcast against ``x[0]`` (the event shape)."""
+    shape, event = torch.as_tensor(value).shape, x.shape[1:]
+    try:
+        ok = torch.broadcast_shapes(shape, event) == event
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise SMCDiffError(
+            f"{where}: {name} has shape {tuple(shape)}, which does not broadcast against one "
+            f"particle of shape {tuple(event)}"
+        )
 
 
 def row_sum(x: torch.Tensor) -> torch.Tensor:

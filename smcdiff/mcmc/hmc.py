@@ -11,6 +11,7 @@ from smcdiff.mcmc.base import (
     MCMCState,
     MoveInfo,
     chain_step_size,
+    check_event_param,
     metropolis,
     nan_evaluations,
     row_sum,
@@ -46,6 +47,11 @@ class HMC(GradientKernel):
         super().__init__(log_prob)
         self.n_leapfrog = n_leapfrog
         self.inv_mass = inv_mass
+
+    def init(self, x: torch.Tensor, generator: torch.Generator | None = None) -> MCMCState:
+        if self.inv_mass is not None:
+            check_event_param("inv_mass", self.inv_mass, x, "HMC")
+        return super().init(x, generator)
 
     def step(
         self, state: MCMCState, step_size: float | torch.Tensor, generator: torch.Generator

@@ -95,8 +95,8 @@ class UnderdampedLangevin(GradientKernel):
     default_target_accept: float | None = None
 
     def __init__(self, log_prob: LogProb, friction: float = 1.0):
-        if not (math.isfinite(friction) and friction > 0):
-            raise SMCDiffError(f"UnderdampedLangevin: friction must be > 0, got {friction}")
+        if isinstance(friction, bool) or not (math.isfinite(friction) and friction > 0):
+            raise SMCDiffError(f"UnderdampedLangevin: friction must be a number > 0, got {friction!r}")
         super().__init__(log_prob)
         self.friction = friction
 

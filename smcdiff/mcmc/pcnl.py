@@ -14,6 +14,7 @@ from smcdiff.mcmc.base import (
     MCMCState,
     MoveInfo,
     chain_step_size,
+    check_event_param,
     metropolis,
     row_sum,
     value_and_grad,
@@ -47,10 +48,14 @@ class PCNL(GradientKernel):
     default_target_accept: float | None = 0.574
 
     def __init__(self, log_prob: LogProb, prior_var: float | torch.Tensor = 1.0):
-        if not bool((torch.as_tensor(prior_var) > 0).all()):
+        if isinstance(prior_var, bool) or not bool((torch.as_tensor(prior_var) > 0).all()):
             raise SMCDiffError("PCNL: prior_var (the prior covariance C) must be positive")
         super().__init__(log_prob)
         self.prior_var = prior_var
+
+    def init(self, x: torch.Tensor, generator: torch.Generator | None = None) -> MCMCState:
+        check_event_param("prior_var", self.prior_var, x, "PCNL")
+        return super().init(x, generator)
 
     def step(
         self, state: MCMCState, step_size: float | torch.Tensor, generator: torch.Generator

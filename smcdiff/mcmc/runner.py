@@ -217,7 +217,8 @@ def run_chain(
     n_warmup = check_int("n_warmup", n_warmup, 0, where=where)
     h = _initial_step_size(step_size, x0)
     if generator is None:
-        generator = seeded_generator(check_int("seed", seed, allow_none=True), x0.device)
+        seed = check_int("seed", seed, 0, where=where, allow_none=True)
+        generator = seeded_generator(seed, x0.device)
     elif seed is not None:
         raise SMCDiffError(f"{where}: pass generator or seed, not both")
 
@@ -321,6 +322,8 @@ def _draw(
 def _initial_step_size(step_size: float | torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     """Validated ``(N,)`` step sizes in ``x0``'s dtype and device."""
     n = x0.shape[0]
+    if isinstance(step_size, bool):
+        raise SMCDiffError(f"run_chain: step_size must be a number or a tensor, got {step_size!r}")
     h = torch.as_tensor(step_size, dtype=x0.dtype, device=x0.device)
     if h.dim() == 0:
         h = h.expand(n)
