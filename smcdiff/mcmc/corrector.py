@@ -10,9 +10,15 @@ import torch
 
 from smcdiff.checks import check_int, check_number
 from smcdiff.engine.model import ParticleState
+from smcdiff.errors import NonFiniteError, SMCDiffError
 from smcdiff.mcmc.adapt import robbins_monro
-from smcdiff.mcmc.base import Kernel
-from smcdiff.mcmc.registry import check_kernel_options, get_kernel, resolve_target_accept
+from smcdiff.mcmc.base import Kernel, MoveInfo
+from smcdiff.mcmc.registry import (
+    check_kernel_options,
+    get_kernel,
+    kernel_name,
+    resolve_target_accept,
+)
 
 __all__ = ["mcmc_corrector"]
 
@@ -38,7 +44,7 @@ def mcmc_corrector(
     and, when ``adapt`` and the kernel has a target acceptance (``target_accept`` or the kernel's
     default), is updated after every move by Robbins–Monro,
     :math:`\log h \leftarrow \log h + \eta(\bar\alpha - \alpha^*)` with :math:`\bar\alpha` the
-    mean acceptance probability over particles and :math:`\eta` = ``gain``. No host sync.
+    mean acceptance probability over particles and :math:`\eta` = ``gain``, on the device.
 
     Returns ``{**state, "x": new_x}``: other entries of the state are passed through unchanged,
     so a model whose state caches functions of ``x`` (scores, rewards) must recompute them at
@@ -46,12 +52,22 @@ def mcmc_corrector(
     moves) and ``"step_size"`` (after this call's adaptation), scalar tensors. Each call starts
     the kernel afresh from ``x`` (a kinetic kernel redraws its velocity); the adapted step size
     carries over between calls, and between runs if the corrector is reused.
+
+    A NaN (or +inf) target log-density, or a NaN gradient where it is finite, at a point a move
+    proposes is a bug of the target, not a rejection: the call raises a
+    :class:`~smcdiff.errors.NonFiniteError` naming the quantity and the SMC step ``k``. Checking
+    it costs one host-device sync per call (the engine has no finiteness channel for correctors).
     """
     where = "mcmc_corrector"
     factory = get_kernel(kernel)
     check_kernel_options(kernel, kernel_kwargs, where=where)
+    if not callable(log_target):
+        raise SMCDiffError(f"{where}: log_target must be callable (k, x) -> (N,)")
+    if not isinstance(adapt, bool):
+        raise SMCDiffError(f"{where}: adapt must be True or False, got {adapt!r}")
     n_moves = check_int("n_moves", n_moves, 1, where=where)
     step_size = check_number("step_size", step_size, minimum=0.0, strict_min=True, where=where)
+    gain = check_number("gain", gain, minimum=0.0, where=where)
     target = resolve_target_accept(factory, target_accept)
     adapting = adapt and target is not None
     box: dict[str, Any] = {"k": 0}
@@ -66,15 +82,43 @@ def mcmc_corrector(
         box["k"] = k
         s = kern.init(x, generator)
         accept = []
+        bad = torch.zeros(2, x.shape[0], dtype=torch.bool, device=x.device)
         for _ in range(n_moves):
             s, info = kern.step(s, box["log_h"].exp(), generator)
             a = info.accept_prob.mean()
             if adapting:
                 box["log_h"] = robbins_monro(box["log_h"], a, target, gain)
             accept.append(a)
+            bad = _fold_nan(bad, info)
+        _raise_if_nan(bad, k, kernel_name(kernel))
         return {**state, "x": s.x}, {
             "accept": torch.stack(accept).mean(),
             "step_size": box["log_h"].exp(),
         }
 
     return corrector
+
+
+NAN_QUANTITIES = ("target log_prob in MCMC corrector", "target gradient in MCMC corrector")
+"""The quantities a corrector's :class:`~smcdiff.errors.NonFiniteError` names."""
+
+
+def _fold_nan(bad: torch.Tensor, info: MoveInfo) -> torch.Tensor:
+    """``bad`` ``(2, N)`` bool (particles whose moves met a NaN log-density / a NaN gradient so
+    far) updated with one move's flags (a kernel that does not report one leaves it)."""
+    masks = (info.nan_log_prob, info.nan_grad)
+    return torch.stack([b if m is None else b | m for b, m in zip(bad, masks, strict=True)])
+
+
+def _raise_if_nan(bad: torch.Tensor, k: int, kernel: str) -> None:
+    """Raise for the first quantity with a flagged particle (one host-device sync)."""
+    counts = bad.sum(-1).tolist()
+    for q, count in zip(NAN_QUANTITIES, counts, strict=True):
+        if count:
+            raise NonFiniteError(
+                f"mcmc_corrector: {q.split(' in ')[0]} is NaN (or +inf) at a finite point for "
+                f"{count} of {bad.shape[1]} particles in the {kernel} moves at SMC step {k}: fix "
+                "the target, or make it -inf (zero density) where it is undefined",
+                quantity=q,
+                step=k,
+            )
