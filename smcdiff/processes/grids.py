@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from smcdiff.errors import SMCDiffError
 from smcdiff.processes.schedules import NoiseProcess
 
 __all__ = ["time_grid"]
@@ -28,11 +29,11 @@ def time_grid(
       :math:`\bar\sigma_t = \sigma_t/\alpha_t = e^{-\lambda_t/2}` (the VE-equivalent noise level).
     """
     if n_steps < 1:
-        raise ValueError(f"time_grid: n_steps must be >= 1, got {n_steps}")
+        raise SMCDiffError(f"time_grid: n_steps must be >= 1, got {n_steps}")
     lo = process.t_min if t_min is None else t_min
     hi = process.t_max if t_max is None else t_max
     if not 0.0 <= lo < hi <= 1.0:
-        raise ValueError(f"time_grid: need 0 <= t_min < t_max <= 1, got t_min={lo}, t_max={hi}")
+        raise SMCDiffError(f"time_grid: need 0 <= t_min < t_max <= 1, got t_min={lo}, t_max={hi}")
     u = torch.linspace(0.0, 1.0, n_steps + 1, dtype=torch.float64)
     if kind == "uniform":
         ts = hi + (lo - hi) * u
@@ -45,6 +46,6 @@ def time_grid(
         sig = (s_hi + (s_lo - s_hi) * u) ** rho
         ts = process.t_from_log_snr(-2.0 * torch.log(sig))
     else:
-        raise ValueError(f"time_grid: kind must be one of {GRIDS}, got {kind!r}")
+        raise SMCDiffError(f"time_grid: kind must be one of {GRIDS}, got {kind!r}")
     ts[0], ts[-1] = hi, lo  # exact ends despite the bisection
     return ts
