@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DegeneracyWarning", "DegenerateWeightsError", "NonFiniteError", "SMCDiffError"]
+__all__ = [
+    "CheckpointError",
+    "DegeneracyWarning",
+    "DegenerateWeightsError",
+    "NonFiniteError",
+    "SMCDiffError",
+]
 
 
 class SMCDiffError(ValueError):
@@ -29,6 +35,11 @@ class NonFiniteError(SMCDiffError, FloatingPointError):
         self.quantity = quantity
         self.step = step
         self.partial = partial
+
+
+class CheckpointError(SMCDiffError):
+    """A checkpoint cannot be written, read or resumed (missing, torn or foreign file, another
+    format version, another device type, a changed option); the message names the path."""
 
 
 class DegenerateWeightsError(NonFiniteError):
