@@ -28,6 +28,7 @@ from smcdiff.errors import DegeneracyWarning, DegenerateWeightsError, NonFiniteE
 from smcdiff.processes import VE, VP, Flow, NoiseProcess, time_grid
 from smcdiff.result import SMCResult
 from smcdiff.scores import (
+    EnergyNetwork,
     GeometricScore,
     NetworkScore,
     ScoreModel,
@@ -61,6 +62,7 @@ __all__ = [
     "DegeneracyWarning",
     "DegenerateWeightsError",
     "DiffusionOptions",
+    "EnergyNetwork",
     "FeynmanKacModel",
     "Flow",
     "Gaussian",

@@ -11,6 +11,7 @@ from smcdiff.scores.base import (
 )
 from smcdiff.scores.combine import GeometricDensityScore, GeometricScore, anneal, cfg, product
 from smcdiff.scores.empirical import EmpiricalScore
+from smcdiff.scores.energy_network import EnergyNetwork
 from smcdiff.scores.ensemble import EnsembleScore, FollmerDrift, SchrodingerFollmer
 from smcdiff.scores.exact import ExactScore, exact_score
 from smcdiff.scores.moment_fit import (
@@ -34,6 +35,7 @@ __all__ = [
     "BlendedScore",
     "DensityScoreModel",
     "EmpiricalScore",
+    "EnergyNetwork",
     "EnsembleScore",
     "ExactScore",
     "FollmerDrift",
