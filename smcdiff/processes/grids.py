@@ -9,7 +9,7 @@ from smcdiff.processes.schedules import NoiseProcess
 
 __all__ = ["time_grid"]
 
-GRIDS = ("uniform", "log_snr", "edm")
+GRIDS = ("uniform", "log_snr", "edm", "scheduler")
 
 
 def time_grid(
@@ -27,9 +27,18 @@ def time_grid(
     * ``"log_snr"``: equal steps in :math:`\lambda_t = \log(\alpha_t^2/\sigma_t^2)`.
     * ``"edm"``: Karras et al. (2022): equal steps in :math:`\bar\sigma^{1/\rho}` where
       :math:`\bar\sigma_t = \sigma_t/\alpha_t = e^{-\lambda_t/2}` (the VE-equivalent noise level).
+    * ``"scheduler"``: the timesteps of a trained network's scheduler; a process with its own
+      timesteps (:class:`~smcdiff.processes.discrete.DiscreteVP`) makes every grid itself
+      (``process.time_grid``).
     """
     if n_steps < 1:
         raise SMCDiffError(f"time_grid: n_steps must be >= 1, got {n_steps}")
+    own = getattr(process, "time_grid", None)  # a scheduler's process (processes/discrete.py)
+    if callable(own):
+        return own(n_steps, kind, t_min=t_min, t_max=t_max, rho=rho)
+    if kind == "scheduler":
+        raise SMCDiffError("time_grid: grid='scheduler' needs a process with its own timesteps "
+                           "(DiscreteVP, ScheduledFlow, e.g. from smcdiff.from_diffusers)")
     lo = process.t_min if t_min is None else t_min
     hi = process.t_max if t_max is None else t_max
     if not 0.0 <= lo < hi <= 1.0:

@@ -59,7 +59,8 @@ class CommonConfig:
 
     ``reward`` / ``log_likelihood``: callables ``x0 (N, *event_shape) -> (N,)``; the tilt is
     :math:`\phi = \beta r + \log p(y\mid x)` (``beta=None`` means 1). ``n_steps`` steps on the
-    ``grid`` (see :func:`smcdiff.time_grid`) from ``t_max`` to ``t_min``. Resampling: the
+    ``grid`` (see :func:`smcdiff.time_grid`; ``None``: the process's ``default_grid``, else
+    ``"log_snr"``) from ``t_max`` to ``t_min``. Resampling: the
     ``resampling`` scheme (``None``: ``"systematic"``), decided by ``policy`` (a
     :class:`~smcdiff.resampling.policies.ResamplingPolicy`) or by ``ess_threshold`` (resample
     when ESS < ``ess_threshold * N``; ``None``: 0.5), never both. ``device`` and ``dtype`` are
@@ -74,7 +75,7 @@ class CommonConfig:
     beta: float | None = None
     n_particles: int = 1000
     n_steps: int = 100
-    grid: str = "log_snr"
+    grid: str | None = None
     t_min: float | None = None
     t_max: float | None = None
     resampling: str | Callable | None = None
@@ -107,6 +108,8 @@ class CommonConfig:
     def _check_run(self) -> None:
         self._set("n_particles", check_n_particles(self.n_particles))
         self._set("n_steps", check_int("n_steps", self.n_steps, 1, where=WHERE))
+        process = getattr(self.model, "process", None)  # None: the process's default grid
+        self._set("grid", self.grid or getattr(process, "default_grid", "log_snr"))
         check_choice("grid", self.grid, GRIDS, where=WHERE)
         for name in ("t_min", "t_max"):
             t = getattr(self, name)

@@ -42,7 +42,7 @@ def steer(
     beta: float | None = None,
     n_particles: int = 1000,
     n_steps: int = 100,
-    grid: str = "log_snr",
+    grid: str | None = None,
     t_min: float | None = None,
     t_max: float | None = None,
     resampling: str | Callable | None = None,
@@ -108,6 +108,8 @@ def steer(
     :math:`\phi(\hat x_0)` is overconfident at high noise); FK steering as published is
     ``tilt_schedule="constant", grid="uniform", path_correction=False``.
     ``grid``: ``"log_snr"`` (default), ``"uniform"`` or ``"edm"`` (see :func:`smcdiff.time_grid`);
+    ``"scheduler"``, the default for a model from :func:`smcdiff.from_diffusers`: its scheduler's
+    own timesteps;
     ``sampler``: ``"auto"`` (``"ancestral_upper"`` with path correction, else ``"ancestral"``),
     ``"ancestral"``, ``"ancestral_upper"``, ``"em"``, ``"ddim"`` (with ``eta``) or ``"ode"``.
     ``init`` (fk, tds): ``"prior"`` (particles from :math:`\mathcal N(0, \sigma_{ref}^2 I)`) or
