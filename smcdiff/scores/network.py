@@ -113,15 +113,15 @@ def _per_row(value: Any, n: int) -> bool:
 
 
 def _expand_rows(value: Any, n: int) -> torch.Tensor | None:
-    """A tensor conditioning value as ``(n, ...)`` rows (0-d and 1-row tensors broadcast), or
-    ``None`` when it cannot be (it is not a tensor, or has another leading size)."""
+    """A tensor conditioning value as ``(n, ...)`` rows, or ``None`` for a non-tensor. Batch-first
+    convention: a tensor with ``n`` rows is per-row; one with 1 row is broadcast over the rows;
+    any other (a 0-d label, a ``(d,)`` vector, an ``(L, D)`` context) is one sample's value,
+    repeated on a new leading row dimension."""
     if not isinstance(value, torch.Tensor):
         return None
-    if value.dim() == 0:
-        return value.expand(n)
-    if value.shape[0] in (1, n):
+    if value.dim() > 0 and value.shape[0] in (1, n):
         return value.expand(n, *value.shape[1:])
-    return None
+    return value.unsqueeze(0).expand(n, *value.shape)
 
 
 class NetworkScore:
@@ -146,6 +146,8 @@ class NetworkScore:
             ``lambda out: out.sample`` for a diffusers model, ``lambda o: o[:, :C]`` for a
             learned-variance output of 2C channels).
         counter: an :class:`NFECounter` to count into (default: a new one).
+        batch_cond: let :func:`~smcdiff.cfg` and other combinations of this net under several
+            conditionings evaluate them in one call (:meth:`batched_scores`).
         **cond: conditioning keyword arguments passed on to every call.
 
     Gradients: the net runs under ``torch.no_grad()`` unless grad mode is on and ``x`` requires
@@ -170,6 +172,7 @@ class NetworkScore:
         autocast: torch.dtype | None = None,
         postprocess: Callable[[Any], torch.Tensor] | None = None,
         counter: NFECounter | None = None,
+        batch_cond: bool = True,
         **cond: Any,
     ):
         if not callable(net):
@@ -188,6 +191,7 @@ class NetworkScore:
         self.autocast = autocast
         self.postprocess = postprocess
         self.counter = NFECounter() if counter is None else counter
+        self.batch_cond = bool(batch_cond)
         self.cond: dict[str, Any] = dict(cond)
         _warn_training_mode(net)
 
@@ -253,6 +257,7 @@ class NetworkScore:
             autocast=self.autocast,
             postprocess=self.postprocess,
             counter=self.counter,
+            batch_cond=self.batch_cond,
             **{**self.cond, **cond},
         )
 
@@ -352,9 +357,13 @@ class NetworkScore:
         r"""Scores of several :class:`NetworkScore` s of one net that differ only in their
         conditioning, from one call on the ``K * N`` stacked rows: ``(K, N, *event_shape)``.
 
-        ``None`` when they cannot be batched (another class, another net or option, different
-        conditioning keys, a non-tensor value that differs, or a tensor value that is neither
-        0-d nor of 1 or ``N`` rows); the caller then evaluates them one by one.
+        Conditioning values that differ between the models must be tensors; they are stacked
+        batch-first (a tensor with ``N`` rows is per-row, one with 1 row is broadcast, any other
+        is one sample's value given a leading row dimension), so the net must accept per-row
+        conditioning; build the adapters with ``batch_cond=False`` if it does not. ``None`` when
+        they cannot be batched (another class, net or option, different conditioning keys, a
+        non-tensor value that differs, shapes that do not stack, ``batch_cond=False``); the
+        caller then evaluates them one by one.
         :class:`~smcdiff.scores.combine.GeometricScore` (hence :func:`~smcdiff.cfg`) uses it.
         """
         first = models[0] if models else None
@@ -406,6 +415,7 @@ def _batchable(first: Any, m: Any) -> bool:
         and m.autocast == first.autocast
         and m.postprocess is first.postprocess
         and m.counter is first.counter
+        and m.batch_cond
         and m.event_shape == first.event_shape
         and set(m.cond) == set(first.cond)
     )
