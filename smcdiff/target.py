@@ -113,7 +113,8 @@ class CountingTarget:
     """``target`` with evaluation counters: ``n_evals`` (particles evaluated: ``x.numel() // dim``,
     so any leading batch shape counts) and ``n_grads`` (those evaluated with ``x.requires_grad``,
     i.e. for a gradient). Python ints from shapes: no host-device sync. Keeps the target's
-    ``dim`` and ``event_shape``."""
+    ``dim`` and ``event_shape``, and checks that ``log_prob`` returns one real value per
+    particle (shape metadata only), before any caller's arithmetic can broadcast a wrong shape."""
 
     def __init__(self, target: Target):
         self.target, self.dim = target, int(target.dim)
@@ -125,4 +126,7 @@ class CountingTarget:
         self.n_evals += n
         if x.requires_grad:
             self.n_grads += n
-        return self.target.log_prob(x)
+        out = self.target.log_prob(x)
+        batch = tuple(x.shape[: x.dim() - len(self.event_shape)])
+        check_shape("log_prob output", out, batch, where="target")
+        return out
