@@ -8,6 +8,7 @@ processes :class:`VP`, :class:`VE`, :class:`Flow`, closed-form priors :class:`Ga
 importable from the subpackages.
 """
 
+from smcdiff import nets
 from smcdiff.distributions import Gaussian, GaussianMixture
 from smcdiff.energy import DiffusionOptions, MCMCOptions, TemperedOptions, sample
 from smcdiff.engine import (
@@ -39,6 +40,7 @@ from smcdiff.scores import (
 )
 from smcdiff.steering import steer
 from smcdiff.target import Target, as_target
+from smcdiff.training import load_score, save_score, train_score
 
 __version__ = "0.1.0"
 
@@ -91,9 +93,13 @@ __all__ = [
     "cfg",
     "exact_score",
     "from_pyro",
+    "load_score",
+    "nets",
     "product",
     "run_smc",
     "sample",
+    "save_score",
     "steer",
     "time_grid",
+    "train_score",
 ]
