@@ -326,13 +326,14 @@ def sample_option_cases():
                 H1, "sample() does not check dtype: a string crashes with a TypeError in torch"
             ),
         )
-        yield pytest.param(
-            m,
-            {"progress": 3},
-            r"sample: progress must be None, a bool or",
-            id=f"sample-{m}/progress-is-a-number",
-            marks=owed(H1, "sample() accepts progress=3 (steer() refuses it)"),
-        )
+        if m in ("tempered", "diffusion", "mala"):  # one of each kind: the check is sample's
+            yield pytest.param(
+                m,
+                {"progress": 3},
+                r"sample: progress must be None, a bool or",
+                id=f"sample-{m}/progress-is-a-number",
+                marks=owed(H1, "sample() accepts progress=3 (steer() refuses it)"),
+            )
         why = (
             "sample(method=<MCMC>) accepts check_every=0 silently (it is not even checked)"
             if m in MCMC_SAMPLE
