@@ -14,6 +14,7 @@ __all__ = [
     "CheckpointError",
     "DegeneracyWarning",
     "DegenerateWeightsError",
+    "DiscretisationWarning",
     "NonFiniteError",
     "SMCDiffError",
 ]
@@ -51,3 +52,10 @@ class DegeneracyWarning(UserWarning):
     heavy-tailed weights at some step), so its ``log_z`` and weighted estimates are unreliable
     even if the final ESS looks healthy. The message names the step and the numbers;
     ``result.diagnose()`` prints the whole report (:mod:`smcdiff.diagnostics.degeneracy`)."""
+
+
+class DiscretisationWarning(UserWarning):
+    """A sampler's time discretisation could not be refined to its error tolerance (e.g. the FKC
+    step control at its shortest sub-step, :mod:`smcdiff.steering.fkc.stepping`), so ``log_z``
+    and the weights carry discretisation error there. The message names the step and the
+    numbers; the trace keeps the per-step record."""
