@@ -155,7 +155,7 @@ def test_path_corrected_fk_with_an_energy_net_is_exact_and_log_z_lacks_kappa():
     post, log_ev, log_lik = _problem()
     en = EnergyNetwork(MixtureEnergy(PRIOR), VP)
     res = smcdiff.steer(en, log_likelihood=log_lik, n_particles=1000, n_steps=30, n_runs=R,
-                        seed=5, dtype=F64)  # fmt: skip
+                        seed=5, dtype=F64, tilt_schedule="snr")  # fmt: skip
     assert res.info["path_correction"]  # on by default: the energy net has a log-density
     labels = post.component_log_prob(res.particles).argmax(-1)
     masses = mode_mass(labels, res.weights, 3)
@@ -231,3 +231,27 @@ def test_product_of_two_energy_networks_with_density_ratios_is_the_exact_product
     # log Z: log of the integral of p1 p2 at t_min, minus both constants
     shift = kappa(t_min) - 0.5 * kappa(t_min)
     assert_z_unbiased(res.log_z, log_int - shift, n_se=4.5, max_se=0.1, what="product Z")
+
+
+@pytest.mark.parametrize("method", ["fk", "tds", pytest.param("fkc", marks=pytest.mark.slow)])
+def test_same_seed_same_particles_as_the_exact_model_and_log_z_shifted_by_the_constant(method):
+    # the constant is the same for every particle: normalised weights, resampling and particles
+    # are those of the exact (normalised) model; log Z moves by exactly -kappa(t_min) (path
+    # correction) or by -sum_i w_i kappa_i(t_max) (FKC, whose start weight alone uses log q)
+    kw = dict(method=method, n_particles=200, n_steps=10, seed=11, dtype=F64, n_runs=2)
+    if method == "fkc":
+        p1 = mixture([[-2.0, 0.0], [2.0, 1.0]], 0.5, [0.6, 0.4])
+        p2 = mixture([[-1.5, 0.5], [1.0, -1.0]], 1.0, [0.3, 0.7])
+        energy = smcdiff.product(EnergyNetwork(MixtureEnergy(p1), VP),
+                                 EnergyNetwork(MixtureEnergy(p2, shift=-0.5), VP))  # fmt: skip
+        exact = smcdiff.product(smcdiff.exact_score(p1, VP), smcdiff.exact_score(p2, VP))
+        shift = -0.5 * kappa(VP.t_max)
+    else:
+        kw.update(log_likelihood=_problem()[2], tilt_schedule="snr")
+        energy = EnergyNetwork(MixtureEnergy(PRIOR), VP)
+        exact = smcdiff.exact_score(PRIOR, VP)
+        shift = -kappa(VP.t_min)
+    a, b = smcdiff.steer(energy, **kw), smcdiff.steer(exact, **kw)
+    torch.testing.assert_close(a.particles, b.particles, rtol=0, atol=1e-10)
+    torch.testing.assert_close(a.log_weights, b.log_weights, rtol=0, atol=1e-9)
+    torch.testing.assert_close(a.log_z - b.log_z, torch.full((2,), shift, dtype=F64))
