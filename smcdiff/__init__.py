@@ -25,7 +25,14 @@ from smcdiff.engine import (
     WeightTails,
     run_smc,
 )
-from smcdiff.errors import DegeneracyWarning, DegenerateWeightsError, NonFiniteError, SMCDiffError
+from smcdiff.engine.checkpoint import Checkpointer, load_checkpoint, resume
+from smcdiff.errors import (
+    CheckpointError,
+    DegeneracyWarning,
+    DegenerateWeightsError,
+    NonFiniteError,
+    SMCDiffError,
+)
 from smcdiff.processes import VE, VP, Flow, NoiseProcess, time_grid
 from smcdiff.result import SMCResult
 from smcdiff.scores import (
@@ -60,6 +67,8 @@ __all__ = [
     "SMC",
     "VE",
     "VP",
+    "CheckpointError",
+    "Checkpointer",
     "Collector",
     "DegeneracyWarning",
     "DegenerateWeightsError",
@@ -93,9 +102,11 @@ __all__ = [
     "cfg",
     "exact_score",
     "from_pyro",
+    "load_checkpoint",
     "load_score",
     "nets",
     "product",
+    "resume",
     "run_smc",
     "sample",
     "save_score",

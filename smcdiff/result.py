@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from smcdiff.engine.result import SMCRun
-from smcdiff.errors import NonFiniteError
 from smcdiff.resampling import get_scheme
 from smcdiff.weights import ess as ess_fn
 
@@ -63,13 +62,16 @@ class SMCResult:
 
     @staticmethod
     def wrap_partial(
-        err: NonFiniteError, *, grouped: bool, info: dict[str, Any], has_log_z: bool = True
+        err: BaseException, *, grouped: bool, info: dict[str, Any], has_log_z: bool = True
     ) -> None:
-        """Replace an engine error's ``partial`` (an :class:`SMCRun` up to the last good step) by
-        its :class:`SMCResult`, in place, so that ``err.partial.ess``, ``.resample()``,
-        ``.to_arviz()`` and ``.diagnose()`` work; the front doors call this and re-raise ``err``."""
-        if isinstance(err.partial, SMCRun):
-            info = {**info, "completed_steps": err.partial.completed_steps, "failed": str(err)}
+        """Replace an engine error's ``partial`` (an :class:`SMCRun` up to the last good step:
+        a :class:`~smcdiff.errors.NonFiniteError`, or any exception or ``KeyboardInterrupt``
+        raised inside :func:`~smcdiff.run_smc`'s loop) by its :class:`SMCResult`, in place, so
+        that ``err.partial.ess``, ``.resample()``, ``.to_arviz()`` and ``.diagnose()`` work; the
+        front doors call this and re-raise ``err``. Anything else is left as it is."""
+        if isinstance(getattr(err, "partial", None), SMCRun):
+            failed = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+            info = {**info, "completed_steps": err.partial.completed_steps, "failed": failed}
             err.partial = SMCResult.from_run(
                 err.partial, grouped=grouped, info=info, has_log_z=has_log_z
             )

@@ -225,7 +225,9 @@ class RunSettings:
     the result); ``generator`` on ``device``; particles in ``dtype``; the reference
     :math:`\mathcal N(\mu, \sigma_0^2 I)` from ``reference_mean`` (``None``: 0) and
     ``reference_std``; ``resampling`` scheme, ``ess_threshold`` (resample when the ESS falls below
-    it times N), ``check_every`` and ``progress`` as in :func:`smcdiff.run_smc`.
+    it times N), ``check_every`` and ``progress`` as in :func:`smcdiff.run_smc`; ``checkpoint``
+    (a :class:`~smcdiff.engine.checkpoint.Checkpointer` or ``None``) and ``start`` (a loaded
+    :class:`~smcdiff.engine.checkpoint.Checkpoint` to continue, or ``None``) for the engine run.
     """
 
     target: Target
@@ -241,3 +243,5 @@ class RunSettings:
     ess_threshold: float
     check_every: int | None
     progress: bool | Callable | None
+    checkpoint: Any = None
+    start: Any = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,14 +22,29 @@ from smcdiff.energy.chains import run_mcmc
 from smcdiff.energy.diffusion import run_diffusion
 from smcdiff.energy.options import DiffusionOptions, MCMCOptions, RunSettings, TemperedOptions
 from smcdiff.energy.tempered import run_tempered
-from smcdiff.errors import NonFiniteError, SMCDiffError
+from smcdiff.engine.checkpoint import (
+    Checkpoint,
+    Checkpointer,
+    RunCall,
+    as_checkpointer,
+    register_front_door,
+    resume_checkpointer,
+)
+from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.registry import KERNELS, get_kernel, kernel_name, kernel_parameters
 from smcdiff.resampling import get_scheme
 from smcdiff.result import SMCResult
 from smcdiff.seeding import make_generator
 from smcdiff.target import Target
 
-__all__ = ["SAMPLE_METHODS", "SampleMethod", "method_options", "sample"]
+__all__ = [
+    "CHECKPOINTED_METHODS",
+    "SAMPLE_METHODS",
+    "SampleMethod",
+    "method_options",
+    "sample",
+    "sample_call",
+]
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,8 @@ def sample(
     check_every: int | None = None,
     progress: bool | Callable | None = None,
     options: Any = None,
+    checkpoint: str | os.PathLike | Checkpointer | None = None,
+    checkpoint_every: int | None = None,
     **kwargs: Any,
 ) -> SMCResult:
     r"""Weighted particles for :math:`\pi \propto e^{\text{target.log\_prob}}` and its log
@@ -116,7 +134,42 @@ def sample(
     for ``"tempered"``, the steps otherwise), ``True``/``False``, or a callable
     ``progress(k, info)``. ``result.info`` holds the settings, ``n_target_evals``,
     ``n_grad_evals`` and ``wall_time_s``.
+
+    Checkpoints (``"tempered"``; docs/checkpoint.md): ``checkpoint`` (a path, or a
+    :class:`~smcdiff.engine.checkpoint.Checkpointer` for a time-based cadence) writes the run's
+    whole state atomically at step 0, every ``checkpoint_every`` steps, at the end and when the
+    run stops on an exception or ``KeyboardInterrupt``, with this call's arguments (those that
+    pickle); :func:`smcdiff.resume` continues it, bitwise equal to the uninterrupted run on the
+    same device type. An exception or ``KeyboardInterrupt`` during an SMC run is re-raised with
+    ``err.partial``, the run up to the last step checked finite, as an :class:`SMCResult` (and
+    ``err.checkpoint``, the path written, when checkpointing).
     """
+    args = dict(
+        target=target, method=method, n_particles=n_particles, seed=seed, device=device,
+        dtype=dtype, n_runs=n_runs, reference_std=reference_std, reference_mean=reference_mean,
+        resampling=resampling, ess_threshold=ess_threshold, options=options, **kwargs,
+    )  # fmt: skip
+    control = {"check_every": check_every, "progress": progress}
+    return sample_call(args, control, as_checkpointer(checkpoint, checkpoint_every, "sample"))
+
+
+CHECKPOINTED_METHODS = ("tempered",)
+"""The :func:`sample` methods that take ``checkpoint=`` (SMC runs of the engine)."""
+
+_SETTINGS = ("n_particles", "seed", "device", "dtype", "n_runs", "reference_std",
+             "reference_mean", "resampling", "ess_threshold")  # fmt: skip
+
+
+def sample_call(
+    args: dict[str, Any],
+    control: dict[str, Any],
+    saver: Checkpointer | None = None,
+    start: Checkpoint | None = None,
+) -> SMCResult:
+    """:func:`sample` on its arguments ``args`` (all but the run controls ``check_every`` and
+    ``progress``, in ``control``), writing checkpoints with ``saver`` (which then stores
+    ``args``), continuing ``start`` if given."""
+    method, target = args["method"], args["target"]
     if method not in SAMPLE_METHODS:
         raise SMCDiffError(
             f"sample: method must be one of {sorted(SAMPLE_METHODS)}, got {method!r}"
@@ -126,16 +179,20 @@ def sample(
             "sample: target must have .dim and .log_prob(x) "
             "(see smcdiff.Target / smcdiff.as_target)"
         )
-    opts = method_options(method, options, **kwargs)
-    settings, seed = _settings(
-        target, n_particles=n_particles, seed=seed, device=device, dtype=dtype, n_runs=n_runs,
-        reference_std=reference_std, reference_mean=reference_mean, resampling=resampling,
-        ess_threshold=ess_threshold, check_every=check_every, progress=progress,
-    )  # fmt: skip
+    kwargs = {k: v for k, v in args.items() if k not in (*_SETTINGS, "target", "method", "options")}
+    opts = method_options(method, args["options"], **kwargs)
+    if saver is not None:
+        _check_checkpointable(method, opts)
+        if args["seed"] is None:  # the resumed run must report this seed
+            args = {**args, "seed": make_generator(None)[1]}
+    settings, seed = _settings(target, **{k: args[k] for k in _SETTINGS}, **control,
+                               checkpoint=saver, start=start)  # fmt: skip
+    if saver is not None:
+        saver.call = RunCall.capture("sample", args, saver.max_argument_bytes)
     t0 = time.perf_counter()
     try:
         result = SAMPLE_METHODS[method].run(settings, opts)
-    except NonFiniteError as err:  # its partial run becomes an SMCResult
+    except BaseException as err:  # its partial run (if any) becomes an SMCResult
         info = {"method": method, "seed": seed, "device": str(settings.device)}
         weighted = getattr(SAMPLE_METHODS[method].run, "keywords", {}).get("weighted", True)
         SMCResult.wrap_partial(err, grouped=settings.grouped, info=info, has_log_z=weighted)
@@ -150,9 +207,35 @@ def sample(
         **result.info,
         "wall_time_s": time.perf_counter() - t0,
     }
+    if start is not None:
+        result.info["resumed_from_step"] = start.step
     result.target = target
-    result.diagnose(full=False).warn(stacklevel=2)
+    result.diagnose(full=False).warn(stacklevel=3)
     return result
+
+
+def _check_checkpointable(method: str, options: Any) -> None:
+    if method not in CHECKPOINTED_METHODS:
+        raise SMCDiffError(
+            f"sample(method={method!r}) does not take checkpoint=: checkpoints cover the SMC "
+            f"methods {', '.join(map(repr, CHECKPOINTED_METHODS))}"
+        )
+    if getattr(options, "unbiased", False):
+        raise SMCDiffError(
+            "sample(method='tempered', unbiased=True) runs twice (a pilot, then a fixed "
+            "schedule) and does not take checkpoint=; checkpoint the adaptive run, or pass "
+            "schedule= (the pilot's temperatures) to checkpoint the second run"
+        )
+
+
+def _resume_sample(ck: Checkpoint, overrides: dict[str, Any]) -> SMCResult:
+    """Continue a checkpointed :func:`sample` run (see :func:`smcdiff.resume`)."""
+    control = {k: overrides.pop(k, None) for k in ("check_every", "progress")}
+    saver = resume_checkpointer(ck, overrides)
+    return sample_call(ck.call.arguments(overrides, f"resume({ck.path})"), control, saver, ck)
+
+
+register_front_door("sample", _resume_sample)
 
 
 def method_options(method: str, options: Any = None, **kwargs: Any) -> Any:
@@ -242,6 +325,7 @@ def _settings(target: Target, **kw: Any) -> tuple[RunSettings, int]:
         generator=generator, device=device, dtype=dtype, reference_std=reference_std,
         reference_mean=kw["reference_mean"], resampling=kw["resampling"],
         ess_threshold=ess_threshold, check_every=kw["check_every"], progress=kw["progress"],
+        checkpoint=kw.get("checkpoint"), start=kw.get("start"),
     )  # fmt: skip
     return settings, seed
 

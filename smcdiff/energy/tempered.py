@@ -205,6 +205,8 @@ class TemperedSMC(FeynmanKacModel):
         on_cuda = self.device.type == "cuda"
         self.cuda_graph = on_cuda if options.cuda_graph is None else options.cuda_graph and on_cuda
         self._graph_seeded = False
+        self._graph_gen: torch.Generator | None = None  # the CUDA graph's, once seeded
+        self._graph_resume: torch.Tensor | None = None  # its state from a checkpoint
         self._reports_divergence = False
         step_size = options.step_size
         if step_size is None:  # a fraction of the reference scale, shrinking with dimension
@@ -322,6 +324,22 @@ class TemperedSMC(FeynmanKacModel):
         """True after the step whose moves ran at :math:`\\lambda = 1` in every group."""
         return (state["lam_start"] >= 1.0).all()
 
+    def state_dict(self) -> dict[str, Any]:
+        """For checkpoints: the CUDA-graph switch and the graph generator's state (the
+        temperatures and step sizes live in the particles)."""
+        gen = self._graph_gen
+        return {
+            "cuda_graph": self.cuda_graph,
+            "graph_seeded": self._graph_seeded,
+            "graph_generator": None if gen is None else gen.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.cuda_graph = state["cuda_graph"]
+        self._graph_seeded = state["graph_seeded"]
+        gen = state["graph_generator"]
+        self._graph_resume = None if gen is None else gen.cpu()  # set_state takes a CPU tensor
+
     def _moves(
         self,
         x: torch.Tensor,
@@ -389,6 +407,10 @@ class TemperedSMC(FeynmanKacModel):
         if not self._graph_seeded:  # once per run: one number from the run's generator
             g["gen"].manual_seed(child_generator(generator, x.device).initial_seed())
             self._graph_seeded = True
+        elif self._graph_resume is not None:  # a resumed run: where the checkpoint left it
+            g["gen"].set_state(self._graph_resume)
+            self._graph_resume = None
+        self._graph_gen = g["gen"]
         st = g["static"]
         st["x"].copy_(x)
         st["lam"].copy_(lam)
@@ -515,7 +537,7 @@ def _run_once(
         run = run_smc(
             fk, s.n_particles, n_groups=s.n_groups, resampling=s.resampling,
             policy=policy_from_threshold(s.ess_threshold), generator=s.generator,
-            check_every=s.check_every, progress=hook,
+            check_every=s.check_every, progress=hook, checkpoint=s.checkpoint, start=s.start,
         )  # fmt: skip
     finally:
         if bar is not None:

@@ -33,7 +33,15 @@ __all__ = [
 
 
 class Collector:
-    """Base class: ``name`` (the key in ``SMCRun.collected``), ``collect(state, info)``, ``result()``."""
+    """Base class: ``name`` (the key in ``SMCRun.collected``), ``collect(state, info)``,
+    ``result()``, and ``state_dict()`` / ``load_state_dict(state)`` for checkpoints and for
+    rolling back to the last good step of a failed run.
+
+    The default ``state_dict()`` is the collector's attributes with lists and dicts copied one
+    level deep (tensors are shared, not copied: the engine takes one at every finiteness check,
+    so it must not copy to the host). Override both when an attribute does not pickle (a
+    lambda) or when ``collect`` changes a tensor in place.
+    """
 
     name: str = "collector"
 
@@ -43,11 +51,26 @@ class Collector:
     def result(self) -> Any:
         raise NotImplementedError
 
+    def state_dict(self) -> dict[str, Any]:
+        return {k: _shallow(v) for k, v in vars(self).items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            setattr(self, k, _shallow(v))
+
+
+def _shallow(value: Any) -> Any:
+    """A list or dict copied one level deep (so later appends do not reach a snapshot)."""
+    if isinstance(value, list):
+        return list(value)
+    return dict(value) if isinstance(value, dict) else value
+
 
 class Trace(Collector):
     """The engine's per-step trace: ``t`` (if the model has times), ``ess``, ``log_z_increment``,
     ``resampled`` ``(K+1, G)``, ``nfe``, ``n_grad`` ``(K+1,)`` and every name in ``info.extra``
-    (NaN at steps without it), as CPU tensors with a leading step dimension."""
+    (NaN at steps without it), as CPU tensors with a leading step dimension. Its rows keep
+    neither the ancestors nor the invalid counts (:class:`Genealogy` keeps ancestors)."""
 
     name = "trace"
 
@@ -55,7 +78,7 @@ class Trace(Collector):
         self.rows: list[StepInfo] = []
 
     def collect(self, state: SMCState, info: StepInfo) -> None:
-        self.rows.append(info)
+        self.rows.append(info._replace(ancestors=None, invalid={}))
 
     def result(self, last: int | None = None) -> dict[str, torch.Tensor]:
         """The trace up to step ``last`` (default: every step collected)."""
@@ -128,6 +151,9 @@ class WeightedMoments(Collector):
         self.fn = fn if fn is not None else (lambda x: x.flatten(1))
         self.name = name
         self.values: list[torch.Tensor] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"values": list(self.values)}  # not ``fn``: a lambda does not pickle
 
     def collect(self, state: SMCState, info: StepInfo) -> None:
         G, N = state.log_weights.shape

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -57,7 +58,13 @@ class FeynmanKacModel:
       densities, tilts) after an MCMC corrector moved the particles (default: nothing to do);
     * ``done(k, state) -> 0-d bool tensor | None``: end the run before ``n_steps`` (then
       ``n_steps`` is a maximum); ``None`` (the default) never ends early and costs nothing, a
-      tensor costs one host-device sync per step.
+      tensor costs one host-device sync per step;
+    * ``state_dict() -> dict`` / ``load_state_dict(state)``: the model's mutable Python-side
+      state between steps (anything a step reads that an earlier step wrote outside the
+      particles), for checkpoints (:mod:`smcdiff.engine.checkpoint`); default: none. State
+      kept in the particles (the :data:`ParticleState`) is checkpointed with them and needs no
+      hook; a model that keeps state elsewhere and does not override these resumes to another
+      run. ``state_dict`` runs at every finiteness check: return references, not host copies.
     """
 
     n_steps: int
@@ -79,3 +86,12 @@ class FeynmanKacModel:
 
     def done(self, k: int, state: ParticleState) -> torch.Tensor | None:
         return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise NotImplementedError(
+                f"{type(self).__name__} has a checkpointed state but no load_state_dict()"
+            )

@@ -19,12 +19,23 @@ Log-weights and log Z are kept in float64. A user-written loop looks like :func:
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 
 from smcdiff.checks import check_int, check_n_particles, nan_or_posinf
+from smcdiff.engine.checkpoint import (
+    Checkpoint,
+    Checkpointer,
+    RunParts,
+    Snapshot,
+    as_checkpointer,
+    describe,
+)
 from smcdiff.engine.collectors import Collector, Trace
 from smcdiff.engine.guard import LOG_POTENTIAL, WEIGHTS_DEGENERATE, FiniteGuard
 from smcdiff.engine.model import FeynmanKacModel, ParticleState, StepOutput
@@ -37,7 +48,7 @@ from smcdiff.resampling.policies import Always, ResamplingPolicy
 from smcdiff.weights import ess as ess_fn
 from smcdiff.weights import log_normalize
 
-__all__ = ["SMC", "Corrector", "run_smc"]
+__all__ = ["SMC", "Corrector", "RunLoop", "run_smc"]
 
 Corrector = Callable[[int, ParticleState, torch.Generator], tuple[ParticleState, dict]]
 """``corrector(k, state, generator) -> (state, info)``: an MCMC move invariant for the step-k
@@ -160,6 +171,9 @@ def run_smc(
     check_every: int | None = None,
     progress: bool | Callable[[int, StepInfo], None] | None = None,
     collectors: Sequence[Collector] = (),
+    checkpoint: str | os.PathLike | Checkpointer | None = None,
+    checkpoint_every: int | None = None,
+    start: Checkpoint | None = None,
 ) -> SMCRun:
     r"""Run ``model`` with ``n_groups`` independent systems of ``n_particles`` particles.
 
@@ -175,6 +189,15 @@ def run_smc(
     ``resampled`` ``(K+1, G)`` (decided at the start of step k); ``nfe`` and ``n_grad``
     ``(K+1,)``; and any model or corrector info (NaN at steps without it). A model whose
     ``done(k, state)`` returns a tensor may stop early: then K is the last step run.
+
+    Checkpoints (:mod:`smcdiff.engine.checkpoint`): ``checkpoint`` (a path or a
+    :class:`~smcdiff.engine.checkpoint.Checkpointer`) writes the run's whole state at step 0,
+    every ``checkpoint_every`` steps, at the end, and on an exception or ``KeyboardInterrupt``;
+    ``start=load_checkpoint(path)`` continues such a run (same model, options and collectors,
+    rebuilt by the caller; the generator's state comes from the checkpoint), bitwise equal to
+    the uninterrupted run on the same device type. On any exception or ``KeyboardInterrupt``
+    inside the loop the run re-raises it with ``err.partial``: an :class:`SMCRun` up to the
+    last step checked finite, and with checkpoints ``err.checkpoint``: the path written.
     """
     check_n_particles(n_particles)
     n_groups = check_int("n_groups", n_groups, 1, where="run_smc")
@@ -183,35 +206,129 @@ def run_smc(
     if generator is None:
         generator = torch.Generator()
         generator.seed()
-    trace, K = Trace(), model.n_steps
-    collect = [trace, *collectors]
-    state, info = smc.init(n_particles, generator, n_groups)
-    device = state.log_weights.device
-    check_every = check_int("check_every", check_every, 1, where="run_smc", allow_none=True)
-    check_every = check_every or (1 if device.type == "cpu" else 32)
-    guard = FiniteGuard(n_groups * n_particles, K)
-    last_good = state
+    saver = as_checkpointer(checkpoint, checkpoint_every, where="run_smc")
+    if start is not None and not isinstance(start, Checkpoint):
+        raise SMCDiffError(f"run_smc: start must be a Checkpoint (load_checkpoint(path)), got "
+                           f"{type(start).__name__}")  # fmt: skip
+    loop = RunLoop(smc, generator, collectors, saver, check_every, progress)
+    if start is None:
+        state = loop.begin(n_particles, n_groups)
+    else:
+        state = loop.restore(start, n_particles, n_groups)
+    return loop.run(state, finished=start is not None and start.finished)
 
-    def record(state: SMCState, info: StepInfo) -> None:
-        guard.record(info.step, info.invalid, info.t)
-        for c in collect:
+
+class RunLoop:
+    """The loop of :func:`run_smc` over :meth:`SMC.step`: records every step, checks
+    finiteness every ``check_every`` steps, keeps a :class:`~smcdiff.engine.checkpoint.Snapshot`
+    of the last step checked finite, writes checkpoints; on an exception or a
+    ``KeyboardInterrupt``, attaches the partial run (and writes a last checkpoint)."""
+
+    def __init__(
+        self,
+        smc: SMC,
+        generator: torch.Generator,
+        collectors: Sequence[Collector],
+        saver: Checkpointer | None,
+        check_every: int | None,
+        progress: bool | Callable[[int, StepInfo], None] | None,
+    ):
+        self.smc, self.generator, self.saver, self.progress = smc, generator, saver, progress
+        self.check_every = check_int("check_every", check_every, 1, where="run_smc",
+                                     allow_none=True)  # fmt: skip
+        self.trace, self.collectors = Trace(), list(collectors)
+        correctors = {"corrector": smc.corrector, "init_corrector": smc.init_corrector}
+        settings = {"resampler": describe(smc.resampler), "policy": describe(smc.policy)}
+        self.parts = RunParts(
+            smc.model, [self.trace, *self.collectors],
+            {n: c for n, c in correctors.items() if c is not None},
+            saver.stateful if saver is not None else {}, settings,
+        )  # fmt: skip
+        self.good: Snapshot | None = None
+        self.guard: FiniteGuard | None = None
+
+    def begin(self, n_particles: int, n_groups: int) -> SMCState:
+        """Step 0 (:meth:`SMC.init`), recorded."""
+        state, info = self.smc.init(n_particles, self.generator, n_groups)
+        self._setup(state)
+        self.record(state, info)
+        return state
+
+    def restore(self, start: Checkpoint, n_particles: int, n_groups: int) -> SMCState:
+        """The state of ``start``, with the generator, collectors, model and correctors."""
+        state = self.parts.restore(start, self.generator, n_particles, n_groups)
+        self._setup(state)
+        self.good = self.parts.snapshot(state, self.generator, start.finished)
+        return state
+
+    def _setup(self, state: SMCState) -> None:
+        device = state.log_weights.device
+        self.check_every = self.check_every or (1 if device.type == "cpu" else 32)
+        self.guard = FiniteGuard(state.n_groups * state.n_particles, self.smc.model.n_steps)
+        if self.saver is not None:
+            self.saver.bind(self.parts.meta(state, self.generator))
+
+    def record(self, state: SMCState, info: StepInfo) -> None:
+        self.guard.record(info.step, info.invalid, info.t)
+        for c in self.parts.collectors:
             c.collect(state, info)
 
-    def partial() -> SMCRun:
-        return SMCRun.build(last_good, trace.result(last_good.step), collectors)
+    def run(self, state: SMCState, finished: bool = False) -> SMCRun:
+        """The remaining steps (none if ``finished``); the run's :class:`SMCRun`."""
+        tick = Progress(self.progress, self.smc.model.n_steps)
+        tick.advance_to(state.step)
+        try:
+            if self.good is None:  # a fresh run: step 0
+                self.good = self.parts.snapshot(state, self.generator)
+                if self.saver is not None:
+                    self.guard.raise_if_bad()
+                    self.saver.write(self.good)
+            if not finished:
+                state = self._steps(state, tick)
+        except BaseException as err:
+            self._fail(err)
+            raise
+        finally:
+            tick.close()
+        return SMCRun.build(state, self.trace.result(), self.collectors)
 
-    record(state, info)
-    tick = Progress(progress, K)
-    for k in range(1, K + 1):
-        state, info = smc.step(state, generator)
-        record(state, info)
-        if k % check_every == 0 or k == K:
-            guard.raise_if_bad(partial)
-            last_good = state
-        tick(k, info)
-        stop = model.done(k, state.particles) if k < K else None
-        if stop is not None and bool(stop):
-            break
-    tick.close()
-    guard.raise_if_bad(partial)
-    return SMCRun.build(state, trace.result(), collectors)
+    def _steps(self, state: SMCState, tick: Progress) -> SMCState:
+        model, K = self.smc.model, self.smc.model.n_steps
+        for k in range(state.step + 1, K + 1):
+            state, info = self.smc.step(state, self.generator)
+            self.record(state, info)
+            stop = model.done(k, state.particles) if k < K else None
+            finished = k == K or (stop is not None and bool(stop))
+            save = self.saver is not None and (finished or self.saver.due(k))
+            if save or finished or k % self.check_every == 0:
+                self.guard.raise_if_bad()
+                self.good = self.parts.snapshot(state, self.generator, finished)
+                if save:
+                    self.saver.write(self.good)
+            tick(k, info)
+            if finished:
+                break
+        return state
+
+    def _fail(self, err: BaseException) -> None:
+        """Attach ``err.partial`` (the run up to the last step checked finite, unless the
+        error carries one) and, with checkpoints, write that step: ``err.checkpoint``."""
+        good = self.good
+        if good is None:
+            return
+        if self.saver is not None:
+            try:
+                self.saver.write(good)
+                _attach(err, "checkpoint", self.saver.path)
+            except Exception as write_err:  # keep the original error; say the write failed
+                warnings.warn(f"run_smc: the last checkpoint was not written: {write_err}",
+                              stacklevel=3)  # fmt: skip
+                _attach(err, "checkpoint", None)
+        if getattr(err, "partial", None) is None:
+            self.parts.load_collectors(good)
+            _attach(err, "partial", SMCRun.build(good.state, self.trace.result(), self.collectors))
+
+
+def _attach(err: BaseException, name: str, value: object) -> None:
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(err, name, value)

@@ -51,7 +51,9 @@ def mcmc_corrector(
     its next step. ``info``: ``"accept"`` (mean acceptance probability over particles and
     moves) and ``"step_size"`` (after this call's adaptation), scalar tensors. Each call starts
     the kernel afresh from ``x`` (a kinetic kernel redraws its velocity); the adapted step size
-    carries over between calls, and between runs if the corrector is reused.
+    carries over between calls, and between runs if the corrector is reused. The returned
+    function has ``state_dict()`` / ``load_state_dict(state)`` (the adapted :math:`\log h`), so
+    checkpoints (:mod:`smcdiff.engine.checkpoint`) carry it.
 
     A NaN (or +inf) target log-density, or a NaN gradient where it is finite, at a point a move
     proposes is a bug of the target, not a rejection: the call raises a
@@ -96,6 +98,12 @@ def mcmc_corrector(
             "step_size": box["log_h"].exp(),
         }
 
+    def load_state_dict(state: dict) -> None:
+        if state.get("log_h") is not None:
+            box["log_h"] = state["log_h"]
+
+    corrector.state_dict = lambda: {"log_h": box.get("log_h")}  # type: ignore[attr-defined]
+    corrector.load_state_dict = load_state_dict  # type: ignore[attr-defined]
     return corrector
 
 

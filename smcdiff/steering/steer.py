@@ -9,6 +9,7 @@ Feynman–Kac model and runs it with :func:`smcdiff.run_smc`.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,9 +17,16 @@ from typing import Any
 import torch
 
 import smcdiff.steering.methods  # noqa: F401  (registers the built-in methods)
+from smcdiff.engine.checkpoint import (
+    Checkpoint,
+    Checkpointer,
+    RunCall,
+    as_checkpointer,
+    register_front_door,
+    resume_checkpointer,
+)
 from smcdiff.engine.collectors import degeneracy_collectors
 from smcdiff.engine.smc import run_smc
-from smcdiff.errors import NonFiniteError
 from smcdiff.resampling.policies import ResamplingPolicy
 from smcdiff.result import SMCResult
 from smcdiff.scores.base import ScoreModel
@@ -27,10 +35,11 @@ from smcdiff.steering.registry import (
     DEFAULT_ESS_THRESHOLD,
     CommonConfig,
     MethodPlan,
+    common_options,
     get_method,
 )
 
-__all__ = ["run_plan", "steer"]
+__all__ = ["run_plan", "steer", "steer_call"]
 
 
 def steer(
@@ -54,6 +63,8 @@ def steer(
     n_runs: int | None = None,
     check_every: int | None = None,
     progress: bool | Callable | None = None,
+    checkpoint: str | os.PathLike | Checkpointer | None = None,
+    checkpoint_every: int | None = None,
     **options: Any,
 ) -> SMCResult:
     r"""Sample :math:`\pi(x) \propto p(x)\, e^{\beta r(x)}\, p(y \mid x)` from a diffusion prior ``model``.
@@ -130,29 +141,76 @@ def steer(
     :func:`smcdiff.run_smc`); ``progress``: ``None`` (a bar when stderr is a terminal),
     ``True`` / ``False`` or a callable ``progress(k, info)``.
 
+    Checkpoints (docs/checkpoint.md): ``checkpoint`` (a path, or a
+    :class:`~smcdiff.engine.checkpoint.Checkpointer` for a time-based cadence) writes the run's
+    whole state atomically at step 0, every ``checkpoint_every`` steps, at the end and when the
+    run stops on an exception or ``KeyboardInterrupt``, with this call's arguments (those that
+    pickle); :func:`smcdiff.resume` continues it, bitwise equal to the uninterrupted run on the
+    same device type. An exception or ``KeyboardInterrupt`` during the run is re-raised with
+    ``err.partial``, the run up to the last step checked finite, as an :class:`SMCResult` (and
+    ``err.checkpoint``, the path written, when checkpointing).
+
     Returns an :class:`SMCResult` whose ``log_z`` estimates
     :math:`\log\mathbb E_p[e^{\beta r}\, p(y\mid x)]` (for FKC / DriftLite: the log normaliser of
     their geometric target); methods without weights (``guidance``, ``none``) have no estimate and
     report ``log_z = NaN``. ``info`` holds the resolved settings, the seed, counts and wall time.
     New methods plug in with :func:`smcdiff.steering.register_method` (docs/adding-a-method.md).
     """
-    spec = get_method(method)
-    common = CommonConfig(
-        model, method=method, reward=reward, log_likelihood=log_likelihood, beta=beta,
+    args = dict(
+        model=model, method=method, reward=reward, log_likelihood=log_likelihood, beta=beta,
         n_particles=n_particles, n_steps=n_steps, grid=grid, t_min=t_min, t_max=t_max,
         resampling=resampling, ess_threshold=ess_threshold, policy=policy, seed=seed,
-        device=device, dtype=dtype, n_runs=n_runs, check_every=check_every, progress=progress,
+        device=device, dtype=dtype, n_runs=n_runs, **options,
     )  # fmt: skip
-    config = spec.make_config(options)
+    control = {"check_every": check_every, "progress": progress}
+    return steer_call(args, control, as_checkpointer(checkpoint, checkpoint_every, "steer"))
+
+
+def steer_call(
+    args: dict[str, Any],
+    control: dict[str, Any],
+    saver: Checkpointer | None = None,
+    start: Checkpoint | None = None,
+) -> SMCResult:
+    """:func:`steer` on its arguments ``args`` (all but the run controls ``check_every`` and
+    ``progress``, in ``control``), writing checkpoints with ``saver`` (which then stores
+    ``args``), continuing ``start`` if given."""
+    spec = get_method(args["method"])
+    common_names = set(common_options())
+    if saver is not None and args["seed"] is None:  # the resumed run must report this seed
+        args = {**args, "seed": make_generator(None)[1]}
+    common = CommonConfig(**{k: v for k, v in args.items() if k in common_names}, **control)
+    config = spec.make_config({k: v for k, v in args.items() if k not in common_names})
     spec.check_common(common)
+    if saver is not None:
+        saver.call = RunCall.capture("steer", args, saver.max_argument_bytes)
     plan = spec.builder(common, config)
-    return run_plan(plan, common, weighted=spec.weighted)
+    return run_plan(plan, common, weighted=spec.weighted, checkpoint=saver, start=start)
 
 
-def run_plan(plan: MethodPlan, common: CommonConfig, *, weighted: bool = True) -> SMCResult:
+def _resume_steer(ck: Checkpoint, overrides: dict[str, Any]) -> SMCResult:
+    """Continue a checkpointed :func:`steer` run (see :func:`smcdiff.resume`)."""
+    control = {k: overrides.pop(k, None) for k in ("check_every", "progress")}
+    saver = resume_checkpointer(ck, overrides)
+    return steer_call(ck.call.arguments(overrides, f"resume({ck.path})"), control, saver, ck)
+
+
+register_front_door("steer", _resume_steer)
+
+
+def run_plan(
+    plan: MethodPlan,
+    common: CommonConfig,
+    *,
+    weighted: bool = True,
+    checkpoint: Checkpointer | None = None,
+    start: Checkpoint | None = None,
+) -> SMCResult:
     """Run a method's plan with the engine and wrap it as an :class:`SMCResult` whose ``info``
     holds the method, grid and resampling settings, ``plan.settings``, the seed, device, counts
-    and wall time; ``weighted=False``: ``log_z`` is NaN (no estimate) and nothing is resampled."""
+    and wall time; ``weighted=False``: ``log_z`` is NaN (no estimate) and nothing is resampled.
+    ``checkpoint`` / ``start``: as in :func:`smcdiff.run_smc` (``info["resumed_from_step"]``
+    says where a resumed run started)."""
     gen, seed = make_generator(common.seed, common.device)
     t0 = time.perf_counter()
     try:
@@ -161,9 +219,9 @@ def run_plan(plan: MethodPlan, common: CommonConfig, *, weighted: bool = True) -
             resampling=common.resampling_scheme, policy=common.resampling_policy(weighted),
             corrector=plan.corrector, init_corrector=plan.init_corrector, generator=gen,
             check_every=common.check_every, progress=common.progress,
-            collectors=degeneracy_collectors(),
+            collectors=degeneracy_collectors(), checkpoint=checkpoint, start=start,
         )  # fmt: skip
-    except NonFiniteError as err:  # its partial run becomes an SMCResult
+    except BaseException as err:  # its partial run (if any) becomes an SMCResult
         info = {"method": common.method, **plan.settings, "seed": seed}
         SMCResult.wrap_partial(err, grouped=common.n_runs is not None, info=info,
                                has_log_z=weighted)  # fmt: skip
@@ -183,12 +241,14 @@ def run_plan(plan: MethodPlan, common: CommonConfig, *, weighted: bool = True) -
         "n_grad": int(run.trace["n_grad"].sum()),
         "wall_time_s": time.perf_counter() - t0,
     }
+    if start is not None:
+        info["resumed_from_step"] = start.step
     if weighted:
         info.update(_resampling_info(common, scheme))
     info["n_resampled"] = int(run.trace["resampled"].sum())
     result = SMCResult.from_run(run, grouped=common.n_runs is not None, info=info,
                                 has_log_z=weighted)  # fmt: skip
-    result.diagnose(full=False).warn(stacklevel=3)
+    result.diagnose(full=False).warn(stacklevel=4)
     return result
 
 
