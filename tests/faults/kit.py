@@ -129,11 +129,13 @@ class FaultyScore:
 
     def __init__(self, fault: Callable, after: int = 0, only: bool = False, **attrs: Any):
         self.fault, self.after, self.only, self.calls = fault, after, only, 0
+        self.dtypes: set[torch.dtype] = set()
         self.__dict__.update(attrs)
 
     def score(self, x: torch.Tensor, t: float) -> torch.Tensor:
         self.calls += 1
-        s = MODEL.score(x.reshape(x.shape[0], -1), t).reshape(x.shape)
+        self.dtypes.add(x.dtype)  # what the sampler handed in (the model computes in float32)
+        s = MODEL.score(x.reshape(x.shape[0], -1).float(), t).reshape(x.shape)
         hit = self.calls == self.after + 1 if self.only else self.calls > self.after
         return self.fault(s) if hit else s
 

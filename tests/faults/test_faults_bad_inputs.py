@@ -4,6 +4,8 @@ go, negative counts, NaN numbers, unknown names), and user functions that return
 and where: the argument and the front door before any work, or the function and the step (step 0:
 the first evaluation). See ``kit.py`` for the conventions of the corpus."""
 
+import math
+
 import pytest
 import torch
 
@@ -27,6 +29,7 @@ from tests.faults.kit import (
     sample_args,
     steer_args,
 )
+from tests.stats import assert_z_unbiased
 
 H1, H2, LEAD = (
     "H1: engine, steer.py, sample.py, result.py",
@@ -292,6 +295,50 @@ def test_a_model_whose_event_shape_contradicts_its_dim_is_refused(method):
     raises(SMCDiffError, r"event_shape \(2, 2\) has 4 entries but dim is 2", smcdiff.steer, score,
            **steer_args(method))  # fmt: skip
     assert score.calls == 0
+
+
+DTYPE_OWNER = {"driftlite-vcg": H2}
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        pytest.param(
+            m,
+            id=f"steer-{m}/score-returns-float64-for-float32-particles",
+            marks=()
+            if m == "fkc"
+            else owed(
+                DTYPE_OWNER.get(m, LEAD),
+                "a float64 score silently turns the float32 particles into float64 (the next "
+                "step hands the model float64 input; fkc casts the score to the particles' dtype)",
+            ),
+        )
+        for m in STEER_METHODS
+    ],
+)
+def test_a_score_of_another_float_dtype_does_not_change_the_particles(method):
+    score = FaultyScore(lambda s: s.double())
+    res = smcdiff.steer(score, **steer_args(method))
+    assert res.particles.dtype == torch.float32 and score.dtypes == {torch.float32}
+
+
+@pytest.mark.parametrize(
+    "as_dtype",
+    [
+        pytest.param(lambda b: b, id="steer-fk/reward-returns-bool"),
+        pytest.param(lambda b: b.long(), id="steer-fk/reward-returns-int64"),
+        pytest.param(lambda b: b.double(), id="steer-fk/reward-returns-float64"),
+    ],
+)
+def test_a_reward_of_another_real_dtype_gives_the_exact_answer(as_dtype):
+    """An indicator reward 1{x_0 > 0} as bool / int / float64 for float32 particles, beta = 2:
+    E_p[e^(2 r)] = (1 + e^2) / 2 exactly (fk is exact at any step count: path correction).
+    Reading a bool as a constraint (0 / -inf) would give 1/2, a factor 8 off."""
+    reward = lambda x: as_dtype(x[:, 0] > 0)  # noqa: E731
+    res = smcdiff.steer(MODEL, **steer_args("fk", reward=reward, beta=2.0, n_particles=256,
+                                            n_runs=32))  # fmt: skip
+    assert_z_unbiased(res.log_z, math.log(0.5 * (1 + math.e**2)), n_se=4.5, max_se=0.15)
 
 
 # ----------------------------------------------------------------- sample(): options
