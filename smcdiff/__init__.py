@@ -33,7 +33,7 @@ from smcdiff.errors import (
     NonFiniteError,
     SMCDiffError,
 )
-from smcdiff.processes import VE, VP, Flow, NoiseProcess, time_grid
+from smcdiff.processes import VE, VP, DiscreteVP, Flow, NoiseProcess, time_grid
 from smcdiff.result import SMCResult
 from smcdiff.scores import (
     EnergyNetwork,
@@ -43,6 +43,7 @@ from smcdiff.scores import (
     anneal,
     cfg,
     exact_score,
+    from_diffusers,
     product,
 )
 from smcdiff.steering import steer
@@ -73,6 +74,7 @@ __all__ = [
     "DegeneracyWarning",
     "DegenerateWeightsError",
     "DiffusionOptions",
+    "DiscreteVP",
     "EnergyNetwork",
     "FeynmanKacModel",
     "Flow",
@@ -101,6 +103,7 @@ __all__ = [
     "as_target",
     "cfg",
     "exact_score",
+    "from_diffusers",
     "from_pyro",
     "load_checkpoint",
     "load_score",

@@ -1,5 +1,6 @@
 """Noise processes, time grids, transition densities and parameterisation conversions."""
 
+from smcdiff.processes.discrete import DiscreteVP, ScheduledFlow
 from smcdiff.processes.grids import time_grid
 from smcdiff.processes.parameterization import (
     coefficients,
@@ -13,8 +14,10 @@ from smcdiff.processes.schedules import VE, VP, Flow, NoiseProcess
 __all__ = [
     "VE",
     "VP",
+    "DiscreteVP",
     "Flow",
     "NoiseProcess",
+    "ScheduledFlow",
     "coefficients",
     "convert",
     "from_score",

@@ -14,6 +14,7 @@ from smcdiff.scores.empirical import EmpiricalScore
 from smcdiff.scores.energy_network import EnergyNetwork
 from smcdiff.scores.ensemble import EnsembleScore, FollmerDrift, SchrodingerFollmer
 from smcdiff.scores.exact import ExactScore, exact_score
+from smcdiff.scores.from_diffusers import from_diffusers
 from smcdiff.scores.moment_fit import (
     BlendedScore,
     fit_gaussian,
@@ -57,6 +58,7 @@ __all__ = [
     "exact_score",
     "fit_gaussian",
     "fit_gaussian_mixture",
+    "from_diffusers",
     "has_log_density",
     "model_time",
     "moment_fit_blend",
