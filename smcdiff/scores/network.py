@@ -357,7 +357,8 @@ class NetworkScore:
         r"""Scores of several :class:`NetworkScore` s of one net that differ only in their
         conditioning, from one call on the ``K * N`` stacked rows: ``(K, N, *event_shape)``.
 
-        Conditioning values that differ between the models must be tensors; they are stacked
+        A conditioning value shared by the models (the same object, or equal non-tensors) is
+        passed as each single call gets it. Values that differ must be tensors; they are stacked
         batch-first (a tensor with ``N`` rows is per-row, one with 1 row is broadcast, any other
         is one sample's value given a leading row dimension), so the net must accept per-row
         conditioning; build the adapters with ``batch_cond=False`` if it does not. ``None`` when
@@ -427,8 +428,9 @@ def _stack_cond(conds: Sequence[Mapping[str, Any]], n: int) -> dict[str, Any] | 
     for key in conds[0]:
         values = [c[key] for c in conds]
         if all(v is values[0] for v in values) or _equal_plain(values):
-            rows = _expand_rows(values[0], n)
-            out[key] = values[0] if rows is None else torch.cat([rows] * len(values))
+            # shared: passed as each single call gets it (per-row tensors repeated per model)
+            v = values[0]
+            out[key] = torch.cat([v] * len(values)) if _per_row(v, n) else v
             continue
         expanded = [_expand_rows(v, n) for v in values]
         if any(e is None for e in expanded):
