@@ -12,8 +12,17 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 # page -> the fewest python blocks it must have (a page that lost its examples fails loudly)
-PAGES = {"getting-started.md": 4, "engine.md": 5, "conventions.md": 2, "checkpoint.md": 4}
-NEEDS = {"getting-started.md": ("arviz",)}  # optional packages a page's blocks import
+PAGES = {
+    "getting-started.md": 4,
+    "engine.md": 5,
+    "conventions.md": 2,
+    "checkpoint.md": 4,
+    "diffusers.md": 5,
+}
+NEEDS = {  # optional packages a page's blocks import
+    "getting-started.md": ("arviz",),
+    "diffusers.md": ("diffusers",),
+}
 
 
 def python_blocks(text: str) -> list[str]:
