@@ -4,7 +4,8 @@ r"""Time embeddings: a per-row time ``t`` ``(N,)`` as features ``(N, dim)``.
   :math:`\omega_j \sim \mathcal N(0, s^2)` (``scale`` :math:`s`), features
   :math:`[\sin 2\pi\omega_j t, \cos 2\pi\omega_j t]`;
 * ``"sinusoidal"`` (Vaswani et al. 2017; DDPM): geometric frequencies
-  :math:`\omega_j = P^{-j/(\text{dim}/2)}` (``max_period`` :math:`P`) applied to ``scale * t``, features
+  :math:`\omega_j = P^{-j/(\text{dim}/2)}` (``max_period`` :math:`P`) applied to ``scale * t``,
+  features
   :math:`[\sin\omega_j s t, \cos\omega_j s t]`.
 
 Both are followed by a two-layer MLP in the networks. The time a network sees is whatever its

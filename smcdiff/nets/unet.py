@@ -1,12 +1,12 @@
 r"""A small UNet for images ``(N, C, H, W)`` (DDPM's layout, Ho et al. 2020, without attention).
 
-Levels ``mults`` (channels ``base * m``): at each level ``n_res`` residual blocks
-:math:`h \leftarrow h + \mathrm{Conv}(\mathrm{SiLU}(\mathrm{GN}(\mathrm{Conv}(\mathrm{SiLU}(\mathrm{GN}(h)))
-+ W e(t))))`, then a stride-2 convolution down (not after the last level); a middle of two blocks;
-the way up mirrors it with the skips concatenated and nearest-neighbour upsampling. ``H`` and
-``W`` must be divisible by :math:`2^{\text{len(mults)} - 1}`. Group norm is per sample, so rows
-never interact. The defaults (``base=32``, ``mults=(1, 2)``, 0.65 M parameters) suit 8×8 digits; ``base=16``
-has 0.16 M.
+Levels ``mults`` (channels ``base * m``): at each level ``n_res`` residual blocks :math:`h
+\leftarrow h + C(\mathrm{SiLU}(\mathrm{GN}(C(\mathrm{SiLU}(\mathrm{GN}(h))) + W e(t))))` (:math:`C`
+a 3×3 convolution), then a stride-2 convolution down (not after the last level); a middle of two
+blocks; the way up mirrors it with the skips concatenated and nearest-neighbour upsampling. ``H``
+and ``W`` must be divisible by :math:`2^{\text{len(mults)} - 1}`. Group norm is per sample, so rows
+never interact. The defaults (``base=32``, ``mults=(1, 2)``, 0.65 M parameters) suit 8×8 digits;
+``base=16`` has 0.16 M.
 """
 
 from __future__ import annotations

@@ -1,43 +1,5 @@
-r"""A network that returns one scalar energy per sample, as a score model with a log-density.
-
-:class:`EnergyNetwork` reads ``net(x, net_time, **cond)`` ``(N,)`` as an energy
-:math:`E_\theta(x, t)` and defines
-
-.. math::
-    \log\tilde p_t(x) = -E_\theta(x, t), \qquad s_t(x) = -\nabla_x E_\theta(x, t)
-    \quad\text{(by autograd)},
-
-so :math:`\tilde p_t = e^{c(t)}\,q_t` with :math:`q_t` a normalised density and
-:math:`c(t) = \log\int e^{-E_\theta(x, t)}dx` a per-time constant nobody knows. (An energy
-diffusion model, Du et al. 2023 *Reduce, Reuse, Recycle*; Thornton et al. 2025 *Composition and
-Control with Distilled Energy Diffusion Models and SMC*.) What that constant changes:
-
-* **MCMC** (MALA, HMC, pCNL accept-reject; :func:`~smcdiff.mcmc.mcmc_corrector`): nothing — the
-  Metropolis-Hastings ratio at one time cancels :math:`c(t)`; the kernels leave :math:`q_t` (times
-  any tilt) exactly invariant.
-* **Path-corrected FK / TDS** (``path_correction=True``): the step weight
-  :math:`\log\tilde p_s(x_s) - \log\tilde p_t(x_t) + \dots` gains :math:`c(s) - c(t)`, the same for
-  every particle, so normalised weights, resampling, ESS and every weighted estimate are exactly
-  those of a normalised model; the weighted particles target
-  :math:`\pi(x) \propto e^{-E_\theta(x, t_{min})}\,e^{\phi(x)}` (exactly, whatever the net's
-  errors: the intermediate :math:`\tilde p_t` only steer the variance). The constants telescope,
-  so ``log_z`` estimates :math:`\log\int e^{-E_\theta(x, t_{min})}e^{\phi(x)}dx
-  = \log\mathbb E_{q_{t_{min}}}[e^\phi] + c(t_{min})`: the evidence of the normalised model plus
-  the unknown :math:`c(t_{min})` (with an ``end_log_prob`` the last term is replaced and
-  ``log_z`` is that of the given end density, exactly). Differences of ``log_z`` between tilts of
-  one net (model comparison, Bayes factors) cancel :math:`c` and stay exact.
-* **Products of experts with density ratios** (:func:`~smcdiff.product` of energy networks; its
-  :math:`\log\rho_t = \sum_i w_i\log\tilde p_{i,t}` is unnormalised anyway): the same holds with
-  :math:`c = \sum_i w_i c_i`; path-corrected SMC targets :math:`\prod_i\tilde p_{i,t_{min}}^{w_i}`
-  exactly.
-* **FKC** (``method="fkc"``): its weights use scores only, except the start weight
-  :math:`\sum_i w_i\log\tilde p_{i,t_{max}}`, so ``log_z`` shifts by :math:`\sum_i w_i c_i(t_{max})`
-  and normalised weights do not change.
-
-Per-row gradients: the score is the gradient of the summed energies, so the net must treat rows
-independently (no batch norm in training mode). The outputs keep an autograd graph in ``x`` when
-grad mode is on and ``x`` requires grad (a guided proposal differentiating through
-:math:`\hat x_0(x)`, which needs second derivatives of the net; use a smooth activation).
+r"""A network that returns one scalar energy per sample, as a score model with a log-density
+known up to a per-time constant: :class:`EnergyNetwork` (its docstring says what stays exact).
 """
 
 from __future__ import annotations
@@ -61,7 +23,46 @@ WHERE = "EnergyNetwork"
 
 class EnergyNetwork:
     r"""An energy network as a :class:`~smcdiff.scores.base.DensityScoreModel` whose
-    ``log_density`` is known up to a per-time constant (module docstring).
+    ``log_density`` is known up to a per-time constant.
+
+    It reads ``net(x, net_time, **cond)`` ``(N,)`` as an energy
+    :math:`E_\theta(x, t)` and defines
+
+    .. math::
+        \log\tilde p_t(x) = -E_\theta(x, t), \qquad s_t(x) = -\nabla_x E_\theta(x, t)
+        \quad\text{(by autograd)},
+
+    so :math:`\tilde p_t = e^{c(t)}\,q_t` with :math:`q_t` a normalised density and
+    :math:`c(t) = \log\int e^{-E_\theta(x, t)}dx` a per-time constant nobody knows. (An energy
+    diffusion model, Du et al. 2023 *Reduce, Reuse, Recycle*; Thornton et al. 2025 *Composition and
+    Control with Distilled Energy Diffusion Models and SMC*.) What that constant changes:
+
+    * **MCMC** (MALA, HMC, pCNL accept-reject; :func:`~smcdiff.mcmc.mcmc_corrector`): nothing —
+      the Metropolis-Hastings ratio at one time cancels :math:`c(t)`; the kernels leave :math:`q_t`
+      (times any tilt) exactly invariant.
+    * **Path-corrected FK / TDS** (``path_correction=True``): the step weight :math:`\log\tilde
+      p_s(x_s) - \log\tilde p_t(x_t) + \dots` gains :math:`c(s) - c(t)`, the same for every
+      particle, so normalised weights, resampling, ESS and every weighted estimate are exactly those
+      of a normalised model; the weighted particles target :math:`\pi(x) \propto e^{-E_\theta(x,
+      t_{min})}\,e^{\phi(x)}` (exactly, whatever the net's errors: the intermediate :math:`\tilde
+      p_t` only steer the variance). The constants telescope, so ``log_z`` estimates :math:`\log\int
+      e^{-E_\theta(x, t_{min})}e^{\phi(x)}dx = \log\mathbb E_{q_{t_{min}}}[e^\phi] + c(t_{min})`:
+      the evidence of the normalised model plus the unknown :math:`c(t_{min})` (with an
+      ``end_log_prob`` the last term is replaced and ``log_z`` is that of the given end density,
+      exactly). Differences of ``log_z`` between tilts of one net (model comparison, Bayes factors)
+      cancel :math:`c` and stay exact.
+    * **Products of experts with density ratios** (:func:`~smcdiff.product` of energy networks; its
+      :math:`\log\rho_t = \sum_i w_i\log\tilde p_{i,t}` is unnormalised anyway): the same holds with
+      :math:`c = \sum_i w_i c_i`; path-corrected SMC targets :math:`\prod_i\tilde
+      p_{i,t_{min}}^{w_i}` exactly.
+    * **FKC** (``method="fkc"``): its weights use scores only, except the start weight :math:`\sum_i
+      w_i\log\tilde p_{i,t_{max}}`, so ``log_z`` shifts by :math:`\sum_i w_i c_i(t_{max})` and
+      normalised weights do not change.
+
+    Per-row gradients: the score is the gradient of the summed energies, so the net must treat rows
+    independently (no batch norm in training mode). The outputs keep an autograd graph in ``x`` when
+    grad mode is on and ``x`` requires grad (a guided proposal differentiating through
+    :math:`\hat x_0(x)`, which needs second derivatives of the net; use a smooth activation).
 
     Args:
         net: an ``nn.Module`` or callable, ``net(x, net_time, **cond) -> (N,)`` (or ``(N, 1)``)

@@ -14,21 +14,18 @@ the per-sample loss is
 
 .. math:: \ell = \frac{w(t)}{c_t^2}\;\frac1D\,\lVert \text{output} - \text{target}\rVert^2
 
-(:math:`D` the event size: a mean over event dimensions). Weightings (:data:`WEIGHTINGS`):
+(:math:`D` the event size: a mean over event dimensions). Weightings (:data:`WEIGHTINGS`), as
+:math:`w(t)` on :math:`\lVert\hat\varepsilon-\varepsilon\rVert^2`:
 
-============== ============================================ ===============================================
-name           :math:`w(t)` on :math:`\lVert\hat\varepsilon-\varepsilon\rVert^2`   same as
-============== ============================================ ===============================================
-``"natural"``  :math:`c_t^2`                                the MSE of the net's own output
-``"eps"``      1                                            DDPM's simple loss; score matching with
-                                                            :math:`\lambda(t) = \sigma_t^2` (Song et al.
-                                                            2021); the SNR-weighted :math:`x_0` MSE
-``"x0"``       :math:`1/\mathrm{snr}_t`                     the :math:`x_0` MSE
-``"v"``        :math:`(\alpha_t^2+\sigma_t^2)^2/\alpha_t^2`  the v MSE (SNR + 1 weighting of :math:`x_0`)
-``"min_snr"``  :math:`\min(\mathrm{snr}_t, \gamma)/\mathrm{snr}_t`  min-SNR-:math:`\gamma` (Hang et al. 2023)
-``"likelihood"`` :math:`g_t^2/\sigma_t^2 = -\dot\lambda_t`  score matching with :math:`\lambda(t) = g_t^2`,
-                                                            the likelihood weighting (Song et al. 2021)
-============== ============================================ ===============================================
+* ``"natural"``: :math:`c_t^2`, the MSE of the net's own output;
+* ``"eps"``: 1 — DDPM's simple loss, score matching with :math:`\lambda(t) = \sigma_t^2`
+  (Song et al. 2021), the SNR-weighted :math:`x_0` MSE;
+* ``"x0"``: :math:`1/\mathrm{snr}_t`, the :math:`x_0` MSE;
+* ``"v"``: :math:`(\alpha_t^2+\sigma_t^2)^2/\alpha_t^2`, the v MSE;
+* ``"min_snr"``: :math:`\min(\mathrm{snr}_t, \gamma)/\mathrm{snr}_t`, min-SNR-:math:`\gamma`
+  (Hang et al. 2023);
+* ``"likelihood"``: :math:`g_t^2/\sigma_t^2 = -\dot\lambda_t`, score matching with
+  :math:`\lambda(t) = g_t^2`, the likelihood weighting (Song et al. 2021);
 
 with :math:`\mathrm{snr}_t = \alpha_t^2/\sigma_t^2` and :math:`\lambda_t` the log-SNR; ``"auto"`` is
 ``"natural"`` for eps / x0 / v / velocity nets and ``"eps"`` for score and energy nets (whose

@@ -1,10 +1,11 @@
 r"""``train_score``: denoising score matching for a network, with EMA, progress and checkpoints.
 
-Each iteration draws a minibatch :math:`x_0`, times :math:`t` (:func:`~smcdiff.training.loss.
-sample_times`), noise :math:`\varepsilon`, forms :math:`x_t = \alpha_t x_0 + \sigma_t\varepsilon` and
-takes one AdamW step on the weighted regression loss of :mod:`smcdiff.training.loss`; then the EMA
-of the weights is updated. Everything random comes from one generator seeded by ``seed``, so a
-run on tensor data is reproducible and resumes exactly from a checkpoint.
+Each iteration draws a minibatch :math:`x_0`, times :math:`t`
+(:func:`~smcdiff.training.loss.sample_times`), noise :math:`\varepsilon`, forms :math:`x_t =
+\alpha_t x_0 + \sigma_t\varepsilon` and takes one AdamW step on the weighted regression loss of
+:mod:`smcdiff.training.loss`; then the EMA of the weights is updated. Everything random comes from
+one generator seeded by ``seed``, so a run on tensor data is reproducible and resumes exactly from a
+checkpoint.
 """
 
 from __future__ import annotations
@@ -351,8 +352,8 @@ def train_score(
         resume: continue from such a file (same settings; ``n_iters`` may be larger); on tensor
             data the result equals an uninterrupted run's.
         progress: ``None`` (a tqdm bar when stderr is a terminal, with the loss every 50
-            iterations: one host sync each), ``True`` / ``False``, or ``progress(k, {"loss": loss})``
-            after every iteration.
+            iterations: one host sync each), ``True`` / ``False``, or a callable
+            ``progress(k, {"loss": loss})`` after every iteration.
 
     Returns:
         A :class:`~smcdiff.NetworkScore` (or :class:`~smcdiff.EnergyNetwork`) on the EMA copy of

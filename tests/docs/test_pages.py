@@ -17,6 +17,7 @@ PAGES = {
     "engine.md": 5,
     "conventions.md": 2,
     "checkpoint.md": 4,
+    "training.md": 4,
     "diffusers.md": 5,
 }
 NEEDS = {  # optional packages a page's blocks import
