@@ -197,6 +197,23 @@ def test_allowed_clipping_reproduces_the_clipped_ddpm_step(unet, kind):
     assert clipped > 50  # the check saw clipping at work
 
 
+def test_allowed_clipping_reproduces_ddim_with_the_clipped_model_output(unet):
+    s = diffusers.DDIMScheduler(clip_sample=True, prediction_type="v_prediction")
+    model = from_diffusers(unet, s, allow_clipping=True)
+    p = model.process
+    s.set_timesteps(6)
+    x = 3.0 * torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(8))
+    for tau in s.timesteps.tolist():
+        with torch.no_grad():
+            out = unet(x, tau).sample
+        t, t_prev = float(p.time_of(tau)), float(p.time_of(max(tau - 1000 // 6, -1)))
+        z = torch.randn(x.shape, generator=torch.Generator().manual_seed(tau))
+        ref = s.step(out, tau, x, eta=0.5, use_clipped_model_output=True, variance_noise=z)
+        ker = reverse_step(p, t, t_prev, "ddim", 0.5)
+        mine = ker.mean(x, model.score(x, t)) + ker.std * z
+        assert torch.allclose(mine, ref.prev_sample, atol=ATOL, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------- flow matching
 def test_flow_matching_scheduler_is_a_flow_with_the_euler_step(unet):
     s = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
