@@ -262,21 +262,22 @@ class NetworkScore:
         )
 
     # ------------------------------------------------------------------------- evaluation
-    def net_time(self, t: torch.Tensor) -> torch.Tensor:
-        """Our times ``t`` ``(N,)`` as the net takes them (``time_input``), in the dtype of
-        ``t`` (computed in at least float32) unless the mapping returns integers."""
+    def net_time(self, t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Our times ``t`` ``(N,)`` as the net takes them (``time_input``): mapped from ``t`` in
+        at least float32 (a bfloat16 ``t`` cannot tell timestep 617 from 618), then a floating
+        result is cast to ``dtype`` (default: that of ``t``); an integer result is kept."""
         work = t.to(torch.promote_types(t.dtype, torch.float32))
         if self.time_input == "t":
-            return t
-        if self.time_input == "sigma":
+            out = work
+        elif self.time_input == "sigma":
             out = self.process.sigma(work)
         elif self.time_input == "log_snr":
             out = self.process.log_snr(work)
         elif self.time_input == "index":
-            return self.process.timestep(work)  # type: ignore[attr-defined]
+            out = self.process.timestep(work)  # type: ignore[attr-defined]
         else:
             out = self.time_input(work)
-        return out.to(t.dtype) if out.is_floating_point() else out
+        return out.to(dtype or t.dtype) if out.is_floating_point() else out
 
     def predict(
         self, x: torch.Tensor, t: float | torch.Tensor, *, keep_graph: bool | None = None
@@ -322,7 +323,7 @@ class NetworkScore:
         want = x.requires_grad if keep_graph is None else bool(keep_graph)
         grad = contextlib.nullcontext() if torch.is_grad_enabled() and want else torch.no_grad()
         in_dtype = self.dtype or x.dtype
-        xin, tin = x.to(in_dtype), self.net_time(t.to(in_dtype))
+        xin, tin = x.to(in_dtype), self.net_time(t, in_dtype)
         amp = (
             torch.autocast(x.device.type, dtype=self.autocast)
             if self.autocast is not None

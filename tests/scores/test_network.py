@@ -163,6 +163,22 @@ def test_index_time_input_passes_the_process_timesteps():
     with pytest.raises(smcdiff.SMCDiffError, match="timestep"):
         smcdiff.NetworkScore(net, smcdiff.VP(), time_input="index", event_shape=2)
 
+    # a bfloat16 net still gets exact timesteps: the time is mapped before the dtype cast
+    class Half(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2, dtype=torch.bfloat16)
+
+        def forward(self, x, idx):
+            seen.append(idx)
+            return self.lin(x)
+
+    half = smcdiff.NetworkScore(Half(), process, "eps", time_input="index", event_shape=2)
+    steps = torch.arange(1, 999, 7)
+    seen.clear()
+    assert half.score(torch.randn(len(steps), 2), steps / 999).dtype == torch.float32
+    assert torch.equal(seen[0], steps)
+
 
 # --------------------------------------------------------------------------- mechanics
 def test_chunking_gives_the_same_numbers_and_counts_calls():
