@@ -48,7 +48,13 @@ from smcdiff.processes.parameterization import convert
 from smcdiff.processes.schedules import NoiseProcess
 from smcdiff.scores.network import NetworkScore
 
-__all__ = ["PREDICTION_TYPES", "DiffusersNet", "from_diffusers", "scheduler_process"]
+__all__ = [
+    "PREDICTION_TYPES",
+    "DiffusersNet",
+    "SchedulerTimesteps",
+    "from_diffusers",
+    "scheduler_process",
+]
 
 PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 LEARNED_VARIANCE = ("learned", "learned_range")
@@ -69,9 +75,28 @@ def _is_flow(scheduler: Any, config: dict[str, Any]) -> bool:
     return not hasattr(scheduler, "alphas_cumprod") and "shift" in config
 
 
-def _fresh(scheduler: Any) -> Any:
-    """A new scheduler from the same config (``set_timesteps`` mutates its scheduler)."""
-    return type(scheduler).from_config(scheduler.config)
+class SchedulerTimesteps:
+    """``n ->`` what a fresh copy of ``scheduler`` sets for ``n`` inference steps
+    (``set_timesteps(n, **kwargs)``): its integer ``timesteps`` (``kind="timesteps"``, for a
+    :class:`DiscreteVP`'s ``spacing``) or its ``sigmas`` (``kind="sigmas"``, for a
+    :class:`ScheduledFlow`). A class rather than a closure, so the process pickles (checkpoints)."""
+
+    def __init__(self, scheduler: Any, kind: str, kwargs: dict[str, Any] | None = None):
+        self.scheduler, self.kind, self.kwargs = scheduler, kind, dict(kwargs or {})
+
+    def __call__(self, n: int) -> list:
+        s = type(self.scheduler).from_config(self.scheduler.config)  # set_timesteps mutates
+        s.set_timesteps(n, **self.kwargs)
+        if self.kind == "sigmas":
+            return s.sigmas.double().tolist()
+        ts = torch.as_tensor(s.timesteps).double()
+        if not bool((ts == ts.round()).all()):
+            raise SMCDiffError(
+                f"{WHERE}: {type(s).__name__} makes fractional timesteps; build a "
+                "DDPMScheduler or DDIMScheduler from its config (DDIMScheduler.from_config("
+                "scheduler.config)) for the integer timesteps the network was trained on"
+            )
+        return ts.long().tolist()
 
 
 def scheduler_process(
@@ -82,35 +107,17 @@ def scheduler_process(
     :class:`ScheduledFlow` on its flow-matching sigmas. ``set_timesteps_kwargs`` go to every
     ``set_timesteps`` call (e.g. ``{"mu": 0.8}`` for dynamic shifting)."""
     config = _config(scheduler)
-    kwargs = dict(set_timesteps_kwargs or {})
     if _is_flow(scheduler, config):
         if config.get("invert_sigmas", False):
             raise SMCDiffError(f"{WHERE}: invert_sigmas=True (Mochi) is not supported")
-
-        def sigmas(n: int) -> Sequence[float]:
-            s = _fresh(scheduler)
-            s.set_timesteps(n, **kwargs)
-            return s.sigmas.double().tolist()
-
+        sigmas = SchedulerTimesteps(scheduler, "sigmas", set_timesteps_kwargs)
         return ScheduledFlow(sigmas, int(config["num_train_timesteps"]))
     if not hasattr(scheduler, "alphas_cumprod"):
         raise SMCDiffError(
             f"{WHERE}: {type(scheduler).__name__} is neither a DDPM-family scheduler (with "
             "alphas_cumprod) nor a flow-matching one (FlowMatchEulerDiscreteScheduler)"
         )
-
-    def timesteps(n: int) -> Sequence[int]:
-        s = _fresh(scheduler)
-        s.set_timesteps(n, **kwargs)
-        ts = torch.as_tensor(s.timesteps).double()
-        if not bool((ts == ts.round()).all()):
-            raise SMCDiffError(
-                f"{WHERE}: {type(scheduler).__name__} makes fractional timesteps; build a "
-                "DDPMScheduler or DDIMScheduler from its config (DDIMScheduler.from_config("
-                "scheduler.config)) for the integer timesteps the network was trained on"
-            )
-        return ts.long().tolist()
-
+    timesteps = SchedulerTimesteps(scheduler, "timesteps", set_timesteps_kwargs)
     return DiscreteVP(scheduler.alphas_cumprod, spacing=timesteps)
 
 

@@ -82,6 +82,16 @@ def test_steer_grid_is_the_schedulers_timesteps(unet, spacing, offset):
         assert steps == ref
 
 
+def test_scheduler_processes_pickle_with_their_grids(unet):  # checkpoints store the model
+    import pickle
+
+    for s in (diffusers.DDIMScheduler(clip_sample=False, timestep_spacing="trailing"),
+              diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)):  # fmt: skip
+        p = from_diffusers(unet, s).process
+        q = pickle.loads(pickle.dumps(p))
+        assert torch.equal(q.time_grid(7), p.time_grid(7))
+
+
 def test_spacings_equal_diffusers_set_timesteps():
     from smcdiff.processes.discrete import spacing_timesteps
 
