@@ -130,3 +130,10 @@ class CountingTarget:
         batch = tuple(x.shape[: x.dim() - len(self.event_shape)])
         check_shape("log_prob output", out, batch, where="target")
         return out
+
+    def state_dict(self) -> dict[str, int]:
+        """The counters, for checkpoints."""
+        return {"n_evals": self.n_evals, "n_grads": self.n_grads}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.n_evals, self.n_grads = state["n_evals"], state["n_grads"]

@@ -114,6 +114,9 @@ def run_diffusion(settings: RunSettings, options: DiffusionOptions, *, weighted:
         check_every=s.check_every,
         progress=s.progress,
         collectors=degeneracy_collectors(),
+        checkpoint=s.checkpoint,
+        start=s.start,
+        stateful={"score_estimator": model, "target_counter": counter},  # for checkpoints
     )
     y = run.state["x"]
     n_moves = o.final_moves if o.final_moves is not None else (10 if weighted else 0)

@@ -135,7 +135,8 @@ def sample(
     ``progress(k, info)``. ``result.info`` holds the settings, ``n_target_evals``,
     ``n_grad_evals`` and ``wall_time_s``.
 
-    Checkpoints (``"tempered"``; docs/checkpoint.md): ``checkpoint`` (a path, or a
+    Checkpoints (the SMC methods, :data:`CHECKPOINTED_METHODS`; docs/checkpoint.md):
+    ``checkpoint`` (a path, or a
     :class:`~smcdiff.engine.checkpoint.Checkpointer` for a time-based cadence) writes the run's
     whole state atomically at step 0, every ``checkpoint_every`` steps, at the end and when the
     run stops on an exception or ``KeyboardInterrupt``, with this call's arguments (those that
@@ -153,7 +154,7 @@ def sample(
     return sample_call(args, control, as_checkpointer(checkpoint, checkpoint_every, "sample"))
 
 
-CHECKPOINTED_METHODS = ("tempered",)
+CHECKPOINTED_METHODS = ("tempered", "diffusion", "rdmc", "ensemble")
 """The :func:`sample` methods that take ``checkpoint=`` (SMC runs of the engine)."""
 
 _SETTINGS = ("n_particles", "seed", "device", "dtype", "n_runs", "reference_std",
@@ -232,7 +233,9 @@ def _resume_sample(ck: Checkpoint, overrides: dict[str, Any]) -> SMCResult:
     """Continue a checkpointed :func:`sample` run (see :func:`smcdiff.resume`)."""
     control = {k: overrides.pop(k, None) for k in ("check_every", "progress")}
     saver = resume_checkpointer(ck, overrides)
-    return sample_call(ck.call.arguments(overrides, f"resume({ck.path})"), control, saver, ck)
+    return sample_call(
+        ck.call.arguments(overrides, f"resume({ck.path})", free=("device",)), control, saver, ck
+    )
 
 
 register_front_door("sample", _resume_sample)

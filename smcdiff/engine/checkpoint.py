@@ -60,7 +60,9 @@ __all__ = [
     "Snapshot",
     "as_checkpointer",
     "atomic_save",
+    "check_stateful",
     "describe",
+    "describe_setting",
     "load_checkpoint",
     "register_front_door",
     "resume",
@@ -182,6 +184,14 @@ def describe(value: Any) -> str:
         return repr(value)
     t = type(value)
     return f"a {t.__module__}.{t.__qualname__}"
+
+
+def describe_setting(value: Any) -> str:
+    """:func:`describe`, or the ``repr`` of an object that defines a stable one (a policy's
+    ``ESSBelow(fraction=0.5)``, a resampler's scheme), to check a resumed run's settings."""
+    text = repr(value)
+    custom = type(value).__repr__ is not object.__repr__
+    return text if custom and " at 0x" not in text and len(text) <= 500 else describe(value)
 
 
 def _plain(value: Any) -> bool:
@@ -344,11 +354,15 @@ class RunCall:
                 stored[name] = buf.getvalue()
         return cls(front_door, stored, missing, {n: describe(v) for n, v in arguments.items()})
 
-    def arguments(self, overrides: Mapping[str, Any], where: str = "resume") -> dict[str, Any]:
+    def arguments(
+        self, overrides: Mapping[str, Any], where: str = "resume", free: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
         """The call's arguments: the stored ones, replaced by ``overrides`` where given.
 
         An override must stand for the stored value (:func:`same_value`; for an argument that
-        was not stored, the same :func:`describe`): a resumed run continues the same run.
+        was not stored, the same :func:`describe`): a resumed run continues the same run. The
+        ``free`` arguments may differ (e.g. ``device``: the engine itself refuses another device
+        type and accepts another index).
         Raises a :class:`CheckpointError` naming every argument that must be passed again
         (not stored, or not loadable here) and every override that changes the run."""
         values, missing = {}, dict(self.missing)
@@ -367,7 +381,8 @@ class RunCall:
         changed = [
             f"{n} was {self.described[n]} in the checkpointed run, got {describe(v)}"
             for n, v in overrides.items()
-            if not (same_value(values[n], v) if n in values else describe(v) == self.described[n])
+            if n not in free
+            and not (same_value(values[n], v) if n in values else describe(v) == self.described[n])
         ]
         needed = [f"{n} ({why})" for n, why in missing.items() if n not in overrides]
         if changed or needed:
@@ -387,10 +402,9 @@ class Checkpointer:
     ``path``: the checkpoint file (its directory must exist); ``every``: write after every
     ``every``-th step; ``every_seconds``: write after the first step that ends at least that
     long after the last write (wall clock); either, both or neither (then a checkpoint is
-    written at step 0, at the end and when the run stops on an exception). ``stateful``: other
-    objects (name -> object with ``state_dict()`` / ``load_state_dict(state)``) whose state
-    belongs to the run, e.g. a generator of an inner estimator. ``max_argument_bytes``: front
-    door arguments that pickle to more are not stored (:data:`MAX_ARGUMENT_BYTES`).
+    written at step 0, at the end and when the run stops on an exception).
+    ``max_argument_bytes``: front door arguments that pickle to more are not stored
+    (:data:`MAX_ARGUMENT_BYTES`).
 
     Set by the engine: ``call`` (the front door's :class:`RunCall`, set by the front door),
     ``n_written`` and ``last_step`` (the step of the last checkpoint written).
@@ -402,7 +416,6 @@ class Checkpointer:
         every: int | None = None,
         *,
         every_seconds: float | None = None,
-        stateful: Mapping[str, Any] | None = None,
         max_argument_bytes: int = MAX_ARGUMENT_BYTES,
     ):
         where = "Checkpointer"
@@ -422,13 +435,6 @@ class Checkpointer:
             allow_none=True,
         )  # fmt: skip
         self.max_argument_bytes = check_int("max_argument_bytes", max_argument_bytes, 0)
-        self.stateful = dict(stateful or {})
-        for name, obj in self.stateful.items():
-            if not (callable(getattr(obj, "state_dict", None))
-                    and callable(getattr(obj, "load_state_dict", None))):  # fmt: skip
-                raise CheckpointError(
-                    f"{where}: stateful[{name!r}] needs state_dict() and load_state_dict(state)"
-                )
         self.call: RunCall | None = None
         self.meta: dict[str, Any] | None = None
         self.n_written, self.last_step = 0, None
@@ -487,6 +493,18 @@ class Checkpointer:
             ) from err
         self._last_write, self._last_snapshot = time.monotonic(), snap
         self.n_written, self.last_step = self.n_written + 1, snap.state.step
+
+
+def check_stateful(stateful: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``stateful`` as a dict, each object checked to have ``state_dict`` / ``load_state_dict``."""
+    stateful = dict(stateful or {})
+    for name, obj in stateful.items():
+        hooks = (getattr(obj, h, None) for h in ("state_dict", "load_state_dict"))
+        if not all(callable(h) for h in hooks):
+            raise CheckpointError(
+                f"run_smc: stateful[{name!r}] needs state_dict() and load_state_dict(state)"
+            )
+    return stateful
 
 
 def as_checkpointer(

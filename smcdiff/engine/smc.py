@@ -23,7 +23,8 @@ import contextlib
 import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -34,7 +35,8 @@ from smcdiff.engine.checkpoint import (
     RunParts,
     Snapshot,
     as_checkpointer,
-    describe,
+    check_stateful,
+    describe_setting,
 )
 from smcdiff.engine.collectors import Collector, Trace
 from smcdiff.engine.guard import LOG_POTENTIAL, WEIGHTS_DEGENERATE, FiniteGuard
@@ -174,6 +176,7 @@ def run_smc(
     checkpoint: str | os.PathLike | Checkpointer | None = None,
     checkpoint_every: int | None = None,
     start: Checkpoint | None = None,
+    stateful: Mapping[str, Any] | None = None,
 ) -> SMCRun:
     r"""Run ``model`` with ``n_groups`` independent systems of ``n_particles`` particles.
 
@@ -197,7 +200,11 @@ def run_smc(
     rebuilt by the caller; the generator's state comes from the checkpoint), bitwise equal to
     the uninterrupted run on the same device type. On any exception or ``KeyboardInterrupt``
     inside the loop the run re-raises it with ``err.partial``: an :class:`SMCRun` up to the
-    last step checked finite, and with checkpoints ``err.checkpoint``: the path written.
+    last step checked finite (``None`` if step 0 failed; step 0 is always checked), and with
+    checkpoints ``err.checkpoint``: the path written.
+    ``stateful``: other objects whose state belongs to the run (name -> object with
+    ``state_dict()`` / ``load_state_dict(state)``, e.g. an inner estimator with its own
+    generator); checkpointed and restored with the model's.
     """
     check_n_particles(n_particles)
     n_groups = check_int("n_groups", n_groups, 1, where="run_smc")
@@ -210,7 +217,7 @@ def run_smc(
     if start is not None and not isinstance(start, Checkpoint):
         raise SMCDiffError(f"run_smc: start must be a Checkpoint (load_checkpoint(path)), got "
                            f"{type(start).__name__}")  # fmt: skip
-    loop = RunLoop(smc, generator, collectors, saver, check_every, progress)
+    loop = RunLoop(smc, generator, collectors, saver, check_every, progress, stateful)
     if start is None:
         state = loop.begin(n_particles, n_groups)
     else:
@@ -232,17 +239,18 @@ class RunLoop:
         saver: Checkpointer | None,
         check_every: int | None,
         progress: bool | Callable[[int, StepInfo], None] | None,
+        stateful: Mapping[str, Any] | None = None,
     ):
         self.smc, self.generator, self.saver, self.progress = smc, generator, saver, progress
         self.check_every = check_int("check_every", check_every, 1, where="run_smc",
                                      allow_none=True)  # fmt: skip
         self.trace, self.collectors = Trace(), list(collectors)
         correctors = {"corrector": smc.corrector, "init_corrector": smc.init_corrector}
-        settings = {"resampler": describe(smc.resampler), "policy": describe(smc.policy)}
+        settings = {n: describe_setting(getattr(smc, n)) for n in ("resampler", "policy")}
         self.parts = RunParts(
             smc.model, [self.trace, *self.collectors],
             {n: c for n, c in correctors.items() if c is not None},
-            saver.stateful if saver is not None else {}, settings,
+            check_stateful(stateful), settings,
         )  # fmt: skip
         self.good: Snapshot | None = None
         self.guard: FiniteGuard | None = None
@@ -278,10 +286,10 @@ class RunLoop:
         tick = Progress(self.progress, self.smc.model.n_steps)
         tick.advance_to(state.step)
         try:
-            if self.good is None:  # a fresh run: step 0
+            if self.good is None:  # a fresh run: step 0, checked (one sync) before it is kept
+                self.guard.raise_if_bad()
                 self.good = self.parts.snapshot(state, self.generator)
                 if self.saver is not None:
-                    self.guard.raise_if_bad()
                     self.saver.write(self.good)
             if not finished:
                 state = self._steps(state, tick)

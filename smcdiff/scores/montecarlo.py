@@ -77,7 +77,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -215,6 +215,15 @@ class GeneratorSource:
             gen = seeded_generator(self.seed, device)
             self._per_device[device] = gen
         return gen
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The generators' states by device (for checkpoints)."""
+        gens = {self.generator.device: self.generator} if self.generator is not None else {}
+        return {str(d): g.get_state() for d, g in (gens or self._per_device).items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for device, gen_state in state.items():
+            self.get(torch.device(device)).set_state(gen_state.cpu())
 
 
 def raise_if_bad(bad: dict[str, torch.Tensor], total: int, where: str) -> None:
@@ -461,6 +470,20 @@ class EstimatorBase:
         self._fixed_draws: torch.Tensor | None = None
         self.n_target_evals = 0
         self.n_grad_evals = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """For checkpoints (:mod:`smcdiff.engine.checkpoint`): the random stream, the fixed
+        common draws and the counters."""
+        return {
+            "random": self.random.state_dict(),
+            "fixed_draws": self._fixed_draws,
+            "counts": (self.n_target_evals, self.n_grad_evals),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.random.load_state_dict(state["random"])
+        self._fixed_draws = state["fixed_draws"]
+        self.n_target_evals, self.n_grad_evals = state["counts"]
 
     def _draws(self, m: torch.Tensor) -> torch.Tensor | None:
         """The inner draws kept for the estimator's lifetime (``common_noise="fixed"``)."""

@@ -210,6 +210,8 @@ def test_resuming_another_run_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"policy"):
         run_smc(BootstrapSSM(), 100, n_groups=2, start=ck, generator=gen,
                 policy=policy_from_threshold(0.3))  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"resampler.*multinomial"):
+        run_smc(BootstrapSSM(), 100, n_groups=2, start=ck, generator=gen, resampling="multinomial")
     ck.meta["generator_device"] = "meta"  # as if written on another device type
     with pytest.raises(CheckpointError, match=r"device: written on meta"):
         run_smc(BootstrapSSM(), 100, n_groups=2, start=ck, generator=gen)
@@ -290,20 +292,26 @@ def test_a_nan_stops_the_run_with_its_partial_result_and_a_last_checkpoint(tmp_p
     bitwise_equal(x.reshape(err.partial.particles.shape), err.partial.particles.cpu())
 
 
-def test_sample_tempered_resumes_bitwise(tmp_path):
+@pytest.mark.parametrize("method", ["tempered", "diffusion"])
+def test_sample_resumes_bitwise(tmp_path, method):
+    """Adaptive tempered SMC (temperatures and step sizes chosen from the particles) and
+    diffusion-path SMC (score estimators with their own random stream and fixed draws)."""
     target = smcdiff.as_target(tempered_log_prob, 3)
-    kw = dict(method="tempered", n_particles=128, seed=3, kernel="mala", n_moves=2, n_runs=2,
-              device=DEVICE)  # fmt: skip
+    kw = dict(method=method, n_particles=128, seed=3, n_runs=2, device=DEVICE)
+    if method == "tempered":
+        kw.update(kernel="mala", n_moves=2)
+    else:
+        kw.update(n_steps=12, n_mc=16)
+    fail_at_call(None)
     ref = smcdiff.sample(target, **kw)
-    assert ref.info["n_temperatures"] >= 8
-    path = tmp_path / "tempered.ckpt"
-    fail_at_call(25)
+    path = tmp_path / f"{method}.ckpt"
+    fail_at_call(CALLS["n"] // 2)
     with pytest.raises(KeyboardInterrupt) as caught:
         smcdiff.sample(target, checkpoint=path, checkpoint_every=3, **kw)
     k = caught.value.partial.completed_steps
-    assert 2 < k < ref.info["n_temperatures"] and load_checkpoint(path).step == k
+    assert 2 < k < ref.completed_steps and load_checkpoint(path).step == k
     fail_at_call(None)
-    same_result(smcdiff.resume(path), ref)
+    same_result(smcdiff.resume(path, checkpoint=None), ref)  # counts in info included
     with pytest.raises(smcdiff.SMCDiffError, match=r"'mala'.*does not take checkpoint"):
         smcdiff.sample(target, method="mala", checkpoint=tmp_path / "mala.ckpt")
 
