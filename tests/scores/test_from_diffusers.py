@@ -283,11 +283,6 @@ def test_conditioning_passes_through(unet):
     assert not torch.allclose(other, model.score(x, t), atol=1e-3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NetworkScore casts t to the net's dtype before time_input='index': bfloat16 cannot "
-    "hold (i + 1)/1000, so about half the timesteps reach the net off by one or more",
-)
 def test_a_bfloat16_network_gets_the_exact_integer_timesteps():
     net = tiny_unet(seed=8).to(torch.bfloat16)
     model = from_diffusers(net, diffusers.DDPMScheduler(clip_sample=False))
