@@ -292,10 +292,11 @@ def test_a_nan_stops_the_run_with_its_partial_result_and_a_last_checkpoint(tmp_p
     bitwise_equal(x.reshape(err.partial.particles.shape), err.partial.particles.cpu())
 
 
-@pytest.mark.parametrize("method", ["tempered", "diffusion"])
+@pytest.mark.parametrize("method", ["tempered", "diffusion", "rdmc"])
 def test_sample_resumes_bitwise(tmp_path, method):
-    """Adaptive tempered SMC (temperatures and step sizes chosen from the particles) and
-    diffusion-path SMC (score estimators with their own random stream and fixed draws)."""
+    """Adaptive tempered SMC (temperatures and step sizes chosen from the particles),
+    diffusion-path SMC (fixed common draws) and rdMC (an estimator with its own random stream:
+    without its state in the checkpoint, the resumed run differs)."""
     target = smcdiff.as_target(tempered_log_prob, 3)
     kw = dict(method=method, n_particles=128, seed=3, n_runs=2, device=DEVICE)
     if method == "tempered":
