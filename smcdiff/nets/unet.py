@@ -36,7 +36,7 @@ class _ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         self.emb = nn.Linear(emb, c_out)
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
         self.act = nn.SiLU()
 

@@ -65,6 +65,9 @@ class TrainSettings:
     weight_decay: float = 0.0
     warmup: int = 0
     lr_schedule: str = "constant"
+    label_dropout: float = 0.0
+    null_label: int | None = None
+    label_key: str = "y"
 
     def __post_init__(self) -> None:
         check_choice("prediction", self.prediction, PREDICTIONS, where=WHERE)
@@ -84,6 +87,10 @@ class TrainSettings:
         check_number("weight_decay", self.weight_decay, minimum=0.0, where=WHERE)
         check_int("warmup", self.warmup, 0, where=WHERE)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES, where=WHERE)
+        check_number("label_dropout", self.label_dropout, minimum=0.0, maximum=1.0, where=WHERE)
+        check_int("null_label", self.null_label, where=WHERE, allow_none=True)
+        if not isinstance(self.label_key, str) or not self.label_key.isidentifier():
+            raise SMCDiffError(f"{WHERE}: label_key must be a keyword name, got {self.label_key!r}")
 
     def record(self) -> dict[str, Any]:
         """The settings as plain values (callables by name), for checkpoints and logs."""
@@ -133,6 +140,7 @@ class Trainer:
         *,
         seed: int | None = None,
         device: Any = None,
+        labels: torch.Tensor | bool | None = None,
     ):
         if not isinstance(net, torch.nn.Module):
             raise SMCDiffError(f"{WHERE}: net must be an nn.Module, got {type(net).__name__}")
@@ -143,7 +151,10 @@ class Trainer:
         net.to(self.device)
         dtype = next((p.dtype for p in net.parameters() if p.is_floating_point()), torch.float32)
         self.generator, self.seed = make_generator(seed, self.device)
-        self.batches = Batches(data, settings.batch_size, self.generator, self.device, dtype)
+        self.batches = Batches(
+            data, settings.batch_size, self.generator, self.device, dtype, labels
+        )
+        self.null_label = self._null_label(net)
         self.t_min, self.t_max = self._time_range()
         self.weighting = resolve_weighting(settings.weighting, settings.prediction)
         self.model = self._wrap(net)
@@ -171,6 +182,24 @@ class Trainer:
             raise SMCDiffError(f"{WHERE}: time_input='index' samples integer timesteps "
                                "uniformly; time_sampling must be 'uniform'")  # fmt: skip
         return lo, hi
+
+    def _null_label(self, net: torch.nn.Module) -> int | None:
+        """The label of "no class" that ``label_dropout`` puts in (default: an
+        :mod:`smcdiff.nets` net's ``n_classes``, its unconditional row)."""
+        s = self.s
+        if self.batches.labels is None:
+            if s.label_dropout > 0 or s.null_label is not None:
+                raise SMCDiffError(f"{WHERE}: label_dropout / null_label need labels=")
+            return None
+        if s.null_label is not None or s.label_dropout == 0:
+            return s.null_label
+        n_classes = (getattr(net, "config", None) or {}).get("n_classes")
+        if n_classes is None:
+            raise SMCDiffError(
+                f"{WHERE}: label_dropout needs null_label= (the label your net reads as "
+                "'no class', for classifier-free guidance)"
+            )
+        return int(n_classes)
 
     def _wrap(self, net: torch.nn.Module) -> NetworkScore | EnergyNetwork:
         """The score model around ``net`` (built in eval mode: no training-mode warning)."""
@@ -204,17 +233,27 @@ class Trainer:
         return sample_times(self.process, n, self.s.time_sampling, self.t_min, self.t_max,
                             self.generator, self.device)  # fmt: skip
 
-    def loss(self, x0: torch.Tensor) -> torch.Tensor:
-        """The weighted denoising loss of a batch ``x0`` ``(B, *event_shape)`` (0-d tensor)."""
+    def loss(self, x0: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The weighted denoising loss of a batch ``x0`` ``(B, *event_shape)`` with its
+        ``labels`` ``(B,)`` (passed to the net as ``label_key``; each one replaced by
+        ``null_label`` with probability ``label_dropout``), a 0-d tensor."""
         s = self.s
         t = self.sample_times(x0.shape[0])
         eps = torch.randn(x0.shape, generator=self.generator, device=x0.device, dtype=x0.dtype)
         a, sig, _, _ = coefficients(self.process, t, x0)
         xt = a * x0 + sig * eps
-        if s.prediction == "energy":
-            out = -self.model.energy_and_grad(xt, t, keep_graph=True)[1]  # the score
-        else:
-            out = self.model.predict(xt, t, keep_graph=True)
+        if labels is not None:
+            if s.label_dropout > 0:
+                u = torch.rand(labels.shape, generator=self.generator, device=labels.device)
+                labels = torch.where(u < s.label_dropout, self.null_label, labels)
+            self.model.cond[s.label_key] = labels  # this batch's conditioning
+        try:
+            if s.prediction == "energy":
+                out = -self.model.energy_and_grad(xt, t, keep_graph=True)[1]  # the score
+            else:
+                out = self.model.predict(xt, t, keep_graph=True)
+        finally:
+            self.model.cond.pop(s.label_key, None)
         target = regression_target(s.prediction, x0, eps, t, self.process)
         per = (out - target).square().flatten(1).mean(1)
         if self.weighting == "natural":
@@ -227,7 +266,7 @@ class Trainer:
         """One optimiser step (and EMA update); the minibatch loss, a detached 0-d tensor."""
         if not self.net.training:
             self.net.train()
-        loss = self.loss(self.batches.next())
+        loss = self.loss(*self.batches.next())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.s.grad_clip is not None:
@@ -313,6 +352,10 @@ def train_score(
     weight_decay: float = 0.0,
     warmup: int = 0,
     lr_schedule: str = "constant",
+    labels: torch.Tensor | bool | None = None,
+    label_dropout: float = 0.0,
+    null_label: int | None = None,
+    label_key: str = "y",
     checkpoint: str | None = None,
     checkpoint_every: int | None = None,
     resume: str | None = None,
@@ -325,7 +368,7 @@ def train_score(
             :class:`smcdiff.nets.UNet`); trained in place (its raw weights), in its own dtype.
         data: a floating tensor ``(N, *event_shape)`` (i.i.d. minibatches drawn with
             replacement) or an iterable of batches such as a ``DataLoader`` (cycled; a batch may
-            be ``(x, label)``, the label is ignored).
+            be ``(x, label)``).
         process: the :class:`~smcdiff.NoiseProcess` to noise the data with.
         prediction: what the net learns: ``"eps"``, ``"x0"``, ``"v"``, ``"score"``,
             ``"velocity"`` or ``"energy"`` (a scalar output; the loss is on :math:`-\nabla_x E`,
@@ -347,6 +390,13 @@ def train_score(
             weights.
         grad_clip: clip the gradient norm to this value (``None``: no clipping, never silent:
             the norms and the clipped count are in ``training``).
+        labels: class-conditional training: an integer tensor ``(N,)`` (one class per row of a
+            tensor ``data``) or ``True`` (the second entry of each batch of an iterable); the net
+            is called ``net(x_t, net_time, **{label_key: labels})``. ``label_dropout``: the
+            fraction of labels replaced by ``null_label`` (default: the ``n_classes`` of an
+            :mod:`smcdiff.nets` net, its "no label" row), so one net also learns the
+            unconditional score, as classifier-free guidance needs
+            (``smcdiff.cfg(score.with_cond(y=c), score.with_cond(y=null), w)``).
         checkpoint, checkpoint_every: write ``checkpoint`` (a :func:`~smcdiff.save_score` file
             with the resumable state) every ``checkpoint_every`` iterations and at the end.
         resume: continue from such a file (same settings; ``n_iters`` may be larger); on tensor
@@ -362,12 +412,13 @@ def train_score(
     """
     settings = TrainSettings(
         prediction, n_iters, batch_size, lr, time_input, time_sampling, t_min, t_max, weighting,
-        min_snr_gamma, ema_decay, grad_clip, weight_decay, warmup, lr_schedule,
+        min_snr_gamma, ema_decay, grad_clip, weight_decay, warmup, lr_schedule, label_dropout,
+        null_label, label_key,
     )  # fmt: skip
     every = check_int("checkpoint_every", checkpoint_every, 1, where=WHERE, allow_none=True)
     if every is not None and checkpoint is None:
         raise SMCDiffError(f"{WHERE}: checkpoint_every needs checkpoint= (a file path)")
-    trainer = Trainer(net, data, process, settings, seed=seed, device=device)
+    trainer = Trainer(net, data, process, settings, seed=seed, device=device, labels=labels)
     if resume is not None:
         entry = read_checkpoint(resume, map_location=trainer.device)
         if entry.get("training") is None:

@@ -87,7 +87,7 @@ class ExactNet(nn.Module):
 def exact_loss(kind, weighting, process=VP, n=20000, seed=3, **kw):
     settings = TrainSettings(kind, n_iters=1, batch_size=n, weighting=weighting, **kw)
     trainer = Trainer(ExactNet(kind, process), gaussian_data(), process, settings, seed=seed)
-    return float(trainer.loss(trainer.batches.next()).detach())
+    return float(trainer.loss(*trainer.batches.next()).detach())
 
 
 @pytest.mark.parametrize("process", [VP, smcdiff.Flow()], ids=["vp", "flow"])
@@ -248,3 +248,63 @@ def test_data_loaders_and_bad_arguments():
         train_score(MLP(2), data, VP, n_iters=1, checkpoint_every=1)
     with pytest.raises(SMCDiffError, match="floating tensor"):
         train_score(MLP(2), data.long(), VP, n_iters=1)
+
+
+class RecordLabels(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+        self.event_shape = (2,)
+        self.seen = []
+
+    def forward(self, x, t, y=None):
+        self.seen.append(y)
+        return x * self.w
+
+
+def test_labels_follow_their_rows_and_dropout_puts_in_the_null_label():
+    n = 4000
+    y = torch.arange(n) % 3
+    data = y[:, None].float().expand(n, 2).contiguous()  # each row holds its label
+    s = TrainSettings(batch_size=n, label_dropout=0.3, null_label=7, n_iters=1)
+    trainer = Trainer(RecordLabels(), data, VP, s, seed=12, labels=y)
+    x0, labels = trainer.batches.next()
+    assert torch.equal(x0[:, 0].long(), labels)
+    trainer.loss(x0, labels)
+    got = trainer.net.seen[-1]
+    dropped = got == 7
+    assert torch.equal(got[~dropped], labels[~dropped])
+    assert_within(float(dropped.double().mean()), 0.3, math.sqrt(0.3 * 0.7 / n), n_se=5)
+    assert trainer.model.cond == {}  # the batch's labels do not stay on the model
+    with pytest.raises(SMCDiffError, match="null_label="):
+        Trainer(RecordLabels(), data, VP, TrainSettings(label_dropout=0.1), labels=y)
+
+
+@pytest.mark.slow
+def test_a_class_conditional_net_learns_each_class_and_the_null_label_the_mixture():
+    g = torch.Generator().manual_seed(13)
+    n = 4096
+    y = torch.randint(0, 2, (n,), generator=g)
+    centers = torch.tensor([[-2.0, 0.0], [2.0, 0.0]])
+    data = centers[y] + 0.5 * torch.randn(n, 2, generator=g)
+    torch.manual_seed(13)
+    net = MLP(2, hidden=32, depth=1, n_classes=2)
+    score = train_score(net, data, VP, n_iters=400, batch_size=128, lr=3e-3, seed=3,
+                        ema_decay=0.95, labels=y, label_dropout=0.2, progress=False)  # fmt: skip
+    t, m = 0.2, 2000
+    parts = [smcdiff.Gaussian(c.double(), 0.25 * torch.ones(2, dtype=F64)) for c in centers]
+    mix = smcdiff.GaussianMixture(torch.ones(2), centers.double(), 0.25 * torch.ones(2, 2))
+    tt, sig2 = torch.full((m,), t), float(VP.sigma(t)) ** 2
+
+    def err(model, law, exact):
+        """sigma^2-weighted squared error against exact.score on draws of law at time t."""
+        x = law.noised(VP, t).sample(m, torch.Generator().manual_seed(14))
+        diff = model.score(x.float(), tt).double() - exact.noised(VP, t).score(x)
+        return sig2 * float(diff.square().sum(-1).mean())
+
+    for c in (0, 1):
+        model = score.with_cond(y=torch.tensor(c))
+        own, other = err(model, parts[c], parts[c]), err(model, parts[c], parts[1 - c])
+        assert own < 0.05 * other, (c, own, other)
+    null = score.with_cond(y=torch.tensor(2))  # the "no label" row: the mixture's score
+    assert err(null, mix, mix) < 0.05 * err(null, mix, parts[0]), "null label"
