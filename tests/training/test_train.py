@@ -65,6 +65,19 @@ def test_training_converges_to_the_closed_form_score(tmp_path):
     assert torch.equal(late.training.losses[:150], early.training.losses)
 
 
+@pytest.mark.slow
+def test_an_energy_net_trains_through_its_gradient():
+    # the loss is on -grad_x E: its parameter gradients need second derivatives of the net
+    torch.manual_seed(0)
+    net = MLP(2, hidden=32, depth=1, output="scalar")
+    before = score_error(smcdiff.EnergyNetwork(net, VP))
+    energy = train_score(net, gaussian_data(), VP, "energy", n_iters=150, batch_size=128,
+                         lr=3e-3, seed=0, ema_decay=0.9, progress=False)  # fmt: skip
+    assert isinstance(energy, smcdiff.EnergyNetwork)
+    after = score_error(energy)
+    assert before > 0.5 and after < 0.2, (before, after)
+
+
 class ExactNet(nn.Module):
     """Outputs the exact answer for Gaussian data in parameterisation ``kind`` (``"energy"``: the
     exact -log p_t up to a constant); one dummy parameter so optimisers have something."""
