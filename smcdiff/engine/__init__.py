@@ -1,5 +1,7 @@
-"""The Feynman–Kac model base class, the step API and the SMC loop that runs every sampler."""
+"""The Feynman–Kac model base class, the step API and the SMC loop that runs every sampler,
+with its checkpoints."""
 
+from smcdiff.engine.checkpoint import Checkpoint, Checkpointer, load_checkpoint
 from smcdiff.engine.collectors import Collector, Genealogy, Trace, WeightedMoments, WeightTails
 from smcdiff.engine.model import FeynmanKacModel, ParticleState, StepOutput
 from smcdiff.engine.resampler import LocalResampler, Resampler, as_resampler
@@ -9,6 +11,8 @@ from smcdiff.engine.state import SMCState, StepInfo
 
 __all__ = [
     "SMC",
+    "Checkpoint",
+    "Checkpointer",
     "Collector",
     "Corrector",
     "FeynmanKacModel",
@@ -24,5 +28,6 @@ __all__ = [
     "WeightTails",
     "WeightedMoments",
     "as_resampler",
+    "load_checkpoint",
     "run_smc",
 ]

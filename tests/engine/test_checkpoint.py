@@ -18,7 +18,7 @@ from ssm import BootstrapSSM, kalman
 import smcdiff
 from smcdiff.engine import Genealogy, WeightedMoments, WeightTails, run_smc
 from smcdiff.engine import checkpoint as ckpt
-from smcdiff.engine.checkpoint import load_checkpoint
+from smcdiff.engine.checkpoint import Checkpointer, load_checkpoint
 from smcdiff.errors import CheckpointError, NonFiniteError
 from smcdiff.mcmc import mcmc_corrector
 from smcdiff.resampling import policy_from_threshold
@@ -155,6 +155,24 @@ def test_unreadable_checkpoints_are_named(tmp_path):
         load_checkpoint(future)
     with pytest.raises(CheckpointError, match=r"directory of .*missing/run.ckpt does not exist"):
         run_smc(BootstrapSSM(), 20, checkpoint=tmp_path / "missing" / "run.ckpt")
+
+
+def test_cadence_by_steps_or_seconds_and_bad_arguments(tmp_path):
+    path, K = tmp_path / "run.ckpt", BootstrapSSM().n_steps
+    saver = Checkpointer(path, every=4)
+    run_smc(BootstrapSSM(), 20, checkpoint=saver)
+    assert saver.n_written == 1 + K // 4 + 1 and saver.last_step == K  # step 0, 4, 8, the end
+    saver = Checkpointer(path, every_seconds=1e-9)  # due after every step
+    run_smc(BootstrapSSM(), 20, checkpoint=saver)
+    assert saver.n_written == K + 1
+    with pytest.raises(CheckpointError, match=r"checkpoint_every needs checkpoint=PATH"):
+        run_smc(BootstrapSSM(), 20, checkpoint_every=2)
+    with pytest.raises(CheckpointError, match=r"give checkpoint_every to the Checkpointer"):
+        run_smc(BootstrapSSM(), 20, checkpoint=saver, checkpoint_every=2)
+    with pytest.raises(smcdiff.SMCDiffError, match=r"checkpoint_every must be"):
+        Checkpointer(path, every=0)
+    with pytest.raises(smcdiff.SMCDiffError, match=r"unbiased=True.*does not take checkpoint"):
+        smcdiff.sample(smcdiff.as_target(tempered_log_prob, 3), unbiased=True, checkpoint=path)
 
 
 # ----------------------------------------------------------------------------- engine
