@@ -57,7 +57,8 @@ class EnergyNetwork:
       p_{i,t_{min}}^{w_i}` exactly.
     * **FKC** (``method="fkc"``): its weights use scores only, except the start weight :math:`\sum_i
       w_i\log\tilde p_{i,t_{max}}`, so ``log_z`` shifts by :math:`\sum_i w_i c_i(t_{max})` and
-      normalised weights do not change.
+      normalised weights do not change. DriftLite-ECG centres its potentials
+      :math:`\log\tilde p_{i,t}` over the particles, so its control is unchanged too.
 
     Per-row gradients: the score is the gradient of the summed energies, so the net must treat rows
     independently (no batch norm in training mode). The outputs keep an autograd graph in ``x`` when
