@@ -27,13 +27,15 @@ B, Q = torch.tensor([0.0, 1.5]), torch.eye(2)
 def collapsed(seed: int) -> smcdiff.SMCResult:
     model = smcdiff.exact_score(PRIOR, smcdiff.VP())
     return smcdiff.steer(model, reward=lambda x: x @ B - (x**2).sum(-1) / 2, beta=100.0,
-                         method="fk", n_particles=1000, seed=seed, progress=False)  # fmt: skip
+                         method="fk", n_particles=1000, seed=seed, progress=False,
+                         tilt_schedule="snr")  # fmt: skip
 
 
 def healthy(seed: int) -> smcdiff.SMCResult:
     model = smcdiff.exact_score(PRIOR, smcdiff.VP())
     return smcdiff.steer(model, reward=lambda x: -x[:, 1] ** 2, beta=2.0, method="fk",
-                         n_particles=4096, n_steps=100, seed=seed, progress=False)  # fmt: skip
+                         n_particles=4096, n_steps=100, seed=seed, progress=False,
+                         tilt_schedule="snr")  # fmt: skip
 
 
 def line(name: str, res: smcdiff.SMCResult, exact: float) -> str:

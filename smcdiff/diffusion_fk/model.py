@@ -27,14 +27,16 @@ from collections.abc import Callable, Sequence
 import torch
 
 from smcdiff.checks import check_choice, check_device, check_shape, nonfinite_rows
+from smcdiff.diffusion_fk.adaptive import AdaptiveTilt, initial_log_step
 from smcdiff.diffusion_fk.path import PathCorrection
-from smcdiff.diffusion_fk.potentials import POTENTIALS, Difference, Potential
+from smcdiff.diffusion_fk.potentials import POTENTIALS, Difference, Potential, sub_keep_neg_inf
 from smcdiff.diffusion_fk.proposals import BaseProposal, GuidedProposal
 from smcdiff.diffusion_fk.tilt import (
     TILT_SCHEDULES,
     Tilt,
     TiltSchedule,
     TiltTerm,
+    TiltValue,
     constant_schedule,
 )
 from smcdiff.engine.model import FeynmanKacModel, ParticleState, StepOutput
@@ -52,9 +54,14 @@ class DiffusionFK(FeynmanKacModel):
     Args:
         model: the prior (a :class:`~smcdiff.scores.base.ScoreModel`; with ``path``, one with
             ``score_and_log_density``).
-        times: ``t_K = t_max > ... > t_min``, ``n_steps + 1`` floats.
-        tilt: the terms of :math:`\\phi`; ``schedule``: the tilt schedule :math:`\\lambda`.
+        times: ``t_K = t_max > ... > t_min``, ``K + 1`` floats (``grid``).
+        tilt: the terms of :math:`\\phi`; ``schedule``: the tilt schedule :math:`\\lambda` (with
+            ``adaptive``, its cap).
         potential, proposal, path: the parts (``path=None``: no path correction).
+        adaptive: an :class:`~smcdiff.diffusion_fk.adaptive.AdaptiveTilt` to choose each step's
+            tilt strength from the particles (weighted models only); then ``n_steps`` is
+            ``K + max_substeps`` (sub-steps at ``t_min``, ended by :meth:`done`) when the prior
+            has a density (path correction) and ``K`` otherwise.
         weighted: apply the FK potentials and the proposal correction.
         sampler, eta: the reverse kernels (:func:`~smcdiff.samplers.kernels.reverse_step`), unless
             ``kernels`` (one :class:`ReverseStep` per step) is given.
@@ -70,6 +77,7 @@ class DiffusionFK(FeynmanKacModel):
         proposal: BaseProposal | None = None,
         path: PathCorrection | None = None,
         schedule: TiltSchedule = constant_schedule,
+        adaptive: AdaptiveTilt | None = None,
         weighted: bool = True,
         sampler: str = "ancestral",
         eta: float = 1.0,
@@ -78,25 +86,29 @@ class DiffusionFK(FeynmanKacModel):
         dtype: torch.dtype = torch.float32,
     ):
         self.model, self.process = model, model.process
-        self.times = [float(t) for t in times]
-        self.n_steps = len(self.times) - 1
+        self.grid = [float(t) for t in times]
+        self.K = len(self.grid) - 1
         if kernels is None:
             kernels = [
                 reverse_step(self.process, t, s, sampler, eta)
-                for t, s in zip(self.times[:-1], self.times[1:], strict=False)
+                for t, s in zip(self.grid[:-1], self.grid[1:], strict=False)
             ]
         self.kernels = list(kernels)
         self.potential = potential if potential is not None else Difference()
         self.proposal = proposal if proposal is not None else BaseProposal()
         self.path, self.weighted = path, weighted
         self._check_parts(sampler)
-        self.tilt = Tilt(tilt, self.process, self.times, schedule)
+        self.tilt = Tilt(tilt, self.process, self.grid, schedule)
+        self.adaptive = adaptive if (weighted and self.tilt) else None
+        self.substeps = self.adaptive is not None and path is not None and adaptive.n_moves > 0
+        self.n_steps = self.K + (self.adaptive.max_substeps if self.substeps else 0)
+        self.times = self.grid + [self.grid[-1]] * (self.n_steps - self.K)
         self.device, self.dtype = torch.device(device), dtype
         self.event_shape = event_shape_of(model)
         self.dim = int(model.dim)
         self.ref_std = self.process.prior_std
         self._alpha_sigma = [
-            (float(self.process.alpha(t)), float(self.process.sigma(t))) for t in self.times
+            (float(self.process.alpha(t)), float(self.process.sigma(t))) for t in self.grid
         ]
         # phi at intermediate steps: for potentials that read it and for guided proposals
         self._phi_inside = bool(self.tilt) and (
@@ -104,10 +116,8 @@ class DiffusionFK(FeynmanKacModel):
         )
 
     def _check_parts(self, sampler: str) -> None:
-        if len(self.kernels) != self.n_steps:
-            raise SMCDiffError(
-                f"DiffusionFK: got {len(self.kernels)} kernels for {self.n_steps} steps"
-            )
+        if len(self.kernels) != self.K:
+            raise SMCDiffError(f"DiffusionFK: got {len(self.kernels)} kernels for {self.K} steps")
         stochastic = all(k.var > 0 for k in self.kernels)
         if (self.weighted or self.path is not None) and not stochastic:
             raise SMCDiffError(
@@ -126,10 +136,13 @@ class DiffusionFK(FeynmanKacModel):
 
     # -- one evaluation of the prior (and tilt) at a new point: 1 NFE, +1 gradient if guided --
     def _evaluate(self, x: torch.Tensor, k: int, need_grad: bool) -> tuple[dict, dict, int]:
-        t, last = self.times[k], k == self.n_steps
+        """Score (and density) at ``x``, step ``k``; with the tilt, its raw value ``f``, ``hard``
+        (:class:`~smcdiff.diffusion_fk.tilt.TiltValue`) at :math:`\\hat x_0` and, if
+        ``need_grad``, the gradient ``gradf`` of ``f`` in ``x``."""
+        t, last = self.grid[k], k == self.K
         need_phi = bool(self.tilt) and (self._phi_inside or last)
         need_grad = need_grad and need_phi
-        where = f"step {k}/{self.n_steps} (t={t:.4g})"
+        where = f"step {k}/{self.K} (t={t:.4g})"
         out: dict[str, torch.Tensor] = {}
         with torch.enable_grad() if need_grad else torch.no_grad():
             xr = x.detach().requires_grad_(need_grad)
@@ -142,13 +155,34 @@ class DiffusionFK(FeynmanKacModel):
             if need_phi:
                 a, s = self._alpha_sigma[k]
                 x0 = xr if last else tweedie_x0(xr, score, a, s)
-                phi = self.tilt.evaluate(x0, k, checks, where)
+                value = self.tilt.evaluate(x0, k, checks, where)
                 if need_grad:
-                    (grad,) = torch.autograd.grad(phi.sum(), xr)
-                    out["grad"] = grad.detach().to(self.dtype)
-                out["phi"] = phi.detach()
+                    (grad,) = torch.autograd.grad(value.f.sum(), xr)
+                    hard = value.hard.reshape(-1, *([1] * (x.dim() - 1)))
+                    # the penalty of a violated constraint is flat: its gradient is 0
+                    out["gradf"] = torch.where(hard, 0.0, grad.detach()).to(self.dtype)
+                out["f"], out["hard"] = value.f.detach(), value.hard
         out["score"] = score.detach()
         return out, checks, int(need_grad)
+
+    def _apply_strength(
+        self, state: ParticleState, k: int, lam: float | torch.Tensor | None
+    ) -> ParticleState:
+        """``state`` with ``phi`` (:meth:`Tilt.phi` at strength ``lam``, default the schedule)
+        and the guided proposal's ``grad`` = ``lam * gradf``."""
+        if "f" not in state:
+            return state
+        state = dict(state)
+        state["phi"] = self.tilt.phi(TiltValue(state["f"], state["hard"]), k, lam)
+        if "gradf" in state:
+            lam = self.tilt.lam[k] if lam is None else lam
+            scale = (
+                lam
+                if isinstance(lam, float)
+                else lam.to(self.dtype).reshape(-1, *([1] * (state["x"].dim() - 1)))
+            )
+            state["grad"] = scale * state.pop("gradf")
+        return state
 
     def _score(self, x: torch.Tensor, t: float, out: dict[str, torch.Tensor]) -> torch.Tensor:
         """The prior's score at ``(x, t)``; with a path correction also ``out["logp"]``."""
@@ -159,17 +193,24 @@ class DiffusionFK(FeynmanKacModel):
         out["logp"] = logp.detach().double()
         return score
 
-    def log_target(self, k: int, x: torch.Tensor) -> torch.Tensor:
-        r"""Log of the step-k target :math:`\gamma_k(x) = \log p_{t_k}(x) + \lambda_k
-        \phi(\hat x_0(x))` (:math:`\phi(x)` at the last step), up to a constant (at step 0 without
-        path correction, :math:`\log\mathcal N(x; 0, \sigma_{ref}^2 I)` replaces
-        :math:`\log p_{t_K}`); ``(N, *event_shape) -> (N,)``, differentiable in ``x``. This is what
-        an MCMC corrector at step k must leave invariant (needs a prior with ``log_density``),
-        e.g. ``run_smc(fk, n, corrector=mcmc_corrector("mala", fk.log_target))``."""
-        t, last = self.times[k], k == self.n_steps
+    def log_target(
+        self, k: int, x: torch.Tensor, lam: float | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        r"""Log of the step-k target :math:`\gamma_k(x) = \log p_{t_k}(x) + \phi_{\lambda_k}
+        (\hat x_0(x))` (:math:`\phi(x)` from the last step on; ``end_log_prob`` in place of
+        :math:`\log p_{t_{min}}` there when given), up to a constant (at step 0 without path
+        correction, :math:`\log\mathcal N(x; 0, \sigma_{ref}^2 I)` replaces
+        :math:`\log p_{t_K}`); ``lam``: the tilt strength (float or ``(N,)``; default the
+        schedule's); ``(N, *event_shape) -> (N,)``, differentiable in ``x``. This is what an MCMC
+        corrector at step k must leave invariant (needs a prior with ``log_density``), e.g.
+        ``run_smc(fk, n, corrector=mcmc_corrector("mala", fk.log_target))``."""
+        last = k >= self.K
+        t = self.grid[min(k, self.K)]
         tm = model_time(self.model, t, x)
         if self.path is not None:
             score, logp = self.model.score_and_log_density(x, tm)  # type: ignore[attr-defined]
+            if last and self.path.end_log_prob is not None:
+                logp = self.path.end_log_prob(x)
         elif k == 0:  # the start law is the reference Gaussian, whatever the prior
             score = self.model.score(x, tm)
             logp = gaussian_log_prob(x, torch.zeros_like(x), self.ref_std**2)
@@ -180,9 +221,9 @@ class DiffusionFK(FeynmanKacModel):
             )
         if not self.tilt:
             return logp.double()
-        a, s = self._alpha_sigma[k]
+        a, s = self._alpha_sigma[min(k, self.K)]
         x0 = x if last else tweedie_x0(x, score, a, s)
-        return logp.double() + self.tilt.log_value(x0, k)
+        return logp.double() + self.tilt.log_value(x0, k, lam)
 
     def refresh(self, k: int, state: ParticleState) -> tuple[ParticleState, int]:
         """Re-evaluate the cached score, density and tilt at ``state["x"]`` after a corrector
@@ -193,21 +234,27 @@ class DiffusionFK(FeynmanKacModel):
                 f"potential={self.potential.name!r} depends on the whole path; MCMC correctors "
                 "need a per-state potential ('difference' or 'final')"
             )
-        ev, _, _ = self._evaluate(state["x"], k, self.guided and k < self.n_steps)
-        return {**state, **ev}, 1
+        ev, _, _ = self._evaluate(state["x"], k, self.guided and k < self.K)
+        return self._apply_strength({**state, **ev}, k, state.get("lam")), 1
 
     def init(self, n: int, generator: torch.Generator) -> StepOutput:
-        """``n`` particles from :math:`\\mathcal N(0, \\sigma_{ref}^2 I)`, ``(n, *event_shape)``."""
+        """``n`` particles from :math:`\\mathcal N(0, \\sigma_{ref}^2 I)`, ``(n, *event_shape)``;
+        with ``adaptive`` the tilt starts at strength 0."""
         x = self.ref_std * torch.randn(
             n, *self.event_shape, generator=generator, device=self.device, dtype=self.dtype
         )
-        ev, checks, n_grad = self._evaluate(x, 0, self.guided and self.n_steps > 0)
+        ev, checks, n_grad = self._evaluate(x, 0, self.guided and self.K > 0)
         log_g = torch.zeros(n, dtype=torch.float64, device=self.device)
         if self.path is not None:
             log_g = log_g + self.path.start(x, ev["logp"], self.ref_std)
-        state: ParticleState = {"x": x, **ev}
-        if self.weighted and "phi" in ev:
-            g, run = self.potential.initial(ev["phi"])
+        lam = None
+        if self.adaptive is not None:
+            lam = torch.zeros(n, dtype=torch.float64, device=self.device)
+        state: ParticleState = self._apply_strength({"x": x, **ev}, 0, lam)
+        if lam is not None:
+            state["lam"] = lam
+        if self.weighted and "phi" in state:
+            g, run = self.potential.initial(state["phi"])
             log_g = log_g + g
             state["run"], state["acc"] = run, g
         return StepOutput(state, log_g, checks, nfe=1, n_grad=n_grad)
@@ -215,9 +262,15 @@ class DiffusionFK(FeynmanKacModel):
     def step(
         self, k: int, state: ParticleState, generator: torch.Generator, log_weights: torch.Tensor
     ) -> StepOutput:
-        """Move with the proposal from ``t_{k-1}`` to ``t_k`` and weight (module docstring);
-        ``log_weights`` is not used."""
-        ker, last = self.kernels[k - 1], k == self.n_steps
+        """Move with the proposal from ``t_{k-1}`` to ``t_k`` and weight (module docstring); with
+        ``adaptive``, ``log_weights`` choose the tilt strength, and steps past ``K`` are the
+        sub-steps at ``t_min``."""
+        if k > self.K:
+            return self._substep(k, state, generator, log_weights)
+        ker, last = self.kernels[k - 1], k == self.K
+        nfe0, moved, move_checks = 0, {}, {}
+        if self._moves_needed(k, state, log_weights):
+            state, nfe0, moved, move_checks = self._move(k - 1, state, generator, log_weights)
         x = state["x"]
         x_new, z, shift = self.proposal.propose(ker, state, generator)
         ev, checks, n_grad = self._evaluate(x_new, k, self.guided and not last)
@@ -227,20 +280,132 @@ class DiffusionFK(FeynmanKacModel):
                 self.process, ker, x, x_new, z, ev["logp"], state["logp"]
             )
             if last:  # p_{t_min} -> the exact end density
-                where = f"step {k}/{self.n_steps}"
+                where = f"step {k}/{self.K}"
                 log_g = self.path.finish(x_new, log_g, ev["logp"], checks, where)
         elif self.weighted:
             ratio = self.proposal.log_ratio(z, shift, ker.var)
             if ratio is not None:
                 log_g = log_g + ratio
-        new: ParticleState = {"x": x_new, **ev}
-        if self.weighted and "phi" in ev:
-            zero = torch.zeros_like(ev["phi"])  # "final" potential: no intermediate phi
-            prev, run, acc = (state.get(key, zero) for key in ("phi", "run", "acc"))
-            g, run = self.potential.step(ev["phi"], prev, run, acc, last)
-            log_g = log_g + g
-            new["run"], new["acc"] = run, acc + g
-        return StepOutput(new, log_g, checks, nfe=1, n_grad=n_grad)
+        # the adaptive strength and the MALA step size live with the particles
+        carried = {key: state[key] for key in ("lam", "mala_log_h") if key in state}
+        new: ParticleState = {"x": x_new, **ev, **carried}
+        info: dict[str, torch.Tensor] = {}
+        if self.weighted and "f" in ev:
+            log_g, new, info = self._weigh(k, state, new, log_g, log_weights)
+        else:
+            new = self._apply_strength(new, k, None)
+        info.update(moved)
+        checks.update(move_checks)
+        return StepOutput(new, log_g, checks, nfe=1 + nfe0, n_grad=n_grad + nfe0, info=info)
+
+    def _moves_needed(self, k: int, state: ParticleState, log_weights: torch.Tensor) -> bool:
+        """Moves at the start of step k (k >= 2, per-state potential, with sub-steps): only where
+        they can help — the previous step's strength was held below its cap, or the engine just
+        resampled (equal weights). One host sync."""
+        if not (self.substeps and k > 1 and self.adaptive.move_every and self.potential.per_state):
+            return False
+        held = state["lam"] < self.tilt.lam[k - 1] - 1e-9
+        resampled = (log_weights.amax(-1) - log_weights.amin(-1)) < 1e-12
+        return bool(held.any() | resampled.any())
+
+    def _move(
+        self, k: int, state: ParticleState, generator: torch.Generator, log_weights: torch.Tensor
+    ) -> tuple[ParticleState, int, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """MALA moves invariant for the step-k target at the particles' strength, then the
+        cached score, density and tilt re-evaluated at the new points. Returns the state, the
+        NFE, the info (mean acceptance per group) and the checks (names prefixed)."""
+        x, lam, n_groups = state["x"], state["lam"], log_weights.shape[0]
+        log_h = state["mala_log_h"] if "mala_log_h" in state else initial_log_step(x, n_groups)
+        x, log_h, accept, bad = self.adaptive.move(
+            x, lambda y: self.log_target(k, y, lam), log_h, n_groups, generator
+        )
+        ev, checks, _ = self._evaluate(x, k, self.guided)
+        checks = {f"{name} (after the tilt moves of step {k})": m for name, m in checks.items()}
+        checks[f"log target of the tilt moves (log p_t + reward / log_likelihood) of step {k}"] = (
+            bad
+        )
+        new = self._apply_strength({**state, **ev, "x": x, "mala_log_h": log_h}, k, lam)
+        return new, self.adaptive.n_moves + 2, {"accept": accept}, checks
+
+    def _weigh(
+        self,
+        k: int,
+        state: ParticleState,
+        new: ParticleState,
+        log_g: torch.Tensor,
+        log_weights: torch.Tensor,
+    ) -> tuple[torch.Tensor, ParticleState, dict[str, torch.Tensor]]:
+        """Add step k's FK potential to ``log_g`` at the schedule's strength or, adaptive, at
+        the largest strength that keeps the CESS (:mod:`~smcdiff.diffusion_fk.adaptive`)."""
+        last = k == self.K
+        zero = torch.zeros_like(new["f"])  # "final" potential: no intermediate phi
+        prev, run, acc = (state.get(key, zero) for key in ("phi", "run", "acc"))
+        value = TiltValue(new["f"], new["hard"])
+
+        def potential(lam: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.potential.step(self.tilt.phi(value, k, lam), prev, run, acc, last)
+
+        lam, info = None, {}
+        if self.adaptive is not None:
+            cap = torch.full_like(zero, self.tilt.lam[k])
+            lo = cap if (last and not self.substeps) else zero
+            increments = [lambda m: log_g + potential(m)[0]]
+            if "f" in state:  # what one more step at this strength would cost
+                old = TiltValue(state["f"], state["hard"])
+                increments.append(
+                    lambda m: log_g + self.tilt.phi(value, k, m) - self.tilt.phi(old, k - 1, m)
+                )
+            lam = self.adaptive.choose(log_weights, increments, lo, cap, monotone=False)
+            info["tilt"] = lam.reshape(log_weights.shape)[:, 0]
+        g, run = potential(lam)
+        new = self._apply_strength(new, k, lam)
+        new["run"], new["acc"] = run, acc + g
+        if lam is not None:
+            new["lam"] = lam
+        return log_g + g, new, info
+
+    def _substep(
+        self, k: int, state: ParticleState, generator: torch.Generator, log_weights: torch.Tensor
+    ) -> StepOutput:
+        """A sub-step at ``t_min``: MALA moves invariant for the current target, then the tilt
+        strength raised as far as the CESS allows (to 1 at the last allowed sub-step)."""
+        G, adaptive = log_weights.shape[0], self.adaptive
+        lam, x = state["lam"], state["x"]
+        log_h = state["mala_log_h"] if "mala_log_h" in state else initial_log_step(x, G)
+        x, log_h, accept, bad = adaptive.move(
+            x, lambda y: self.log_target(self.K, y, lam), log_h, G, generator
+        )
+        checks = {"log target of the tilt moves (log p_t + reward / log_likelihood)": bad}
+        value = self.tilt.evaluate(x, self.K, checks, f"sub-step {k - self.K} at t_min")
+        old = self.tilt.phi(value, self.K, lam)
+
+        def log_g_of(m: torch.Tensor) -> torch.Tensor:
+            return sub_keep_neg_inf(self.tilt.phi(value, self.K, m), old)
+
+        one = torch.ones_like(lam)
+        new_lam = (
+            one if k == self.n_steps else adaptive.choose(log_weights, [log_g_of], lam, one, True)
+        )
+        log_g = log_g_of(new_lam)
+        keep = {key: v for key, v in state.items() if key not in ("score", "logp", "grad")}
+        new = {**keep, "x": x, "lam": new_lam, "mala_log_h": log_h, "f": value.f,
+               "hard": value.hard, "phi": self.tilt.phi(value, self.K, new_lam)}  # fmt: skip
+        info = {"tilt": new_lam.reshape(G, -1)[:, 0], "accept": accept}
+        n = adaptive.n_moves + 1
+        return StepOutput(new, log_g, checks, nfe=n, n_grad=n, info=info)
+
+    def step_label(self, k: int) -> str:
+        """``"step k/K"``, or ``"tilt sub-step j at t_min (after step K/K)"`` past ``K``."""
+        if k <= self.K:
+            return f"step {k}/{self.K}"
+        return f"tilt sub-step {k - self.K} at t_min (after step {self.K}/{self.K})"
+
+    def done(self, k: int, state: ParticleState) -> torch.Tensor | None:
+        """With sub-steps: ``True`` once every group's tilt strength reached 1 (one host sync
+        per step from the last diffusion step on); ``None`` otherwise (never ends early)."""
+        if not self.substeps or k < self.K:
+            return None
+        return (state["lam"] >= 1.0).all()
 
 
 def build_diffusion_fk(
@@ -256,6 +421,7 @@ def build_diffusion_fk(
     sampler: str = "ancestral",
     eta: float = 1.0,
     tilt_schedule: str = "constant",
+    adaptive: AdaptiveTilt | None = None,
     end_log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
@@ -263,7 +429,8 @@ def build_diffusion_fk(
     """A :class:`DiffusionFK` from names and switches (the front doors' vocabulary):
     ``potential`` in :data:`~smcdiff.diffusion_fk.potentials.POTENTIALS`, ``guided`` (a
     :class:`GuidedProposal` with ``guidance_scale``), ``path_correction`` (with ``end_log_prob``),
-    ``tilt_schedule`` in :data:`~smcdiff.diffusion_fk.tilt.TILT_SCHEDULES`."""
+    ``tilt_schedule`` in :data:`~smcdiff.diffusion_fk.tilt.TILT_SCHEDULES` (with ``adaptive``,
+    the cap of the adaptive strengths)."""
     check_choice("potential", potential, POTENTIALS, where="build_diffusion_fk")
     check_choice("tilt_schedule", tilt_schedule, TILT_SCHEDULES, where="build_diffusion_fk")
     if end_log_prob is not None and not path_correction:
@@ -276,6 +443,7 @@ def build_diffusion_fk(
         proposal=GuidedProposal(guidance_scale) if guided else BaseProposal(),
         path=PathCorrection(end_log_prob) if path_correction else None,
         schedule=TILT_SCHEDULES[tilt_schedule],
+        adaptive=adaptive,
         weighted=weighted,
         sampler=sampler,
         eta=eta,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -27,6 +28,7 @@ __all__ = [
     "Tilt",
     "TiltSchedule",
     "TiltTerm",
+    "TiltValue",
     "constant_schedule",
     "snr_schedule",
 ]
@@ -59,10 +61,31 @@ TILT_SCHEDULES: dict[str, TiltSchedule] = {"constant": constant_schedule, "snr":
 """Tilt schedules by name."""
 
 
-class Tilt:
-    r"""The terms of :math:`\phi` with their per-step weights :math:`\lambda_k` on a time grid.
+class TiltValue(NamedTuple):
+    r"""The tilt at one set of points, before its strength is applied: ``f`` ``(N,)`` float64, the
+    finite part :math:`\sum_j c_j f_j` (terms at ``-inf`` count 0 there), and ``hard`` ``(N,)``
+    bool, where a term is ``-inf`` (a hard constraint is violated)."""
 
-    ``lam[k]`` = ``schedule(alpha(t_k), sigma(t_k))`` for k < K and 1 at the last step K.
+    f: torch.Tensor
+    hard: torch.Tensor
+
+
+class Tilt:
+    r"""The terms of :math:`\phi` with their per-step strengths on a time grid.
+
+    ``lam[k]`` = ``schedule(alpha(t_k), sigma(t_k))`` for k < K and 1 at the last step K;
+    ``fade[k]`` = :math:`\alpha_k^2/(\alpha_k^2 + \sigma_k^2) < 1` for k < K and 1 at K.
+
+    At strength :math:`\lambda` and hardness :math:`h` the log-tilt is (:meth:`phi`)
+
+    .. math:: \phi_{\lambda,h}(x) = \lambda f(x) + \log(1 - h)\,\mathbb 1[\text{a term of }
+        x \text{ is } -\infty],
+
+    with hardness :math:`h_k = \text{fade}_k` before the last step and :math:`h = \lambda` from
+    it on (:meth:`hardness`): a hard constraint becomes a finite penalty before the last step, so
+    no intermediate target loses support that the final target has (every :math:`x_k` can still
+    reach the constraint set), and at the last step with :math:`\lambda = 1` it is exact
+    (:math:`\log 0 = -\infty`).
     """
 
     def __init__(
@@ -76,29 +99,51 @@ class Tilt:
         ab = [(float(process.alpha(t)), float(process.sigma(t))) for t in times]
         self.lam = [schedule(a, s) for a, s in ab]
         self.lam[-1] = 1.0  # so that potentials telescope to the same final target
+        self.fade = [snr_schedule(a, s) for a, s in ab]
+        self.fade[-1] = 1.0
+        self.last = len(self.lam) - 1
 
     def __bool__(self) -> bool:
         return bool(self.terms)
 
     def evaluate(
         self, x0: torch.Tensor, k: int, checks: dict[str, torch.Tensor], where: str
-    ) -> torch.Tensor:
-        r""":math:`\lambda_k \phi(x_0)` ``(N,)`` float64, checking each term's shape, device and
-        values (NaN / +inf masks go into ``checks`` under the term's name). A ``-inf`` term (a hard
-        constraint) stays ``-inf`` even where :math:`\lambda_k = 0`."""
+    ) -> TiltValue:
+        """The tilt's :class:`TiltValue` at ``x0`` ``(N, *event_shape)``, checking each term's
+        shape, device and values (NaN / +inf masks go into ``checks`` under the term's name);
+        differentiable in ``x0`` where finite."""
         n = x0.shape[0]
-        phi = torch.zeros(n, dtype=torch.float64, device=x0.device)
+        f = torch.zeros(n, dtype=torch.float64, device=x0.device)
+        hard = torch.zeros(n, dtype=torch.bool, device=x0.device)
         for term in self.terms:
             v = term.fn(x0)
             check_shape(term.name, v, (n,), where=where)
             check_device(term.name, v, x0.device, where=where)
             checks[term.name] = nan_or_posinf(v.detach())
             v = v.double()
-            phi = phi + torch.where(v == float("-inf"), v, (self.lam[k] * term.scale) * v)
-        return phi
+            out = v == float("-inf")
+            hard = hard | out
+            f = f + term.scale * torch.where(out, torch.zeros_like(v), v)
+        return TiltValue(f, hard)
 
-    def log_value(self, x0: torch.Tensor, k: int) -> torch.Tensor | float:
-        r""":math:`\lambda_k \phi(x_0)` without checks (differentiable), ``(N,)`` float64 (0 when
-        there are no terms)."""
-        lam = self.lam[k]
-        return sum(lam * term.scale * term.fn(x0).double() for term in self.terms)
+    def hardness(self, k: int, lam: float | torch.Tensor) -> float | torch.Tensor:
+        r""":math:`h_k = \text{fade}_k` before the last step, :math:`\lambda` from it on (class
+        docstring)."""
+        return lam if k >= self.last else self.fade[k]
+
+    def phi(
+        self, value: TiltValue, k: int, lam: float | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        r""":math:`\phi_{\lambda, h_k}` ``(N,)`` float64 at step ``k`` (class docstring);
+        ``lam``: a float or ``(N,)`` tensor, default the schedule's ``lam[k]``."""
+        lam = self.lam[min(k, self.last)] if lam is None else lam
+        penalty = torch.log1p(-torch.as_tensor(self.hardness(k, lam), dtype=torch.float64,
+                                                device=value.f.device))  # fmt: skip
+        return lam * value.f + torch.where(value.hard, penalty, torch.zeros_like(value.f))
+
+    def log_value(
+        self, x0: torch.Tensor, k: int, lam: float | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        r""":math:`\phi_{\lambda, h_k}(x_0)` without checks (differentiable where finite),
+        ``(N,)`` float64."""
+        return self.phi(self.evaluate(x0, k, {}, where=f"step {k}"), k, lam)

@@ -22,11 +22,13 @@ LOG_POTENTIAL = "log-potential (incremental log-weight)"
 class FiniteGuard:
     """Invalid-particle counts per step and quantity, kept on the device; :meth:`raise_if_bad`
     reads the rows recorded since the last check in one transfer and raises for the first bad
-    one. ``n_total``: particles in all groups (for the message); ``n_steps``: the model's K."""
+    one. ``n_total``: particles in all groups (for the message); ``n_steps``: the model's K;
+    ``label(k)``: how messages name step k (default ``"step k/K"``)."""
 
-    def __init__(self, n_total: int, n_steps: int):
+    def __init__(self, n_total: int, n_steps: int, label: Callable[[int], str] | None = None):
         self.n_total = n_total
         self.n_steps = n_steps
+        self.label = label if label is not None else (lambda k: f"step {k}/{n_steps}")
         self._names: list[str] = []  # order of first appearance = order of causality in a step
         self._rows: list[tuple[int, dict[str, torch.Tensor], float | None]] = []
         self._checked = 0
@@ -51,7 +53,7 @@ class FiniteGuard:
             return
         i, q = (int(v) for v in bad.nonzero()[0])
         (step, _, t), name, count = rows[i], self._names[q], int(bad[i, q])
-        where = f"step {step}/{self.n_steps}" + (f" (t={t:.4g})" if t is not None else "")
+        where = self.label(step) + (f" (t={t:.4g})" if t is not None else "")
         res = partial() if partial is not None else None
         if name == WEIGHTS_DEGENERATE:
             raise DegenerateWeightsError(

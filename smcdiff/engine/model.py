@@ -64,7 +64,8 @@ class FeynmanKacModel:
       particles), for checkpoints (:mod:`smcdiff.engine.checkpoint`); default: none. State
       kept in the particles (the :data:`ParticleState`) is checkpointed with them and needs no
       hook; a model that keeps state elsewhere and does not override these resumes to another
-      run. ``state_dict`` runs at every finiteness check: return references, not host copies.
+      run. ``state_dict`` runs at every finiteness check: return references, not host copies;
+    * ``step_label(k) -> str``: how error messages name step k (default ``"step k/n_steps"``).
     """
 
     n_steps: int
@@ -86,6 +87,10 @@ class FeynmanKacModel:
 
     def done(self, k: int, state: ParticleState) -> torch.Tensor | None:
         return None
+
+    def step_label(self, k: int) -> str:
+        """How error messages name step ``k`` (default ``"step k/n_steps"``)."""
+        return f"step {k}/{self.n_steps}"
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -272,7 +272,10 @@ class RunLoop:
     def _setup(self, state: SMCState) -> None:
         device = state.log_weights.device
         self.check_every = self.check_every or (1 if device.type == "cpu" else 32)
-        self.guard = FiniteGuard(state.n_groups * state.n_particles, self.smc.model.n_steps)
+        model = self.smc.model
+        self.guard = FiniteGuard(
+            state.n_groups * state.n_particles, model.n_steps, model.step_label
+        )
         if self.saver is not None:
             self.saver.bind(self.parts.meta(state, self.generator))
 

@@ -32,7 +32,7 @@ def bad_reward(x):
 def collapsed():
     with pytest.warns(DegeneracyWarning, match=r"the ESS fell to .* at step \d+") as rec:
         res = smcdiff.steer(MODEL, reward=bad_reward, beta=100.0, method="fk", n_particles=1000,
-                            seed=0, progress=False)  # fmt: skip
+                            seed=0, progress=False, tilt_schedule="snr")  # fmt: skip
     assert len(rec) == 1
     return res
 
@@ -42,7 +42,8 @@ def healthy():
     with warnings.catch_warnings():
         warnings.simplefilter("error", DegeneracyWarning)
         return smcdiff.steer(MODEL, reward=lambda x: -x[:, 1] ** 2, beta=2.0, method="fk",
-                             n_particles=4096, n_steps=100, seed=0, progress=False)  # fmt: skip
+                             n_particles=4096, n_steps=100, seed=0, progress=False,
+                             tilt_schedule="snr")  # fmt: skip
 
 
 def test_degeneracy_warning_is_a_user_warning_exported_at_the_top():
@@ -102,7 +103,7 @@ def test_arviz_posterior_does_not_claim_more_draws_than_the_minimum_ess(collapse
 def test_grouped_runs_name_the_run():
     with pytest.warns(DegeneracyWarning, match=r"run \d: the ESS fell"):
         res = smcdiff.steer(MODEL, reward=bad_reward, beta=100.0, n_particles=1000, n_runs=2,
-                            seed=1, progress=False)  # fmt: skip
+                            seed=1, progress=False, tilt_schedule="snr")  # fmt: skip
     rep = res.diagnose()
     assert rep.min_ess.shape == (2,) and rep.per_step["pareto_k"].shape == (101, 2)
     assert res.min_ess.shape == (2,)

@@ -84,6 +84,7 @@ def diffusion_plan(
         sampler = "ancestral_upper" if path_correction else "ancestral"
     scale = getattr(config, "guidance_scale", None)
     tilt_schedule = getattr(config, "tilt_schedule", "snr")
+    adaptive = config.adaptive_tilt() if hasattr(config, "adaptive_tilt") else None
     fk = build_diffusion_fk(
         model,
         common.times(),
@@ -95,7 +96,8 @@ def diffusion_plan(
         path_correction=bool(path_correction),
         sampler=sampler,
         eta=1.0 if config.eta is None else config.eta,
-        tilt_schedule=tilt_schedule,
+        tilt_schedule="snr" if adaptive is not None else tilt_schedule,
+        adaptive=adaptive,
         device=common.device,
         dtype=common.dtype,
     )
@@ -104,6 +106,9 @@ def diffusion_plan(
                 "path_correction": bool(path_correction)}  # fmt: skip
     if tilted:
         settings["tilt_schedule"] = tilt_schedule
+    if adaptive is not None:
+        settings.update(tilt_cess=adaptive.cess, tilt_moves=adaptive.n_moves,
+                        tilt_substeps=adaptive.max_substeps if fk.substeps else 0)  # fmt: skip
     if weighted:
         settings.update(potential=potential, init=init)
     start = start_corrector(fk, init, getattr(config, "init_moves", None),

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from smcdiff.checks import check_choice, check_int, check_number
-from smcdiff.diffusion_fk import POTENTIALS
+from smcdiff.diffusion_fk import POTENTIALS, TILT_SCHEDULES
+from smcdiff.diffusion_fk.adaptive import AdaptiveTilt
 from smcdiff.errors import SMCDiffError
 from smcdiff.steering.methods.diffusion import INITS, WHERE, diffusion_plan
 from smcdiff.steering.methods.guidance import GuidanceConfig
@@ -51,9 +52,18 @@ class TDSConfig(GuidanceConfig):
     init_moves: int | None = None
     init_step_size: float | None = None
     corrector: Callable | None = None
+    tilt_schedule: str = "auto"
+    TILT_CHOICES = (*TILT_SCHEDULES, "adaptive")
+    tilt_cess: float | None = None
+    tilt_moves: int | None = None
+    tilt_substeps: int | None = None
 
     def __post_init__(self) -> None:
+        if self.tilt_schedule == "auto":  # adaptive, unless MCMC moves need a fixed target
+            fixed = self.corrector is not None or self.init != "prior"
+            object.__setattr__(self, "tilt_schedule", "snr" if fixed else "adaptive")
         super().__post_init__()
+        self._check_adaptive()
         if self.path_correction != "auto" and not isinstance(self.path_correction, bool):
             raise SMCDiffError(
                 f"{WHERE}: path_correction must be 'auto', True or False, "
@@ -74,6 +84,32 @@ class TDSConfig(GuidanceConfig):
         object.__setattr__(self, "init_step_size", step)
         if self.corrector is not None and not callable(self.corrector):
             raise SMCDiffError(f"{WHERE}: corrector must be callable (k, state, generator)")
+
+    def _check_adaptive(self) -> None:
+        given = [n for n in ADAPTIVE_OPTIONS if getattr(self, n) is not None]
+        if self.tilt_schedule != "adaptive":
+            if given:
+                raise SMCDiffError(f"{WHERE}: {', '.join(given)} set adaptive tilting; they need "
+                                   "tilt_schedule='adaptive'")  # fmt: skip
+            return
+        if self.corrector is not None or self.init != "prior":
+            raise SMCDiffError(
+                f"{WHERE}: a corrector or init={self.init!r} moves the particles with a fixed "
+                "step target; with tilt_schedule='adaptive' the strength is chosen from the "
+                "particles. Pass tilt_schedule='snr' or 'constant' (the default 'auto' does)"
+            )
+        self.adaptive_tilt()  # checks the values
+
+    def adaptive_tilt(self) -> AdaptiveTilt | None:
+        """The :class:`~smcdiff.diffusion_fk.adaptive.AdaptiveTilt` of these options, or ``None``
+        for a fixed schedule."""
+        if self.tilt_schedule != "adaptive":
+            return None
+        names = {"tilt_cess": "cess", "tilt_moves": "n_moves", "tilt_substeps": "max_substeps"}
+        given = {
+            names[n]: getattr(self, n) for n in ADAPTIVE_OPTIONS if getattr(self, n) is not None
+        }
+        return AdaptiveTilt(**given)
 
 
 @dataclass(frozen=True)
@@ -100,6 +136,9 @@ class FKConfig(TDSConfig):
                 f"{WHERE}: potential={self.potential!r} depends on the whole path; a corrector "
                 "needs a per-state potential ('difference' or 'final')"
             )
+
+
+ADAPTIVE_OPTIONS = ("tilt_cess", "tilt_moves", "tilt_substeps")
 
 
 def build_fk(common: CommonConfig, config: FKConfig) -> MethodPlan:

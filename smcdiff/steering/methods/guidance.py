@@ -27,12 +27,13 @@ class GuidanceConfig(SamplerConfig):
 
     guidance_scale: float | None = None
     tilt_schedule: str = "snr"
+    TILT_CHOICES = tuple(TILT_SCHEDULES)  # class attribute: the schedules this method takes
 
     def __post_init__(self) -> None:
         super().__post_init__()
         scale = check_number("guidance_scale", self.guidance_scale, where=WHERE, allow_none=True)
         object.__setattr__(self, "guidance_scale", scale)
-        check_choice("tilt_schedule", self.tilt_schedule, TILT_SCHEDULES, where=WHERE)
+        check_choice("tilt_schedule", self.tilt_schedule, self.TILT_CHOICES, where=WHERE)
 
 
 def build_guidance(common: CommonConfig, config: GuidanceConfig) -> MethodPlan:
