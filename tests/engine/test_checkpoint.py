@@ -271,6 +271,24 @@ def test_steer_resumes_bitwise_after_an_interrupt_inside_the_reward(tmp_path, n_
     same_result(smcdiff.resume(path), ref)  # a finished run's checkpoint returns its result
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["tds", "fkc", "driftlite-vcg", "guidance"])
+def test_the_other_steer_methods_resume_bitwise(tmp_path, method):
+    """Whatever state a method keeps (adaptive tilts, FKC step control, DriftLite's control
+    fit), the resumed run equals the uninterrupted one."""
+    model = ckpt_worker.prior_model()
+    kw = dict(method=method, reward=reward, n_particles=32, n_steps=8, seed=2, device=DEVICE)
+    fail_at_call(None)
+    ref = smcdiff.steer(model, **kw)
+    path = tmp_path / f"{method}.ckpt"
+    fail_at_call(CALLS["n"] // 2)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        smcdiff.steer(model, checkpoint=path, checkpoint_every=2, **kw)
+    assert caught.value.partial.completed_steps < kw["n_steps"]
+    fail_at_call(None)
+    same_result(smcdiff.resume(path), ref)
+
+
 def test_steer_with_an_adapting_corrector_resumes_bitwise(tmp_path):
     model = ckpt_worker.prior_model()
     common = CommonConfig(model, **{k: v for k, v in STEER.items() if k != "tilt_schedule"})
@@ -320,7 +338,7 @@ def test_sample_resumes_bitwise(tmp_path, method):
     if method == "tempered":
         kw.update(kernel="mala", n_moves=2)
     else:
-        kw.update(n_steps=12, n_mc=16)
+        kw.update(n_steps=10, n_mc=8, final_moves=2)
     fail_at_call(None)
     ref = smcdiff.sample(target, **kw)
     path = tmp_path / f"{method}.ckpt"
