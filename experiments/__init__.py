@@ -10,5 +10,6 @@ EXPERIMENTS = {
     "gmm2d": "smcdiff_experiments.gmm2d",
     "energy": "smcdiff_experiments.energy_benchmarks",
     "steering": "smcdiff_experiments.steering_benchmarks",
+    "digits": "smcdiff_experiments.digits",
 }
 DEFAULT = "gmm2d"
