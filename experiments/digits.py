@@ -39,7 +39,7 @@ DESCRIPTION = "digits (8x8) prior: inpainting / super-resolution / blur and clas
 DATA = Path(__file__).parent / "data"
 CHECKPOINT = DATA / "digits_eps.pt"
 NET = {"dim": [1, 8, 8], "hidden": 128, "depth": 3}
-TRAIN = {"n_iters": 4000, "batch_size": 128, "lr": 2e-3, "seed": 0, "lr_schedule": "cosine"}
+TRAIN = {"n_iters": 16000, "batch_size": 128, "lr": 2e-3, "seed": 0, "lr_schedule": "cosine"}
 N_TRAIN = 1437
 SIGMA_Y = 0.2
 REWARD_TASKS = {  # reward -> methods (the indicator has no gradient: no guidance, no tds)
@@ -101,7 +101,7 @@ class Classifier(nn.Module):
         return self.body(x)
 
 
-def train_classifier(data: dict[str, torch.Tensor], n_iters: int = 400) -> Classifier:
+def train_classifier(data: dict[str, torch.Tensor], n_iters: int = 200) -> Classifier:
     """Full-batch Adam on the train split (seed 0, a second on a CPU); augmented with a little
     pixel noise so it also reads slightly imperfect samples. Returns it in eval mode."""
     gen = torch.Generator(device=data["x_train"].device).manual_seed(0)
