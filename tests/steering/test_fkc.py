@@ -231,8 +231,9 @@ def test_log_z_bias_shrinks_with_the_step_count():
     for integrator in ("exp", "em"):
         for steps in (12, 24, 48):
             res = run(
-                anneal(model, 2.0), n=2000, runs=8, steps=steps, integrator=integrator, seed=6
-            )
+                anneal(model, 2.0), n=2000, runs=8, steps=steps, integrator=integrator, seed=6,
+                step_control="off",
+            )  # fmt: skip
             errs[integrator, steps] = abs(
                 float(torch.logsumexp(res.log_z, 0)) - math.log(8) - log_z
             )
@@ -287,6 +288,7 @@ def test_trace_info_counts_seeding_and_shapes():
         model, anneal(smcdiff.exact_score(smcdiff.Gaussian(torch.ones(2), torch.eye(2)), PROC), 2)
     )
     kw = dict(n=50, runs=3, steps=5, reward=lambda x: -(x**2).sum(-1), beta=0.5)
+    kw["step_control"] = "off"  # one move per step (step control: test_fkc_step_control.py)
     a, b, c = run(target, seed=0, **kw), run(target, seed=0, **kw), run(target, seed=1, **kw)
     assert torch.equal(a.state["x"], b.state["x"]) and torch.equal(a.log_z, b.log_z)
     assert not torch.equal(a.state["x"], c.state["x"])

@@ -23,9 +23,11 @@ def test_steer_anneals_a_gaussian_to_the_right_variance_and_log_z(method):
     mu = (w * res.particles).sum(1)
     var = (w * (res.particles - mu.unsqueeze(1)) ** 2).sum(1)
     # plain FKC sharpening has heavy-tailed weights: at N = 1000, 100 steps its variance is low
-    # by ~0.05 and log Z off by up to 0.25 (test_fkc.py BIAS); DriftLite's control removes most
-    tol_var, tol_z = (0.08, 0.3) if method == "fkc" else (0.03, 0.1)
-    assert float((mu.mean(0) - mean).abs().max()) < 0.03
+    # by ~0.05, log Z off by up to 0.25 (test_fkc.py BIAS) and one run in 16 can have its mean
+    # 0.7 off (over seeds 0-4 the mean of 16 runs erred by up to 0.033, with integrator="exp"
+    # and no step control by up to 0.027); DriftLite's control removes most
+    tol_mu, tol_var, tol_z = (0.05, 0.08, 0.3) if method == "fkc" else (0.03, 0.03, 0.1)
+    assert float((mu.mean(0) - mean).abs().max()) < tol_mu
     assert float((var.mean(0) - torch.diagonal(cov)).abs().max()) < tol_var
     assert abs(float(res.log_z.mean()) - log_z) < tol_z
     assert res.info["method"] == method and res.info["anneal"] == 2.0

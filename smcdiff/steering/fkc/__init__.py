@@ -10,7 +10,9 @@ object chosen once per model:
 * a divergence estimator (exact / Hutchinson, :mod:`~smcdiff.steering.fkc.divergence`);
 * DriftLite basis fields (:mod:`~smcdiff.steering.fkc.basis`) and a control solver
   (:class:`~smcdiff.steering.driftlite.VCG` / :class:`~smcdiff.steering.driftlite.ECG`);
-* the point evaluation of scores, reward and divergences (:mod:`~smcdiff.steering.fkc.point`).
+* the point evaluation of scores, reward and divergences (:mod:`~smcdiff.steering.fkc.point`);
+* the step control (:mod:`~smcdiff.steering.fkc.stepping`): sub-steps where the estimated
+  discretisation error of a grid step exceeds a tolerance.
 """
 
 from smcdiff.steering.fkc.basis import (
@@ -50,6 +52,7 @@ from smcdiff.steering.fkc.schedules import (
     LinearBeta,
     SNRBeta,
 )
+from smcdiff.steering.fkc.stepping import STEP_CONTROLS, StepControl
 
 __all__ = [
     "BASES",
@@ -57,6 +60,7 @@ __all__ = [
     "DIVERGENCES",
     "INTEGRATORS",
     "NOISES",
+    "STEP_CONTROLS",
     "WEIGHT_RULES",
     "BasisField",
     "BetaSchedule",
@@ -77,6 +81,7 @@ __all__ = [
     "RewardBasis",
     "SNRBeta",
     "ScoreBasis",
+    "StepControl",
     "TargetBasis",
     "Trapezoid",
     "WeightRule",

@@ -11,8 +11,8 @@ chosen once per model:
   :class:`EulerMaruyama` (``"em"``) or :class:`ExponentialIntegrator` (``"exp"``);
 * a :class:`WeightRule` — the quadrature of the log-weight rate over a step: :class:`Trapezoid`
   (old and new point, no extra NFE) or :class:`LeftPoint` (old point);
-* :class:`FKCGrid` — every per-step float (times, :math:`\log\alpha`, :math:`f`, :math:`g^2`,
-  :math:`h^2`, :math:`c`, move coefficients) computed once, so a step only reads lists.
+* :class:`FKCGrid` — the floats of each time (:math:`\log\alpha`, :math:`f`, :math:`g^2`,
+  :math:`h^2`, :math:`c`, as a :class:`TimePoint`) and the move coefficients of a (sub-)step.
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ __all__ = [
     "EulerMaruyama",
     "ExponentialIntegrator",
     "FKCGrid",
+    "FittedExponential",
     "Integrator",
     "LeftPoint",
     "MoveCoefficients",
     "NoiseSplit",
+    "TimePoint",
     "Trapezoid",
     "WeightRule",
     "check_times",
@@ -85,21 +87,27 @@ NOISES = ("target", "tempered")
 
 # ------------------------------------------------------------------------------ integrators
 class MoveCoefficients(NamedTuple):
-    """``x' = a x + b drift + sqrt(var) z`` with ``drift = c S(x) + lin x + u(x)``."""
+    """``x' = a x + b drift + sqrt(var) z`` with ``drift = c S(x) + lin x + u(x)``: floats, or
+    tensors shaped like the particles (:class:`FittedExponential`)."""
 
-    a: float
-    b: float
-    lin: float
-    var: float
+    a: float | torch.Tensor
+    b: float | torch.Tensor
+    lin: float | torch.Tensor
+    var: float | torch.Tensor
 
     def apply(self, x: torch.Tensor, drift: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.a * x + self.b * drift + math.sqrt(self.var) * z
+        return self.a * x + self.b * drift + self.var**0.5 * z
 
 
 class Integrator:
     """Base class: ``coefficients(...)`` of one step (see :class:`MoveCoefficients`)."""
 
     name = "integrator"
+    fitted = False
+
+    def linear(self, process: NoiseProcess, t: float, c: float, total_weight: float) -> float:
+        """``L``: the coefficient of ``x`` moved from the exact part into the explicit drift."""
+        return 0.0
 
     def coefficients(
         self, process: NoiseProcess, t: float, dtau: float, f: float, c: float, h2: float,
@@ -134,16 +142,73 @@ class ExponentialIntegrator(Integrator):
 
     name = "exp"
 
-    def coefficients(self, process, t, dtau, f, c, h2, total_weight) -> MoveCoefficients:
+    def linear(self, process: NoiseProcess, t: float, c: float, total_weight: float) -> float:
         nu = float(process.alpha(t)) ** 2 + float(process.sigma(t)) ** 2
-        lin = c * total_weight / nu
+        return c * total_weight / nu
+
+    def coefficients(self, process, t, dtau, f, c, h2, total_weight) -> MoveCoefficients:
+        lin = self.linear(process, t, c, total_weight)
         lam = f + lin
         return MoveCoefficients(
             math.exp(-lam * dtau), _phi(lam, dtau), lin, h2 * _phi(2.0 * lam, dtau)
         )
 
 
-INTEGRATORS: dict[str, type[Integrator]] = {"exp": ExponentialIntegrator, "em": EulerMaruyama}
+class FittedExponential(ExponentialIntegrator):
+    r"""The exponential integrator with its linear part fitted to the weighted particles: per
+    group and per coordinate j (flattened event dims), the slope of the explicit drift
+    :math:`D = cS + u` on :math:`x_j`,
+
+    .. math::
+        \kappa_j = -\operatorname{Cov}_W(D_j, x_j) / \operatorname{Var}_W(x_j),
+
+    at the start of the step, and :math:`\lambda_j = f + \kappa_j` integrated exactly (``A``,
+    ``B``, ``V`` as for ``"exp"``, per coordinate), the rest :math:`D + \kappa x` explicitly.
+    Exact moves when the target is Gaussian with a diagonal precision (a quadratic reward on a
+    Gaussian prior: where ``"exp"``'s :math:`cW/\nu` misses the reward's curvature
+    :math:`c\beta_t\nabla^2 r`, which makes its explicit part stiff); any :math:`\kappa` leaves
+    the SDE, and so the weights, unchanged. Vectorised, no host sync; where
+    :math:`\operatorname{Var}_W(x_j)` vanishes (one particle per group, a constant coordinate)
+    it falls back to ``"exp"``'s :math:`cW/\nu`."""
+
+    name = "exp-fit"
+    fitted = True
+
+    def fit(
+        self, process: NoiseProcess, t: float, dtau: float, f: float, c: float, h2: float,
+        total_weight: float, x: torch.Tensor, explicit: torch.Tensor, log_weights: torch.Tensor,
+    ) -> MoveCoefficients:  # fmt: skip
+        """Tensor coefficients ``(G*N, *E)`` from particles ``x`` ``(G*N, *E)``, their explicit
+        drift ``explicit`` (:math:`cS + u`, same shape) and normalised log-weights ``(G, N)``."""
+        g, n = log_weights.shape
+        w = torch.exp(log_weights.double()).unsqueeze(-1)  # (G, N, 1)
+        xg, dg = x.double().reshape(g, n, -1), explicit.double().reshape(g, n, -1)
+        mean_x = (w * xg).sum(1, keepdim=True)
+        xc = xg - mean_x
+        var = (w * xc * xc).sum(1, keepdim=True)  # (G, 1, d)
+        cov = (w * xc * (dg - (w * dg).sum(1, keepdim=True))).sum(1, keepdim=True)
+        ok = var > 1e-12 * (var + mean_x * mean_x) + 1e-300
+        default = self.linear(process, t, c, total_weight)
+        kappa = torch.where(ok, -cov / torch.where(ok, var, 1.0), default)
+        lam = f + kappa
+        a, b, v = torch.exp(-lam * dtau), _phi_t(lam, dtau), h2 * _phi_t(2.0 * lam, dtau)
+        shape = (g, n, xg.shape[-1])
+        a, b, kappa, v = (u.expand(shape).reshape(x.shape).to(x.dtype) for u in (a, b, kappa, v))
+        return MoveCoefficients(a, b, kappa, v)
+
+
+def _phi_t(rate: torch.Tensor, dtau: float) -> torch.Tensor:
+    """:func:`_phi` elementwise on a tensor of rates."""
+    y = rate * dtau
+    small = y.abs() < 1e-12
+    return torch.where(small, dtau, -torch.expm1(-y) / torch.where(small, 1.0, rate))
+
+
+INTEGRATORS: dict[str, type[Integrator]] = {
+    "exp": ExponentialIntegrator,
+    "exp-fit": FittedExponential,
+    "em": EulerMaruyama,
+}
 
 
 def make_integrator(spec: str | Integrator, *, where: str) -> Integrator:
@@ -203,39 +268,65 @@ def make_weight_rule(spec: str | WeightRule, *, where: str) -> WeightRule:
 
 # ------------------------------------------------------------------------------ the grid
 @dataclass(frozen=True)
+class TimePoint:
+    r"""The process's floats at one time ``t``: :math:`\log\alpha_t`, ``f`` (drift coefficient),
+    ``g2``, ``h2`` (noise of the move) and ``c`` (score coefficient of the drift)."""
+
+    t: float
+    log_alpha: float
+    f: float
+    g2: float
+    h2: float
+    c: float
+
+
 class FKCGrid:
-    r"""Per-time floats on the decreasing grid ``t_0 > ... > t_K`` (index = step):
-    ``log_alpha``, ``f`` (drift coefficient), ``g2``, ``h2``, ``c``; ``move[a]``: the move
-    coefficients from ``t_a`` to ``t_{a+1}``."""
+    r"""The decreasing grid ``t_0 > ... > t_K`` and the floats of any time of the run: ``at(t)``
+    (a :class:`TimePoint`, cached for the grid's times) and ``move(point, s)``, the move
+    coefficients of a step from ``point.t`` to ``s < point.t`` frozen at ``point.t``. Sub-steps
+    of the step control (:mod:`~smcdiff.steering.fkc.stepping`) use times between grid points;
+    every float is computed on the host, once per (sub-)step."""
 
-    times: list[float]
-    log_alpha: list[float]
-    f: list[float]
-    g2: list[float]
-    h2: list[float]
-    c: list[float]
-    move: list[MoveCoefficients]
-
-    @classmethod
-    def build(
-        cls, process: NoiseProcess, times: Sequence[float], noise: NoiseSplit,
+    def __init__(
+        self, process: NoiseProcess, times: Sequence[float], noise: NoiseSplit,
         integrator: Integrator, total_weight: float, *, where: str,
-    ) -> FKCGrid:  # fmt: skip
-        ts = check_times(times, where=where)
-        alpha = [float(process.alpha(t)) for t in ts]
-        if not all(a > 0 and math.isfinite(a) for a in alpha):
+    ):  # fmt: skip
+        self.process, self.noise, self.integrator = process, noise, integrator
+        self.total_weight = total_weight
+        self.times = check_times(times, where=where)
+        self.points = [self._point(t) for t in self.times]
+        if not all(math.isfinite(p.log_alpha) for p in self.points):
             raise SMCDiffError(f"{where}: alpha_t must be positive on the grid (Flow: t_max < 1)")
-        f = [float(process.drift(t)) for t in ts]
-        g2 = [float(process.diffusion_sq(t)) for t in ts]
-        h2 = [noise.h2(v) for v in g2]
-        c = [noise.c(v) for v in g2]
-        move = [
-            integrator.coefficients(
-                process, ts[a], ts[a] - ts[a + 1], f[a], c[a], h2[a], total_weight
-            )
-            for a in range(len(ts) - 1)
-        ]
-        return cls(ts, [math.log(a) for a in alpha], f, g2, h2, c, move)
+
+    def _point(self, t: float) -> TimePoint:
+        alpha, g2 = float(self.process.alpha(t)), float(self.process.diffusion_sq(t))
+        log_alpha = math.log(alpha) if alpha > 0 and math.isfinite(alpha) else -math.inf
+        f = float(self.process.drift(t))
+        return TimePoint(t, log_alpha, f, g2, self.noise.h2(g2), self.noise.c(g2))
+
+    def at(self, t: float, k: int | None = None) -> TimePoint:
+        """The floats at time ``t``; ``k``: its index when ``t`` is the grid's ``t_k``."""
+        return self.points[k] if k is not None else self._point(t)
+
+    def linear(self, point: TimePoint) -> float:
+        """The integrator's ``L`` at ``point.t`` (see :class:`MoveCoefficients`)."""
+        return self.integrator.linear(self.process, point.t, point.c, self.total_weight)
+
+    def move(self, point: TimePoint, s: float) -> MoveCoefficients:
+        """Move coefficients from ``point.t`` to ``s``, frozen at ``point.t``."""
+        return self.integrator.coefficients(
+            self.process, point.t, point.t - s, point.f, point.c, point.h2, self.total_weight
+        )
+
+    def fitted_move(
+        self, point: TimePoint, s: float, x: torch.Tensor, explicit: torch.Tensor,
+        log_weights: torch.Tensor,
+    ) -> MoveCoefficients:  # fmt: skip
+        """:meth:`FittedExponential.fit` from ``point.t`` to ``s``."""
+        return self.integrator.fit(
+            self.process, point.t, point.t - s, point.f, point.c, point.h2, self.total_weight,
+            x, explicit, log_weights,
+        )  # fmt: skip
 
 
 def check_times(times: Sequence[float], *, where: str) -> list[float]:

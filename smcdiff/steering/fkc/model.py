@@ -63,12 +63,13 @@ measure. Basis names: ``"scores"`` (each :math:`s_i`), ``"target"`` (:math:`S`),
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 
 from smcdiff.engine.model import FeynmanKacModel, ParticleState, StepOutput
-from smcdiff.errors import SMCDiffError
+from smcdiff.errors import DiscretisationWarning, SMCDiffError
 from smcdiff.scores.base import ScoreModel, event_shape_of, has_log_density, model_time
 from smcdiff.scores.combine import GeometricScore
 from smcdiff.steering.driftlite import Control, make_control, weighted_variance
@@ -77,13 +78,25 @@ from smcdiff.steering.fkc.divergence import DivergenceEstimator, make_divergence
 from smcdiff.steering.fkc.integrator import (
     FKCGrid,
     Integrator,
+    LeftPoint,
+    MoveCoefficients,
     NoiseSplit,
+    TimePoint,
+    Trapezoid,
     WeightRule,
     make_integrator,
     make_weight_rule,
 )
 from smcdiff.steering.fkc.point import FKCPoint, PointEvaluator
 from smcdiff.steering.fkc.schedules import BetaSchedule, beta_grid, make_beta_schedule
+from smcdiff.steering.fkc.stepping import (
+    StepControl,
+    StepTotals,
+    SubStep,
+    integrate_step,
+    log_z_gap,
+    make_step_control,
+)
 
 __all__ = ["FKCModel"]
 
@@ -139,16 +152,21 @@ class FKCModel(FeynmanKacModel):
         beta_schedule: str | BetaSchedule | Callable[[float], float] = "linear",
         noise: str | float = "target",
         weight_rule: str | WeightRule = "trapezoid",
-        integrator: str | Integrator = "exp",
+        integrator: str | Integrator = "exp-fit",
         divergence: str | DivergenceEstimator = "auto",
         n_probes: int = 1,
         control: str | Control | None = None,
         basis: Sequence[str | BasisField] | None = None,
         ridge: float = 1e-6,
+        step_control: str | StepControl = "auto",
+        tol: float | None = None,
+        max_substeps: int | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ):
         where = "FKCModel"
+        self.step_control = make_step_control(step_control, tol, max_substeps, where=where)
+        self._unresolved: list[tuple[int, float]] = []
         self.target = _as_geometric(model, where)
         self.process = self.target.process
         self.event_shape = event_shape_of(self.target)
@@ -158,9 +176,7 @@ class FKCModel(FeynmanKacModel):
         self.reward = reward
         self.noise = NoiseSplit.from_spec(noise, self.W, where=where)
         self.integrator = make_integrator(integrator, where=where)
-        self.grid = FKCGrid.build(
-            self.process, times, self.noise, self.integrator, self.W, where=where
-        )
+        self.grid = FKCGrid(self.process, times, self.noise, self.integrator, self.W, where=where)
         self.times = self.grid.times
         self.n_steps = len(self.times) - 1
         self.beta = self._beta_grid(beta, beta_schedule, where)
@@ -197,16 +213,19 @@ class FKCModel(FeynmanKacModel):
         )  # fmt: skip
 
     # ------------------------------------------------------------------ one evaluation at a point
+    def _where(self, k: int, t: float) -> str:
+        return f"FKCModel step {k}/{self.n_steps} (t={t:.4g})"
+
     def _evaluate(
-        self, x: torch.Tensor, k: int, generator: torch.Generator, want_logq: bool = False
-    ) -> tuple[ParticleState, dict[str, torch.Tensor], int, int]:
-        """The cached state at ``x`` and time ``t_k``: ``x``, ``drift`` (:math:`S`), ``rate``
-        (:math:`G` without the two terms handled apart), ``r``, ``logq`` ``(N, K)`` (when asked
-        or for ECG), and with control ``phi``, ``psi`` (and ``pot``)."""
-        t = self.times[k]
-        where = f"FKCModel step {k}/{self.n_steps} (t={t:.4g})"
-        p, checks, nfe, n_grad = self.evaluator(x, t, self.beta[k], generator, where, want_logq)
-        state: ParticleState = {"x": x, "drift": p.score.to(x.dtype), "rate": self._rate(p, k)}
+        self, x: torch.Tensor, point: TimePoint, beta: float, generator: torch.Generator,
+        where: str, want_logq: bool = False,
+    ) -> tuple[ParticleState, dict[str, torch.Tensor], int, int]:  # fmt: skip
+        """The cached state at ``x`` and time ``point.t`` (reward inverse temperature ``beta``):
+        ``x``, ``drift`` (:math:`S`), ``rate`` (:math:`G` without the two terms handled apart),
+        ``r``, ``logq`` ``(N, K)`` (when asked or for ECG), and with control ``phi``, ``psi``
+        (and ``pot``)."""
+        p, checks, nfe, n_grad = self.evaluator(x, point.t, beta, generator, where, want_logq)
+        state: ParticleState = {"x": x, "drift": p.score.to(x.dtype), "rate": self._rate(p, point)}
         if p.reward is not None:
             state["r"] = p.reward
         if want_logq or self._ecg_logq:
@@ -218,10 +237,10 @@ class FKCModel(FeynmanKacModel):
             )
         return {k: v.detach() for k, v in state.items()}, checks, nfe, n_grad
 
-    def _rate(self, p: FKCPoint, k: int) -> torch.Tensor:
+    def _rate(self, p: FKCPoint, point: TimePoint) -> torch.Tensor:
         r""":math:`\tfrac{g^2}{2}(|S|^2 - \sum_i w_i|s_i|^2) + \beta(-f\,x\cdot\nabla r +
         \tfrac{g^2}{2}\Delta r)`, float64 ``(N,)``."""
-        g2 = self.grid.g2[k]
+        g2 = point.g2
         sq = sum(
             wi * s.double().square().flatten(1).sum(-1)
             for wi, s in zip(p.weights, p.scores, strict=True)
@@ -229,7 +248,7 @@ class FKCModel(FeynmanKacModel):
         rate = 0.5 * g2 * (p.score.square().flatten(1).sum(-1) - sq)
         if p.reward is not None and p.beta != 0.0:
             x_dot_gr = (p.x.double() * p.reward_grad.double()).flatten(1).sum(-1)
-            rate = rate + p.beta * (-self.grid.f[k] * x_dot_gr + 0.5 * g2 * p.reward_lap)
+            rate = rate + p.beta * (-point.f * x_dot_gr + 0.5 * g2 * p.reward_lap)
         return rate
 
     # ------------------------------------------------------------------ FeynmanKacModel
@@ -238,11 +257,22 @@ class FKCModel(FeynmanKacModel):
         x = std * torch.randn(
             n, *self.event_shape, generator=generator, device=self.device, dtype=self.dtype
         )
-        state, checks, nfe, n_grad = self._evaluate(x, 0, generator, want_logq=self.dense)
+        where = self._where(0, self.times[0])
+        state, checks, nfe, n_grad = self._evaluate(
+            x, self.grid.at(self.times[0], 0), self.beta[0], generator, where, self.dense
+        )
         log_g = self._log_start(x, std, state, checks)
         if not self._ecg_logq:
             state.pop("logq", None)
+        if self.step_control.on:
+            state["substep"] = self._hint(x, self.times[0] - self.times[1])
+        self._unresolved = []
         return StepOutput(state, log_g, checks, nfe=nfe, n_grad=n_grad)
+
+    def _hint(self, x: torch.Tensor, length: float) -> torch.Tensor:
+        """The step control's next sub-step length as a state column ``(N,)`` (one value
+        repeated, so it survives resampling and checkpoints with the particles)."""
+        return torch.full((x.shape[0],), length, dtype=torch.float64, device=x.device)
 
     def _log_start(
         self, x: torch.Tensor, std: float, state: ParticleState, checks: dict[str, torch.Tensor]
@@ -267,56 +297,168 @@ class FKCModel(FeynmanKacModel):
     def step(
         self, k: int, state: ParticleState, generator: torch.Generator, log_weights: torch.Tensor
     ) -> StepOutput:
-        a, x = k - 1, state["x"]
+        """Grid step ``t_{k-1} -> t_k`` as one move or, with step control, as sub-steps (see
+        :mod:`~smcdiff.steering.fkc.stepping`); the log-potential is their sum."""
         n_groups, n_per = log_weights.shape
+        hint = state.get("substep")
+        first = float(hint[0]) if hint is not None else None  # step control only: a host sync
+
+        def substep(t_a, t_b, st, lw, want_error):
+            return self._substep(k, t_a, t_b, st, generator, lw, want_error)
+
+        tot = integrate_step(
+            self.step_control, self.times[k - 1], self.times[k], state, log_weights, substep, first
+        )
         wts = torch.exp(log_weights)
-        move = self.grid.move[a]
-        drift = self.grid.c[a] * state["drift"] + move.lin * x
+        info = {
+            "weight_var": weighted_variance(tot.log_g.reshape(n_groups, n_per), wts),
+            "weight_var_uncontrolled": weighted_variance(tot.inc.reshape(n_groups, n_per), wts),
+        }
+        if tot.theta is not None:
+            info["theta"] = tot.theta
+        new = tot.state
+        if self.step_control.on:
+            new = {**new, "substep": self._hint(new["x"], tot.next_length)}
+            info.update(self._control_info(k, tot))
+        return StepOutput(new, tot.log_g, tot.checks, nfe=tot.nfe, n_grad=tot.n_grad, info=info)
+
+    def _substep(
+        self, k: int, t_a: float, t_b: float, state: ParticleState, generator: torch.Generator,
+        log_weights: torch.Tensor, want_error: bool,
+    ) -> SubStep:  # fmt: skip
+        """One move ``t_a -> t_b`` inside grid step k, with its log-potential and, when asked,
+        its error estimate (:func:`~smcdiff.steering.fkc.stepping.log_z_gap`)."""
+        pa, pb = self._point(k, t_a), self._point(k, t_b)
+        beta_a, beta_b = self._beta_at(k, t_a), self._beta_at(k, t_b)
+        x, n_per = state["x"], log_weights.shape[1]
+        explicit = pa.c * state["drift"]
         theta = theta_p = None
         if self.control is not None:
-            theta = self.control.coefficients(state, self._control_rate(a, k, state), wts)
+            rate = self._control_rate(state, (beta_b - beta_a) / (t_a - t_b))
+            theta = self.control.coefficients(state, rate, torch.exp(log_weights))
             theta_p = theta.repeat_interleave(n_per, dim=0)  # (G*N, J)
-            drift = drift + _combine(theta_p.to(x.dtype), state["phi"])
+            explicit = explicit + _combine(theta_p.to(x.dtype), state["phi"])
+        if self.integrator.fitted:
+            move = self.grid.fitted_move(pa, t_b, x, explicit, log_weights)
+        else:
+            move = self.grid.move(pa, t_b)
+        drift = explicit + move.lin * x
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        new, checks, nfe, n_grad = self._evaluate(move.apply(x, drift, z), k, generator)
-        inc, log_g = self._log_potential(a, k, state, new, theta_p)
-        info = {
-            "weight_var": weighted_variance(log_g.reshape(n_groups, n_per), wts),
-            "weight_var_uncontrolled": weighted_variance(inc.reshape(n_groups, n_per), wts),
-        }
-        if theta is not None:
-            info["theta"] = theta
-        return StepOutput(new, log_g, checks, nfe=nfe, n_grad=n_grad, info=info)
+        new, checks, nfe, n_grad = self._evaluate(
+            move.apply(x, drift, z), pb, beta_b, generator, self._where(k, t_b)
+        )
+        parts = self._rate_parts(pa, pb, beta_a, beta_b, state, new, theta_p)
+        const = (self.W - 1) * self.dim * (pa.log_alpha - pb.log_alpha)
+        inc, log_g = _potential(self.weight_rule, const, parts, theta_p is not None)
+        err = None
+        if want_error:
+            trap = _potential(Trapezoid(), const, parts, theta_p is not None)[1]
+            left = _potential(LeftPoint(), const, parts, theta_p is not None)[1]
+            err = log_z_gap(log_weights, trap, left)
+            err = err + self._move_error(pa, pb, move, drift, new, theta_p, log_weights)
+        return SubStep(new, log_g, inc, err, checks, nfe, n_grad, theta)
 
-    def _control_rate(self, a: int, k: int, state: ParticleState) -> torch.Tensor:
+    def _move_error(
+        self, pa: TimePoint, pb: TimePoint, move: MoveCoefficients, drift_a: torch.Tensor,
+        new: ParticleState, theta_p: torch.Tensor | None, log_weights: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        r"""Weighted mean KL (nats) between the move's Gaussian kernel and the same kernel with
+        the explicit drift averaged over the old and new points (Heun):
+        :math:`\mathbb E_W |B(D_b - D_a)/2|^2 / (2V)`, ``(G,)`` float64; zero without noise."""
+        g, n = log_weights.shape
+        if pa.h2 <= 0.0:
+            return torch.zeros(g, dtype=torch.float64, device=log_weights.device)
+        lin_b = move.lin if self.integrator.fitted else self.grid.linear(pb)
+        drift_b = pb.c * new["drift"] + lin_b * new["x"]
+        if theta_p is not None:
+            drift_b = drift_b + _combine(theta_p.to(drift_b.dtype), new["phi"])
+        dx = (0.5 * move.b) * (drift_b - drift_a)
+        kl = (dx.double().square() / (2.0 * move.var)).flatten(1).sum(-1)
+        return (torch.exp(log_weights.double()) * kl.reshape(g, n)).sum(1)
+
+    def _point(self, k: int, t: float) -> TimePoint:
+        """Floats at ``t``: the grid's cached values at ``t_{k-1}`` / ``t_k``, else computed."""
+        for j in (k - 1, k):
+            if t == self.times[j]:
+                return self.grid.at(t, j)
+        return self.grid.at(t)
+
+    def _beta_at(self, k: int, t: float) -> float:
+        r""":math:`\beta_t` inside grid step k, linear in t between :math:`\beta_{k-1}` and
+        :math:`\beta_k`."""
+        t0, t1, b0, b1 = self.times[k - 1], self.times[k], self.beta[k - 1], self.beta[k]
+        if t == t0 or t == t1:
+            return b0 if t == t0 else b1
+        return b0 + (b1 - b0) * (t0 - t) / (t0 - t1)
+
+    def _control_rate(self, state: ParticleState, dbeta_dtau: float) -> torch.Tensor:
         r"""The rate the control solves against: :math:`G` with :math:`\dot\beta r`, ``(G*N,)``."""
         if self.reward is None:
             return state["rate"]
-        dbeta_dtau = (self.beta[k] - self.beta[a]) / (self.times[a] - self.times[k])
         return state["rate"] + dbeta_dtau * state["r"]
 
-    def _log_potential(
-        self, a: int, k: int, old: ParticleState, new: ParticleState, theta_p: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(increment without control, log-potential)`` of the step from ``t_a`` to ``t_k``,
-        float64 ``(G*N,)``, by the weight rule."""
-        dtau, dbeta = self.times[a] - self.times[k], self.beta[k] - self.beta[a]
-        rule, n = self.weight_rule, old["x"].shape[0]
-        const = (self.W - 1) * self.dim * (self.grid.log_alpha[a] - self.grid.log_alpha[k])
-        inc = torch.full((n,), const, dtype=torch.float64, device=old["x"].device)
-        inc = inc + rule.integrate(dtau, old["rate"], new["rate"])
+    def _rate_parts(
+        self, pa: TimePoint, pb: TimePoint, beta_a: float, beta_b: float, old: ParticleState,
+        new: ParticleState, theta_p: torch.Tensor | None,
+    ) -> list[tuple[float, torch.Tensor, torch.Tensor]]:  # fmt: skip
+        r"""``(coefficient, old value, new value)`` of each term the weight rule integrates:
+        :math:`G\,d\tau`, :math:`r\,d\beta` and the control features :math:`\psi` (last)."""
+        dtau, dbeta = pa.t - pb.t, beta_b - beta_a
+        parts = [(dtau, old["rate"], new["rate"])]
         if self.reward is not None and dbeta != 0.0:
-            inc = inc + rule.integrate(dbeta, old["r"], new["r"])
-        if theta_p is None:
-            return inc, inc
-        psi = rule.integrate(1.0, old["psi"], new["psi"])
-        return inc, inc + dtau * (theta_p * psi).sum(-1)
+            parts.append((dbeta, old["r"], new["r"]))
+        if theta_p is not None:
+            parts.append((dtau, theta_p, (old["psi"], new["psi"])))
+        return parts
+
+    def _control_info(self, k: int, tot: StepTotals) -> dict[str, torch.Tensor]:
+        """The step control's trace entries; warns at the first grid step whose error estimate
+        stayed above tol at the shortest sub-step, and at the last step with the count when
+        there were more (``self._unresolved`` only feeds these messages; the trace keeps the
+        per-step record and checkpoints with the run)."""
+        if tot.unresolved:
+            self._unresolved.append((k, tot.worst))
+            if len(self._unresolved) == 1:
+                self._warn(
+                    f"{self._where(k, self.times[k])}: the step control could not meet "
+                    f"tol={self.step_control.tol:g}: a sub-step's error estimate is "
+                    f"{tot.worst:.3g} at the shortest sub-step (the grid step / max_substeps="
+                    f"{self.step_control.max_substeps})"
+                )  # fmt: skip
+        if k == self.n_steps and len(self._unresolved) > 1:
+            worst_k, worst = max(self._unresolved, key=lambda kw: kw[1])
+            self._warn(
+                f"FKCModel: {len(self._unresolved)} of {self.n_steps} grid steps could not meet "
+                f"tol={self.step_control.tol:g} within max_substeps="
+                f"{self.step_control.max_substeps} (largest error estimate {worst:.3g}, at "
+                f"step {worst_k})"
+            )  # fmt: skip
+        return {
+            "substeps": torch.tensor(float(tot.substeps)),
+            "substeps_rejected": torch.tensor(float(tot.rejected)),
+            "step_error": tot.error,
+            "step_unresolved": torch.tensor(float(tot.unresolved)),
+        }
+
+    @staticmethod
+    def _warn(what: str) -> None:
+        warnings.warn(
+            f"{what}; log Z and the weights carry discretisation error there. Raise "
+            "max_substeps or n_steps, or use DriftLite control; per-step record in the trace "
+            "('step_error', 'substeps', 'step_unresolved').",
+            DiscretisationWarning, stacklevel=6,
+        )  # fmt: skip
 
     def refresh(self, k: int, state: ParticleState) -> tuple[ParticleState, int]:
         """Re-evaluate the cached scores and features at ``state["x"]`` after a corrector move
         (Hutchinson probes from a generator seeded with ``k``)."""
         gen = torch.Generator(device=state["x"].device).manual_seed(k)
-        new, _, nfe, _ = self._evaluate(state["x"], k, gen)
+        t = self.times[k]
+        new, _, nfe, _ = self._evaluate(
+            state["x"], self.grid.at(t, k), self.beta[k], gen, self._where(k, t)
+        )
+        if "substep" in state:
+            new["substep"] = state["substep"]
         return new, nfe
 
     def log_target(self, k: int, x: torch.Tensor) -> torch.Tensor:
@@ -345,3 +487,20 @@ def _combine(theta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
     r""":math:`u = \sum_j\theta_j\phi_j`: ``theta`` ``(N, J)``, ``phi`` ``(N, J, *E)`` ->
     ``(N, *E)``."""
     return (theta.reshape(*theta.shape, *([1] * (phi.dim() - 2))) * phi).sum(1)
+
+
+def _potential(
+    rule: WeightRule, const: float, parts: list, controlled: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(increment without control, log-potential)`` of a move, float64 ``(G*N,)``: the
+    constant plus ``rule`` applied to each of ``parts`` (see ``FKCModel._rate_parts``; the control
+    term, last when ``controlled``, holds ``theta`` and the old/new features)."""
+    terms = parts[:-1] if controlled else parts
+    inc = torch.full_like(parts[0][1], const)
+    for coef, old, new in terms:
+        inc = inc + rule.integrate(coef, old, new)
+    if not controlled:
+        return inc, inc
+    dtau, theta_p, (psi_old, psi_new) = parts[-1]
+    psi = rule.integrate(1.0, psi_old, psi_new)
+    return inc, inc + dtau * (theta_p * psi).sum(-1)

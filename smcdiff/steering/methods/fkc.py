@@ -19,7 +19,9 @@ from smcdiff.steering.fkc import (
     BASES,
     BETA_SCHEDULES,
     DIVERGENCES,
+    INTEGRATORS,
     NOISES,
+    STEP_CONTROLS,
     BasisField,
     BetaSchedule,
     FKCModel,
@@ -43,7 +45,13 @@ class FKCConfig:
     (``"target"``, ``"tempered"`` or :math:`\kappa \ge 0` with :math:`h^2 = \kappa g^2`) sets the
     drift/weight split, and each step is weighted by the continuous-time FKC potential
     (trapezoid rule). ``divergence`` (``"auto" | "exact" | "hutchinson"``, with ``n_probes``
-    Rademacher probes, default 1) for the Laplacian of the reward.
+    Rademacher probes, default 1) for the Laplacian of the reward. ``integrator``: the move,
+    ``"exp-fit"`` (default: exponential integrator with the linear part of the drift fitted to
+    the weighted particles), ``"exp"`` (fixed linear part) or ``"em"``. ``step_control``
+    (``"auto"``, default, or ``"off"``), ``tol`` (default 0.005) and ``max_substeps`` (default 64):
+    each grid step is split into sub-steps while the estimated log Z error of a sub-step exceeds
+    ``tol`` (:mod:`smcdiff.steering.fkc.stepping`; a
+    :class:`~smcdiff.errors.DiscretisationWarning` when ``max_substeps`` do not suffice).
     """
 
     anneal: float | None = None
@@ -51,6 +59,10 @@ class FKCConfig:
     noise: str | float = "target"
     divergence: str = "auto"
     n_probes: int | None = None
+    integrator: str = "exp-fit"
+    step_control: str = "auto"
+    tol: float | None = None
+    max_substeps: int | None = None
 
     def __post_init__(self) -> None:
         anneal = check_number("anneal", self.anneal, minimum=0.0, strict_min=True, where=WHERE,
@@ -68,6 +80,15 @@ class FKCConfig:
         if probes is not None and self.divergence == "exact":
             raise SMCDiffError(f"{WHERE}: n_probes is for divergence='hutchinson' (or 'auto')")
         object.__setattr__(self, "n_probes", probes)
+        check_choice("integrator", self.integrator, INTEGRATORS, where=WHERE)
+        check_choice("step_control", self.step_control, STEP_CONTROLS, where=WHERE)
+        tol = check_number("tol", self.tol, minimum=0.0, strict_min=True, where=WHERE,
+                           allow_none=True)  # fmt: skip
+        object.__setattr__(self, "tol", tol)
+        subs = check_int("max_substeps", self.max_substeps, 1, where=WHERE, allow_none=True)
+        object.__setattr__(self, "max_substeps", subs)
+        if self.step_control == "off" and (tol is not None or subs is not None):
+            raise SMCDiffError(f"{WHERE}: tol / max_substeps are for step_control='auto'")
 
 
 @dataclass(frozen=True)
@@ -113,7 +134,9 @@ def build_fkc(common: CommonConfig, config: FKCConfig, control: str | None = Non
         model, common.times(model.process), reward=reward, beta=beta if reward is not None else None,
         beta_schedule=config.beta_schedule, noise=config.noise, divergence=config.divergence,
         n_probes=1 if config.n_probes is None else config.n_probes, control=control,
-        basis=getattr(config, "basis", None), device=common.device, dtype=common.dtype,
+        basis=getattr(config, "basis", None), integrator=config.integrator,
+        step_control=config.step_control, tol=config.tol,
+        max_substeps=config.max_substeps, device=common.device, dtype=common.dtype,
     )  # fmt: skip
     named = isinstance(config.beta_schedule, str)
     settings = {
@@ -121,5 +144,9 @@ def build_fkc(common: CommonConfig, config: FKCConfig, control: str | None = Non
         "beta": (1.0 if beta is None else beta) if reward is not None and named else None,
         "beta_schedule": config.beta_schedule if named else "custom",
         "noise": config.noise,
+        "integrator": config.integrator,
+        "step_control": fk.step_control.mode,
+        "tol": fk.step_control.tol if fk.step_control.on else None,
+        "max_substeps": fk.step_control.max_substeps if fk.step_control.on else None,
     }
     return MethodPlan(fk, settings)
