@@ -252,8 +252,8 @@ def settings(quick: bool) -> dict:
     if quick:
         return {"n_images": 2, "problems": ("inpaint_half", "sr2x"), "n_particles": 64,
                 "n_steps": 50, "classes": (3,), "n_out": 64, "n_cand": 8, "n_reward_runs": 1}  # fmt: skip
-    return {"n_images": 10, "problems": PROBLEMS, "n_particles": 256, "n_steps": 50,
-            "classes": tuple(range(10)), "n_out": 200, "n_cand": 16, "n_reward_runs": 2}  # fmt: skip
+    return {"n_images": 8, "problems": PROBLEMS, "n_particles": 256, "n_steps": 50,
+            "classes": tuple(range(10)), "n_out": 128, "n_cand": 16, "n_reward_runs": 1}  # fmt: skip
 
 
 def run_inverse(prior, clf, data, cfg: dict, device: str, bar) -> tuple[list[dict], dict]:
@@ -345,7 +345,8 @@ def run(
     progress: bool = True,
     retrain: bool = False,
 ) -> list[dict]:
-    """Train or load the prior, run both experiments, write ``results.json`` and figures."""
+    """Train or load the prior, run both experiments, write ``digits.json`` and the figures
+    ``figures/digits_inverse.png`` and ``figures/digits_reward.png``."""
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     cfg = settings(quick)
@@ -432,7 +433,7 @@ def inverse_figure(shown: dict, path: Path, n_samples: int = 6) -> None:
             _img(row[1], observation_image(problem, y), problem if mi == 0 else "")
             w = weights_of(res).to(res.particles.device)
             _img(row[2], (w[:, None] * res.particles.reshape(len(w), -1).double()).sum(0),
-                 "mean")  # fmt: skip
+                 "mean" if mi == 0 else "")  # fmt: skip
             row[0].set_ylabel(method, fontsize=7)
             xs = steered_samples(res)
             for j in range(n_samples):
