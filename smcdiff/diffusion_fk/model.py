@@ -156,8 +156,11 @@ class DiffusionFK(FeynmanKacModel):
                 a, s = self._alpha_sigma[k]
                 x0 = xr if last else tweedie_x0(xr, score, a, s)
                 value = self.tilt.evaluate(x0, k, checks, where)
-                if need_grad:
-                    (grad,) = torch.autograd.grad(value.f.sum(), xr)
+                if need_grad:  # an indicator or a constant tilt has no graph: gradient 0
+                    grad = torch.zeros_like(xr)
+                    if value.f.requires_grad:
+                        (g,) = torch.autograd.grad(value.f.sum(), xr, allow_unused=True)
+                        grad = grad if g is None else g
                     hard = value.hard.reshape(-1, *([1] * (x.dim() - 1)))
                     # the penalty of a violated constraint is flat: its gradient is 0
                     out["gradf"] = torch.where(hard, 0.0, grad.detach()).to(self.dtype)
@@ -286,8 +289,9 @@ class DiffusionFK(FeynmanKacModel):
             ratio = self.proposal.log_ratio(z, shift, ker.var)
             if ratio is not None:
                 log_g = log_g + ratio
-        # the adaptive strength and the MALA step size live with the particles
-        carried = {key: state[key] for key in ("lam", "mala_log_h") if key in state}
+        # the adaptive strength lives with the particles; MALA step sizes start afresh from the
+        # particles' spread at each step that moves (the target sharpens between steps)
+        carried = {"lam": state["lam"]} if "lam" in state else {}
         new: ParticleState = {"x": x_new, **ev, **carried}
         info: dict[str, torch.Tensor] = {}
         if self.weighted and "f" in ev:
@@ -315,16 +319,16 @@ class DiffusionFK(FeynmanKacModel):
         cached score, density and tilt re-evaluated at the new points. Returns the state, the
         NFE, the info (mean acceptance per group) and the checks (names prefixed)."""
         x, lam, n_groups = state["x"], state["lam"], log_weights.shape[0]
-        log_h = state["mala_log_h"] if "mala_log_h" in state else initial_log_step(x, n_groups)
-        x, log_h, accept, bad = self.adaptive.move(
-            x, lambda y: self.log_target(k, y, lam), log_h, n_groups, generator
-        )
+        x, _, accept, bad = self.adaptive.move(
+            x, lambda y: self.log_target(k, y, lam), initial_log_step(x, n_groups), n_groups,
+            generator,
+        )  # fmt: skip
         ev, checks, _ = self._evaluate(x, k, self.guided)
         checks = {f"{name} (after the tilt moves of step {k})": m for name, m in checks.items()}
         checks[f"log target of the tilt moves (log p_t + reward / log_likelihood) of step {k}"] = (
             bad
         )
-        new = self._apply_strength({**state, **ev, "x": x, "mala_log_h": log_h}, k, lam)
+        new = self._apply_strength({**state, **ev, "x": x}, k, lam)
         return new, self.adaptive.n_moves + 2, {"accept": accept}, checks
 
     def _weigh(

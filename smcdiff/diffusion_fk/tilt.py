@@ -81,8 +81,8 @@ class Tilt:
     .. math:: \phi_{\lambda,h}(x) = \lambda f(x) + \log(1 - h)\,\mathbb 1[\text{a term of }
         x \text{ is } -\infty],
 
-    with hardness :math:`h_k = \text{fade}_k` before the last step and :math:`h = \lambda` from
-    it on (:meth:`hardness`): a hard constraint becomes a finite penalty before the last step, so
+    with hardness :math:`h_k = \text{fade}_k` before the last step, rising with :math:`\lambda`
+    from :math:`\text{fade}_{K-1}` to 1 from it on (:meth:`hardness`): a hard constraint becomes a finite penalty before the last step, so
     no intermediate target loses support that the final target has (every :math:`x_k` can still
     reach the constraint set), and at the last step with :math:`\lambda = 1` it is exact
     (:math:`\log 0 = -\infty`).
@@ -127,9 +127,13 @@ class Tilt:
         return TiltValue(f, hard)
 
     def hardness(self, k: int, lam: float | torch.Tensor) -> float | torch.Tensor:
-        r""":math:`h_k = \text{fade}_k` before the last step, :math:`\lambda` from it on (class
-        docstring)."""
-        return lam if k >= self.last else self.fade[k]
+        r""":math:`h_k = \text{fade}_k` before the last step; from it on
+        :math:`h = f + \lambda(1 - f)` with :math:`f = \text{fade}_{K-1}`, so the penalty never
+        falls below the previous step's and reaches :math:`-\infty` at :math:`\lambda = 1`."""
+        if k < self.last:
+            return self.fade[k]
+        before = self.fade[self.last - 1] if self.last > 0 else 0.0
+        return before + lam * (1.0 - before)
 
     def phi(
         self, value: TiltValue, k: int, lam: float | torch.Tensor | None = None
