@@ -10,6 +10,7 @@ EXPERIMENTS = {
     "gmm2d": "smcdiff_experiments.gmm2d",
     "energy": "smcdiff_experiments.energy_benchmarks",
     "steering": "smcdiff_experiments.steering_benchmarks",
+    "gmm_inverse": "smcdiff_experiments.gmm_inverse",
     "digits": "smcdiff_experiments.digits",
 }
 DEFAULT = "gmm2d"
