@@ -26,12 +26,14 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 import smcdiff
+from smcdiff.errors import DegeneracyWarning
 from smcdiff.nets import MLP
 
 DESCRIPTION = "digits (8x8) prior: inpainting / super-resolution / blur and class steering"
@@ -256,6 +258,21 @@ def settings(quick: bool) -> dict:
             "classes": tuple(range(10)), "n_out": 128, "n_cand": 16, "n_reward_runs": 1}  # fmt: skip
 
 
+def steer_recording(prior, **kw):
+    """``smcdiff.steer(prior, **kw)`` and whether it warned that its weights degenerated (the
+    warning is recorded in the results, not printed; other warnings pass through)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DegeneracyWarning)
+        res = smcdiff.steer(prior, **kw)
+    degenerate = False
+    for w in caught:
+        if issubclass(w.category, DegeneracyWarning):
+            degenerate = True
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return res, degenerate
+
+
 def run_inverse(prior, clf, data, cfg: dict, device: str, bar) -> tuple[list[dict], dict]:
     """Every (problem, test image, method): a row of metrics; also the results for the figure
     (first image of each problem)."""
@@ -266,12 +283,12 @@ def run_inverse(prior, clf, data, cfg: dict, device: str, bar) -> tuple[list[dic
             y, ll = observe(problem, x_true, seed=100 + i)
             for method, kw in METHODS.items():
                 t0 = time.perf_counter()
-                res = smcdiff.steer(prior, log_likelihood=ll, n_particles=cfg["n_particles"],
-                                    n_steps=cfg["n_steps"], seed=i, device=device,
-                                    progress=False, **kw)  # fmt: skip
+                res, degenerate = steer_recording(
+                    prior, log_likelihood=ll, n_particles=cfg["n_particles"],
+                    n_steps=cfg["n_steps"], seed=i, device=device, progress=False, **kw)  # fmt: skip
                 row = {"problem": problem, "image": i, "label": label, "method": method,
                        **inverse_metrics(res, x_true, label, clf),
-                       "wall_s": time.perf_counter() - t0}  # fmt: skip
+                       "wall_s": time.perf_counter() - t0, "degenerate": degenerate}  # fmt: skip
                 rows.append(row)
                 if i == 0:
                     shown[(problem, method)] = (x_true, y, res)
@@ -388,6 +405,7 @@ def summarise(rows: list[dict]) -> list[dict]:
             row = {"table": "inverse", "problem": problem, "method": method, "n": len(rs),
                    "nfe": rs[0]["nfe"], "n_grad": rs[0]["n_grad"]}  # fmt: skip
             row.update({k: _mean_std([r[k] for r in rs]) for k in keys})
+            row["degenerate_frac"] = sum(r["degenerate"] for r in rs) / len(rs)
             out.append(row)
     return out
 
@@ -479,13 +497,13 @@ def format_table(rows: list[dict]) -> str:
         return "-" if v is None else f"{v[0]:.{p}f}±{v[1]:.{p}f}"
 
     head = (f"{'problem':<15}{'method':<10}{'PSNR mean':>13}{'PSNR sample':>13}{'cover90':>12}"
-            f"{'agree':>12}{'ESS/N':>12}{'log Z':>16}{'NFE':>7}{'s/run':>7}")  # fmt: skip
+            f"{'agree':>12}{'ESS/N':>12}{'degen':>6}{'log Z':>16}{'NFE':>7}{'s/run':>7}")  # fmt: skip
     lines = [head, "-" * len(head)]
     for r in (r for r in rows if r["table"] == "inverse"):
         lines.append(
             f"{r['problem']:<15}{r['method']:<10}{f(r['psnr']):>13}{f(r['psnr_sample']):>13}"
             f"{f(r['coverage90']):>12}{f(r['agreement']):>12}{f(r['ess_frac']):>12}"
-            f"{f(r['log_z'], 1):>16}{r['nfe']:>7}{r['wall_s'][0]:>7.1f}"
+            f"{r['degenerate_frac']:>6.2f}{f(r['log_z'], 1):>16}{r['nfe']:>7}{r['wall_s'][0]:>7.1f}"
         )
     head2 = (f"\n{'reward':<11}{'method':<13}{'accuracy':>12}{'diversity':>12}{'KID':>16}"
              f"{'NFE':>8}{'s/run':>7}")  # fmt: skip
@@ -496,5 +514,6 @@ def format_table(rows: list[dict]) -> str:
             f"{f(r['kid'], 4):>16}{r['nfe']:>8.0f}{r['wall_s'][0]:>7.1f}"
         )
     lines.append("mean ± std over test images (inverse) and over classes and runs (reward); "
-                 "log Z up to the likelihood's constant")  # fmt: skip
+                 "log Z up to the likelihood's constant; degen: fraction of runs warned of "
+                 "degenerate weights")  # fmt: skip
     return "\n".join(lines)
