@@ -56,8 +56,12 @@ def test_exact_score_fk_tds_reach_the_posterior(tmp_path):
         assert none["sw"] > 10  # the prior is far from these posteriors
         for m in ("fk-snr", "tds-snr"):
             r = per[p, m]
-            # FK/TDS land within a few floors (the SW of 512 exact samples) of the posterior
             assert r["sw"] < 0.3 * none["sw"], (p, m, r["sw"], none["sw"])
-            assert r["sw"] < 10 * r["sw_floor"] + 0.5, (p, m, r["sw"], r["sw_floor"])
             assert abs(r["log_z_err"]) < 1.5 and 0 < r["ess_frac"] <= 1
             assert r["nfe"] == none["nfe"]  # equal network evaluations
+        # FK lands within 3 floors (the SW of 512 exact samples) of the exact posterior
+        # (measured 1.8 and 2.2 floors; with sigma_y doubled in the sampler's likelihood, 6.5 on
+        # problem 1). TDS-snr is not held to it: it measured 8.4 floors on problem 1 (mode
+        # weights off), which docs/gmm-inverse.md reports.
+        fk = per[p, "fk-snr"]
+        assert fk["sw"] < 3 * fk["sw_floor"] + 0.1, (p, fk["sw"], fk["sw_floor"])
