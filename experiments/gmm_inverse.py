@@ -1,4 +1,4 @@
-"""GMM inverse problems, MCGdiff/DCPS protocol: exact score vs a learned MLP, SMC error vs model error.
+"""GMM inverse problems (MCGdiff/DCPS protocol): exact vs learned score, SMC vs model error.
 
 Problem (docs/gmm-inverse.md, /work/shared/benchmarks/BENCHMARKS.md): prior of 25 unit-covariance
 Gaussians with means ``8 (i, j, i, j, ...)``, ``i, j in -2..2`` (the 2-D grid repeated over the
@@ -38,6 +38,7 @@ from torch import nn
 
 import smcdiff
 from smcdiff.diagnostics import sliced_wasserstein
+from smcdiff.errors import SMCDiffError
 from smcdiff.nets import MLP
 
 DESCRIPTION = "MCGdiff/DCPS GMM inverse problems: exact vs learned score, none/guidance/fk/tds"
@@ -64,7 +65,7 @@ def grid_means(d: int) -> torch.Tensor:
 
 
 def make_prior(d: int, seed: int = 0) -> smcdiff.GaussianMixture:
-    """The 25-mode prior in ``d`` dimensions, weights ``∝ N(0, 1)^2`` drawn from ``seed`` and ``d``."""
+    """The 25-mode prior in ``d`` dimensions, weights ``∝ N(0, 1)^2`` seeded by ``(seed, d)``."""
     gen = torch.Generator().manual_seed(10_000 * seed + d)
     w = torch.randn(25, generator=gen, dtype=F64).square()
     return smcdiff.GaussianMixture(w / w.sum(), grid_means(d), torch.ones(25, d, dtype=F64))
@@ -86,7 +87,7 @@ def make_problem(prior: smcdiff.GaussianMixture, d_y: int, index: int) -> dict:
 
 
 def log_likelihood_fn(problem: dict, device):
-    r""":math:`\log\mathcal N(y; A x, \sigma_y^2 I)` on rows ``x`` ``(N, d)`` (float32 on ``device``)."""
+    r""":math:`\log\mathcal N(y; A x, \sigma_y^2 I)` on rows ``x`` ``(N, d)``."""
     a = problem["A"].to(device=device, dtype=torch.float32)
     y = problem["y"].to(device=device, dtype=torch.float32)
     sig = problem["sigma_y"]
@@ -212,14 +213,23 @@ def run(
                 problem = _with_truth(prior, proc, t_min, d_y, p, cfg)
                 for track, model in models.items():
                     for method in cfg["methods"]:
-                        r = solve(model, problem, method, cfg, seed=p, device=device)
-                        rows.append({"track": track, "d": d, "d_y": d_y, "problem": p,
-                                     "method": method, "sw_floor": problem["floor"], **r})  # fmt: skip
+                        r = _attempt(model, problem, method, cfg, p, device)
+                        key = {"track": track, "d": d, "d_y": d_y, "problem": p, "method": method}
+                        rows.append({**key, "sw_floor": problem["floor"], **r})
                         bar(f"d={d} d_y={d_y} #{p} {track} {method}")
     summary = summarise(rows)
     _write(out, cfg, rows, summary, priors, training)
     _figures(out, summary, priors)
     return summary
+
+
+def _attempt(model, problem, method, cfg, seed, device) -> dict:
+    """:func:`solve`, or ``{"error": ...}`` when the run stops (e.g. a learned net's non-finite
+    score): a failure is a result, counted in the summary."""
+    try:
+        return solve(model, problem, method, cfg, seed=seed, device=device)
+    except SMCDiffError as err:
+        return {"error": f"{type(err).__name__}: {err}"}
 
 
 def _models(prior, proc, cfg, d, device, training, progress) -> dict:
@@ -276,13 +286,15 @@ def summarise(rows: list[dict]) -> list[dict]:
             if (r["track"], r["d"], r["d_y"], r["method"]) == (track, d, d_y, method)
         ]  # fmt: skip
         row = {"track": track, "d": d, "d_y": d_y, "method": method, "n_problems": len(rs)}
-        row["sw"] = mean_ci([r["sw"] for r in rs])
         row["sw_floor"] = mean_ci([r["sw_floor"] for r in rs])
-        weighted = "log_z_err" in rs[0]
+        row["n_failed"] = sum("error" in r for r in rs)
+        rs = [r for r in rs if "error" not in r]
+        row["sw"] = mean_ci([r["sw"] for r in rs]) if rs else None
+        weighted = bool(rs) and "log_z_err" in rs[0]
         row["abs_log_z_err"] = mean_ci([abs(r["log_z_err"]) for r in rs]) if weighted else None
         row["ess_frac"] = mean_ci([r["ess_frac"] for r in rs]) if weighted else None
-        row["nfe"] = sum(r["nfe"] for r in rs) / len(rs)
-        row["wall_s"] = sum(r["wall_s"] for r in rs) / len(rs)
+        row["nfe"] = sum(r["nfe"] for r in rs) / len(rs) if rs else None
+        row["wall_s"] = sum(r["wall_s"] for r in rs) / len(rs) if rs else None
         out.append(row)
     return out
 
@@ -318,7 +330,8 @@ def _figures(out: Path, summary: list[dict], priors: list[dict]) -> None:
                 pts = [next(r for r in rs if (r["d_y"], r["track"], r["method"]) == (d_y, track, m))
                        for m in methods]  # fmt: skip
                 xs = [i + 0.15 * (2 * k - 1) for i in range(len(methods))]
-                ax.errorbar(xs, [p["sw"][0] for p in pts], yerr=[p["sw"][1] for p in pts],
+                sw = [p["sw"] or [math.nan, 0.0] for p in pts]
+                ax.errorbar(xs, [v[0] for v in sw], yerr=[v[1] for v in sw],
                             fmt="o", capsize=3, label=f"{track} score")  # fmt: skip
             floor = next(r for r in rs if r["d_y"] == d_y)["sw_floor"][0]
             ax.axhline(floor, color="k", lw=0.8, ls="--", label="floor (exact samples)")
@@ -352,13 +365,19 @@ def format_table(rows: list[dict], priors: list[dict] | None = None) -> str:
     def f(v, p=3):
         return "-" if v is None else f"{v[0]:.{p}f} ± {v[1]:.{p}f}"
 
-    head = "| track | d | d_y | method | sliced W2 | floor | abs log Z err | ESS/N | NFE | s/run |"
-    lines = [head, "|" + "---|" * 10]
+    def g(v, p):
+        return "-" if v is None else f"{v:.{p}f}"
+
+    head = (
+        "| track | d | d_y | method | sliced W2 | floor | abs log Z err | ESS/N | NFE | s/run "
+        "| failed |"
+    )
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         lines.append(
             f"| {r['track']} | {r['d']} | {r['d_y']} | {r['method']} | {f(r['sw'])} | "
             f"{r['sw_floor'][0]:.3f} | {f(r['abs_log_z_err'])} | {f(r['ess_frac'], 2)} | "
-            f"{r['nfe']:.0f} | {r['wall_s']:.2f} |"
+            f"{g(r['nfe'], 0)} | {g(r['wall_s'], 2)} | {r['n_failed']}/{r['n_problems']} |"
         )
     lines.append("mean ± 1.96 SE over problems; floor: the same distance for exact samples")
     for p in priors or []:
