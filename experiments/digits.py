@@ -361,12 +361,14 @@ def run(
     quick: bool = False,
     progress: bool = True,
     retrain: bool = False,
+    sizes: dict | None = None,
 ) -> list[dict]:
     """Train or load the prior, run both experiments, write ``digits.json`` and the figures
-    ``figures/digits_inverse.png`` and ``figures/digits_reward.png``."""
+    ``figures/digits_inverse.png`` and ``figures/digits_reward.png``. ``sizes`` overrides entries
+    of :func:`settings`."""
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    cfg = settings(quick)
+    cfg = {**settings(quick), **(sizes or {})}
     data = load_digits_split(device)
     prior = load_prior(device, retrain=retrain, progress=progress)
     clf = train_classifier(data)

@@ -1,6 +1,7 @@
 """The digits experiment: its helpers against exact answers, the shipped prior, and small steering
 runs whose effect cannot be luck (steered PSNR and class accuracy far above the prior's)."""
 
+import json
 import warnings
 
 import pytest
@@ -123,3 +124,23 @@ def test_class_reward_steers_fk_and_best_of_n(setup):
     assert acc["none"]["accuracy"] < 0.3
     assert acc["fk"]["accuracy"] > acc["none"]["accuracy"] + 0.4
     assert acc["best-of-n"]["accuracy"] > acc["none"]["accuracy"] + 0.2
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_json_table_and_figures(tmp_path):
+    sizes = {"n_images": 1, "problems": ("sr2x",), "n_particles": 16, "n_steps": 10,
+             "classes": (3,), "n_out": 8, "n_cand": 2}  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DegeneracyWarning)
+        rows = D.run(tmp_path, quick=True, progress=False, sizes=sizes)
+    out = json.loads((tmp_path / "digits.json").read_text())
+    assert out["summary"] == json.loads(json.dumps(rows))
+    assert {r["method"] for r in out["inverse"]} == set(D.METHODS)
+    assert len(out["reward"]) == sum(len(m) for m in D.REWARD_TASKS.values())
+    assert out["meta"]["classifier_test_accuracy"] > 0.95
+    for r in out["inverse"]:
+        weighted = r["method"] in ("fk", "fk-snr", "tds", "tds-snr")
+        assert (r["log_z"] is not None) == weighted and 0 <= r["coverage90"] <= 1
+    for name in ("digits_inverse.png", "digits_reward.png"):
+        assert (tmp_path / "figures" / name).stat().st_size > 1000
+    assert "tds-snr" in D.format_table(rows)
