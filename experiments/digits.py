@@ -304,7 +304,8 @@ def steered_samples(res) -> torch.Tensor:
 
 
 def reward_outputs(prior, method: str, reward, cfg: dict, seed: int, device: str):
-    """``n_out`` samples of one method and the network evaluations each cost (per output).
+    """``n_out`` samples of one method, the network evaluations each costs, and whether the
+    weighted run warned of degenerate weights.
 
     ``fk`` / ``tds``: ``n_out`` independent systems of ``n_cand`` particles (one batched call,
     ``n_runs``), one particle drawn by weight from each; ``best-of-n``: the highest-reward of
@@ -312,17 +313,18 @@ def reward_outputs(prior, method: str, reward, cfg: dict, seed: int, device: str
     n_out, n_cand, steps = cfg["n_out"], cfg["n_cand"], cfg["n_steps"]
     common = {"n_steps": steps, "seed": seed, "device": device, "progress": False}
     if method in ("fk", "tds"):
-        res = smcdiff.steer(prior, method=method, reward=reward, n_particles=n_cand,
-                            n_runs=n_out, **common)  # fmt: skip
-        return res.resample(n=1, seed=seed, scheme="multinomial")[:, 0], n_cand * res.info["nfe"]
+        res, degenerate = steer_recording(prior, method=method, reward=reward,
+                                          n_particles=n_cand, n_runs=n_out, **common)  # fmt: skip
+        x = res.resample(n=1, seed=seed, scheme="multinomial")[:, 0]
+        return x, n_cand * res.info["nfe"], degenerate
     if method == "best-of-n":
         res = smcdiff.steer(prior, method="none", n_particles=n_out * n_cand, **common)
         x = res.particles.reshape(n_out, n_cand, *res.particles.shape[1:])
         best = reward(x.flatten(0, 1)).reshape(n_out, n_cand).argmax(1)
-        return x[torch.arange(n_out, device=x.device), best], n_cand * res.info["nfe"]
+        return x[torch.arange(n_out, device=x.device), best], n_cand * res.info["nfe"], False
     res = smcdiff.steer(prior, method=method, reward=reward if method != "none" else None,
                         n_particles=n_out, **common)  # fmt: skip
-    return res.particles, res.info["nfe"]
+    return res.particles, res.info["nfe"], False
 
 
 def reward_row(name, kind, c, x, nfe, clf, data, wall) -> dict:
@@ -346,10 +348,11 @@ def run_rewards(prior, clf, data, cfg: dict, device: str, bar) -> tuple[list[dic
             for method in methods:
                 for r in range(cfg["n_reward_runs"]):
                     t0 = time.perf_counter()
-                    x, nfe = reward_outputs(prior, method, reward, cfg, r, device)
+                    x, nfe, degenerate = reward_outputs(prior, method, reward, cfg, r, device)
                     x = x.detach()
                     rows.append(reward_row(method, kind, c, x, nfe, clf, data,
                                            time.perf_counter() - t0))  # fmt: skip
+                    rows[-1]["degenerate"] = degenerate
                     shown.setdefault((kind, c, method), x)
                     bar(f"class {c} {kind} {method}")
     return rows, shown

@@ -118,7 +118,7 @@ def test_class_reward_steers_fk_and_best_of_n(setup):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DegeneracyWarning)
         for m in ("none", "fk", "best-of-n"):
-            x, nfe = D.reward_outputs(prior, m, log_p, cfg, seed=0, device="cpu")
+            x, nfe, _ = D.reward_outputs(prior, m, log_p, cfg, seed=0, device="cpu")
             acc[m] = D.reward_row(m, "log_p", 3, x, nfe, clf, data, 0.0)
     assert acc["fk"]["nfe_per_sample"] == acc["best-of-n"]["nfe_per_sample"] == 8 * 26
     assert acc["none"]["accuracy"] < 0.3
