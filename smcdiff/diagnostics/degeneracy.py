@@ -73,6 +73,8 @@ occur in runs whose estimates are exact within their error bars.)"""
 _MAX_WARNED = 6  # problems listed in a warning (many runs: the rest are in the report)
 
 _ADVICE = (
+    "for fk / tds, adaptive tilting (tilt_schedule='adaptive': tilt strengths chosen so that no "
+    "step collapses, with MALA moves; needs a prior with log_density); "
     "more particles (n_particles); resampling earlier (a higher ess_threshold); more steps "
     "(n_steps) or a gentler tilt schedule (tilt_schedule='snr', a smaller beta first); a proposal "
     "that sees the tilt (proposal='guided', method='tds') or MCMC moves (init='mala', "

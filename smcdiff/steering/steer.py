@@ -114,15 +114,15 @@ def steer(
 
     ``path_correction`` (fk, tds; ``"auto"``: on when ``model`` has ``log_density``) also
     weights out the discretisation error of the sampler, so that the target is exact for any
-    ``n_steps``. ``tilt_schedule`` (fk, tds; default ``"auto"``: ``"adaptive"``, or ``"snr"``
-    with a ``corrector`` or an MCMC ``init``): ``"adaptive"`` chooses each step's tilt strength
-    from the particles so that the conditional ESS stays above ``tilt_cess`` (default 0.9) of N,
-    capped by ``"snr"``, with ``tilt_moves`` (default 5) MALA moves per step and sub-steps at
-    ``t_min`` (at most ``tilt_substeps``, default 100) that raise it to 1
-    (:mod:`smcdiff.diffusion_fk.adaptive`; moves and sub-steps need path correction). A reward
-    or likelihood of ``-inf`` (a hard constraint) is a finite penalty
-    :math:`\log(1 - \alpha_t^2/(\alpha_t^2+\sigma_t^2))` before the last step, so no
-    intermediate target loses support the final one has, and exact at the end.
+    ``n_steps``. ``tilt_schedule`` (default ``"snr"``; fk and tds also take ``"adaptive"``):
+    ``"adaptive"`` chooses each step's tilt strength from the particles so that the conditional
+    ESS stays above ``tilt_cess`` (default 0.9) of N, capped by ``"snr"``, with ``tilt_moves``
+    (default 5) MALA moves after a resampling or a held strength and sub-steps at ``t_min`` (at
+    most ``tilt_substeps``, default 100) that raise it to 1 (:mod:`smcdiff.diffusion_fk.adaptive`;
+    moves and sub-steps need path correction): right on sharp tilts where the fixed schedules
+    collapse, at several times the NFE. A reward or likelihood of ``-inf`` (a hard constraint)
+    is a finite penalty :math:`\log(1 - \alpha_t^2/(\alpha_t^2+\sigma_t^2))` before the last
+    step, so no intermediate target loses support the final one has, and exact at the end.
     ``"snr"`` scales the intermediate tilt by
     :math:`\alpha_t^2/(\alpha_t^2+\sigma_t^2)` (same final target, lower variance when
     :math:`\phi(\hat x_0)` is overconfident at high noise); FK steering as published is

@@ -78,14 +78,15 @@ def _run(reward, **kw) -> smcdiff.SMCResult:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("c", [0.0, 0.5])
-def test_hard_constraint_is_exact_by_default(c: float) -> None:
+@pytest.mark.parametrize("schedule", ["snr", "adaptive"])
+def test_hard_constraint_is_exact(c: float, schedule: str) -> None:
     """x > c on N(0, 1): log Z = log P(x > c), E[x] = pdf(c) / sf(c). Intermediate steps see a
     finite penalty, so the particles that will satisfy the constraint survive; before, the
     default lost them (log Z -4.7 for c = 0, every weight zero at step 0 for c = 0.5)."""
-    res = _run(_above(c))
+    res = _run(_above(c), tilt_schedule=schedule)
     exact = math.log(norm.sf(c))
     log_z = res.log_z.double()
-    assert (log_z - exact).abs().max() < 0.25, (log_z, exact)
+    assert (log_z - exact).abs().max() < 0.4, (log_z, exact)  # one run of N = 1024
     assert abs(log_z.mean() - exact) < 0.1, (log_z, exact)
     w = torch.softmax(res.log_weights.double(), -1)
     x = res.particles[..., 0].double()
@@ -95,10 +96,10 @@ def test_hard_constraint_is_exact_by_default(c: float) -> None:
 
 
 @pytest.mark.slow
-def test_sharp_tilt_log_z_by_default() -> None:
+def test_sharp_tilt_log_z_with_adaptive_tilting() -> None:
     """beta = 100, reward -x^2, prior N(0, 1): log Z = -log(201)/2 = -2.652 (the fixed schedule
     gives -5.3 +- 0.3 here)."""
-    res = _run(lambda x: -(x**2).sum(-1), beta=100.0)
+    res = _run(lambda x: -(x**2).sum(-1), beta=100.0, tilt_schedule="adaptive")
     exact = -0.5 * math.log(201.0)
     assert abs(res.log_z.double().mean() - exact) < 0.1, res.log_z
     assert res.info["tilt_schedule"] == "adaptive"
@@ -113,8 +114,14 @@ def test_a_nan_reward_names_the_diffusion_step_not_the_engine_step() -> None:
     def reward(x: torch.Tensor) -> torch.Tensor:
         return torch.where(x[:, 0] > 2.5, torch.nan, -(x[:, 0] ** 2))
 
-    with pytest.raises(
-        smcdiff.NonFiniteError, match=r"reward.* at step \d+/20 "
-    ) as err:
-        smcdiff.steer(_gauss(), reward=reward, beta=50.0, n_particles=512, n_steps=20, seed=0)
+    with pytest.raises(smcdiff.NonFiniteError, match=r"reward.* at step \d+/20 ") as err:
+        smcdiff.steer(
+            _gauss(),
+            reward=reward,
+            beta=50.0,
+            n_particles=512,
+            n_steps=20,
+            seed=0,
+            tilt_schedule="adaptive",
+        )
     assert err.value.partial is not None

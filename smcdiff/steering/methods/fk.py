@@ -52,16 +52,13 @@ class TDSConfig(GuidanceConfig):
     init_moves: int | None = None
     init_step_size: float | None = None
     corrector: Callable | None = None
-    tilt_schedule: str = "auto"
+    tilt_schedule: str = "snr"
     TILT_CHOICES = (*TILT_SCHEDULES, "adaptive")
     tilt_cess: float | None = None
     tilt_moves: int | None = None
     tilt_substeps: int | None = None
 
     def __post_init__(self) -> None:
-        if self.tilt_schedule == "auto":  # adaptive, unless MCMC moves need a fixed target
-            fixed = self.corrector is not None or self.init != "prior"
-            object.__setattr__(self, "tilt_schedule", "snr" if fixed else "adaptive")
         super().__post_init__()
         self._check_adaptive()
         if self.path_correction != "auto" and not isinstance(self.path_correction, bool):
@@ -96,7 +93,7 @@ class TDSConfig(GuidanceConfig):
             raise SMCDiffError(
                 f"{WHERE}: a corrector or init={self.init!r} moves the particles with a fixed "
                 "step target; with tilt_schedule='adaptive' the strength is chosen from the "
-                "particles. Pass tilt_schedule='snr' or 'constant' (the default 'auto' does)"
+                "particles. Use tilt_schedule='snr' (the default) or 'constant'"
             )
         self.adaptive_tilt()  # checks the values
 
