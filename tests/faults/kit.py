@@ -52,9 +52,12 @@ def quadratic(x: torch.Tensor) -> torch.Tensor:
 
 
 def steer_args(method: str, **kwargs: Any) -> dict[str, Any]:
-    """Keyword arguments of a small, quiet steering run (N = 32 particles, K = 6 steps)."""
+    """Keyword arguments of a small, quiet steering run (N = 32 particles, K = 6 steps). FKC and
+    DriftLite run without step control, so that call k + 1 of a score or reward is step k (with
+    it, refined steps call them more often)."""
+    fixed = {"step_control": "off"} if method in ("fkc", "driftlite-vcg", "driftlite-ecg") else {}
     return {"method": method, "reward": quadratic, "n_particles": N, "n_steps": K, "seed": 0,
-            "progress": False, **kwargs}  # fmt: skip
+            "progress": False, **fixed, **kwargs}  # fmt: skip
 
 
 def sample_args(method: str, **kwargs: Any) -> dict[str, Any]:

@@ -52,14 +52,6 @@ def exercise(part, steps: int, n: int, runs: int | None = None) -> None:
 
 
 # ----------------------------------------------------------------- non-finite: partial works
-STEP0_GARBAGE = owed(
-    H1,
-    "a run failing at step 0 returns that failed step as its .partial: with a NaN score the "
-    "fk/tds tilt makes every log-weight NaN, and the partial's resample / to_arviz crash with "
-    "IndexError (there is no good step: .partial should be None, or a usable step 0)",
-)
-
-
 @pytest.mark.parametrize(
     ("method", "step"),
     [
@@ -67,9 +59,7 @@ STEP0_GARBAGE = owed(
         for m in STEER_METHODS
     ]
     + [
-        pytest.param(m, 0, id=f"steer-{m}/score-is-nan-at-step-0",
-                     marks=STEP0_GARBAGE if m in ("fk", "tds") else ())
-        for m in STEER_METHODS
+        pytest.param(m, 0, id=f"steer-{m}/score-is-nan-at-step-0") for m in STEER_METHODS
     ],
 )  # fmt: skip
 def test_a_non_finite_error_keeps_a_working_partial_result(method, step):

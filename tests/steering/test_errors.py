@@ -60,7 +60,8 @@ def test_all_minus_inf_rewards_are_degenerate_weights(model):
     def reward(x):
         return torch.full((x.shape[0],), float("-inf"))
 
-    with pytest.raises(DegenerateWeightsError, match=r"all weights are zero .* step 0/"):
+    # before the last step -inf is a finite penalty (no support lost), so the weights empty there
+    with pytest.raises(DegenerateWeightsError, match=r"all weights are zero .* step 6/6"):
         smcdiff.steer(model, reward=reward, n_particles=50, n_steps=6, seed=0)
 
 
