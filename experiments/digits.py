@@ -30,6 +30,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from smcdiff_experiments.progress import run_bar
 from torch import nn
 
 import smcdiff
@@ -379,7 +380,7 @@ def run(
     n_rew = sum(len(m) for m in REWARD_TASKS.values())
     n_jobs = len(cfg["problems"]) * cfg["n_images"] * len(METHODS) + len(
         cfg["classes"]) * n_rew * cfg["n_reward_runs"]  # fmt: skip
-    bar = _bar(n_jobs, progress)
+    bar = run_bar(n_jobs, progress, "digits")
     inv_rows, inv_shown = run_inverse(prior, clf, data, cfg, device, bar)
     rew_rows, rew_shown = run_rewards(prior, clf, data, cfg, device, bar)
     rows = summarise(inv_rows) + summarise_rewards(rew_rows)
@@ -479,22 +480,6 @@ def reward_figure(shown: dict, path: Path, n_samples: int = 8) -> None:
         row[0].set_ylabel(f"{method}\n{kind} c={c}", fontsize=6)
     fig.tight_layout(pad=0.2)
     fig.savefig(path, dpi=110)
-
-
-def _bar(total: int, enabled: bool):
-    if not enabled:
-        return lambda desc: None
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, unit="run", desc="digits")
-
-    def tick(desc: str) -> None:
-        bar.set_postfix_str(desc)
-        bar.update(1)
-        if bar.n >= total:
-            bar.close()
-
-    return tick
 
 
 def format_table(rows: list[dict]) -> str:

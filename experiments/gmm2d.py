@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from smcdiff_experiments.progress import run_bar
 from smcdiff_targets import gmm2d_likelihood_problem, gmm2d_reward_problem
 
 import smcdiff
@@ -48,7 +49,7 @@ def run(
         (p, n) for p in problems for n in convergence_ns
     ]
     rows: list[dict] = []
-    bar = _bar(len(jobs), progress)
+    bar = run_bar(len(jobs), progress, "gmm2d")
     for problem in problems:
         model = smcdiff.exact_score(problem.prior, problem.process)
         gen = torch.Generator(device=device).manual_seed(1234)
@@ -179,22 +180,6 @@ def _convergence_figure(rows: list[dict], out: Path) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "figures" / "fk_convergence.png", dpi=120)
-
-
-def _bar(total: int, enabled: bool):
-    if not enabled:
-        return lambda desc: None
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, unit="run", desc="gmm2d")
-
-    def tick(desc: str) -> None:
-        bar.set_postfix_str(desc)
-        bar.update(1)
-        if bar.n == total:
-            bar.close()
-
-    return tick
 
 
 def format_table(rows: list[dict]) -> str:

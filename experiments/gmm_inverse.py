@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+from smcdiff_experiments.progress import run_bar
 from torch import nn
 
 import smcdiff
@@ -200,7 +201,7 @@ def run(
     cfg = settings(quick, **overrides)
     proc = smcdiff.VP()
     t_min = float(proc.t_min)
-    bar = _bar(_n_jobs(cfg), progress)
+    bar = run_bar(_n_jobs(cfg), progress, "gmm_inverse")
     rows, priors, training = [], [], []
     for d in cfg["dims"]:
         prior = make_prior(d)
@@ -342,22 +343,6 @@ def _figures(out: Path, summary: list[dict], priors: list[dict]) -> None:
         axes[0].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / "figures" / f"gmm_inverse_d{d}.png", dpi=120)
-
-
-def _bar(total: int, enabled: bool):
-    if not enabled:
-        return lambda desc: None
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, unit="run", desc="gmm_inverse")
-
-    def tick(desc: str) -> None:
-        bar.set_postfix_str(desc)
-        bar.update(1)
-        if bar.n == total:
-            bar.close()
-
-    return tick
 
 
 def format_table(rows: list[dict], priors: list[dict] | None = None) -> str:

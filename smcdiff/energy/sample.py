@@ -27,8 +27,7 @@ from smcdiff.engine.checkpoint import (
     Checkpointer,
     RunCall,
     as_checkpointer,
-    register_front_door,
-    resume_checkpointer,
+    register_call,
 )
 from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.registry import KERNELS, get_kernel, kernel_name, kernel_parameters
@@ -229,16 +228,7 @@ def _check_checkpointable(method: str, options: Any) -> None:
         )
 
 
-def _resume_sample(ck: Checkpoint, overrides: dict[str, Any]) -> SMCResult:
-    """Continue a checkpointed :func:`sample` run (see :func:`smcdiff.resume`)."""
-    control = {k: overrides.pop(k, None) for k in ("check_every", "progress")}
-    saver = resume_checkpointer(ck, overrides)
-    return sample_call(
-        ck.call.arguments(overrides, f"resume({ck.path})", free=("device",)), control, saver, ck
-    )
-
-
-register_front_door("sample", _resume_sample)
+register_call("sample", sample_call)
 
 
 def method_options(method: str, options: Any = None, **kwargs: Any) -> Any:

@@ -64,6 +64,7 @@ __all__ = [
     "describe",
     "describe_setting",
     "load_checkpoint",
+    "register_call",
     "register_front_door",
     "resume",
     "resume_checkpointer",
@@ -594,6 +595,21 @@ _FRONT_DOORS: dict[str, Callable[[Checkpoint, dict[str, Any]], Any]] = {}
 def register_front_door(name: str, resume_fn: Callable[[Checkpoint, dict[str, Any]], Any]) -> None:
     """``resume_fn(checkpoint, overrides)`` continues the runs the front door ``name`` wrote."""
     _FRONT_DOORS[name] = resume_fn
+
+
+def register_call(name: str, call: Callable[..., Any]) -> None:
+    """Register the front door ``name`` whose runs continue through
+    ``call(arguments, control, saver, checkpoint)``: the stored arguments with ``overrides``
+    applied, the run-control options (``check_every``, ``progress``), the resumed run's
+    checkpoint writer and the checkpoint itself."""
+
+    def resume_fn(ck: Checkpoint, overrides: dict[str, Any]) -> Any:
+        control = {k: overrides.pop(k, None) for k in ("check_every", "progress")}
+        saver = resume_checkpointer(ck, overrides)
+        arguments = ck.call.arguments(overrides, f"resume({ck.path})", free=("device",))
+        return call(arguments, control, saver, ck)
+
+    register_front_door(name, resume_fn)
 
 
 def resume(path: str | os.PathLike, **overrides: Any) -> Any:

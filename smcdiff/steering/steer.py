@@ -22,8 +22,7 @@ from smcdiff.engine.checkpoint import (
     Checkpointer,
     RunCall,
     as_checkpointer,
-    register_front_door,
-    resume_checkpointer,
+    register_call,
 )
 from smcdiff.engine.collectors import degeneracy_collectors
 from smcdiff.engine.smc import run_smc
@@ -197,16 +196,7 @@ def steer_call(
     return run_plan(plan, common, weighted=spec.weighted, checkpoint=saver, start=start)
 
 
-def _resume_steer(ck: Checkpoint, overrides: dict[str, Any]) -> SMCResult:
-    """Continue a checkpointed :func:`steer` run (see :func:`smcdiff.resume`)."""
-    control = {k: overrides.pop(k, None) for k in ("check_every", "progress")}
-    saver = resume_checkpointer(ck, overrides)
-    return steer_call(
-        ck.call.arguments(overrides, f"resume({ck.path})", free=("device",)), control, saver, ck
-    )
-
-
-register_front_door("steer", _resume_steer)
+register_call("steer", steer_call)
 
 
 def run_plan(
