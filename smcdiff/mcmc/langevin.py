@@ -96,7 +96,9 @@ class UnderdampedLangevin(GradientKernel):
 
     def __init__(self, log_prob: LogProb, friction: float = 1.0):
         if isinstance(friction, bool) or not (math.isfinite(friction) and friction > 0):
-            raise SMCDiffError(f"UnderdampedLangevin: friction must be a number > 0, got {friction!r}")
+            raise SMCDiffError(
+                f"UnderdampedLangevin: friction must be a number > 0, got {friction!r}"
+            )
         super().__init__(log_prob)
         self.friction = friction
 

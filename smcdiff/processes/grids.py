@@ -37,8 +37,10 @@ def time_grid(
     if callable(own):
         return own(n_steps, kind, t_min=t_min, t_max=t_max, rho=rho)
     if kind == "scheduler":
-        raise SMCDiffError("time_grid: grid='scheduler' needs a process with its own timesteps "
-                           "(DiscreteVP, ScheduledFlow, e.g. from smcdiff.from_diffusers)")
+        raise SMCDiffError(
+            "time_grid: grid='scheduler' needs a process with its own timesteps "
+            "(DiscreteVP, ScheduledFlow, e.g. from smcdiff.from_diffusers)"
+        )
     lo = process.t_min if t_min is None else t_min
     hi = process.t_max if t_max is None else t_max
     if not 0.0 <= lo < hi <= 1.0:
