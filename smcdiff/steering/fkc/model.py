@@ -30,15 +30,20 @@ product :math:`q_1q_2`: :math:`G = d f_t + g^2 s_1\cdot s_2`; CFG :math:`q_c^w q
 **Discretisation** of step :math:`t \to s` (:math:`\Delta\tau = t - s`, coefficients at
 :math:`t`): ``integrator="em"``, Euler–Maruyama
 :math:`x_s = x_t + \Delta\tau\,(-f_t x_t + c_t S_t(x_t) + u_t(x_t)) + h_t\sqrt{\Delta\tau}\,z`;
-``"exp"`` (default) integrates the linear part :math:`-\lambda x`,
+``"exp"`` integrates the linear part :math:`-\lambda x`,
 :math:`\lambda = f_t + c_t W/\nu_t`, :math:`\nu_t = \alpha_t^2 + \sigma_t^2`, exactly (the drift
 :math:`\rho_t` has when each :math:`q_i \approx \mathcal N(0, \nu_t)`, which removes the stiffness
-of the high-noise end) and the rest explicitly. Log-weight :math:`(W-1)\,d\,\log(\alpha_t/\alpha_s)`
+of the high-noise end) and the rest explicitly; ``"exp-fit"`` (default) fits :math:`\lambda` per
+group and coordinate to the weighted particles (the slope of the drift, which also holds a
+reward's curvature :math:`c_t\beta_t\nabla^2 r`). Log-weight :math:`(W-1)\,d\,\log(\alpha_t/\alpha_s)`
 (the constant term, integrated exactly) :math:`+\ (\beta_s - \beta_t)\,\bar r + \Delta\tau\,\bar G`,
 where the bars are the trapezoid averages over the old and new points (``weight_rule="trapezoid"``,
 no extra NFE: the new point's scores serve the next step) or the old point's values (``"left"``);
 :math:`G` here excludes the two terms handled apart. The bias is :math:`O(\Delta\tau)`; it shrinks
-with the step count (table in ``docs/fkc-driftlite.md``).
+with the step count (table in ``docs/fkc-driftlite.md``). With ``step_control="auto"`` (default)
+each grid step is taken as sub-steps where an error estimate (trapezoid vs left-point log Z
+increment, plus the KL of the move's Heun correction) exceeds ``tol``
+(:mod:`~smcdiff.steering.fkc.stepping`); :math:`\beta_t` is linear in t between grid points.
 
 **Start and log Z.** :math:`\rho_{t_{max}} \approx \mathcal N(0, \sigma_{ref}^2/W)` (each
 :math:`q_i \approx \mathcal N(0,\sigma_{ref}^2)`); the start weight is
@@ -135,11 +140,22 @@ class FKCModel(FeynmanKacModel):
             :class:`~smcdiff.steering.fkc.basis.BasisField` objects (default
             ``("scores", "reward")``, ``"reward"`` only with a reward); ridge: relative ridge of a
             named control.
+        step_control, tol, max_substeps: ``"auto"`` (sub-steps while a sub-step's error
+            estimate exceeds ``tol``, default 0.005, down to the grid step / ``max_substeps``,
+            default 64; one host sync per sub-step) or ``"off"`` (one move per grid step, no
+            sync), or a :class:`~smcdiff.steering.fkc.stepping.StepControl`.
         device, dtype: of the particles (must match the score models).
 
     Step info (trace): ``weight_var`` ``(G,)``, the weighted variance of the log-weight increment
     under the step's starting weights; ``weight_var_uncontrolled``, the same without the control
-    term :math:`\theta^\top\psi` (equal when ``control=None``); ``theta`` ``(G, J)`` with control.
+    term :math:`\theta^\top\psi` (equal when ``control=None``); ``theta`` ``(G, J)`` with control
+    (averaged over the sub-steps by length). With step control: ``substeps`` (accepted),
+    ``substeps_rejected``, ``step_error`` ``(G,)`` (the summed error estimates) and
+    ``step_unresolved`` (sub-steps above ``10 tol`` at the shortest length; a
+    :class:`~smcdiff.errors.DiscretisationWarning` names the first such step and, at the end, the
+    count). NFE counts every attempted sub-step. The next sub-step length is the state column
+    ``"substep"`` (so it resamples and checkpoints with the particles); ``self._unresolved``
+    only feeds the warnings.
     """
 
     def __init__(

@@ -2,35 +2,41 @@ r"""Step control of FKC / DriftLite: sub-steps where the discretisation error of
 
 The weights of a step :math:`\tau \to \tau + \delta` integrate the potential :math:`G` along the
 move. :class:`~smcdiff.steering.fkc.model.FKCModel` computes the log-potential of a (sub-)step by
-the trapezoid rule (``weight_rule="trapezoid"``) and, at no extra cost, by the left-point rule from
-the same two points. Their difference estimates the local error of the step: in log Z units, per
-group of particles with normalised log-weights :math:`\ell_n` at the start of the sub-step,
+the trapezoid rule and, at no extra cost, by the left-point rule from the same two points; the
+move freezes its explicit drift :math:`D` at the old point. The error estimate of a sub-step, in
+nats, per group of particles with normalised log-weights :math:`\ell_n` at its start, is
 
 .. math::
-    e = \Big|\log\sum_n e^{\ell_n + T_n} - \log\sum_n e^{\ell_n + L_n}\Big|,
+    e = \Big|\log\sum_n e^{\ell_n + T_n} - \log\sum_n e^{\ell_n + L_n}\Big|
+        + \sum_n e^{\ell_n}\,\frac{|B(D(x'_n) - D(x_n))/2|^2}{2V},
 
-:math:`T_n`, :math:`L_n` the trapezoid and left-point log-potentials of particle n (control terms
-included). It is the error of the first-order rule, so it bounds the trapezoid's error where the
-step is too long for the dynamics (a stiff drift, a potential that changes within the step: there
-the two are of one size) and over-estimates it where the potential is smooth in time. Each step
-``t_{k-1} -> t_k`` of the grid is integrated by sub-steps of length :math:`\delta`:
+:math:`T_n`, :math:`L_n` the trapezoid and left-point log-potentials (control terms included),
+``B``, ``V`` the move's drift and noise coefficients: the log Z gap of the two rules plus the KL
+between the move's Gaussian kernel and the same kernel with the Heun-averaged drift (zero without
+noise). Both are first-order estimates (:math:`\propto\delta^2`): they are of the size of the
+error where the step is too long for the dynamics (a stiff drift, an unstable explicit step, a
+potential that changes within the step) and over-estimate it where everything is smooth. Each
+grid step ``t_{k-1} -> t_k`` is integrated by sub-steps of length :math:`\delta`:
 
-* a sub-step is accepted when :math:`\max_{groups} e \le` ``tol``; otherwise it is redone with
-  :math:`\delta \leftarrow \delta\,\max(0.2,\ 0.9\sqrt{\text{tol}/e})` (:math:`e \propto \delta^2`);
-* after an accepted sub-step, :math:`\delta \leftarrow \delta\,\min(2,\ 0.9\sqrt{\text{tol}/e})`,
-  carried into the next grid step (the state's ``"substep"`` column, so it survives resampling
-  and checkpoints);
-* :math:`\delta \ge \Delta\tau_k /` ``max_substeps``: a sub-step at that length is accepted even
-  when :math:`e >` ``tol``, counted as unresolved, and the model warns
+* after a sub-step, :math:`\delta \leftarrow \delta\,\min(2, \max(0.2, 0.9\sqrt{\text{tol}/e}))`
+  (:math:`e` the largest over the groups), carried into the next grid step (the state's
+  ``"substep"`` column, so it survives resampling and checkpoints);
+* a sub-step with :math:`e >` ``redo`` :math:`\cdot` ``tol`` (``redo`` = 10: far too long, e.g.
+  an explicit step past its stability limit) is redone shorter with fresh noise; one with
+  :math:`\text{tol} < e \le` ``redo`` :math:`\cdot` ``tol`` is kept and only shortens the next
+  one. Redoing every sub-step above tol would select the move's noise by its outcome (measured
+  on a 1-D Gaussian tilt: log Z +0.035 +- 0.012 against +0.018 +- 0.009 without redoing, at more
+  NFE); keeping them leaves the grid a function of the past particles only, as an adaptive
+  tempering schedule is;
+* :math:`\delta \ge \Delta\tau_k /` ``max_substeps``: a sub-step at that length is kept even
+  above ``redo`` :math:`\cdot` ``tol``, counted as unresolved, and the model warns
   (:class:`~smcdiff.errors.DiscretisationWarning`) with the step, the estimate and the tolerance.
 
-The decision reads one number per sub-step on the host (one host-device sync per sub-step:
-the grid adapts to the particles). It depends on the whole weighted population, not on a single
-particle, as an adaptive tempering schedule does; a rejected sub-step's noise is discarded and
-fresh noise drawn, whose influence on any one particle vanishes as the number of particles grows.
-Between grid points the reward's :math:`\beta_t` is interpolated linearly in t (a valid path of
-targets: the weights use the same :math:`\beta_t` as the drift). ``step_control="off"`` takes one
-move per grid step, as the grid was given (no sync).
+The decision reads one number per sub-step on the host (one host-device sync per sub-step, and
+one per grid step for the carried length: the grid adapts to the particles). Between grid points
+the reward's :math:`\beta_t` is interpolated linearly in t (a valid path of targets: the weights
+use the same :math:`\beta_t` as the drift). ``step_control="off"`` takes one move per grid step,
+as the grid was given (no sync).
 """
 
 from __future__ import annotations
@@ -61,10 +67,13 @@ STEP_CONTROLS = ("auto", "off")
 
 @dataclass(frozen=True)
 class StepControl:
-    r"""The step controller: ``mode`` ``"auto"`` (sub-steps while the error estimate exceeds
-    ``tol``, at most ``max_substeps`` per grid step) or ``"off"`` (one move per grid step).
-    ``tol``: bound on the estimated log Z error :math:`e` of each sub-step (see the module
-    docstring); ``max_substeps``: the shortest sub-step is the grid step over ``max_substeps``."""
+    r"""The step controller: ``mode`` ``"auto"`` (sub-steps sized so that the error estimate
+    :math:`e` of each is about ``tol``, at most ``max_substeps`` per grid step) or ``"off"`` (one
+    move per grid step). ``tol``: target of :math:`e` per sub-step, in nats (module docstring);
+    ``max_substeps``: the shortest sub-step is the grid step over ``max_substeps``; ``redo``:
+    a sub-step with :math:`e >` ``redo * tol`` is redone shorter; ``safety``, ``shrink``,
+    ``grow``: of the length update :math:`\delta \leftarrow \delta\,\min(\text{grow},
+    \max(\text{shrink}, \text{safety}\sqrt{\text{tol}/e}))`."""
 
     mode: str = "auto"
     tol: float = 0.005
@@ -72,6 +81,7 @@ class StepControl:
     safety: float = 0.9
     shrink: float = 0.2
     grow: float = 2.0
+    redo: float = 10.0
 
     def __post_init__(self) -> None:
         where = "StepControl"
@@ -217,7 +227,7 @@ def integrate_step(
         sub = substep(t, t_b, totals.state, lw, True)
         totals.nfe, totals.n_grad = totals.nfe + sub.nfe, totals.n_grad + sub.n_grad
         err = float(sub.err.max())  # the host sync of the step control
-        ok = err <= control.tol
+        ok = err <= control.redo * control.tol
         if not ok and h > h_min * (1.0 + 1e-9):
             totals.rejected += 1
             h *= control.factor(err)

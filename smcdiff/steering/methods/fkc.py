@@ -41,10 +41,14 @@ class FKCConfig:
     ``beta``, or ``log_likelihood`` alone: one differentiable function) is applied at
     :math:`x_t` with the schedule ``beta_schedule``: ``"linear"`` (default), ``"snr"``,
     ``"constant"`` or a callable :math:`t \mapsto \beta_t` (then leave ``beta`` unset),
-    reaching ``beta`` at ``t_min``, or a :class:`~smcdiff.steering.fkc.BetaSchedule` object. The SDE drift uses the target score; ``noise``
-    (``"target"``, ``"tempered"`` or :math:`\kappa \ge 0` with :math:`h^2 = \kappa g^2`) sets the
-    drift/weight split, and each step is weighted by the continuous-time FKC potential
-    (trapezoid rule). ``divergence`` (``"auto" | "exact" | "hutchinson"``, with ``n_probes``
+    reaching ``beta`` at ``t_min``, or a :class:`~smcdiff.steering.fkc.BetaSchedule` object.
+    The SDE drift uses the target score; ``noise`` (``"target"``, ``"tempered"`` or
+    :math:`\kappa \ge 0` with :math:`h^2 = \kappa g^2`; default 2.0) sets the drift/weight
+    split, and each step is weighted by the continuous-time FKC potential (trapezoid rule). With
+    ``"target"`` (:math:`\kappa = 1`) a sharpening target (a concave reward, ``anneal`` > 1, a
+    product) leaves the particles about half as spread as :math:`\rho_t` and the weights with
+    infinite variance (docs/fkc-driftlite.md, "Noise choice"); :math:`\kappa = 2` keeps them
+    finite. ``divergence`` (``"auto" | "exact" | "hutchinson"``, with ``n_probes``
     Rademacher probes, default 1) for the Laplacian of the reward. ``integrator``: the move,
     ``"exp-fit"`` (default: exponential integrator with the linear part of the drift fitted to
     the weighted particles), ``"exp"`` (fixed linear part) or ``"em"``. ``step_control``
@@ -56,7 +60,7 @@ class FKCConfig:
 
     anneal: float | None = None
     beta_schedule: str | BetaSchedule | Callable[[float], float] = "linear"
-    noise: str | float = "target"
+    noise: str | float = 2.0
     divergence: str = "auto"
     n_probes: int | None = None
     integrator: str = "exp-fit"
@@ -97,9 +101,11 @@ class DriftLiteConfig(FKCConfig):
     :data:`smcdiff.steering.fkc.BASES`; default: the target score and the reward gradient),
     refitted every step from the weighted particles to minimise the variance (``"vcg"``) or the
     energy (``"ecg"``) of the weights; ``ess_threshold=0`` gives the variants without
-    resampling. Plus the options of :class:`FKCConfig`.
+    resampling. Plus the options of :class:`FKCConfig`, with ``noise="target"`` by default (the
+    control keeps the weights light-tailed).
     """
 
+    noise: str | float = "target"
     basis: Sequence[str | BasisField] | None = None
 
     def __post_init__(self) -> None:
