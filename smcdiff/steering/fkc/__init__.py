@@ -5,7 +5,7 @@ object chosen once per model:
 
 * a beta schedule (:mod:`~smcdiff.steering.fkc.schedules`: linear, snr, constant, callable);
 * the drift/weight split :class:`~smcdiff.steering.fkc.integrator.NoiseSplit`, the move
-  integrator (``exp`` / ``em``) and the weight rule (``trapezoid`` / ``left``)
+  integrator (``exp-fit`` / ``exp`` / ``em``) and the weight rule (``trapezoid`` / ``left``)
   (:mod:`~smcdiff.steering.fkc.integrator`);
 * a divergence estimator (exact / Hutchinson, :mod:`~smcdiff.steering.fkc.divergence`);
 * DriftLite basis fields (:mod:`~smcdiff.steering.fkc.basis`) and a control solver

@@ -8,7 +8,9 @@ chosen once per model:
   ``"tempered"``: :math:`\kappa = 1/W`; or a float :math:`\kappa \ge 0`);
 * an :class:`Integrator` — the move coefficients ``(A, B, L, V)`` of one step
   ``x' = A x + B (c S(x) + L x + u(x)) + sqrt(V) z`` from ``t_a`` to ``t_{a+1}``, frozen at ``t_a``:
-  :class:`EulerMaruyama` (``"em"``) or :class:`ExponentialIntegrator` (``"exp"``);
+  :class:`EulerMaruyama` (``"em"``), :class:`ExponentialIntegrator` (``"exp"``) or
+  :class:`FittedExponential` (``"exp-fit"``: ``A``, ``B``, ``L``, ``V`` tensors per group and
+  coordinate, fitted to the weighted particles at the start of the step);
 * a :class:`WeightRule` — the quadrature of the log-weight rate over a step: :class:`Trapezoid`
   (old and new point, no extra NFE) or :class:`LeftPoint` (old point);
 * :class:`FKCGrid` — the floats of each time (:math:`\log\alpha`, :math:`f`, :math:`g^2`,
