@@ -7,4 +7,10 @@ bash scripts/setup.sh
 .venv/bin/ruff format --check -q smcdiff targets experiments tests docs/_ext
 # The documentation site must build without a warning (API pages from the docstrings); into site/.
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict
-exec .venv/bin/python -m pytest "$@"
+# Two worker processes of one thread each (SMCDIFF_TEST_WORKERS=0: no workers, e.g. for -x / pdb).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+WORKERS="${SMCDIFF_TEST_WORKERS:-2}"
+if [ "$WORKERS" = "0" ]; then
+  exec .venv/bin/python -m pytest "$@"
+fi
+exec .venv/bin/python -m pytest -n "$WORKERS" "$@"
