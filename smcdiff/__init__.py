@@ -30,6 +30,7 @@ from smcdiff.errors import (
     CheckpointError,
     DegeneracyWarning,
     DegenerateWeightsError,
+    DiscretisationWarning,
     NonFiniteError,
     SMCDiffError,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "DegenerateWeightsError",
     "DiffusionOptions",
     "DiscreteVP",
+    "DiscretisationWarning",
     "EnergyNetwork",
     "FeynmanKacModel",
     "Flow",
