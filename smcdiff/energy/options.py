@@ -100,7 +100,10 @@ class TemperedOptions:
     :math:`0 < \lambda_1 \le \dots \le \lambda_K = 1` instead of adaptive ones (``max_steps``
     is then not used; step sizes still adapt unless ``adapt_gain=0``); ``unbiased``: run twice,
     an adaptive pilot and then a run on its temperatures and step sizes, whose :math:`\hat Z`
-    is unbiased (the adaptive run's is a little biased at small N).
+    is unbiased (the adaptive run's is a little biased at small N); ``fused``: run each whole
+    SMC step (resampling, moves, temperature search, reweighting) as one replayed CUDA graph,
+    checking for the end every ``fused_chunk`` steps (``None``: on for CUDA with an adaptive
+    schedule; :mod:`smcdiff.energy.tempered_fused`).
     """
 
     kernel: str | Callable[..., Kernel] = "hmc"
@@ -115,9 +118,14 @@ class TemperedOptions:
     nan_as_neg_inf: bool = False
     schedule: Sequence[float] | None = None
     unbiased: bool = False
+    fused: bool | None = None
+    fused_chunk: int = 1
 
     def __post_init__(self) -> None:
         where = "tempered SMC"
+        if self.fused is not None and not isinstance(self.fused, bool):
+            raise SMCDiffError(f"{where}: fused must be True, False or None")
+        _set(self, "fused_chunk", check_int("fused_chunk", self.fused_chunk, 1, where=where))
         _flag(self, ("nan_as_neg_inf", "unbiased"), where)
         if self.schedule is not None:
             _set(self, "schedule", _schedule(self.schedule, where))
