@@ -27,6 +27,7 @@ __all__ = [
     "check_n_particles",
     "check_number",
     "check_options",
+    "check_progress",
     "check_shape",
     "check_time",
     "nan_or_posinf",
@@ -119,6 +120,16 @@ def check_options(given: Iterable[str], valid: Iterable[str], *, where: str) -> 
         raise SMCDiffError(
             f"{where} does not take {', '.join(map(repr, unknown))}; valid options: "
             f"{', '.join(sorted(valid)) or '(none)'}"
+        )
+
+
+def check_progress(value: Any, *, where: str) -> None:
+    """A ``progress`` argument: ``None`` (a bar on a terminal), a bool or a callable
+    ``progress(k, info)``."""
+    if not (value is None or isinstance(value, bool) or callable(value)):
+        raise SMCDiffError(
+            f"{where}: progress must be None, a bool or a callable (k, info), got "
+            f"{type(value).__name__} {value!r}"
         )
 
 
