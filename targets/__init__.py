@@ -4,6 +4,7 @@ The repository folder is ``targets/`` but the import name is ``smcdiff_targets``
 smcdiff never shadows a generic top-level ``targets`` package in a user's environment.
 """
 
+from smcdiff_targets.alanine import AlanineDipeptide, dihedral
 from smcdiff_targets.double_well import DoubleWell, dw5, dw50
 from smcdiff_targets.energy import MW5, Funnel, Gmm40Fab, ManyWell, load_gmm40_fab_means
 from smcdiff_targets.logistic import LaplaceApprox, LogisticRegression
@@ -20,6 +21,7 @@ from smcdiff_targets.steering_toys import (
 __all__ = [
     "MW5",
     "TARGETS",
+    "AlanineDipeptide",
     "DoubleWell",
     "Funnel",
     "Gmm40Fab",
@@ -28,6 +30,7 @@ __all__ = [
     "ManyWell",
     "ParticleSystem",
     "SteeringProblem",
+    "dihedral",
     "dw4",
     "dw5",
     "dw50",
