@@ -52,10 +52,11 @@ import torch
 from smcdiff.checks import check_shape, nan_or_posinf, nonfinite_rows
 from smcdiff.energy.options import RunSettings, TemperedOptions
 from smcdiff.energy.reference import reference_tensors
+from smcdiff.energy.tempered_fused import run_fused
 from smcdiff.engine.model import FeynmanKacModel, ParticleState, StepOutput
 from smcdiff.engine.progress import Progress
 from smcdiff.engine.result import SMCRun
-from smcdiff.engine.smc import run_smc
+from smcdiff.engine.smc import SMC, run_smc
 from smcdiff.engine.state import StepInfo
 from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.adapt import robbins_monro
@@ -533,17 +534,49 @@ def _run_once(
             bar.bar.bar_format = "{desc}: temperature {n:.4f} |{bar}| [{elapsed}]"
             bar.bar.refresh()
     hook = s.progress if bar is None else _temperature_hook(bar)
+    policy = policy_from_threshold(s.ess_threshold)
     try:
-        run = run_smc(
-            fk, s.n_particles, n_groups=s.n_groups, resampling=s.resampling,
-            policy=policy_from_threshold(s.ess_threshold), generator=s.generator,
-            check_every=s.check_every, progress=hook, checkpoint=s.checkpoint, start=s.start,
-        )  # fmt: skip
+        if _use_fused(fk, s):
+            smc = SMC(fk, resampling=s.resampling, policy=policy)
+            run = run_fused(
+                smc, s.n_particles, s.n_groups, s.generator, check_every=s.check_every,
+                progress=hook, chunk=options.fused_chunk, graph_key=_fused_key(fk, smc, s),
+            )  # fmt: skip
+        else:
+            run = run_smc(
+                fk, s.n_particles, n_groups=s.n_groups, resampling=s.resampling, policy=policy,
+                generator=s.generator, check_every=s.check_every, progress=hook,
+                checkpoint=s.checkpoint, start=s.start,
+            )  # fmt: skip
     finally:
         if bar is not None:
             bar.close()
     check_reached_target(run, fk, s.grouped)
     return run, fk
+
+
+def _use_fused(fk: TemperedSMC, s: RunSettings) -> bool:
+    """Whether the run goes through :func:`~smcdiff.energy.tempered_fused.run_fused`: asked
+    for (``fused=True``; ``None``: CUDA with CUDA graphs on), adaptive (no fixed schedule or
+    step sizes) and without checkpoints."""
+    fused = fk.options.fused
+    if fused is None:
+        fused = fk.device.type == "cuda" and fk.cuda_graph
+    plain = fk.schedule is None and fk.step_sizes is None
+    return bool(fused) and plain and s.checkpoint is None and s.start is None
+
+
+def _fused_key(fk: TemperedSMC, smc: SMC, s: RunSettings) -> tuple | None:
+    """The cache key of the fused step's CUDA graph (``None``: no graph, eager masked steps):
+    the moves are captured inside the step's graph, so their own graphs are switched off."""
+    if fk.device.type != "cuda" or not fk.cuda_graph:
+        return None
+    fk.cuda_graph = False
+    return (
+        id(fk.target), repr(fk.options), tuple(fk.ref_mean.reshape(-1).tolist()),
+        tuple(fk.ref_std.reshape(-1).tolist()), s.n_particles, s.n_groups, fk.dtype,
+        str(fk.device), repr(smc.resampler), repr(smc.policy),
+    )  # fmt: skip
 
 
 def check_reached_target(run: SMCRun, fk: TemperedSMC, grouped: bool = True) -> None:
