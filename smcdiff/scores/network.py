@@ -26,21 +26,25 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from smcdiff.checks import check_choice, check_int, check_shape
+from smcdiff.checks import check_choice, check_int, check_options, check_shape
 from smcdiff.errors import SMCDiffError
 from smcdiff.processes.parameterization import KINDS, convert, to_score
 from smcdiff.processes.schedules import NoiseProcess
 from smcdiff.scores.base import model_time
 
 __all__ = [
+    "COMPILE_MODES",
     "PREDICTIONS",
     "TIME_INPUTS",
+    "CompiledNet",
     "DiscreteTimeProcess",
     "NFECounter",
     "NetworkScore",
@@ -48,6 +52,8 @@ __all__ = [
 
 PREDICTIONS = KINDS  # ("score", "eps", "x0", "v", "velocity")
 TIME_INPUTS = ("t", "sigma", "log_snr", "index")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_KEYS = ("mode", "backend", "dynamic", "fullgraph", "options")
 WHERE = "NetworkScore"
 _MODE_LAYERS = (
     torch.nn.Dropout,
@@ -92,6 +98,89 @@ class NFECounter:
     def reset(self) -> None:
         """Set every count to zero."""
         self.evals = self.calls = self.rows = 0
+
+
+def compile_options(compile: Any) -> dict[str, Any] | None:
+    """The ``compile`` argument of :class:`NetworkScore` as ``torch.compile`` keyword arguments:
+    ``False`` / ``None``: ``None`` (eager); ``True``: ``{"mode": "default"}``; a mode name (one of
+    :data:`COMPILE_MODES`): ``{"mode": name}``; a mapping: ``torch.compile``'s own keywords
+    (``mode``, ``backend``, ``dynamic``, ``fullgraph``, ``options``)."""
+    if compile is None or compile is False:
+        return None
+    if compile is True:
+        return {"mode": "default"}
+    if isinstance(compile, str):
+        return {"mode": check_choice("compile", compile, COMPILE_MODES, where=WHERE)}
+    if isinstance(compile, Mapping):
+        check_options(compile, COMPILE_KEYS, where=f"{WHERE}(compile=...)")
+        if compile.get("mode") is not None:
+            check_choice("compile mode", compile["mode"], COMPILE_MODES, where=WHERE)
+        return dict(compile)
+    raise SMCDiffError(
+        f"{WHERE}: compile must be a bool, one of {COMPILE_MODES} or a dict of torch.compile "
+        f"keywords, got {type(compile).__name__} {compile!r}"
+    )
+
+
+class CompiledNet:
+    """``torch.compile`` of a net, built lazily at the first call and shared by the
+    :meth:`NetworkScore.with_cond` copies of one adapter.
+
+    A failure (no C compiler, an op the compiler cannot trace, a backend error) is not fatal: the
+    call is repeated eagerly; if that works, a ``RuntimeWarning`` names the compiler's error and
+    every later call runs eagerly (:attr:`error` keeps the message); if the eager call fails too,
+    its error is raised (the net itself is at fault). :attr:`first_call_s`: wall seconds of the
+    first compiled call (tracing and code generation; not synchronised with the device)."""
+
+    def __init__(self, net: Callable[..., Any], options: Mapping[str, Any]):
+        self.net = net
+        self.options = dict(options)
+        mode = self.options.get("mode") or "default"
+        # modes that replay CUDA graphs overwrite their outputs at the next replay
+        self.cudagraphs = mode in ("reduce-overhead", "max-autotune")
+        self.fn: Callable[..., Any] | None = None
+        self.error: str | None = None
+        self.first_call_s: float | None = None
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **cond: Any) -> Any:
+        if self.error is not None:
+            return self.net(x, t, **cond)
+        first = self.fn is None
+        t0 = time.perf_counter()
+        try:
+            if first:
+                self.fn = torch.compile(self.net, **self.options)
+            if self.cudagraphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            out = self.fn(x, t, **cond)  # type: ignore[misc]
+        except Exception as err:  # any compiler failure falls back to eager
+            out = self.net(x, t, **cond)  # the net's own error, if it has one, is raised here
+            msg = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+            self.error = f"{type(err).__name__}: {msg}"[:400]
+            warnings.warn(
+                f"{WHERE}: torch.compile of the net failed ({self.error}); running it eagerly "
+                "from now on (compile=False hides this)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return out
+        if first:
+            self.first_call_s = time.perf_counter() - t0
+        return out
+
+    @property
+    def active(self) -> bool:
+        """Compiled calls are in use (no failure so far)."""
+        return self.error is None
+
+    def info(self) -> dict[str, Any]:
+        """``{"options", "compiled", "first_call_s", "error"}`` for a results file."""
+        return {
+            "options": {k: repr(v) if callable(v) else v for k, v in self.options.items()},
+            "compiled": self.fn is not None and self.error is None,
+            "first_call_s": self.first_call_s,
+            "error": self.error,
+        }
 
 
 def _net_tensor(net: Any) -> torch.Tensor | None:
@@ -148,6 +237,17 @@ class NetworkScore:
         counter: an :class:`NFECounter` to count into (default: a new one).
         batch_cond: let :func:`~smcdiff.cfg` and other combinations of this net under several
             conditionings evaluate them in one call (:meth:`batched_scores`).
+        compile: run the net through ``torch.compile`` (off by default): ``True`` (mode
+            ``"default"``), a mode (``"reduce-overhead"``: CUDA graphs; ``"max-autotune"``; ...;
+            :data:`COMPILE_MODES`) or a dict of ``torch.compile`` keywords (e.g.
+            ``{"backend": "aot_eager"}``, ``{"dynamic": True}``). Compiled lazily at the first
+            call; if compilation fails, a warning names the error and the net runs eagerly
+            (:class:`CompiledNet`). Shapes: with ``max_batch`` a ragged last chunk is padded to
+            ``max_batch`` rows (copies of its last row, dropped from the output), so every chunk
+            has one shape and nothing recompiles; without it each new particle count triggers one
+            recompilation, after which ``torch.compile`` marks the batch dimension dynamic
+            (its default ``dynamic=None``). Grad mode (guided proposals) compiles a second graph.
+            Outputs of CUDA-graph modes are cloned (the next replay overwrites them).
         **cond: conditioning keyword arguments passed on to every call.
 
     Gradients: the net runs under ``torch.no_grad()`` unless grad mode is on and ``x`` requires
@@ -173,6 +273,7 @@ class NetworkScore:
         postprocess: Callable[[Any], torch.Tensor] | None = None,
         counter: NFECounter | None = None,
         batch_cond: bool = True,
+        compile: bool | str | Mapping[str, Any] = False,
         **cond: Any,
     ):
         if not callable(net):
@@ -193,6 +294,8 @@ class NetworkScore:
         self.counter = NFECounter() if counter is None else counter
         self.batch_cond = bool(batch_cond)
         self.cond: dict[str, Any] = dict(cond)
+        self.compiled_net: CompiledNet | None = None
+        self.compile(compile)
         _warn_training_mode(net)
 
     @staticmethod
@@ -259,7 +362,25 @@ class NetworkScore:
             counter=self.counter,
             batch_cond=self.batch_cond,
             **{**self.cond, **cond},
-        )
+        )._share_compiled(self.compiled_net)
+
+    def _share_compiled(self, compiled: CompiledNet | None) -> NetworkScore:
+        self.compiled_net = compiled
+        return self
+
+    def compile(self, compile: bool | str | Mapping[str, Any] = True) -> NetworkScore:
+        """Turn ``torch.compile`` of the net on (``compile`` as for the constructor) or off
+        (``False``), in place; returns ``self``, e.g. ``score = train_score(...).compile()``.
+        Copies made earlier by :meth:`with_cond` keep their setting."""
+        options = compile_options(compile)
+        self.compiled_net = None if options is None else CompiledNet(self.net, options)
+        return self
+
+    @property
+    def compile_info(self) -> dict[str, Any] | None:
+        """``None`` when not compiled, else :meth:`CompiledNet.info` (options, whether compiled
+        calls are in use, the first call's seconds, the error that made it fall back)."""
+        return None if self.compiled_net is None else self.compiled_net.info()
 
     # ------------------------------------------------------------------------- evaluation
     def net_time(self, t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -329,16 +450,21 @@ class NetworkScore:
             if self.autocast is not None
             else contextlib.nullcontext()
         )
+        pad = self.compiled_net is not None and self.compiled_net.active
         with grad, amp:
-            outs = [self._call(*args) for args in _chunks(xin, tin, cond, self.max_batch)]
+            outs = [self._call(*args) for args in _chunks(xin, tin, cond, self.max_batch, pad)]
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
         self.counter.evals += n_cond
         self.counter.calls += len(outs)
         self.counter.rows += x.shape[0]
         return out.to(x.dtype)
 
-    def _call(self, x: torch.Tensor, t: torch.Tensor, cond: Mapping[str, Any]) -> torch.Tensor:
-        out = self.net(x, t, **cond)
+    def _call(
+        self, x: torch.Tensor, t: torch.Tensor, cond: Mapping[str, Any], n_rows: int
+    ) -> torch.Tensor:
+        """The net on one chunk; the first ``n_rows`` output rows (the rest is padding)."""
+        compiled = self.compiled_net
+        out = (self.net if compiled is None else compiled)(x, t, **cond)
         if self.postprocess is not None:
             out = self.postprocess(out)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
@@ -348,7 +474,9 @@ class NetworkScore:
                 "one tensor shaped like x (pass postprocess= to pick it, e.g. "
                 "lambda out: out.sample, or lambda o: o[:, :C] for a learned variance)"
             )
-        return out
+        if compiled is not None and compiled.cudagraphs and compiled.active:
+            out = out.clone()  # a CUDA-graph replay overwrites its output buffers
+        return out if n_rows == x.shape[0] else out[:n_rows]
 
     # ------------------------------------------------------------------------- batched CFG
     @staticmethod
@@ -389,19 +517,37 @@ class NetworkScore:
             f"NetworkScore({type(self.net).__name__}, {self.process!r}, "
             f"prediction={self.prediction!r}, time_input={ti!r}, event_shape={self.event_shape}"
             + (f", cond=[{keys}]" if keys else "")
+            + (f", compile={self.compiled_net.options}" if self.compiled_net else "")
             + ")"
         )
 
 
 def _chunks(
-    x: torch.Tensor, t: torch.Tensor, cond: Mapping[str, Any], max_batch: int | None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]:
-    """``(x, t, cond)`` in slices of at most ``max_batch`` rows (per-row conditioning sliced)."""
+    x: torch.Tensor,
+    t: torch.Tensor,
+    cond: Mapping[str, Any],
+    max_batch: int | None,
+    pad: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, Any], int]]:
+    """``(x, t, cond, n_rows)`` in slices of at most ``max_batch`` rows (per-row conditioning
+    sliced). ``pad``: a ragged last slice (of several) is padded to ``max_batch`` rows with
+    copies of its last row (a compiled net then sees one shape); ``n_rows``: the real rows."""
     n = x.shape[0]
     step = n if max_batch is None or max_batch >= n else max_batch
     for i in range(0, n, step):
         sl = slice(i, i + step)
-        yield x[sl], t[sl], {k: v[sl] if _per_row(v, n) else v for k, v in cond.items()}
+        parts = [x[sl], t[sl], {k: v[sl] if _per_row(v, n) else v for k, v in cond.items()}]
+        rows = parts[0].shape[0]
+        if pad and rows < step:
+            parts = [_pad_rows(parts[0], step), _pad_rows(parts[1], step),
+                     {k: _pad_rows(v, step) if _per_row(v, n) else v
+                      for k, v in parts[2].items()}]  # fmt: skip
+        yield parts[0], parts[1], parts[2], rows
+
+
+def _pad_rows(v: torch.Tensor, size: int) -> torch.Tensor:
+    """``v`` ``(m, ...)`` with its last row repeated up to ``size`` rows (differentiable)."""
+    return torch.cat([v, v[-1:].expand(size - v.shape[0], *v.shape[1:])])
 
 
 def _batchable(first: Any, m: Any) -> bool:
@@ -417,6 +563,7 @@ def _batchable(first: Any, m: Any) -> bool:
         and m.autocast == first.autocast
         and m.postprocess is first.postprocess
         and m.counter is first.counter
+        and m.compiled_net is first.compiled_net
         and m.batch_cond
         and m.event_shape == first.event_shape
         and set(m.cond) == set(first.cond)
