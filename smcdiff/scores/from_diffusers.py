@@ -238,6 +238,7 @@ def from_diffusers(
     set_timesteps_kwargs: dict[str, Any] | None = None,
     max_batch: int | None = None,
     autocast: torch.dtype | None = None,
+    compile: Any = False,
     **cond: Any,
 ) -> NetworkScore:
     r"""A diffusers network and its scheduler as a :class:`~smcdiff.NetworkScore` (module
@@ -258,7 +259,7 @@ def from_diffusers(
             :math:`tT` for flow matching). A callable ``t -> timestep`` for other conventions
             (e.g. ``lambda t: t`` for a flow model that takes :math:`t` in [0, 1]).
         set_timesteps_kwargs: passed to the scheduler's ``set_timesteps`` (e.g. ``mu``).
-        max_batch, autocast: as for :class:`~smcdiff.NetworkScore`.
+        max_batch, autocast, compile: as for :class:`~smcdiff.NetworkScore`.
         **cond: conditioning passed to every call (``class_labels=...``,
             ``encoder_hidden_states=...``); tensors with one row per particle are split with
             the particles.
@@ -291,5 +292,6 @@ def from_diffusers(
         max_batch=max_batch,
         event_shape=_event_shape(unet, event_shape),
         autocast=autocast,
+        compile=compile,
         **cond,
     )

@@ -187,6 +187,7 @@ def load_score(
     process: NoiseProcess | None = None,
     time_input: Any = None,
     map_location: Any = None,
+    compile: Any = False,
     **cond: Any,
 ) -> NetworkScore | EnergyNetwork:
     """The score model :func:`save_score` wrote to ``path``, net in eval mode.
@@ -195,7 +196,8 @@ def load_score(
     instance (weights loaded into it) or a class / callable (called with the stored config).
     ``process``, ``time_input``: override or supply what the file does not hold.
     ``map_location``: as for ``torch.load`` (e.g. ``"cpu"`` for a GPU-trained file on a CPU
-    machine). ``cond``: conditioning keyword arguments added to the stored ones."""
+    machine). ``compile``: ``torch.compile`` the net (as for :class:`~smcdiff.NetworkScore`;
+    score networks only). ``cond``: conditioning keyword arguments added to the stored ones."""
     path = str(path)
     entry = read_checkpoint(path, map_location)
     module = _build_net(entry, net, path).eval()
@@ -208,5 +210,7 @@ def load_score(
     kw = {"time_input": ti, "max_batch": entry["max_batch"],
           "event_shape": tuple(entry["event_shape"]), **entry["cond"], **cond}  # fmt: skip
     if entry["kind"] == "energy":
+        if compile:
+            raise CheckpointError("load_score: compile= is for score networks, not energy ones")
         return EnergyNetwork(module, proc, **kw)
-    return NetworkScore(module, proc, entry["prediction"], **kw)
+    return NetworkScore(module, proc, entry["prediction"], compile=compile, **kw)
