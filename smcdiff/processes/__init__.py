@@ -2,6 +2,7 @@
 
 from smcdiff.processes.discrete import DiscreteVP, ScheduledFlow
 from smcdiff.processes.grids import time_grid
+from smcdiff.processes.meanfree import GeometricVE, MeanFree, MeanFreeGaussian
 from smcdiff.processes.parameterization import (
     coefficients,
     convert,
@@ -16,6 +17,9 @@ __all__ = [
     "VP",
     "DiscreteVP",
     "Flow",
+    "GeometricVE",
+    "MeanFree",
+    "MeanFreeGaussian",
     "NoiseProcess",
     "ScheduledFlow",
     "coefficients",
