@@ -7,13 +7,16 @@ end) and raises :class:`NonFiniteError` for the first step and quantity that wen
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
-from smcdiff.errors import DegenerateWeightsError, NonFiniteError
+from smcdiff.checks import check_device, check_shape
+from smcdiff.engine.model import StepOutput
+from smcdiff.errors import DegenerateWeightsError, NonFiniteError, SMCDiffError
 
-__all__ = ["LOG_POTENTIAL", "WEIGHTS_DEGENERATE", "FiniteGuard"]
+__all__ = ["LOG_POTENTIAL", "WEIGHTS_DEGENERATE", "FiniteGuard", "check_step_output", "step_where"]
 
 WEIGHTS_DEGENERATE = "weights"
 LOG_POTENTIAL = "log-potential (incremental log-weight)"
@@ -53,7 +56,7 @@ class FiniteGuard:
             return
         i, q = (int(v) for v in bad.nonzero()[0])
         (step, _, t), name, count = rows[i], self._names[q], int(bad[i, q])
-        where = self.label(step) + (f" (t={t:.4g})" if t is not None else "")
+        where = step_where(self.label, step, t)
         res = partial() if partial is not None else None
         if name == WEIGHTS_DEGENERATE:
             raise DegenerateWeightsError(
@@ -73,3 +76,31 @@ class FiniteGuard:
 
 def _zero(counts: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.zeros((), dtype=torch.long, device=next(iter(counts.values())).device)
+
+
+def step_where(label: Callable[[int], str], step: int, t: float | None = None) -> str:
+    """How messages name step ``step``: ``label(step)``, then the model's time if it has one."""
+    return label(step) + (f" (t={t:.4g})" if t is not None else "")
+
+
+def check_step_output(out: Any, n: int, method: str, where: str) -> None:
+    """Raise an :class:`~smcdiff.errors.SMCDiffError` naming the step (``where``) unless
+    ``out``, what ``model.<method>`` returned for ``n = G*N`` particles, is a ``StepOutput``
+    whose ``state`` is a mapping with the particles ``"x"`` ``(n, ...)`` and whose
+    ``log_potential`` is a real ``(n,)`` tensor on the particles' device. Types, shapes and
+    devices only: no host-device sync (the values are the guard's)."""
+    if not isinstance(out, StepOutput):
+        raise SMCDiffError(
+            f"{where}: model.{method} must return a StepOutput(state, log_potential), got "
+            f"{type(out).__name__}"
+        )
+    state = out.state
+    if not isinstance(state, Mapping) or "x" not in state:
+        got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+        raise SMCDiffError(f"{where}: model.{method}'s state has no 'x' (the particles); got {got}")
+    x = state["x"]
+    if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] != n:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise SMCDiffError(f"{where}: state['x'] has shape {shape}, expected ({n}, ...)")
+    check_shape("log_potential", out.log_potential, (n,), where=where)
+    check_device("log_potential", out.log_potential, x.device, where=where)

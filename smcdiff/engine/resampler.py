@@ -42,7 +42,11 @@ class LocalResampler(Resampler):
     callable ``scheme(log_w (G, N), generator=...) -> ancestors (G, N)``).
 
     The scheme runs for every group and the mask selects (no host-device sync); so the random
-    stream advances the same way whether or not a group resampled."""
+    stream advances the same way whether or not a group resampled. Ancestors are clamped to
+    ``[0, N)``: weights that turned NaN since the last finiteness check (``check_every > 1``)
+    make a scheme's indices garbage, and the run must reach that check, which names the step
+    where they turned, rather than fail in ``index_select`` (a device-side assert on CUDA).
+    Finite weights always give indices in range, so the clamp changes nothing else."""
 
     def __init__(self, scheme: str | Callable = "systematic"):
         self.scheme = get_scheme(scheme)
@@ -57,9 +61,8 @@ class LocalResampler(Resampler):
     ) -> tuple[ParticleState, torch.Tensor, torch.Tensor]:
         G, N = log_w.shape
         identity = torch.arange(N, device=log_w.device).expand(G, N)
-        ancestors = torch.where(
-            mask.unsqueeze(1), self.scheme(log_w, generator=generator), identity
-        )
+        drawn = self.scheme(log_w, generator=generator).clamp(0, N - 1)  # NaN weights: see below
+        ancestors = torch.where(mask.unsqueeze(1), drawn, identity)
         flat = (ancestors + (torch.arange(G, device=log_w.device) * N).unsqueeze(1)).reshape(-1)
         particles = {name: v.index_select(0, flat) for name, v in particles.items()}
         uniform = torch.full_like(log_w, -math.log(N))

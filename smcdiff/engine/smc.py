@@ -23,12 +23,12 @@ import contextlib
 import math
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from smcdiff.checks import check_int, check_n_particles, nan_or_posinf
+from smcdiff.checks import check_int, check_n_particles, check_progress, nan_or_posinf
 from smcdiff.engine.checkpoint import (
     Checkpoint,
     Checkpointer,
@@ -39,7 +39,13 @@ from smcdiff.engine.checkpoint import (
     describe_setting,
 )
 from smcdiff.engine.collectors import Collector, Trace
-from smcdiff.engine.guard import LOG_POTENTIAL, WEIGHTS_DEGENERATE, FiniteGuard
+from smcdiff.engine.guard import (
+    LOG_POTENTIAL,
+    WEIGHTS_DEGENERATE,
+    FiniteGuard,
+    check_step_output,
+    step_where,
+)
 from smcdiff.engine.model import FeynmanKacModel, ParticleState, StepOutput
 from smcdiff.engine.progress import Progress
 from smcdiff.engine.resampler import Resampler, as_resampler
@@ -66,6 +72,9 @@ class SMC:
     -> (G,)`` bool decides when to resample (default: always); ``corrector``: MCMC moves after each
     step's reweighting; ``init_corrector``: MCMC moves invariant for the step-0 target
     :math:`M_0 G_0`, applied after step 0's reweighting and a resampling decision by ``policy``.
+    ``where``: how argument errors name the caller. Every step checks what the model returned
+    (a :class:`StepOutput` whose state has ``"x"`` and whose ``log_potential`` is ``(G*N,)`` on
+    the particles' device; types and shapes, no sync) and names the step if it is wrong.
     """
 
     def __init__(
@@ -76,11 +85,15 @@ class SMC:
         policy: ResamplingPolicy | None = None,
         corrector: Corrector | None = None,
         init_corrector: Corrector | None = None,
+        where: str = "SMC",
     ):
         if not isinstance(model, FeynmanKacModel):
             raise SMCDiffError(
                 f"the engine runs subclasses of smcdiff.FeynmanKacModel, got {type(model).__name__}"
             )
+        n_steps = getattr(model, "n_steps", None)
+        check_int("n_steps", n_steps, 0, where=f"{where}: model {type(model).__name__}")
+        _check_callables(where, policy=policy, corrector=corrector, init_corrector=init_corrector)
         times = model.times
         if times is not None and len(times) != model.n_steps + 1:
             raise SMCDiffError(
@@ -93,6 +106,10 @@ class SMC:
     def time(self, k: int) -> float | None:
         return None if self.model.times is None else float(self.model.times[k])
 
+    def where(self, k: int) -> str:
+        """How messages name step ``k``: the model's ``step_label(k)`` and its time."""
+        return step_where(self.model.step_label, k, self.time(k))
+
     def init(
         self, n_particles: int, generator: torch.Generator, n_groups: int = 1
     ) -> tuple[SMCState, StepInfo]:
@@ -100,6 +117,7 @@ class SMC:
         :math:`G_0`; the MCMC start (``init_corrector``) runs here."""
         G, N = n_groups, n_particles
         out = self.model.init(G * N, generator)
+        check_step_output(out, G * N, "init", self.where(0))
         log_g = out.log_potential.reshape(G, N).double()
         inc = torch.logsumexp(log_g, dim=-1) - math.log(N)
         log_w = log_normalize(log_g)
@@ -128,6 +146,7 @@ class SMC:
             state.particles, state.log_weights, mask, generator
         )
         out = self.model.step(k, particles, generator, log_w)
+        check_step_output(out, G * N, "step", self.where(k))
         log_g = out.log_potential.reshape(G, N).double()
         log_w = log_w + log_g
         inc = torch.logsumexp(log_w, dim=-1)
@@ -150,6 +169,20 @@ class SMC:
         particles, info = corrector(k, particles, generator)
         particles, extra_nfe = self.model.refresh(k, particles)
         return particles, {**info, "_nfe": extra_nfe}
+
+
+def _check_callables(where: str, **parts: Any) -> None:
+    """Refuse a policy or corrector that is neither ``None`` nor callable, naming it."""
+    for name, part in parts.items():
+        if part is not None and not callable(part):
+            form = POLICY_FORM if name == "policy" else "corrector(k, state, generator)"
+            raise SMCDiffError(
+                f"{where}: {name} must be None or a callable {form}, got {type(part).__name__} "
+                f"{part!r}"
+            )
+
+
+POLICY_FORM = "ResamplingPolicy (policy(log_w, step, t) -> (G,) bool mask)"
 
 
 def _invalid(out: StepOutput, log_g: torch.Tensor, log_w: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -209,10 +242,19 @@ def run_smc(
     check_n_particles(n_particles)
     n_groups = check_int("n_groups", n_groups, 1, where="run_smc")
     smc = SMC(model, resampling=resampling, policy=policy, corrector=corrector,
-              init_corrector=init_corrector)  # fmt: skip
+              init_corrector=init_corrector, where="run_smc")  # fmt: skip
     if generator is None:
         generator = torch.Generator()
         generator.seed()
+    elif not isinstance(generator, torch.Generator):
+        raise SMCDiffError(f"run_smc: generator must be a torch.Generator or None, got "
+                           f"{type(generator).__name__} {generator!r}")  # fmt: skip
+    check_progress(progress, where="run_smc")
+    given = collectors if isinstance(collectors, Iterable) else [collectors]
+    bad = [c for c in given if not isinstance(c, Collector)]
+    if bad:
+        raise SMCDiffError(f"run_smc: collectors must be smcdiff.engine.Collector objects, got "
+                           f"{type(bad[0]).__name__} {bad[0]!r}")  # fmt: skip
     saver = as_checkpointer(checkpoint, checkpoint_every, where="run_smc")
     if start is not None and not isinstance(start, Checkpoint):
         raise SMCDiffError(f"run_smc: start must be a Checkpoint (load_checkpoint(path)), got "
