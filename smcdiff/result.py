@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from smcdiff.checks import check_int
 from smcdiff.engine.result import SMCRun
 from smcdiff.resampling import get_scheme
 from smcdiff.weights import ess as ess_fn
@@ -124,12 +125,21 @@ class SMCResult:
     ) -> torch.Tensor:
         """Equal-weight particles ``(n, d)`` (or ``(R, n, d)``) drawn from the weighted set."""
         n = self.n_particles if n is None else n
+        seed = check_int("seed", seed, 0, where="SMCResult.resample", allow_none=True)
         gen = torch.Generator(device=self.log_weights.device)
         gen.manual_seed(seed) if seed is not None else gen.seed()
         anc = get_scheme(scheme)(self.log_weights, n, generator=gen)
         if self.log_weights.dim() == 1:
             return self.particles[anc]
         return torch.stack([p[a] for p, a in zip(self.particles, anc, strict=False)])
+
+    def gather(self, dst: int = 0) -> SMCResult | None:
+        """A distributed run's particles and log-weights from every rank, on rank ``dst``
+        (``None`` on the others; every rank must call it); any other result: itself. See
+        :func:`smcdiff.distributed.gather_result`."""
+        from smcdiff.distributed.gather import gather_result
+
+        return gather_result(self, dst)
 
     def pareto_k(self) -> float | torch.Tensor:
         """PSIS Pareto-k of the final weights (k > 0.7: the weights are unreliable)."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from smcdiff.checks import check_int, check_n_particles, check_number
+from smcdiff.checks import check_int, check_n_particles, check_number, check_progress
 from smcdiff.energy.chains import run_mcmc
 from smcdiff.energy.diffusion import run_diffusion
 from smcdiff.energy.options import DiffusionOptions, MCMCOptions, RunSettings, TemperedOptions
@@ -89,6 +89,7 @@ def sample(
     options: Any = None,
     checkpoint: str | os.PathLike | Checkpointer | None = None,
     checkpoint_every: int | None = None,
+    distributed: bool = False,
     **kwargs: Any,
 ) -> SMCResult:
     r"""Weighted particles for :math:`\pi \propto e^{\text{target.log\_prob}}` and its log
@@ -143,12 +144,18 @@ def sample(
     same device type. An exception or ``KeyboardInterrupt`` during an SMC run is re-raised with
     ``err.partial``, the run up to the last step checked finite, as an :class:`SMCResult` (and
     ``err.checkpoint``, the path written, when checkpointing).
+
+    ``distributed=True`` (``"tempered"``; docs/distributed.md): one run over the ranks of an
+    initialised ``torch.distributed`` group, ``n_particles`` split evenly, temperatures from the
+    global conditional ESS, distributed systematic resampling; ``result.gather()``.
     """
     args = dict(
         target=target, method=method, n_particles=n_particles, seed=seed, device=device,
         dtype=dtype, n_runs=n_runs, reference_std=reference_std, reference_mean=reference_mean,
         resampling=resampling, ess_threshold=ess_threshold, options=options, **kwargs,
     )  # fmt: skip
+    if distributed:
+        args["distributed"] = True
     control = {"check_every": check_every, "progress": progress}
     return sample_call(args, control, as_checkpointer(checkpoint, checkpoint_every, "sample"))
 
@@ -179,7 +186,8 @@ def sample_call(
             "sample: target must have .dim and .log_prob(x) "
             "(see smcdiff.Target / smcdiff.as_target)"
         )
-    kwargs = {k: v for k, v in args.items() if k not in (*_SETTINGS, "target", "method", "options")}
+    kwargs = {k: v for k, v in args.items()
+              if k not in (*_SETTINGS, "target", "method", "options", "distributed")}  # fmt: skip
     opts = method_options(method, args["options"], **kwargs)
     if saver is not None:
         _check_checkpointable(method, opts)
@@ -191,7 +199,7 @@ def sample_call(
         saver.call = RunCall.capture("sample", args, saver.max_argument_bytes)
     t0 = time.perf_counter()
     try:
-        result = SAMPLE_METHODS[method].run(settings, opts)
+        result = _runner(method, opts, args.get("distributed", False))(settings, opts)
     except BaseException as err:  # its partial run (if any) becomes an SMCResult
         info = {"method": method, "seed": seed, "device": str(settings.device)}
         weighted = getattr(SAMPLE_METHODS[method].run, "keywords", {}).get("weighted", True)
@@ -212,6 +220,14 @@ def sample_call(
     result.target = target
     result.diagnose(full=False).warn(stacklevel=3)
     return result
+
+
+def _runner(method: str, options: Any, distributed: bool) -> Callable[[RunSettings, Any], Any]:
+    if not distributed:
+        return SAMPLE_METHODS[method].run
+    from smcdiff.distributed.front import distributed_sample_runner
+
+    return distributed_sample_runner(method, options)
 
 
 def _check_checkpointable(method: str, options: Any) -> None:
@@ -309,6 +325,11 @@ def _settings(target: Target, **kw: Any) -> tuple[RunSettings, int]:
     get_scheme(kw["resampling"])
     device = torch.device(kw["device"] if kw["device"] is not None else _target_device(target))
     dtype = kw["dtype"] or getattr(target, "dtype", None) or torch.float32
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise SMCDiffError(f"sample: dtype must be a torch.dtype of floating point (e.g. "
+                           f"torch.float64), got {dtype!r}")  # fmt: skip
+    check_int("check_every", kw["check_every"], 1, where="sample", allow_none=True)
+    check_progress(kw["progress"], where="sample")
     reference_std = kw["reference_std"]
     if reference_std is None:
         reference_std = getattr(target, "reference_std", 1.0)

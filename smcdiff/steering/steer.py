@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 import smcdiff.steering.methods  # noqa: F401  (registers the built-in methods)
+from smcdiff.distributed.front import distributed_runner
 from smcdiff.engine.checkpoint import (
     Checkpoint,
     Checkpointer,
@@ -64,6 +65,7 @@ def steer(
     progress: bool | Callable | None = None,
     checkpoint: str | os.PathLike | Checkpointer | None = None,
     checkpoint_every: int | None = None,
+    distributed: bool = False,
     **options: Any,
 ) -> SMCResult:
     r"""Sample :math:`\pi(x) \propto p(x)\, e^{\beta r(x)}\, p(y \mid x)` from a diffusion prior ``model``.
@@ -163,6 +165,12 @@ def steer(
     their geometric target); methods without weights (``guidance``, ``none``) have no estimate and
     report ``log_z = NaN``. ``info`` holds the resolved settings, the seed, counts and wall time.
     New methods plug in with :func:`smcdiff.steering.register_method` (docs/adding-a-method.md).
+
+    ``distributed=True`` (docs/distributed.md): one run over the ranks of an initialised
+    ``torch.distributed`` group (launched by ``torchrun``), ``n_particles`` split evenly, with
+    global normalisation and distributed systematic resampling
+    (:func:`smcdiff.distributed.run_smc_distributed`); each rank's result holds its particles
+    with globally normalised log-weights and the global ``log_z``; ``result.gather()``.
     """
     args = dict(
         model=model, method=method, reward=reward, log_likelihood=log_likelihood, beta=beta,
@@ -170,6 +178,8 @@ def steer(
         resampling=resampling, ess_threshold=ess_threshold, policy=policy, seed=seed,
         device=device, dtype=dtype, n_runs=n_runs, **options,
     )  # fmt: skip
+    if distributed:
+        args["distributed"] = True
     control = {"check_every": check_every, "progress": progress}
     return steer_call(args, control, as_checkpointer(checkpoint, checkpoint_every, "steer"))
 
@@ -188,12 +198,14 @@ def steer_call(
     if saver is not None and args["seed"] is None:  # the resumed run must report this seed
         args = {**args, "seed": make_generator(None)[1]}
     common = CommonConfig(**{k: v for k, v in args.items() if k in common_names}, **control)
-    config = spec.make_config({k: v for k, v in args.items() if k not in common_names})
+    config = spec.make_config({k: v for k, v in args.items()
+                               if k not in common_names and k != "distributed"})  # fmt: skip
     spec.check_common(common)
     if saver is not None:
         saver.call = RunCall.capture("steer", args, saver.max_argument_bytes)
     plan = spec.builder(common, config)
-    return run_plan(plan, common, weighted=spec.weighted, checkpoint=saver, start=start)
+    return run_plan(plan, common, weighted=spec.weighted, checkpoint=saver, start=start,
+                    distributed=bool(args.get("distributed")))  # fmt: skip
 
 
 register_call("steer", steer_call)
@@ -206,6 +218,7 @@ def run_plan(
     weighted: bool = True,
     checkpoint: Checkpointer | None = None,
     start: Checkpoint | None = None,
+    distributed: bool = False,
 ) -> SMCResult:
     """Run a method's plan with the engine and wrap it as an :class:`SMCResult` whose ``info``
     holds the method, grid and resampling settings, ``plan.settings``, the seed, device, counts
@@ -214,8 +227,9 @@ def run_plan(
     says where a resumed run started)."""
     gen, seed = make_generator(common.seed, common.device)
     t0 = time.perf_counter()
+    runner = distributed_runner(common, plan) if distributed else run_smc
     try:
-        run = run_smc(
+        run = runner(
             plan.model, common.n_particles, n_groups=common.n_runs or 1,
             resampling=common.resampling_scheme, policy=common.resampling_policy(weighted),
             corrector=plan.corrector, init_corrector=plan.init_corrector, generator=gen,
