@@ -44,6 +44,7 @@ from smcdiff.resampling.policies import Never, policy_from_threshold
 from smcdiff.result import SMCResult
 from smcdiff.scores.ensemble import FollmerDrift
 from smcdiff.scores.rdmc import RDMCImportanceScore
+from smcdiff.scores.refined import RDMCRefinedScore
 from smcdiff.seeding import child_generator
 from smcdiff.target import CountingTarget, Target, target_event_shape
 
@@ -145,6 +146,12 @@ def score_estimator(
     importance sampling (with one fixed common noise per run when ``weighted``, so its
     :math:`\hat p_t` is a smooth function of the particles) or the Föllmer drift."""
     o = options
+    if o.score == "refined":
+        return RDMCRefinedScore(
+            target, VP(), o.n_mc, n_chains=o.n_chains, n_chain_steps=o.n_chain_steps,
+            estimator=o.estimator, generator=generator, chunk_size=o.chunk_size,
+            reference_std=1.0,
+        )  # fmt: skip
     if o.score == "follmer":
         return FollmerDrift(
             target, o.n_mc, estimator="stein" if o.estimator == "tweedie" else o.estimator,

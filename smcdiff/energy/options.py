@@ -27,7 +27,7 @@ from smcdiff.target import Target
 
 __all__ = ["DiffusionOptions", "MCMCOptions", "RunSettings", "TemperedOptions"]
 
-SCORES = ("rdmc", "follmer")
+SCORES = ("rdmc", "refined", "follmer")
 """Score estimators of ``sample(method="diffusion", score=...)``."""
 
 
@@ -156,7 +156,10 @@ class DiffusionOptions:
     for the target after the last step (``None``: 10 for ``"diffusion"``, 0 for the unweighted
     baselines) with ``final_kernel`` from initial step ``final_step_size`` (``None``:
     :math:`0.1\,d^{-1/3}`); ``score``: ``"rdmc"`` (rdMC importance sampling) or ``"follmer"``
-    (Föllmer drift), for ``"diffusion"`` only (the baselines fix it).
+    (Föllmer drift) or ``"refined"`` (importance sampling from a mixture placed by ``n_chains``
+    inner MALA chains of ``n_chain_steps`` steps per point and step,
+    :class:`~smcdiff.scores.refined.RDMCRefinedScore`; ``n_mc`` is then its importance draws),
+    for ``"diffusion"`` only (the baselines fix it).
     """
 
     n_steps: int = 100
@@ -171,9 +174,13 @@ class DiffusionOptions:
     final_step_size: float | None = None
     chunk_size: int | None = None
     score: str = "rdmc"
+    n_chains: int = 16
+    n_chain_steps: int = 10
 
     def __post_init__(self) -> None:
         where = "sample(diffusion)"
+        _set(self, "n_chains", check_int("n_chains", self.n_chains, 1, where=where))
+        _set(self, "n_chain_steps", check_int("n_chain_steps", self.n_chain_steps, 1, where=where))
         _set(self, "n_steps", check_int("n_steps", self.n_steps, 1, where=where))
         _set(self, "n_mc", check_int("n_mc", self.n_mc, 1, where=where))
         check_choice("estimator", self.estimator, ESTIMATORS, where=where)

@@ -30,6 +30,7 @@ from smcdiff.scores.montecarlo import (
 )
 from smcdiff.scores.network import NetworkScore
 from smcdiff.scores.rdmc import RDMCImportanceScore, RDMCMalaScore, RDMCScore
+from smcdiff.scores.refined import RDMCRefinedScore
 from smcdiff.scores.reshape import ReshapedDensityScore, ReshapedScore, reshape_score
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "NetworkScore",
     "RDMCImportanceScore",
     "RDMCMalaScore",
+    "RDMCRefinedScore",
     "RDMCScore",
     "ReshapedDensityScore",
     "ReshapedScore",
