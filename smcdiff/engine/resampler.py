@@ -15,6 +15,7 @@ import torch
 
 from smcdiff.engine.model import ParticleState
 from smcdiff.resampling import get_scheme
+from smcdiff.resampling.gather import gather_rows
 
 __all__ = ["LocalResampler", "Resampler", "as_resampler"]
 
@@ -64,7 +65,7 @@ class LocalResampler(Resampler):
         drawn = self.scheme(log_w, generator=generator).clamp(0, N - 1)  # NaN weights: see below
         ancestors = torch.where(mask.unsqueeze(1), drawn, identity)
         flat = (ancestors + (torch.arange(G, device=log_w.device) * N).unsqueeze(1)).reshape(-1)
-        particles = {name: v.index_select(0, flat) for name, v in particles.items()}
+        particles = {name: gather_rows(v, flat) for name, v in particles.items()}
         uniform = torch.full_like(log_w, -math.log(N))
         return particles, torch.where(mask.unsqueeze(1), uniform, log_w), ancestors
 

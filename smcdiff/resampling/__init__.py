@@ -1,5 +1,6 @@
 """Resampling: which ancestors (schemes) and when (policies)."""
 
+from smcdiff.resampling.gather import gather_rows
 from smcdiff.resampling.policies import (
     ActiveWindow,
     Always,
@@ -30,6 +31,7 @@ __all__ = [
     "Never",
     "ResamplingPolicy",
     "Scheme",
+    "gather_rows",
     "get_scheme",
     "multinomial",
     "offspring_counts",
