@@ -96,7 +96,11 @@ class Kernel(Protocol):
 def value_and_grad(log_prob: LogProb, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log_prob(x) (N,), ∇_x log_prob(x)`` (shape of ``x``)), both detached; works under
     ``no_grad``.
-    Rows are independent, so the gradient of the sum is the per-row gradient."""
+    Rows are independent, so the gradient of the sum is the per-row gradient. A ``log_prob``
+    with a ``value_and_grad`` attribute (an analytic pair, same contract) is called instead."""
+    pair = getattr(log_prob, "value_and_grad", None)
+    if pair is not None:
+        return pair(x)
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         lp = log_prob(x)
