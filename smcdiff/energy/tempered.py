@@ -156,6 +156,10 @@ class TemperedSMC(FeynmanKacModel):
     :math:`\\rho`. With ``cuda_graph`` (default: on for CUDA) the MCMC moves of a step run as one
     CUDA graph, cached across runs (the target's ``log_prob`` must be capturable: no host syncs,
     no data-dependent shapes; if capture fails the moves run eagerly, with a warning).
+    A target with ``grad_log_prob(x) -> (log_prob (N,), grad)`` (analytic, same contract as
+    :func:`smcdiff.target.grad_log_prob`) has it used for the moves' gradients instead of
+    autograd. ``options.fused`` runs whole steps as CUDA graphs
+    (:mod:`smcdiff.energy.tempered_fused`).
     No diffusion time: ``times`` is ``None``; the trace records ``temperature`` ``(K+1, G)``.
     Counts: ``nfe`` = target evaluations, ``n_grad`` = gradient evaluations.
 
@@ -445,6 +449,8 @@ class TemperedSMC(FeynmanKacModel):
             # -inf - (-inf) at a far-out point is a zero density, not a NaN of the target
             return torch.where(torch.isnan(out) & ~torch.isnan(lp), -torch.inf, out)
 
+        if callable(getattr(self.target, "grad_log_prob", None)):  # used by value_and_grad
+            log_prob.value_and_grad = self._analytic_pair(lam_c, calls)  # type: ignore[attr-defined]
         kern = self.factory(log_prob, **self.kernel_kwargs)
         s = kern.init(x, generator)
         acc = []
@@ -461,6 +467,36 @@ class TemperedSMC(FeynmanKacModel):
             bad = [b if m is None else b | m for b, m in zip(bad, masks, strict=True)]
             self._reports_divergence = masks[2] is not None
         return s.x.detach(), log_h, torch.stack(acc).mean(0), tuple(bad), calls[0]
+
+    def _analytic_pair(
+        self, lam_c: torch.Tensor, calls: list[int]
+    ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        r"""The tempered density's value and gradient from the target's analytic
+        ``grad_log_prob(y) -> (log_prob (N,), grad (N, *event_shape))``:
+        :math:`\log\rho + \lambda(\log\tilde\pi - \log\rho)` and
+        :math:`\nabla\log\rho + \lambda(\nabla\log\tilde\pi - \nabla\log\rho)`, with the
+        rules of the autograd path (:math:`\lambda = 0`: the reference alone; NaN as
+        :math:`-\infty` under ``nan_as_neg_inf``). ``lam_c``: ``(N,)`` temperatures."""
+
+        def pair(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            calls[0] += y.shape[0]
+            lp, g = self.target.grad_log_prob(y)
+            check_shape("target grad_log_prob value", lp, (y.shape[0],), where="tempered SMC")
+            check_shape("target grad_log_prob gradient", g, tuple(y.shape), where="tempered SMC")
+            if self.options.nan_as_neg_inf:
+                lp = torch.where(torch.isnan(lp), -torch.inf, lp)
+            z = (y - self.ref_mean) / self.ref_std
+            ref = -0.5 * row_sum(z * z) + self._ref_log_norm
+            g_ref = -z / self.ref_std
+            on = lam_c > 0
+            out = ref + torch.where(on, lam_c * (lp - ref), torch.zeros_like(lp))
+            col = on.reshape(-1, *([1] * (y.dim() - 1)))
+            lam_col = lam_c.reshape(col.shape)
+            grad = g_ref + torch.where(col, lam_col * (g - g_ref), torch.zeros_like(g))
+            out = torch.where(torch.isnan(out) & ~torch.isnan(lp), -torch.inf, out)
+            return out.detach(), grad.detach()
+
+        return pair
 
 
 def run_tempered(settings: RunSettings, options: TemperedOptions) -> SMCResult:
