@@ -10,11 +10,11 @@ import torch
 from smcdiff.energy.options import MCMCOptions, RunSettings
 from smcdiff.energy.reference import reference_tensors
 from smcdiff.mcmc.registry import kernel_name
-from smcdiff.mcmc.runner import run_chain
+from smcdiff.mcmc.runner import ChainResult, run_chain
 from smcdiff.result import SMCResult
 from smcdiff.target import CountingTarget, target_event_shape
 
-__all__ = ["run_mcmc"]
+__all__ = ["chain_result", "run_mcmc"]
 
 
 def run_mcmc(settings: RunSettings, options: MCMCOptions) -> SMCResult:
@@ -26,7 +26,10 @@ def run_mcmc(settings: RunSettings, options: MCMCOptions) -> SMCResult:
     ``log_z`` NaN (MCMC gives no normaliser); a one-step trace (``K = 0``) with ``ess`` ``(1,)``
     (``(1, R)`` for ``n_runs = R``) equal to N, the ESS of the equal weights (not an
     autocorrelation ESS of the chains), and ``accept_rate``, the mean acceptance probability over
-    the chains and their post-warm-up steps.
+    the chains and their post-warm-up steps. A run stopped by an exception or ``KeyboardInterrupt``
+    (a target that is NaN where a chain proposed, Ctrl-C) re-raises it with ``err.partial``, this
+    result for the chains so far (their last kept draws, or their current states in warm-up;
+    ``info["chain_steps"]``: the steps they completed).
     """
     s, o = settings, options
     G, N = s.n_groups, s.n_particles
@@ -37,12 +40,33 @@ def run_mcmc(settings: RunSettings, options: MCMCOptions) -> SMCResult:
     x0 = z * std + mean.to(z)
     counted = CountingTarget(s.target)
     step_size = o.step_size if o.step_size is not None else 0.1 * float(std.min()) ** 2
-    chain = run_chain(
-        o.kernel, counted.log_prob, x0, o.n_steps, step_size=step_size,
-        target_accept=o.target_accept, n_warmup=o.n_warmup, generator=s.generator,
-        progress=s.progress, nan_as_neg_inf=o.nan_as_neg_inf, **o.kernel_options,
-    )  # fmt: skip
-    x = chain.samples[-1].reshape(G, N, *shape)
+    try:
+        chain = run_chain(
+            o.kernel, counted.log_prob, x0, o.n_steps, step_size=step_size,
+            target_accept=o.target_accept, n_warmup=o.n_warmup, generator=s.generator,
+            progress=s.progress, nan_as_neg_inf=o.nan_as_neg_inf, **o.kernel_options,
+        )  # fmt: skip
+    except BaseException as err:  # the chains so far, as the SMCResult of a finished run
+        if isinstance(getattr(err, "partial", None), ChainResult):
+            failed = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+            err.partial = chain_result(err.partial, s, o, counted, failed=failed)
+        raise
+    return chain_result(chain, s, o, counted)
+
+
+def chain_result(
+    chain: ChainResult,
+    settings: RunSettings,
+    options: MCMCOptions,
+    counted: CountingTarget,
+    failed: str | None = None,
+) -> SMCResult:
+    """The :class:`SMCResult` of :func:`run_mcmc` from its chains (see there); ``failed``: the
+    error that stopped a partial run (then ``info`` also has ``chain_steps``, the last step the
+    chains completed, warm-up included)."""
+    s, o = settings, options
+    G, N = s.n_groups, s.n_particles
+    x = chain.samples[-1].reshape(G, N, *chain.samples.shape[2:])
     lw = torch.full((G, N), -math.log(N), dtype=torch.float64, device=x.device)
     lz = torch.full((G,), math.nan, dtype=torch.float64)
     accept = chain.accept_rate.reshape(G, N).mean(-1).double().cpu()
@@ -58,6 +82,8 @@ def run_mcmc(settings: RunSettings, options: MCMCOptions) -> SMCResult:
         "n_nonfinite": chain.n_nonfinite,
         "n_diverged": chain.n_diverged,
     }
+    if failed is not None:
+        info.update(completed_steps=0, chain_steps=chain.stopped_at, failed=failed)
     if not s.grouped:
         x, lw, lz, trace = x[0], lw[0], lz[0], {k: v[:, 0] for k, v in trace.items()}
     return SMCResult(x, lw, lz, trace, info)

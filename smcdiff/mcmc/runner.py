@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ __all__ = [
     "ChainMonitor",
     "ChainResult",
     "DivergenceWarning",
+    "LiveChains",
     "get_kernel",
     "resolve_target_accept",
     "run_chain",
@@ -135,6 +138,13 @@ class ChainResult:
     n_nonfinite: int
     kernel: str
     n_diverged: int = 0
+    stopped_at: int | None = None
+    """``None`` for a finished run. For the ``err.partial`` of a run stopped by an exception or
+    ``KeyboardInterrupt`` (a :class:`~smcdiff.errors.NonFiniteError`, the user's target
+    failing, Ctrl-C): the last step completed, counted over warm-up and kept steps; its
+    ``samples`` are the draws kept so far, or the chains' current states (one draw) if the run
+    stopped before keeping any, and its ``accept_rate`` is over the kept steps done (NaN if
+    none)."""
 
     def to_arviz(self) -> Any:
         """ArviZ ``InferenceData``; chains are the particles: posterior ``x``
@@ -195,6 +205,8 @@ def run_chain(
     32 steps elsewhere); ``nan_as_neg_inf=True`` treats NaN log-densities as ``-inf`` (zero
     density: proposals there are rejected). Unadjusted kernels that step to where the target is
     not finite issue a :class:`DivergenceWarning` and count the chains in ``n_diverged``.
+    Any exception or ``KeyboardInterrupt`` during the steps is re-raised with ``err.partial``,
+    the :class:`ChainResult` of the chains so far (see ``ChainResult.stopped_at``).
     """
     where = "run_chain"
     check_shape("x0", x0, (None, None, *([None] * (x0.dim() - 2))), where=where)
@@ -225,24 +237,21 @@ def run_chain(
     if not isinstance(nan_as_neg_inf, bool):
         raise SMCDiffError(f"{where}: nan_as_neg_inf must be True or False")
     k = factory(nan_to_neg_inf(log_prob) if nan_as_neg_inf else log_prob, **kernel_kwargs)
-    state = _start(k, x0, generator)
-    tick = Progress(progress, n_warmup + n_steps, desc=kernel_name(kernel))
-    watch = ChainMonitor(x0.shape[0], x0.device, kernel_name(kernel), n_warmup)
-    state, h, n_nonfinite = _warmup(k, state, h, n_warmup, target, generator, tick, watch)
-    out = _draw(k, state, h, n_steps, thin, generator, tick, n_warmup, watch)
-    tick.close()
-    watch.raise_if_nan()
-    n_diverged = watch.warn_if_diverged(h)
-    return ChainResult(
-        samples=out["x"],
-        log_prob=out["lp"],
-        accept_prob=out["acc"],
-        accept_rate=out["acc_sum"] / n_steps,
-        step_size=h,
-        n_nonfinite=int(n_nonfinite + out["n_nonfinite"]),
-        kernel=kernel_name(kernel),
-        n_diverged=n_diverged,
-    )
+    live = LiveChains(_start(k, x0, generator), h, kernel_name(kernel))
+    tick = Progress(progress, n_warmup + n_steps, desc=live.kernel)
+    watch = ChainMonitor(x0.shape[0], x0.device, live.kernel, n_warmup)
+    try:
+        _warmup(k, live, n_warmup, target, generator, tick, watch)
+        _draw(k, live, n_steps, thin, generator, tick, n_warmup, watch)
+        watch.raise_if_nan()
+    except BaseException as err:  # keep the chains so far: err.partial
+        if getattr(err, "partial", None) is None:
+            with contextlib.suppress(AttributeError, TypeError):
+                err.partial = live.result(n_diverged=0, stopped=True)
+        raise
+    finally:
+        tick.close()
+    return live.result(n_diverged=watch.warn_if_diverged(live.h))
 
 
 def _start(k: Kernel, x0: torch.Tensor, generator: torch.Generator) -> MCMCState:
@@ -261,62 +270,92 @@ def _start(k: Kernel, x0: torch.Tensor, generator: torch.Generator) -> MCMCState
     return state
 
 
+class LiveChains:
+    """The chains of a run as it goes: the current ``state``, the step sizes ``h`` ``(N,)``, the
+    last step completed ``t`` (over warm-up and kept steps), the kept draws, the sum of the
+    acceptance probabilities over the ``n_kept_steps`` post-warm-up steps done and the count of
+    non-finite proposals (device tensors: no sync). :meth:`result` makes the
+    :class:`ChainResult`, of a finished run or of one stopped mid-way (``err.partial``)."""
+
+    def __init__(self, state: MCMCState, h: torch.Tensor, kernel: str):
+        self.state, self.h, self.kernel, self.t, self.n_kept_steps = state, h, kernel, 0, 0
+        self.kept: dict[str, list[torch.Tensor]] = {"x": [], "lp": [], "acc": []}
+        self.acc_sum = torch.zeros(state.x.shape[0], dtype=state.x.dtype, device=state.x.device)
+        self.n_nonfinite = torch.zeros((), dtype=torch.long, device=state.x.device)
+
+    def advance(self, t: int, state: MCMCState, info: MoveInfo) -> None:
+        """Step ``t`` done: its state and its count of non-finite proposals."""
+        self.t, self.state = t, state
+        self.n_nonfinite = self.n_nonfinite + info.n_nonfinite
+
+    def result(self, n_diverged: int, stopped: bool = False) -> ChainResult:
+        kept = self.kept
+        if not kept["x"]:  # stopped before the first kept draw: the current states
+            nan = torch.full_like(self.state.log_prob, math.nan)
+            kept = {"x": [self.state.x], "lp": [self.state.log_prob], "acc": [nan]}
+        out = {name: torch.stack(v) for name, v in kept.items()}
+        rate = self.acc_sum / self.n_kept_steps if self.n_kept_steps else self.acc_sum * math.nan
+        return ChainResult(
+            samples=out["x"],
+            log_prob=out["lp"],
+            accept_prob=out["acc"],
+            accept_rate=rate,
+            step_size=self.h,
+            n_nonfinite=int(self.n_nonfinite),
+            kernel=self.kernel,
+            n_diverged=n_diverged,
+            stopped_at=self.t if stopped else None,
+        )
+
+
 def _warmup(
     k: Kernel,
-    state: MCMCState,
-    h: torch.Tensor,
+    live: LiveChains,
     n_warmup: int,
     target: float | None,
     generator: torch.Generator,
     tick: Progress,
     watch: ChainMonitor,
-) -> tuple[MCMCState, torch.Tensor, torch.Tensor]:
-    """``n_warmup`` steps adapting each chain's step size toward ``target`` (if not ``None``) by
-    Robbins–Monro with gains :func:`~smcdiff.mcmc.rm_gain`. Returns the state, the frozen step
-    sizes ``(N,)`` and the number of non-finite proposals (a device tensor)."""
-    n_nonfinite = torch.zeros((), dtype=torch.long, device=h.device)
-    log_h = h.log()
+) -> None:
+    """``n_warmup`` steps adapting each chain's step size ``live.h`` toward ``target`` (if not
+    ``None``) by Robbins–Monro with gains :func:`~smcdiff.mcmc.rm_gain`; the step sizes are then
+    frozen."""
+    log_h = live.h.log()
     for t in range(1, n_warmup + 1):
-        state, info = k.step(state, h, generator)
-        n_nonfinite = n_nonfinite + info.n_nonfinite
+        state, info = k.step(live.state, live.h, generator)
         watch.record(t, info)
         if target is not None:
             log_h = robbins_monro(log_h, info.accept_prob, target, rm_gain(t))
-            h = log_h.exp()
+            live.h = log_h.exp()
         watch.check(t)
+        live.advance(t, state, info)
         tick(t, info)
-    return state, h, n_nonfinite
 
 
 def _draw(
     k: Kernel,
-    state: MCMCState,
-    h: torch.Tensor,
+    live: LiveChains,
     n_steps: int,
     thin: int,
     generator: torch.Generator,
     tick: Progress,
     offset: int,
     watch: ChainMonitor,
-) -> dict[str, torch.Tensor]:
-    """``n_steps`` steps at the frozen step size ``h``, keeping every ``thin``-th state: stacked
-    ``x``, ``lp``, ``acc`` and the totals ``acc_sum`` ``(N,)`` and ``n_nonfinite``."""
-    n_nonfinite = torch.zeros((), dtype=torch.long, device=h.device)
-    kept: dict[str, list[torch.Tensor]] = {"x": [], "lp": [], "acc": []}
-    acc_sum = torch.zeros(state.x.shape[0], dtype=state.x.dtype, device=state.x.device)
+) -> None:
+    """``n_steps`` steps at the frozen step size ``live.h``, keeping every ``thin``-th state in
+    ``live.kept`` (``x``, ``lp``, ``acc``) and summing the acceptance probabilities."""
     for i in range(1, n_steps + 1):
-        state, info = k.step(state, h, generator)
-        n_nonfinite = n_nonfinite + info.n_nonfinite
+        state, info = k.step(live.state, live.h, generator)
         watch.record(offset + i, info)
-        acc_sum = acc_sum + info.accept_prob
-        if i % thin == 0:
-            kept["x"].append(state.x)
-            kept["lp"].append(state.log_prob)
-            kept["acc"].append(info.accept_prob)
         watch.check(offset + i)
+        live.advance(offset + i, state, info)
+        live.acc_sum = live.acc_sum + info.accept_prob
+        live.n_kept_steps = i
+        if i % thin == 0:
+            live.kept["x"].append(state.x)
+            live.kept["lp"].append(state.log_prob)
+            live.kept["acc"].append(info.accept_prob)
         tick(offset + i, info)
-    out = {name: torch.stack(v) for name, v in kept.items()}
-    return {**out, "acc_sum": acc_sum, "n_nonfinite": n_nonfinite}
 
 
 def _initial_step_size(step_size: float | torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
