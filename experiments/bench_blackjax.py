@@ -1,0 +1,411 @@
+"""Benchmark (not a test): smcdiff against BlackJAX on BlackJAX's adaptive tempered SMC, one GPU call.
+
+Runs, in one process on one GPU (about 5 minutes on an H200):
+
+1. the row gather of resampling (N = 1e7, d = 32, float32): :func:`smcdiff.resampling.gather_rows`
+   (Triton) against ``index_select`` and a device copy of the same bytes, in GB/s, after
+   checking that both give ``x[idx]`` exactly;
+2. ours on the peer's four targets x N = 1e4, 1e5 with the peer's settings (reference
+   N(0, sigma0^2 I), target ESS 0.5, systematic resampling at every step, HMC with 10 leapfrog
+   steps of fixed size 0.2, 5 or 10 moves per temperature), in four variants: ``engine`` (the
+   engine's loop, moves as CUDA graphs: the code before issue 12), ``fused`` (whole steps as
+   CUDA graphs, :mod:`smcdiff.energy.tempered_fused`), ``fused+grad`` (and the analytic gradients
+   below) and ``fused+grad+compile`` (those gradients through ``torch.compile``); wall time is
+   the median of 3 runs after a warm-up run (graph capture, compilation) of ``smcdiff.sample``;
+3. the BlackJAX peer script, verbatim (``data/peer_blackjax_tempered.py.txt``, a copy of
+   ``/work/shared/benchmarks/peer_blackjax_tempered.py``), in a subprocess;
+4. the FK-steering step timings of :mod:`smcdiff_experiments.bench_fk_step`;
+5. a CUDA profile (top kernels) of one fused run, where time is left.
+
+Writes ``bench_blackjax.json``, ``speed.md`` (the table for docs/speed.md) and ``profile.txt``
+to ``--out`` after every part, so a run cut short keeps what it measured.
+
+    python -m smcdiff_experiments.bench_blackjax --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import smcdiff
+from smcdiff.resampling.gather import gather_rows, triton_available
+
+PEER = {  # our name: (peer's name, reference std sigma0, HMC moves per temperature)
+    "gmm40_fab": ("gmm40", 40.0, 5),
+    "funnel10": ("funnel10", 3.0, 5),
+    "manywell32": ("manywell32", 2.0, 10),
+    "mw5": ("mw5", 2.5, 10),
+}
+SIZES = (10_000, 100_000)
+PEER_SCRIPT = Path(__file__).resolve().parent / "data" / "peer_blackjax_tempered.py.txt"
+VARIANTS = ("engine", "fused", "fused+grad", "fused+grad+compile")
+_LOG_2PI = math.log(2 * math.pi)
+
+
+# ----------------------------------------------------------------- analytic gradients
+class AnalyticTarget:
+    """``target`` with an analytic ``grad_log_prob(x) -> (log_prob, grad)`` for the four peer
+    targets (formulas below; checked against the target's ``log_prob`` and autograd in
+    tests/energy/test_tempered_analytic_targets.py). ``compile``: the pair through
+    ``torch.compile`` (falls back to eager, with the reason in ``self.mode``, if it fails)."""
+
+    def __init__(self, name: str, target, device: torch.device):
+        self.name, self.target, self.dim = name, target, int(target.dim)
+        self.log_z = float(getattr(target, "log_z", 0.0))
+        self.mode = "eager"
+        if name == "gmm40_fab":
+            self.means = target.means.to(device=device, dtype=torch.float32)
+            self.std = float(target.std)
+        self._pair = getattr(self, "_" + name)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return self.target.log_prob(x)
+
+    def grad_log_prob(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._pair(x)
+
+    def compile(self, probes: list[torch.Tensor]) -> None:
+        """Compile the pair for the shapes in ``probes``; keep eager if that fails or the
+        compiled values differ from the eager ones by more than float32 rounding."""
+        eager = self._pair
+        try:
+            fn = torch.compile(eager, dynamic=False, fullgraph=True)
+            for x in probes:
+                (a, ga), (b, gb) = fn(x), eager(x)
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+                torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-3)
+        except Exception as err:
+            self.mode = f"eager (torch.compile failed: {type(err).__name__}: {str(err)[:200]})"
+            print(f"  {self.name}: {self.mode}", flush=True)
+            return
+        self._pair, self.mode = fn, "compiled"
+
+    def _gmm40_fab(self, x):
+        s = self.std
+        d = (x.unsqueeze(1) - self.means) / s  # (N, 40, 2)
+        logits = -0.5 * (d * d).sum(-1)
+        lp = torch.logsumexp(logits, -1) - math.log(40.0) - 2 * math.log(s) - _LOG_2PI
+        r = torch.softmax(logits, -1).unsqueeze(-1)
+        return lp, -(r * d).sum(1) / s
+
+    def _funnel10(self, x):
+        x0, rest = x[:, 0], x[:, 1:]
+        k = x.shape[1] - 1
+        e = torch.exp(-x0)
+        sq = (rest * rest).sum(-1)
+        lp = (
+            -x0 * x0 / 18.0
+            - 0.5 * _LOG_2PI
+            - math.log(3.0)
+            - 0.5 * sq * e
+            - 0.5 * k * (x0 + _LOG_2PI)
+        )
+        g0 = -x0 / 9.0 + 0.5 * sq * e - 0.5 * k
+        return lp, torch.cat([g0.unsqueeze(-1), -rest * e.unsqueeze(-1)], -1)
+
+    def _manywell32(self, x):
+        a, b = x[:, 0::2], x[:, 1::2]
+        a2 = a * a
+        lp = (-(a2 * a2) + 6.0 * a2 + 0.5 * a - 0.5 * b * b).sum(-1)
+        ga = -4.0 * a2 * a + 12.0 * a + 0.5
+        return lp, torch.stack([ga, -b], -1).reshape(x.shape)
+
+    def _mw5(self, x):
+        q = x * x - 4.0
+        return -(q * q).sum(-1), -4.0 * x * q
+
+
+def make_target(name: str, device: torch.device, variant: str):
+    """The peer target ``name`` on ``device``, wrapped with analytic gradients for the
+    ``+grad`` variants."""
+    from smcdiff_targets import TARGETS
+
+    target = TARGETS[name][0]()
+    target = target.to(device) if hasattr(target, "to") else target
+    if "grad" not in variant:
+        return target
+    wrapped = AnalyticTarget(name, target, device)
+    if "compile" in variant:
+        gen = torch.Generator(device=device).manual_seed(0)
+        sigma0 = PEER[name][1]
+        wrapped.compile([sigma0 * torch.randn(n, wrapped.dim, device=device, generator=gen)
+                         for n in SIZES])  # fmt: skip
+    return wrapped
+
+
+# ----------------------------------------------------------------- ours
+def sample_kwargs(name: str, n: int, variant: str, device: torch.device) -> dict:
+    """``smcdiff.sample`` options for the peer's settings (peer_blackjax_tempered.py)."""
+    _, sigma0, moves = PEER[name]
+    return dict(
+        method="tempered", n_particles=n, device=device, reference_std=sigma0, kernel="hmc",
+        n_moves=moves, step_size=0.2, adapt_gain=0.0, kernel_options={"n_leapfrog": 10},
+        target_ess=0.5, resampling="systematic", ess_threshold=1.0, progress=False,
+        fused=variant != "engine",
+    )  # fmt: skip
+
+
+def time_ours(name: str, n: int, variant: str, target, device, repeats: int = 3) -> dict:
+    """Median wall time of ``smcdiff.sample`` over ``repeats`` runs after one warm-up run, the
+    log Z error of the last run and the warnings raised (a capture that fell back says so)."""
+    kw = sample_kwargs(name, n, variant, device)
+    walls, caught = [], []
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        smcdiff.sample(target, seed=0, **kw)
+        for seed in range(1, repeats + 1):
+            torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            res = smcdiff.sample(target, seed=seed, **kw)
+            torch.cuda.synchronize(device)
+            walls.append(time.perf_counter() - t0)
+        caught = sorted({str(m.message).splitlines()[0][:300] for m in w})
+    log_z_true = float(getattr(target, "log_z", 0.0))
+    return {
+        "target": name, "n": n, "variant": variant, "wall_ms": 1e3 * statistics.median(walls),
+        "wall_ms_all": [1e3 * t for t in walls], "log_z": float(res.log_z),
+        "log_z_err": float(res.log_z) - log_z_true, "n_temps": n_lambdas(res),
+        "n_steps": int(res.info["n_temperatures"]),
+        "n_grad_evals": int(res.info["n_grad_evals"]), "warnings": caught,
+        "grad_mode": getattr(target, "mode", "autograd"),
+    }  # fmt: skip
+
+
+def run_ours(device: torch.device, variants, results: dict, out: Path, deadline: float) -> None:
+    for variant in variants:
+        for name in PEER:
+            if time.perf_counter() > deadline:
+                print(f"ours: out of time, skipping {variant} {name}", flush=True)
+                continue
+            try:
+                target = make_target(name, device, variant)
+                for n in SIZES:
+                    row = time_ours(name, n, variant, target, device)
+                    results["ours"].append(row)
+                    print(json.dumps(row), flush=True)
+            except Exception as err:  # keep going: the table says which row failed
+                results["ours"].append({"target": name, "variant": variant, "error": repr(err)})
+                print(f"ours {variant} {name} FAILED: {err!r}", flush=True)
+            write(results, out)
+
+
+# ----------------------------------------------------------------- the peer
+def run_peer(out: Path, timeout: float) -> dict:
+    """The BlackJAX script in a subprocess (``OUT=out/peer``); its rows, or why there are none."""
+    check = subprocess.run([sys.executable, "-c", "import jax, blackjax; print(jax.devices(), "
+                            "blackjax.__version__)"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    if check.returncode != 0:
+        msg = "import blackjax FAILED: " + (check.stderr.strip().splitlines() or ["?"])[-1][:500]
+        print(msg, flush=True)
+        return {"error": msg}
+    print("peer:", check.stdout.strip(), flush=True)
+    from importlib import resources
+
+    means = resources.files("smcdiff_targets").joinpath("data/gmm40_fab_means.json")
+    env = {**os.environ, "OUT": str(out / "peer"), "GMM40_MEANS": str(means),
+           "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # fmt: skip
+    try:
+        proc = subprocess.run([sys.executable, str(PEER_SCRIPT)], env=env, capture_output=True,
+                              text=True, timeout=timeout)  # fmt: skip
+    except subprocess.TimeoutExpired as err:
+        return {
+            "error": f"peer script timed out after {timeout:.0f} s",
+            "stdout": str(err.stdout)[-2000:],
+        }
+    rows = []
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            rows.append(json.loads(line))
+    res = {"rows": rows, "versions": check.stdout.strip(), "returncode": proc.returncode}
+    if proc.returncode != 0:
+        res["error"] = "peer script failed: " + proc.stderr[-1500:]
+    return res
+
+
+# ----------------------------------------------------------------- gather, FK, profile
+def bench_gather(device: torch.device, n: int = 10_000_000, d: int = 32, repeats: int = 20) -> dict:
+    """Row gather of resampling: Triton kernel, index_select, and a device copy of the bytes."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(n, d, device=device, generator=gen)
+    idx = torch.sort(torch.randint(0, n, (n,), device=device, generator=gen)).values
+    res: dict = {"n": n, "d": d, "triton_available": triton_available()}
+    ref = x.index_select(0, idx)
+    res["triton_equals_x_idx"] = bool(torch.equal(gather_rows(x, idx), ref))
+    res["triton_equals_x_idx_int32"] = bool(torch.equal(gather_rows(x, idx.int()), ref))
+    fns = {"triton": lambda: gather_rows(x, idx), "index_select": lambda: x.index_select(0, idx),
+           "device_copy": lambda: x.clone()}  # fmt: skip
+    moved = 2 * x.numel() * x.element_size()  # read + write of the rows
+    for key, fn in fns.items():
+        ms = 1e3 * median_time(fn, device, repeats)
+        res[f"{key}_ms"], res[f"{key}_GBps"] = ms, moved / ms / 1e6
+    res["triton_fraction_of_copy"] = res["device_copy_ms"] / res["triton_ms"]
+    print("gather:", json.dumps(res), flush=True)
+    return res
+
+
+def median_time(fn, device: torch.device, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_fk(device: torch.device, sizes, deadline: float) -> dict:
+    """FK-steering step times (bench_fk_step.fk_step_time, no path correction)."""
+    from smcdiff_experiments.bench_fk_step import fk_step_time
+
+    res = {}
+    for n in sizes:
+        if time.perf_counter() > deadline:
+            res[f"N={n:.0e}"] = "skipped (time)"
+            continue
+        try:
+            res[f"N={n:.0e}"] = 1e3 * fk_step_time(n, device, False)
+        except Exception as err:  # e.g. out of memory at the largest N
+            res[f"N={n:.0e}"] = f"failed: {type(err).__name__}: {str(err)[:300]}"
+        print(f"FK step N={n:.0e}: {res[f'N={n:.0e}']}", flush=True)
+    return res
+
+
+def profile_one(device: torch.device, out: Path, name: str = "manywell32", n: int = 10_000) -> None:
+    """Top CUDA kernels of one fused run (autograd gradients) of ``name`` at ``n``."""
+    target = make_target(name, device, "fused")
+    kw = sample_kwargs(name, n, "fused", device)
+    smcdiff.sample(target, seed=0, **kw)
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as prof:
+        smcdiff.sample(target, seed=1, **kw)
+        torch.cuda.synchronize(device)
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+    (out / "profile.txt").write_text(f"fused run of {name}, N={n}\n{table}\n")
+
+
+def n_lambdas(res) -> int:
+    """Temperatures 0 < lambda_1 < ... < lambda_m = 1 of a run (the peer's count; our step
+    count has one more: the last moves at 1)."""
+    lam = res.trace["temperature"][:, 0]
+    return len(set(lam[lam > 0].tolist()))
+
+
+# ----------------------------------------------------------------- report
+def peer_row(results: dict, name: str, n: int) -> dict | None:
+    for row in results.get("peer", {}).get("rows", []):
+        if row["target"] == PEER[name][0] and row["n"] == n and row["inner"] == "hmc":
+            return row
+    return None
+
+
+def table(results: dict) -> str:
+    """docs/speed.md's tables from the results."""
+    ours = [r for r in results["ours"] if "wall_ms" in r]
+    best = {}
+    for r in ours:
+        key = (r["target"], r["n"])
+        if r["variant"] != "engine" and (key not in best or r["wall_ms"] < best[key]["wall_ms"]):
+            best[key] = r
+    lines = [
+        "| target | N | ours (variant) ms | BlackJAX ms | ratio | log Z err ours / peer | temperatures ours / peer |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (name, n), r in sorted(best.items(), key=lambda kv: (list(PEER).index(kv[0][0]), kv[0][1])):
+        p = peer_row(results, name, n)
+        pw = f"{1e3 * p['wall_s']:.1f}" if p else "n/a"
+        ratio = f"{r['wall_ms'] / (1e3 * p['wall_s']):.2f}x" if p else "n/a"
+        perr = f"{p['log_z']:+.3f}" if p else "n/a"
+        pt = p["n_temps"] if p else "n/a"
+        lines.append(f"| {name} | {n:.0e} | {r['wall_ms']:.1f} ({r['variant']}) | {pw} | {ratio} | "
+                     f"{r['log_z_err']:+.3f} / {perr} | {r['n_temps']} / {pt} |")  # fmt: skip
+    lines += ["", "All variants, wall ms (median of 3 after a warm-up):", "",
+              "| target | N | " + " | ".join(VARIANTS) + " |", "|---|---|" + "---|" * len(VARIANTS)]  # fmt: skip
+    for name in PEER:
+        for n in SIZES:
+            cells = []
+            for v in VARIANTS:
+                r = next(
+                    (r for r in ours if (r["target"], r["n"], r["variant"]) == (name, n, v)), None
+                )
+                cells.append(f"{r['wall_ms']:.1f}" if r else "-")
+            lines.append(f"| {name} | {n:.0e} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write(results: dict, out: Path) -> None:
+    (out / "bench_blackjax.json").write_text(json.dumps(results, indent=1, default=str))
+    text = table(results)
+    g = results.get("gather")
+    if isinstance(g, dict) and "triton_ms" in g:
+        text += (f"\nGather N={g['n']:.0e}, d={g['d']} float32: Triton {g['triton_ms']:.2f} ms "
+                 f"({g['triton_GBps']:.0f} GB/s), index_select {g['index_select_ms']:.2f} ms "
+                 f"({g['index_select_GBps']:.0f} GB/s), device copy {g['device_copy_ms']:.2f} ms "
+                 f"({g['device_copy_GBps']:.0f} GB/s).\n")  # fmt: skip
+    if results.get("fk_step_ms"):
+        text += (
+            "\nFK step (8-component GMM score, d = 16), ms: "
+            + ", ".join(
+                f"{k}: {v:.2f}" if isinstance(v, float) else f"{k}: {v}"
+                for k, v in results["fk_step_ms"].items()
+            )
+            + "\n"
+        )
+    (out / "speed.md").write_text(text)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=os.environ.get("OUT", "results/bench_blackjax"))
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--fk-sizes", default="1e4,1e6,1e7")
+    p.add_argument("--budget-s", type=float, default=450.0, help="stop starting parts after this")
+    p.add_argument("--skip-peer", action="store_true")
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    deadline = t0 + args.budget_s
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    results: dict = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__,
+                     "ours": [], "peer": {}, "gather": {}, "fk_step_ms": {}}  # fmt: skip
+    try:
+        results["gather"] = bench_gather(device)
+    except Exception as err:
+        results["gather"] = {"error": repr(err)}
+        print(f"gather FAILED: {err!r}", flush=True)
+    write(results, out)
+    run_ours(device, args.variants.split(","), results, out, deadline - 200.0)
+    torch.cuda.empty_cache()
+    if not args.skip_peer:
+        results["peer"] = run_peer(out, max(60.0, deadline - time.perf_counter() - 40.0))
+        write(results, out)
+    sizes = [int(float(v)) for v in args.fk_sizes.split(",") if v]
+    results["fk_step_ms"] = bench_fk(device, sizes, deadline - 20.0)
+    write(results, out)
+    if time.perf_counter() < deadline:
+        try:
+            profile_one(device, out)
+        except Exception as err:
+            print(f"profile FAILED: {err!r}", flush=True)
+    results["total_s"] = time.perf_counter() - t0
+    write(results, out)
+    print(table(results), flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()
