@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run_p.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     run_p.add_argument(
+        "--n-particles", type=int, default=None, help="particles per run (experiments that take it)"
+    )
+    run_p.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        default=None,
+        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+        help="torch.compile the learned networks (optional mode; experiments that take it)",
+    )
+    run_p.add_argument(
         "--no-progress",
         dest="progress",
         action="store_false",
@@ -68,7 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     mod = importlib.import_module(EXPERIMENTS[args.experiment])
     t0, started = time.perf_counter(), time.time()
     progress = resolve_progress(args.progress)
-    rows = mod.run(args.out, device=args.device, quick=args.quick, progress=progress)
+    extra = {k: v for k, v in (("n_particles", args.n_particles), ("compile", args.compile))
+             if v is not None}  # fmt: skip
+    takes = inspect.signature(mod.run).parameters
+    refused = [k for k in extra if k not in takes]
+    if refused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in refused)
+        build_parser().error(f"experiment {args.experiment} does not take {flags}")
+    rows = mod.run(args.out, device=args.device, quick=args.quick, progress=progress, **extra)
     print(mod.format_table(rows))
     written = ", ".join(written_since(args.out, started)) or "nothing"
     print(f"\nwrote {written} into {args.out}/ in {time.perf_counter() - t0:.1f} s")
