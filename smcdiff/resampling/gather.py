@@ -95,7 +95,7 @@ def _triton_gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
     if m == 0 or d == 0:  # nothing to move: index_select handles the empty shapes
         return None
     out = torch.empty((m, d), dtype=w.dtype, device=x.device)
-    block_d = min(triton.next_power_of_2(d), 256)
+    block_d = min(max(triton.next_power_of_2(d), 2), 256)  # >= 2: no size-1 block axis
     block_r = max(1, min(4096 // block_d, 1024))
     grid = (triton.cdiv(m, block_r), triton.cdiv(d, block_d))
     _gather_kernel[grid](w, idx, out, m, n, d, w.stride(0), w.stride(1), BLOCK_R=block_r,

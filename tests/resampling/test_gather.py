@@ -70,7 +70,8 @@ def test_arguments_are_checked():
 def test_triton_path_on_cuda_equals_x_idx():
     from smcdiff.resampling.gather import triton_available
 
-    assert triton_available(), "Triton should come with a CUDA build of torch"
+    if not triton_available():
+        pytest.skip("Triton is not installed: gather_rows uses index_select (tested above)")
     for x, idx in _cases("cuda"):
         _same(gather_rows(x, idx), x[idx.long()])
     big = torch.randn(100_003, 32, device="cuda")
