@@ -268,7 +268,7 @@ def median_time(fn, device: torch.device, repeats: int) -> float:
 
 def bench_fk(device: torch.device, sizes, deadline: float) -> dict:
     """FK-steering step times (bench_fk_step.fk_step_time, no path correction)."""
-    from smcdiff_experiments.bench_fk_step import fk_step_time
+    from smcdiff_experiments.bench_fk_step import fk_step_point
 
     res = {}
     for n in sizes:
@@ -276,8 +276,10 @@ def bench_fk(device: torch.device, sizes, deadline: float) -> dict:
             res[f"N={n:.0e}"] = "skipped (time)"
             continue
         try:
-            res[f"N={n:.0e}"] = 1e3 * fk_step_time(n, device, False)
-        except Exception as err:  # e.g. out of memory at the largest N
+            row = fk_step_point(n, device, False)
+            res[f"N={n:.0e}"] = row.get("ms", row.get("error"))
+            res[f"N={n:.0e} peak GB"] = row.get("peak_GB")
+        except Exception as err:
             res[f"N={n:.0e}"] = f"failed: {type(err).__name__}: {str(err)[:300]}"
         print(f"FK step N={n:.0e}: {res[f'N={n:.0e}']}", flush=True)
     return res
