@@ -104,8 +104,7 @@ def test_a_reward_that_turns_non_finite_is_named_with_its_step(method, value):
     [
         pytest.param("fk", id="steer-fk/log_likelihood-is-nan-at-step-3"),
         pytest.param("tds", id="steer-tds/log_likelihood-is-nan-at-step-3"),
-        pytest.param("fkc", id="steer-fkc/log_likelihood-is-nan-at-step-3", marks=owed(
-            H2, "fkc names a NaN log_likelihood 'reward' (it runs the likelihood as its reward)")),
+        pytest.param("fkc", id="steer-fkc/log_likelihood-is-nan-at-step-3"),
     ],
 )  # fmt: skip
 def test_a_nan_log_likelihood_is_named_as_such(method):
@@ -152,7 +151,7 @@ def gradient_nan_beyond(c):
     ("method", "extra"),
     [
         pytest.param(m, extra, id=f"steer-{label}/reward-gradient-is-nan-in-a-region",
-                     marks=owed(owner, why))
+                     marks=owed(owner, why) if owner else ())
         for m, label, extra, owner, why in [
             ("fk", "fk-guided", {"proposal": "guided"}, LEAD, "a NaN tilt gradient is not checked: "
              "it moves particles to NaN and the error names 'particles' one step later"),
@@ -160,10 +159,8 @@ def gradient_nan_beyond(c):
              "to NaN and the error names 'particles' one step later"),
             ("guidance", "guidance", {}, LEAD, "a NaN tilt gradient is not checked: it moves "
              "particles to NaN and the error names 'particles' one step later"),
-            ("fkc", "fkc", {}, H2, "a NaN reward gradient is reported as 'reward is not finite' "
-             "while the reward's values are finite"),
-            ("driftlite-vcg", "driftlite-vcg", {}, H2, "a NaN reward gradient is reported as "
-             "'reward is not finite' while the reward's values are finite"),
+            ("fkc", "fkc", {}, None, ""),
+            ("driftlite-vcg", "driftlite-vcg", {}, None, ""),
         ]
     ],
 )  # fmt: skip

@@ -122,6 +122,8 @@ class FKCModel(FeynmanKacModel):
         times: decreasing grid ``t_max = t_0 > ... > t_K = t_min`` (e.g. :func:`smcdiff.time_grid`).
         reward: ``r(x)``: ``(N, *event_shape) -> (N,)``, differentiable twice (:math:`\nabla r`,
             :math:`\Delta r`), evaluated at :math:`x_t` itself.
+        reward_name: how error messages and finiteness checks name it (``"log_likelihood"``
+            when ``steer`` runs the user's likelihood as the reward).
         beta: final inverse temperature of the reward for a named ``beta_schedule``.
         beta_schedule: ``"linear"``, ``"snr"``, ``"constant"`` (see
             :mod:`~smcdiff.steering.fkc.schedules`), a
@@ -164,6 +166,7 @@ class FKCModel(FeynmanKacModel):
         times: Sequence[float],
         *,
         reward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        reward_name: str = "reward",
         beta: float | None = None,
         beta_schedule: str | BetaSchedule | Callable[[float], float] = "linear",
         noise: str | float = "target",
@@ -189,7 +192,7 @@ class FKCModel(FeynmanKacModel):
         self.dim = math.prod(self.event_shape)
         self.W = self.target.total_weight
         self.dense = has_log_density(self.target)
-        self.reward = reward
+        self.reward, self.reward_name = reward, reward_name
         self.noise = NoiseSplit.from_spec(noise, self.W, where=where)
         self.integrator = make_integrator(integrator, where=where)
         self.grid = FKCGrid(self.process, times, self.noise, self.integrator, self.W, where=where)
@@ -225,7 +228,7 @@ class FKCModel(FeynmanKacModel):
         self.evaluator = PointEvaluator(
             self.target, self.reward, self.divergence, self.event_shape,
             score_div=any(f.score_div for f in used), reward_div=any(f.reward_div for f in used),
-            log_density=self._ecg_logq,
+            log_density=self._ecg_logq, name=self.reward_name,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ one evaluation at a point

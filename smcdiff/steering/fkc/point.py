@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from smcdiff.checks import check_device, check_shape, nonfinite_rows
+from smcdiff.errors import SMCDiffError
 from smcdiff.scores.base import model_time
 from smcdiff.scores.combine import GeometricScore
 from smcdiff.steering.fkc.divergence import DivergenceEstimator
@@ -55,13 +56,16 @@ class PointEvaluator:
     ``score_div`` / ``reward_div``: always compute :math:`\nabla\cdot s_i` / :math:`\Delta r`
     (the control basis needs them); ``log_density``: always return :math:`\log q_i` (ECG
     potentials). :math:`\Delta r` is also computed wherever :math:`\beta_t \ne 0` (the weights
-    need it)."""
+    need it). ``name``: how messages and finiteness checks name the reward (``"reward"``, or
+    ``"log_likelihood"`` when the user's likelihood is run as the reward); a non-finite
+    :math:`\nabla r` where :math:`r` is finite is named ``"<name> gradient"``."""
 
     def __init__(
         self, target: GeometricScore, reward: Reward | None, estimator: DivergenceEstimator,
         event_shape: tuple[int, ...], *, score_div: bool, reward_div: bool, log_density: bool,
+        name: str = "reward",
     ):  # fmt: skip
-        self.target, self.reward, self.estimator = target, reward, estimator
+        self.target, self.reward, self.estimator, self.name = target, reward, estimator, name
         self.event_shape, self.size = event_shape, math.prod(event_shape)
         self.score_div, self.reward_div, self.log_density = score_div, reward_div, log_density
 
@@ -85,12 +89,13 @@ class PointEvaluator:
             if has_r:
                 r, grad_r, lap = self._reward_terms(xr, need_lap, probes, where)
         n_grad = passes * len(sdiv) + (1 + (passes if need_lap else 0) if has_r else 0)
-        comps = [s.detach() for s in comps]
+        comps = [s.detach().to(x.dtype) for s in comps]  # a float64 model: float32 particles stay
         s64 = sum(wi * s for wi, s in zip(self.target.weights, comps, strict=True)).double()
         checks["score"] = torch.stack([nonfinite_rows(s) for s in comps]).any(0)
         if has_r:
             r, grad_r = r.detach().double(), grad_r.detach()
-            checks["reward"] = ~torch.isfinite(r) | nonfinite_rows(grad_r)
+            checks[self.name] = ~torch.isfinite(r)
+            checks[f"{self.name} gradient"] = nonfinite_rows(grad_r)
             s64 = s64 + beta * grad_r.double()
         lap = lap.detach() if lap is not None else None
         sdiv = [v.detach() for v in sdiv]
@@ -125,8 +130,17 @@ class PointEvaluator:
         r""":math:`r`, :math:`\nabla r` (with a graph when :math:`\Delta r` is needed) and
         :math:`\Delta r` (or ``None``)."""
         r = self.reward(xr)
-        check_shape("reward", r, (xr.shape[0],), where=where)
-        check_device("reward", r, xr.device, where=where)
-        (grad_r,) = torch.autograd.grad(r.sum(), xr, create_graph=need_lap)
+        check_shape(self.name, r, (xr.shape[0],), where=where)
+        check_device(self.name, r, xr.device, where=where)
+        grad_r = None
+        if r.requires_grad:
+            (grad_r,) = torch.autograd.grad(r.sum(), xr, create_graph=need_lap, allow_unused=True)
+        if grad_r is None:
+            raise SMCDiffError(
+                f"{where}: {self.name} is not differentiable in x (its output has no autograd "
+                "graph back to the particles: a constant, an indicator such as (x > 0), or a "
+                "computation outside torch); FKC applies its gradient and Laplacian at x_t, so "
+                f"it needs a differentiable {self.name} (method='fk' takes any)"
+            )
         lap = self.estimator(grad_r, xr, probes) if need_lap else None
         return r, grad_r, lap

@@ -120,7 +120,7 @@ class DriftLiteConfig(FKCConfig):
 
 def build_fkc(common: CommonConfig, config: FKCConfig, control: str | None = None) -> MethodPlan:
     """The :class:`FKCModel` plan; ``control`` ``None`` (FKC), ``"vcg"`` or ``"ecg"``."""
-    reward, beta = common.reward, common.beta
+    reward, beta, name = common.reward, common.beta, "reward"
     if common.log_likelihood is not None:
         if reward is not None:
             raise SMCDiffError(
@@ -128,6 +128,7 @@ def build_fkc(common: CommonConfig, config: FKCConfig, control: str | None = Non
                 "(reward = lambda x: r(x) + log_lik(x) / beta)"
             )
         reward, beta = common.log_likelihood, None  # beta 1 (None leaves a callable schedule)
+        name = "log_likelihood"
     model = common.model
     if config.anneal is not None:
         model = anneal_model(model, config.anneal)
@@ -137,7 +138,8 @@ def build_fkc(common: CommonConfig, config: FKCConfig, control: str | None = Non
             "reward"
         )
     fk = FKCModel(
-        model, common.times(model.process), reward=reward, beta=beta if reward is not None else None,
+        model, common.times(model.process), reward=reward, reward_name=name,
+        beta=beta if reward is not None else None,
         beta_schedule=config.beta_schedule, noise=config.noise, divergence=config.divergence,
         n_probes=1 if config.n_probes is None else config.n_probes, control=control,
         basis=getattr(config, "basis", None), integrator=config.integrator,
