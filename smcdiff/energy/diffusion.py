@@ -31,10 +31,12 @@ from typing import Any
 
 import torch
 
+from smcdiff.checks import nan_or_posinf, nonfinite_rows
 from smcdiff.diffusion_fk import build_diffusion_fk
 from smcdiff.energy.options import DiffusionOptions, RunSettings
 from smcdiff.energy.reference import reference_tensors
 from smcdiff.engine.collectors import degeneracy_collectors
+from smcdiff.engine.model import FeynmanKacModel, ParticleState, StepOutput
 from smcdiff.engine.smc import run_smc
 from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.corrector import mcmc_corrector
@@ -48,7 +50,56 @@ from smcdiff.scores.refined import RDMCRefinedScore
 from smcdiff.seeding import child_generator
 from smcdiff.target import CountingTarget, Target, target_event_shape
 
-__all__ = ["ScaledTarget", "run_diffusion", "scaled_target", "score_estimator"]
+__all__ = ["EstimatorChecks", "ScaledTarget", "run_diffusion", "scaled_target", "score_estimator"]
+
+INNER_TARGET = (
+    "target log_prob at the score estimator's inner samples (NaN or +inf, or a NaN gradient; "
+    "without a path correction also zero density at every inner sample)"
+)
+"""The quantity :class:`EstimatorChecks` names when an inner estimate is not finite."""
+
+
+class EstimatorChecks(FeynmanKacModel):
+    r"""A diffusion FK model whose training-free score estimator does not raise by itself
+    (``check_finite=False``): a non-finite inner estimate — the target's ``log_prob`` NaN or
+    :math:`+\infty` at an inner sample, so the particle's :math:`\log\hat p_t` is NaN /
+    :math:`+\infty` (weighted) or its score NaN (unweighted) — is reported in the step's
+    ``checks`` under :data:`INNER_TARGET`, ahead of the model's own checks. The engine's guard
+    then raises :class:`~smcdiff.errors.NonFiniteError` naming the step, with the partial run,
+    without a host-device sync inside the step. Everything else is the wrapped ``fk``'s."""
+
+    def __init__(self, fk: FeynmanKacModel):
+        self.fk = fk
+        self.n_steps, self.times = fk.n_steps, fk.times
+
+    def _with_checks(self, out: StepOutput) -> StepOutput:
+        st = out.state
+        bad = nan_or_posinf(st["logp"]) if "logp" in st else nonfinite_rows(st["score"])
+        out.checks = {INNER_TARGET: bad, **out.checks}
+        return out
+
+    def init(self, n: int, generator: torch.Generator) -> StepOutput:
+        return self._with_checks(self.fk.init(n, generator))
+
+    def step(
+        self, k: int, state: ParticleState, generator: torch.Generator, log_weights: torch.Tensor
+    ) -> StepOutput:
+        return self._with_checks(self.fk.step(k, state, generator, log_weights))
+
+    def refresh(self, k: int, state: ParticleState) -> tuple[ParticleState, int]:
+        return self.fk.refresh(k, state)
+
+    def done(self, k: int, state: ParticleState) -> torch.Tensor | None:
+        return self.fk.done(k, state)
+
+    def step_label(self, k: int) -> str:
+        return self.fk.step_label(k)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.fk.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.fk.load_state_dict(state)
 
 
 class ScaledTarget:
@@ -106,7 +157,7 @@ def run_diffusion(settings: RunSettings, options: DiffusionOptions, *, weighted:
         dtype=s.dtype,
     )
     run = run_smc(
-        fk,
+        EstimatorChecks(fk),
         s.n_particles,
         n_groups=s.n_groups,
         resampling=s.resampling,
@@ -144,21 +195,24 @@ def score_estimator(
 ) -> Any:
     r"""The training-free score model of ``options.score`` on the scaled ``target``: rdMC
     importance sampling (with one fixed common noise per run when ``weighted``, so its
-    :math:`\hat p_t` is a smooth function of the particles) or the Föllmer drift."""
+    :math:`\hat p_t` is a smooth function of the particles), the MALA-refined mixture
+    (``"refined"``) or the Föllmer drift. Its own finite checks are off: :class:`EstimatorChecks`
+    reports non-finite estimates through the engine, with the step."""
     o = options
     if o.score == "refined":
         return RDMCRefinedScore(
             target, VP(), o.n_mc, n_chains=o.n_chains, n_chain_steps=o.n_chain_steps,
             estimator=o.estimator, generator=generator, chunk_size=o.chunk_size,
-            reference_std=1.0,
+            reference_std=1.0, check_finite=False,
         )  # fmt: skip
     if o.score == "follmer":
         return FollmerDrift(
             target, o.n_mc, estimator="stein" if o.estimator == "tweedie" else o.estimator,
             antithetic=o.antithetic, generator=generator, chunk_size=o.chunk_size,
+            check_finite=False,
         )  # fmt: skip
     return RDMCImportanceScore(
         target, VP(), o.n_mc, estimator=o.estimator, antithetic=o.antithetic,
         generator=generator, chunk_size=o.chunk_size, reference_std=1.0,
-        common_noise="fixed" if weighted else False,
+        common_noise="fixed" if weighted else False, check_finite=False,
     )  # fmt: skip

@@ -18,7 +18,8 @@ in :math:`M` carries all the weight. Here, per point :math:`x`:
 
 1. ``n_chains`` MALA chains on :math:`\log\gamma_x` start from *independent* draws of
    :math:`q_0` (so they fall into the posterior's modes in proportion to their basins, not to
-   one resampled draw) and run ``n_chain_steps`` steps, the step size adapted per point toward
+   one resampled draw), climb ``n_ascent`` monotone gradient-ascent steps toward the nearest
+   mode (a stiff target's tails make MALA unstable there) and run ``n_chain_steps`` steps, the step size adapted per point toward
    ``target_accept`` (Robbins–Monro on the chains' mean acceptance);
 2. the proposal is the defensive mixture
 
@@ -27,8 +28,14 @@ in :math:`M` carries all the weight. Here, per point :math:`x`:
        \mathcal N(z; z_k, \operatorname{diag}(b^2)),
 
    :math:`z_k` the chains' final states, :math:`b^2` per coordinate twice the chains'
-   within-chain variance over their second half (at least :math:`2h`, :math:`h` the final MALA
-   step), :math:`\epsilon` = ``defensive``;
+   within-chain variance over their second half (at least :math:`h d^{1/3}`, :math:`h` the final
+   MALA step, about the local variance MALA's step adapts to; at most :math:`v_0`),
+   :math:`\epsilon` = ``defensive``; a share :math:`\rho` = ``product`` of the chains' mass goes
+   instead to the coordinate-wise mixture
+   :math:`\prod_i \frac1K\sum_k\mathcal N(z_i; z_{k,i}, b_i^2)` (each coordinate from its own
+   chain), which covers all :math:`\prod_i(\text{modes of } z_i)` combinations of a posterior
+   that is (nearly) a product over coordinates — a many-well target has :math:`2^{16}` of them
+   in 32 dimensions, far more than any number of chains;
 3. with :math:`n` = ``n_samples`` fresh draws :math:`z^j \sim r_x` and
    :math:`w_j = \gamma_x(z^j)/r_x(z^j)`:
 
@@ -54,7 +61,8 @@ chain or be covered by :math:`q_0`; a mode missed by both makes the estimate bia
 probability* (unbiased but heavy-tailed), the failure mode of every importance sampler. The
 bandwidth is axis-aligned: strongly correlated posteriors are covered less tightly.
 
-Cost per point: ``n_chains * (1 + n_chain_steps)`` target gradients for the chains and
+Cost per point: ``n_chains * (2 + n_ascent + n_chain_steps)`` target gradients (one less
+without ascent) for the chains and
 ``n_samples`` target evaluations (gradients with ``estimator="grad"``); the mixture density
 costs ``n_samples * n_chains * d`` flops. ``x`` is ``(N, d)``, ``t`` one float
 (``scalar_time``).
@@ -63,6 +71,7 @@ costs ``n_samples * n_chains * d`` flops. ``x`` is ``(N, d)``, ``t`` one float
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -81,12 +90,41 @@ _F64 = torch.float64
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
+def _coordinate_logpdf(
+    z: torch.Tensor, mean: torch.Tensor, var: torch.Tensor | float
+) -> torch.Tensor:
+    """Per-coordinate :math:`\\log\\mathcal N(z_i; m_i, v_i)` (float64, broadcast)."""
+    z, mean = z.to(_F64), mean.to(_F64)
+    var = var.to(_F64) if isinstance(var, torch.Tensor) else torch.tensor(var, dtype=_F64)
+    return -0.5 * ((z - mean).square() / var + torch.log(2.0 * math.pi * var))
+
+
 def _gauss_logpdf(z: torch.Tensor, mean: torch.Tensor, var: torch.Tensor | float) -> torch.Tensor:
     """:math:`\\log\\mathcal N(z; m, \\operatorname{diag}(v))` summed over the last axis (float64;
     ``var`` broadcasts: a float, or a tensor shaped like ``z``)."""
-    z, mean = z.to(_F64), mean.to(_F64)
-    var = var.to(_F64) if isinstance(var, torch.Tensor) else torch.tensor(var, dtype=_F64)
-    return -0.5 * ((z - mean).square() / var + torch.log(2.0 * math.pi * var)).sum(-1)
+    return _coordinate_logpdf(z, mean, var).sum(-1)
+
+
+def _ascend(
+    log_post: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, h0: float, n_iter: int
+) -> torch.Tensor:
+    r"""``n_iter`` gradient-ascent steps :math:`z \leftarrow z + h\nabla\log\gamma(z)` per row
+    of ``z`` ``(K, d)``, each kept only if it raises :math:`\log\gamma` (then :math:`h` grows
+    1.5x, else shrinks 4x; from ``h0``): the chains start near the posterior's modes even where
+    a stiff target (a quartic well) makes MALA's fixed step unstable far from them. Only the
+    proposal depends on it, so the estimate stays unbiased."""
+    if n_iter == 0:
+        return z
+    lp, g = value_and_grad(log_post, z)
+    h = torch.full((z.shape[0], 1), h0, dtype=z.dtype, device=z.device)
+    for _ in range(n_iter):
+        z_new = z + h * g
+        lp_new, g_new = value_and_grad(log_post, z_new)
+        ok = (lp_new > lp) & torch.isfinite(g_new).all(-1)  # NaN compares False
+        z = torch.where(ok.unsqueeze(-1), z_new, z)
+        lp, g = torch.where(ok, lp_new, lp), torch.where(ok.unsqueeze(-1), g_new, g)
+        h = torch.where(ok.unsqueeze(-1), 1.5 * h, 0.25 * h)
+    return z.detach()
 
 
 class RDMCRefinedScore(NoisedTargetScore):
@@ -98,11 +136,14 @@ class RDMCRefinedScore(NoisedTargetScore):
         n_samples: importance draws per point.
         n_chains: MALA chains per point (the mixture's components).
         n_chain_steps: MALA steps per chain.
+        n_ascent: gradient-ascent steps on :math:`\log\gamma_x` before them (:func:`_ascend`).
         step_size: initial MALA step :math:`h` (proposal :math:`z + h\nabla + \sqrt{2h}\xi`);
             default :math:`\tfrac12 v_0 d^{-1/3}`, adapted per point.
         target_accept: acceptance rate the step adapts toward; adapt_gain: the Robbins–Monro
             gain's scale.
         defensive: weight :math:`\epsilon \in (0, 1]` of :math:`q_0` in the mixture.
+        product: the share :math:`\rho \in [0, 1]` of the chains' mass on the coordinate-wise
+            (product) mixture; the rest is on the joint one.
         reference_std: ``r``: :math:`q_0` is the posterior of :math:`\mathcal N(0, r^2 I)`
             given :math:`x_t` (``None``: the Gaussian factor :math:`\mathcal N(x/a, c^2 I)`).
         warm_start: start the chains' step from the previous call's median adapted step (capped
@@ -122,10 +163,12 @@ class RDMCRefinedScore(NoisedTargetScore):
         *,
         n_chains: int = 16,
         n_chain_steps: int = 10,
+        n_ascent: int = 10,
         step_size: float | None = None,
         target_accept: float = 0.574,
         adapt_gain: float = 2.0,
         defensive: float = 0.1,
+        product: float = 0.5,
         reference_std: float | None = None,
         warm_start: bool = True,
         estimator: str = "tweedie",
@@ -143,6 +186,7 @@ class RDMCRefinedScore(NoisedTargetScore):
         )  # fmt: skip
         self.n_chains = check_int("n_chains", n_chains, 1, where=where)
         self.n_chain_steps = check_int("n_chain_steps", n_chain_steps, 1, where=where)
+        self.n_ascent = check_int("n_ascent", n_ascent, 0, where=where)
         positive = {"minimum": 0.0, "strict_min": True, "where": where}
         self.step_size = check_number("step_size", step_size, allow_none=True, **positive)
         self.target_accept = check_number(
@@ -150,6 +194,7 @@ class RDMCRefinedScore(NoisedTargetScore):
         )
         self.adapt_gain = check_number("adapt_gain", adapt_gain, minimum=0.0, where=where)
         self.defensive = check_number("defensive", defensive, maximum=1.0, **positive)
+        self.product = check_number("product", product, minimum=0.0, maximum=1.0, where=where)
         self.reference_std = check_number("reference_std", reference_std, allow_none=True,
                                           **positive)  # fmt: skip
         if not isinstance(warm_start, bool):
@@ -269,7 +314,9 @@ class RDMCRefinedScore(NoisedTargetScore):
             return self.target.log_prob(z) - (z - xa).square().sum(-1) / (2.0 * c2)
 
         kernel = MALA(log_post)
-        state = kernel.init(z0.reshape(n * k, d))
+        z0 = _ascend(log_post, z0.reshape(n * k, d), v0, self.n_ascent)
+        self._count(n, k * (self.n_ascent + 1 if self.n_ascent else 0), True)
+        state = kernel.init(z0)
         bad = ~(torch.isfinite(state.log_prob) & torch.isfinite(state.grad).all(-1))
         self._check({"MALA start: target log_prob or its gradient is not finite at chains":
                      bad.sum()}, x, k, where)  # fmt: skip
@@ -297,24 +344,32 @@ class RDMCRefinedScore(NoisedTargetScore):
         self, m0: torch.Tensor, v0: float, centres: torch.Tensor, b2: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``n_samples`` draws per point from the defensive mixture ``(n, M, d)`` and their log
-        mixture density ``(n, M)`` float64."""
+        mixture density ``(n, M)`` float64 (module docstring: :math:`q_0`, joint and product
+        components)."""
         n, k, d = centres.shape
-        m, eps = self.n_samples, self.defensive
-        gen = self.random.get(m0.device)
-        opts = {"generator": gen, "device": m0.device}
-        from_q0 = torch.rand(n, m, **opts) < eps
-        j = torch.randint(k, (n, m), **opts)
-        mu = torch.gather(centres, 1, j.unsqueeze(-1).expand(n, m, d))
-        mu = torch.where(from_q0.unsqueeze(-1), m0.unsqueeze(1).expand(n, m, d), mu)
-        sd = torch.where(from_q0.unsqueeze(-1), math.sqrt(v0), b2.sqrt().to(m0.dtype).unsqueeze(1))
+        m, eps, rho = self.n_samples, self.defensive, self.product
+        opts = {"generator": self.random.get(m0.device), "device": m0.device}
+        u = torch.rand(n, m, 1, **opts)
+        from_q0, product = u < eps, u >= 1.0 - (1.0 - eps) * rho
+        j_joint = torch.randint(k, (n, m, 1), **opts).expand(n, m, d)
+        j = torch.where(product, torch.randint(k, (n, m, d), **opts), j_joint)
+        mu = torch.gather(centres, 1, j)  # coordinate i from chain j[..., i]
+        mu = torch.where(from_q0, m0.unsqueeze(1).expand(n, m, d), mu)
+        sd = torch.where(from_q0, math.sqrt(v0), b2.sqrt().to(m0.dtype).unsqueeze(1))
         z = mu + sd * torch.randn(n, m, d, dtype=m0.dtype, **opts)
         log_q0 = _gauss_logpdf(z, m0.unsqueeze(1), v0)
-        comp = _gauss_logpdf(z.unsqueeze(2), centres.unsqueeze(1), b2[:, None, None, :])
-        log_mix = torch.logsumexp(comp, dim=2) - math.log(k)  # (n, M)
         if eps >= 1.0:
             return z, log_q0
-        log_r = torch.logaddexp(math.log(eps) + log_q0, math.log1p(-eps) + log_mix)
-        return z, log_r
+        comp = _coordinate_logpdf(z.unsqueeze(2), centres.unsqueeze(1), b2[:, None, None, :])
+        log_k = math.log(k)
+        log_joint = torch.logsumexp(comp.sum(-1), dim=2) - log_k  # (n, M)
+        log_prod = (torch.logsumexp(comp, dim=2) - log_k).sum(-1)
+        parts = [math.log(eps) + log_q0]
+        if rho < 1.0:
+            parts.append(math.log((1.0 - eps) * (1.0 - rho)) + log_joint)
+        if rho > 0.0:
+            parts.append(math.log((1.0 - eps) * rho) + log_prod)
+        return z, torch.logsumexp(torch.stack(parts), dim=0)
 
     def __repr__(self) -> str:
         return (
