@@ -66,19 +66,19 @@ class ExactScore:
     def score(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         r""":math:`\nabla_x\log p_t(x)`: ``(N, d)`` -> ``(N, d)``."""
         self._check(x, "ExactScore.score")
-        return self.marginal(t).score(x)
+        return in_row_chunks(self.marginal(t).score, x, self.dist.n_components)
 
     def log_density(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         r""":math:`\log p_t(x)` (normalised): ``(N, d)`` -> ``(N,)``."""
         self._check(x, "ExactScore.log_density")
-        return self.marginal(t).log_prob(x)
+        return in_row_chunks(self.marginal(t).log_prob, x, self.dist.n_components)
 
     def score_and_log_density(
         self, x: torch.Tensor, t: float | torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         r"""``(score(x, t), log_density(x, t))`` from one pass: ``(N, d)``, ``(N,)``."""
         self._check(x, "ExactScore.score_and_log_density")
-        return self.marginal(t).score_and_log_prob(x)
+        return in_row_chunks(self.marginal(t).score_and_log_prob, x, self.dist.n_components)
 
     def sample_marginal(
         self, n: int, t: float | torch.Tensor, generator: torch.Generator | None = None
@@ -88,6 +88,24 @@ class ExactScore:
 
     def __repr__(self) -> str:
         return f"ExactScore(dist={self.dist!r}, process={self.process!r})"
+
+
+CHUNK_ELEMENTS = 2**28
+"""Rows per chunk of the mixture's per-component temporaries: ``rows * K * d`` at most this
+(1 GiB of float32), so N = 1e8 particles fit on one GPU (docs/speed.md)."""
+
+
+def in_row_chunks(fn, x: torch.Tensor, n_components: int):
+    """``fn(x)`` (a tensor or a tuple of tensors with leading dimension N) evaluated on row
+    chunks of ``x`` ``(N, d)`` small enough that ``(rows, K, d)`` temporaries stay under
+    :data:`CHUNK_ELEMENTS`, concatenated; one call when N is small (every usual case)."""
+    rows = max(1, CHUNK_ELEMENTS // (n_components * x.shape[-1]))
+    if x.shape[0] <= rows:
+        return fn(x)
+    parts = [fn(chunk) for chunk in x.split(rows)]
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(p) for p in zip(*parts, strict=True))
+    return torch.cat(parts)
 
 
 def exact_score(dist: GaussianMixture, process: NoiseProcess) -> ExactScore:
