@@ -23,11 +23,11 @@ from collections.abc import Callable
 import torch
 
 from smcdiff.distributed.comm import Comm, RowLayout, pack_rows, unpack_rows
+from smcdiff.distributed.resample import rank_normalise
 from smcdiff.distributed.weights import island_ess
 from smcdiff.engine.model import ParticleState
 from smcdiff.engine.resampler import Resampler
 from smcdiff.resampling import get_scheme, systematic
-from smcdiff.weights import log_normalize
 
 __all__ = ["IslandResampler", "copy_islands"]
 
@@ -63,6 +63,7 @@ class IslandResampler(Resampler):
         self.scheme = get_scheme(scheme)
         self.name = scheme if isinstance(scheme, str) else getattr(scheme, "__name__", "custom")
         self.n_island_resampled = 0
+        self.log_mass: torch.Tensor | None = None
 
     def __call__(
         self,
@@ -71,26 +72,27 @@ class IslandResampler(Resampler):
         mask: torch.Tensor,
         generator: torch.Generator,
     ) -> tuple[ParticleState, torch.Tensor, torch.Tensor]:
+        """``log_w`` ``(1, n)`` globally normalised in; out: weights normalised on the island,
+        with the island's log-mass in ``log_mass`` ``(1,)`` (as
+        :class:`~smcdiff.distributed.resample.DistributedSystematic`)."""
         G, n = log_w.shape
-        mass = torch.logsumexp(log_w, dim=-1, keepdim=True)  # (1, 1)
-        local = log_normalize(log_w)
+        local, mass = rank_normalise(log_w)
         anc = torch.where(mask.unsqueeze(1), self.scheme(local, generator=generator),
                           torch.arange(n, device=log_w.device).expand(G, n))  # fmt: skip
         particles = {k: v.index_select(0, anc[0]) for k, v in particles.items()}
-        lw = torch.where(mask.unsqueeze(1), mass - math.log(n), log_w)
-        log_mass = self.comm.all_gather(mass[0])  # (R, 1)
+        local = torch.where(mask.unsqueeze(1), -math.log(n), local)
+        log_mass = self.comm.all_gather(mass)  # (R, 1)
         ids = anc[0] + self.comm.rank * n
+        self.log_mass = mass
         if bool(island_ess(log_mass)[0] >= self.threshold * self.comm.world_size):
-            return particles, lw, ids.unsqueeze(0)
-        gen = self.shared
-        islands = systematic(log_mass.T.to(gen.device), generator=gen)[0].tolist()
-        within = lw[0] - log_mass[self.comm.rank, 0]  # normalised on the island
+            return particles, local, ids.unsqueeze(0)
+        islands = systematic(log_mass.T.to(self.shared.device), generator=self.shared)[0].tolist()
         particles, cols = copy_islands(
-            self.comm, particles, torch.stack([ids.double(), within], 1), islands
+            self.comm, particles, torch.stack([ids.double(), local[0]], 1), islands
         )
-        ids, lw = cols[:, 0].long(), (cols[:, 1] - math.log(self.comm.world_size)).unsqueeze(0)
+        self.log_mass = torch.full_like(mass, -math.log(self.comm.world_size))
         self.n_island_resampled += 1
-        return particles, lw, ids.unsqueeze(0)
+        return particles, cols[:, 1].unsqueeze(0), cols[:, 0].long().unsqueeze(0)
 
     def state_dict(self) -> dict:
         return {"shared": self.shared.get_state(), "n_island_resampled": self.n_island_resampled}

@@ -30,7 +30,16 @@ from smcdiff.engine.model import ParticleState
 from smcdiff.engine.resampler import Resampler
 from smcdiff.errors import SMCDiffError
 
-__all__ = ["DistributedSystematic", "redistribute", "systematic_slots"]
+__all__ = ["DistributedSystematic", "rank_normalise", "redistribute", "systematic_slots"]
+
+
+def rank_normalise(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``(local, log_mass)``: globally normalised ``log_w`` ``(G, n)`` split into log-weights
+    normalised on this rank and the rank's log-mass :math:`m_r` ``(G,)``. A rank without mass
+    (:math:`m_r = -\infty`) gets uniform local weights (its particles keep global weight 0)."""
+    mass = torch.logsumexp(log_w, dim=-1, keepdim=True)
+    uniform = torch.full_like(log_w, -math.log(log_w.shape[-1]))
+    return torch.where(mass == -math.inf, uniform, log_w - mass), mass[:, 0]
 
 
 def systematic_slots(
@@ -96,21 +105,26 @@ def redistribute(
 
 
 class DistributedSystematic(Resampler):
-    r"""The engine's :class:`~smcdiff.engine.resampler.Resampler` for a globally normalised
-    system: systematic resampling of all N particles (:func:`systematic_slots`), then the
-    balanced redistribution (:func:`redistribute`); the new log-weights are :math:`-\log N`.
+    r"""The engine's :class:`~smcdiff.engine.resampler.Resampler` for a system spread over the
+    ranks: systematic resampling of all N particles (:func:`systematic_slots`), then the
+    balanced redistribution (:func:`redistribute`).
 
-    ``shared``: a generator seeded identically on every rank (it draws :math:`V`). The mask
-    (one group) is the same on every rank; reading it is one host-device sync per step, which
-    the all-to-all's sizes need anyway. Without resampling the ancestors are the particles'
-    own global indices. ``state_dict`` / ``load_state_dict`` keep the shared generator for
-    checkpoints."""
+    ``log_w`` ``(1, n)`` come in globally normalised; what goes to the engine's step (and the
+    model's move) is normalised *on this rank*, as every model expects, and ``log_mass``
+    ``(1,)`` keeps this rank's share :math:`m_r` (``-log R`` after resampling), which
+    :class:`~smcdiff.distributed.runner.DistributedSMC` adds back to the step's local
+    increment. ``shared``: a generator seeded identically on every rank (it draws :math:`V`).
+    The mask (one group) is the same on every rank; reading it is one host-device sync per step,
+    which the all-to-all's sizes need anyway. Without resampling the ancestors are the
+    particles' own global indices. ``state_dict`` / ``load_state_dict`` keep the shared
+    generator for checkpoints."""
 
     name = "systematic"
 
     def __init__(self, comm: Comm, shared: torch.Generator, n_total: int):
         self.comm, self.shared, self.n_total = comm, shared, n_total
         self.n_resampled = 0
+        self.log_mass: torch.Tensor | None = None
 
     def __call__(
         self,
@@ -122,13 +136,15 @@ class DistributedSystematic(Resampler):
         n = log_w.shape[1]
         own = torch.arange(n, device=log_w.device) + self.comm.rank * n
         if not bool(mask[0]):  # the same decision on every rank
-            return particles, log_w, own.unsqueeze(0)
+            local, self.log_mass = rank_normalise(log_w)
+            return particles, local, own.unsqueeze(0)
         u = torch.rand((), dtype=torch.float64, generator=self.shared,
                        device=self.shared.device).to(log_w.device)  # fmt: skip
         first, end = systematic_slots(self.comm, log_w[0], u, self.n_total)
         new, ancestors = redistribute(self.comm, particles, first, end, n)
         self.n_resampled += 1
-        return new, torch.full_like(log_w, -math.log(self.n_total)), ancestors.unsqueeze(0)
+        self.log_mass = torch.full_like(log_w[:, 0], -math.log(self.comm.world_size))
+        return new, torch.full_like(log_w, -math.log(n)), ancestors.unsqueeze(0)
 
     def state_dict(self) -> dict:
         return {"shared": self.shared.get_state(), "n_resampled": self.n_resampled}

@@ -149,9 +149,11 @@ class DistributedSMC:
         return state, info
 
     def step(self, state: SMCState, generator: torch.Generator) -> tuple[SMCState, StepInfo]:
-        """The engine's step from globally normalised weights, then global normalisation."""
-        new, info = self.inner.step(state, generator)
-        return self._globalise(new, info, info.log_z_increment, state.log_z)
+        """The engine's step (its resampler hands the model weights normalised on this rank and
+        keeps the rank's log-mass), then global normalisation."""
+        new, info = self.inner.step(state, generator)  # the model sees rank-normalised weights
+        share = info.log_z_increment + self.resampler.log_mass
+        return self._globalise(new, info, share, state.log_z)
 
     def _globalise(
         self, state: SMCState, info: StepInfo, share: torch.Tensor, log_z: torch.Tensor
@@ -177,6 +179,7 @@ class DistributedSMC:
         particles, log_w, ancestors = self.resampler(
             state.particles, state.log_weights, mask, generator
         )
+        log_w = log_w + self.resampler.log_mass.unsqueeze(-1)  # globally normalised again
         particles, more = self.init_corrector(0, particles, generator)
         particles, nfe = self.model.refresh(0, particles)
         extra = {**more, **info.extra}
@@ -257,7 +260,10 @@ def run_smc_distributed(
     group (``n_groups=1``). The distinct-ancestor count of :class:`Genealogy` is not tracked
     across ranks (such collectors are dropped). ``checkpoint``: each rank writes
     :func:`rank_path` of it (``start``: that rank's own checkpoint); ``checkpoint_every`` but
-    not a wall-clock cadence, so that all ranks checkpoint the same steps.
+    not a wall-clock cadence, so that all ranks checkpoint the same steps. Models see weights
+    normalised on their rank (the engine's contract); a model whose move needs global
+    population statistics defines ``bind_distributed(run)`` and reads the rank's log-mass from
+    ``run.resampler.log_mass`` (see :class:`~smcdiff.distributed.tempered.GlobalTemperedSMC`).
     """
     comm = Comm(group)
     R = comm.world_size
@@ -272,9 +278,12 @@ def run_smc_distributed(
     smc = DistributedSMC(model, comm, n_total, shared, resampling=resampling, policy=policy,
                          corrector=corrector, init_corrector=init_corrector, islands=islands,
                          island_threshold=island_threshold)  # fmt: skip
+    bind = getattr(model, "bind_distributed", None)
+    if callable(bind):  # a model with global population statistics (GlobalTemperedSMC)
+        bind(smc)
     saver = _rank_saver(as_checkpointer(checkpoint, checkpoint_every, WHERE), comm)
     kept = [c for c in collectors if not isinstance(c, Genealogy)]
-    show = progress if comm.rank == 0 else False
+    show = progress if comm.rank == 0 or callable(progress) else False  # one bar, every hook
     stateful = {**(stateful or {}), "distributed": smc}
     loop = RunLoop(smc, own, kept, saver, check_every, show, stateful)
     n_local = n_total // R

@@ -76,18 +76,29 @@ def global_next_temperature(
 
 class GlobalTemperedSMC(TemperedSMC):
     """:class:`~smcdiff.energy.tempered.TemperedSMC` whose adaptive temperatures come from the
-    global CESS (:func:`global_next_temperature`); a fixed ``schedule`` is used as it is."""
+    global CESS (:func:`global_next_temperature`); a fixed ``schedule`` is used as it is.
+
+    The engine hands a model weights normalised on its rank; :func:`run_smc_distributed` binds
+    the run (:meth:`bind_distributed`), whose resampler holds the rank's log-mass, so that the
+    CESS weighs the ranks by their share of the global weight."""
 
     def __init__(self, target: Any, options: TemperedOptions, *, comm: Comm, **kwargs: Any):
         super().__init__(target, options, **kwargs)
         self.comm = comm
+        self.run: Any = None
+
+    def bind_distributed(self, run: Any) -> None:
+        """Called by :func:`run_smc_distributed` with its
+        :class:`~smcdiff.distributed.runner.DistributedSMC`."""
+        self.run = run
 
     def _next(
         self, k: int, log_weights: torch.Tensor, ell: torch.Tensor, lam: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.schedule is not None:
             return super()._next(k, log_weights, ell, lam)
-        delta = global_next_temperature(self.comm, log_weights, ell, lam, self.target_ess)
+        lw = log_weights + self.run.resampler.log_mass.unsqueeze(-1)  # globally normalised
+        delta = global_next_temperature(self.comm, lw, ell, lam, self.target_ess)
         return delta, torch.where(delta >= 1.0 - lam, torch.ones_like(lam), lam + delta)
 
 
