@@ -84,16 +84,15 @@ def fk_step_time(n: int, device, path_correction: bool, k1=10, k2=30, repeats=3)
     return (t2 - t1) / (k2 - k1)
 
 
-def fk_step_point(n: int, device, path_correction: bool = False) -> dict:
-    """:func:`fk_step_time` in ms with the peak device memory (GB) of the measurement; an
-    out-of-memory error (expected at N = 1e8 until the mixture score is chunked: docs/speed.md)
-    is recorded, not raised."""
+def fk_step_point(n: int, device, path_correction: bool = False, **steps) -> dict:
+    """:func:`fk_step_time` in ms (``steps``: its ``k1``, ``k2``, ``repeats``) with the peak
+    device memory (GB) of the measurement; an out-of-memory error is recorded, not raised."""
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        row: dict = {"ms": 1e3 * fk_step_time(n, device, path_correction)}
+        row: dict = {"ms": 1e3 * fk_step_time(n, device, path_correction, **steps)}
     except torch.OutOfMemoryError as err:
         row = {"error": f"out of memory: {str(err).splitlines()[0][:200]}"}
     if cuda:
@@ -203,7 +202,9 @@ def main(argv=None) -> dict:
     res["fk_step_peak_GB"] = {}
     for n in sizes:
         for pc in (False, True):
-            row = fk_step_point(n, device, pc)
+            row = fk_step_point(
+                n, device, pc, **({"k1": 2, "k2": 5, "repeats": 1} if n > 10**7 else {})
+            )
             key = f"N={n:.0e} path_correction={pc}"
             res["fk_step_ms"][key] = row.get("ms", row.get("error"))
             res["fk_step_peak_GB"][key] = row.get("peak_GB")
