@@ -5,15 +5,15 @@ Runs, in one process on one GPU (about 5 minutes on an H200):
 1. the row gather of resampling (N = 1e7, d = 32, float32): :func:`smcdiff.resampling.gather_rows`
    (Triton) against ``index_select`` and a device copy of the same bytes, in GB/s, after
    checking that both give ``x[idx]`` exactly;
-2. ours on the peer's four targets x N = 1e4, 1e5 with the peer's settings (reference
+2. the BlackJAX peer script, verbatim (``data/peer_blackjax_tempered.py.txt``, a copy of
+   ``/work/shared/benchmarks/peer_blackjax_tempered.py``), in a subprocess;
+3. ours on the peer's four targets x N = 1e4, 1e5 with the peer's settings (reference
    N(0, sigma0^2 I), target ESS 0.5, systematic resampling at every step, HMC with 10 leapfrog
    steps of fixed size 0.2, 5 or 10 moves per temperature), in four variants: ``engine`` (the
    engine's loop, moves as CUDA graphs: the code before issue 12), ``fused`` (whole steps as
    CUDA graphs, :mod:`smcdiff.energy.tempered_fused`), ``fused+grad`` (and the analytic gradients
    below) and ``fused+grad+compile`` (those gradients through ``torch.compile``); wall time is
    the median of 3 runs after a warm-up run (graph capture, compilation) of ``smcdiff.sample``;
-3. the BlackJAX peer script, verbatim (``data/peer_blackjax_tempered.py.txt``, a copy of
-   ``/work/shared/benchmarks/peer_blackjax_tempered.py``), in a subprocess;
 4. the FK-steering step timings of :mod:`smcdiff_experiments.bench_fk_step`;
 5. a CUDA profile (top kernels) of one fused run, where time is left.
 
@@ -391,13 +391,13 @@ def main(argv=None) -> dict:
         results["gather"] = {"error": repr(err)}
         print(f"gather FAILED: {err!r}", flush=True)
     write(results, out)
-    run_ours(device, args.variants.split(","), results, out, deadline - 200.0)
     torch.cuda.empty_cache()
-    if not args.skip_peer:
-        results["peer"] = run_peer(out, max(60.0, deadline - time.perf_counter() - 40.0))
+    if not args.skip_peer:  # first: the comparison needs it
+        results["peer"] = run_peer(out, 240.0)
         write(results, out)
+    run_ours(device, args.variants.split(","), results, out, deadline - 90.0)
     sizes = [int(float(v)) for v in args.fk_sizes.split(",") if v]
-    results["fk_step_ms"] = bench_fk(device, sizes, deadline - 20.0)
+    results["fk_step_ms"] = bench_fk(device, sizes, deadline - 15.0)
     write(results, out)
     if time.perf_counter() < deadline:
         try:
