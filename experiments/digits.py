@@ -26,15 +26,14 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
 from pathlib import Path
 
 import torch
 from smcdiff_experiments.progress import run_bar
+from smcdiff_experiments.runtools import Budget, fmt, net_timing, steer_recording, timing_table
 from torch import nn
 
 import smcdiff
-from smcdiff.errors import DegeneracyWarning
 from smcdiff.nets import MLP
 
 DESCRIPTION = "digits (8x8) prior: inpainting / super-resolution / blur and class steering"
@@ -250,46 +249,55 @@ def kid(x: torch.Tensor, ref: torch.Tensor) -> float:
 # ---------------------------------------------------------------- the runs
 
 
-def settings(quick: bool) -> dict:
-    """Sizes of the full run and of ``--quick``."""
+def settings(quick: bool, gpu: bool = False) -> dict:
+    """Sizes of the full run, of ``--quick`` and of the GPU run (``gpu``: larger N and candidate
+    sets, a time budget after which no job starts: skipped jobs are listed in the outputs)."""
+    common = {"time_budget_s": None, "compile": None}
     if quick:
-        return {"n_images": 2, "problems": ("inpaint_half", "sr2x"), "n_particles": 64,
+        return {**common, "n_images": 2, "problems": ("inpaint_half", "sr2x"), "n_particles": 64,
                 "n_steps": 50, "classes": (3,), "n_out": 64, "n_cand": 8, "n_reward_runs": 1}  # fmt: skip
-    return {"n_images": 8, "problems": PROBLEMS, "n_particles": 256, "n_steps": 50,
+    if gpu:  # one H200: ~3 min (docs/digits.md, "H200")
+        return {**common, "n_images": 8, "problems": PROBLEMS, "n_particles": 4096,
+                "n_steps": 50, "classes": tuple(range(10)), "n_out": 128, "n_cand": 32,
+                "n_reward_runs": 1, "time_budget_s": 200.0}  # fmt: skip
+    return {**common, "n_images": 8, "problems": PROBLEMS, "n_particles": 256, "n_steps": 50,
             "classes": tuple(range(10)), "n_out": 128, "n_cand": 16, "n_reward_runs": 1}  # fmt: skip
 
 
-def steer_recording(prior, **kw):
-    """``smcdiff.steer(prior, **kw)`` and whether it warned that its weights degenerated (the
-    warning is recorded in the results, not printed; other warnings pass through)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DegeneracyWarning)
-        res = smcdiff.steer(prior, **kw)
-    degenerate = False
-    for w in caught:
-        if issubclass(w.category, DegeneracyWarning):
-            degenerate = True
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return res, degenerate
+def counted(prior, fn):
+    """``(fn(), wall seconds, network evaluations of prior)``: the evaluations are the net's
+    batched calls (:attr:`smcdiff.NetworkScore.nfe`), the wall time is synchronised."""
+    prior.reset_nfe()
+    t0 = time.perf_counter()
+    out = fn()
+    if prior.device is not None and prior.device.type == "cuda":
+        torch.cuda.synchronize(prior.device)
+    return out, time.perf_counter() - t0, prior.nfe
 
 
-def run_inverse(prior, clf, data, cfg: dict, device: str, bar) -> tuple[list[dict], dict]:
+def run_inverse(prior, clf, data, cfg: dict, device: str, bar, budget=None, skipped=None):
     """Every (problem, test image, method): a row of metrics; also the results for the figure
-    (first image of each problem)."""
+    (first image of each problem). Returns ``(rows, shown)``; jobs past ``budget`` are appended
+    to ``skipped``."""
     rows, shown = [], {}
     for problem in cfg["problems"]:
         for i in range(cfg["n_images"]):
             x_true, label = data["x_test"][i : i + 1], int(data["y_test"][i])
             y, ll = observe(problem, x_true, seed=100 + i)
             for method, kw in METHODS.items():
-                t0 = time.perf_counter()
-                res, degenerate = steer_recording(
-                    prior, log_likelihood=ll, n_particles=cfg["n_particles"],
-                    n_steps=cfg["n_steps"], seed=i, device=device, progress=False, **kw)  # fmt: skip
+                if budget is not None and not budget.left():
+                    skipped.append({"table": "inverse", "problem": problem, "image": i,
+                                    "method": method})  # fmt: skip
+                    bar(f"{problem} #{i} {method} (skipped)")
+                    continue
+                (res, degenerate), wall, evals = counted(prior, lambda kw=kw, ll=ll, i=i: (
+                    steer_recording(prior, log_likelihood=ll, n_particles=cfg["n_particles"],
+                                    n_steps=cfg["n_steps"], seed=i, device=device,
+                                    progress=False, **kw)))  # fmt: skip
                 row = {"problem": problem, "image": i, "label": label, "method": method,
-                       **inverse_metrics(res, x_true, label, clf),
-                       "wall_s": time.perf_counter() - t0, "degenerate": degenerate}  # fmt: skip
+                       **inverse_metrics(res, x_true, label, clf), "wall_s": wall,
+                       "ms_per_nfe": 1000 * wall / max(evals, 1),
+                       "degenerate": degenerate}  # fmt: skip
                 rows.append(row)
                 if i == 0:
                     shown[(problem, method)] = (x_true, y, res)
@@ -328,18 +336,21 @@ def reward_outputs(prior, method: str, reward, cfg: dict, seed: int, device: str
     return res.particles, res.info["nfe"], False
 
 
-def reward_row(name, kind, c, x, nfe, clf, data, wall) -> dict:
-    """Accuracy, diversity and KID to the test images of class ``c`` of samples ``x``."""
+def reward_row(name, kind, c, x, nfe, clf, data, wall, evals: int | None = None) -> dict:
+    """Accuracy, diversity and KID to the test images of class ``c`` of samples ``x``;
+    ``evals``: the network's batched calls (for milliseconds per NFE)."""
     ref = data["x_test"][data["y_test"] == c]
     pred = clf(x.float()).argmax(-1)
     return {"reward": kind, "class": c, "method": name, "n": len(x), "nfe_per_sample": int(nfe),
             "accuracy": float((pred == c).double().mean()), "diversity": diversity(x),
-            "kid": kid(x, ref), "wall_s": wall}  # fmt: skip
+            "kid": kid(x, ref), "wall_s": wall,
+            "ms_per_nfe": None if not evals else 1000 * wall / evals}  # fmt: skip
 
 
-def run_rewards(prior, clf, data, cfg: dict, device: str, bar) -> tuple[list[dict], dict]:
+def run_rewards(prior, clf, data, cfg: dict, device: str, bar, budget=None, skipped=None):
     """Class steering by ``log p(c | x)`` (fk, tds, guidance, best-of-n, and the prior for
-    reference) and by the non-differentiable indicator ``5 * 1[argmax = c]`` (fk, best-of-n)."""
+    reference) and by the non-differentiable indicator ``5 * 1[argmax = c]`` (fk, best-of-n).
+    Returns ``(rows, shown)``; jobs past ``budget`` are appended to ``skipped``."""
     rows, shown = [], {}
     for c in cfg["classes"]:
         log_p = lambda x, c=c: torch.log_softmax(clf(x), -1)[:, c]  # noqa: E731
@@ -348,11 +359,16 @@ def run_rewards(prior, clf, data, cfg: dict, device: str, bar) -> tuple[list[dic
             reward = log_p if kind == "log_p" else hit
             for method in methods:
                 for r in range(cfg["n_reward_runs"]):
-                    t0 = time.perf_counter()
-                    x, nfe, degenerate = reward_outputs(prior, method, reward, cfg, r, device)
+                    if budget is not None and not budget.left():
+                        skipped.append({"table": "reward", "reward": kind, "class": c,
+                                        "method": method})  # fmt: skip
+                        bar(f"class {c} {kind} {method} (skipped)")
+                        continue
+                    (x, nfe, degenerate), wall, evals = counted(
+                        prior, lambda m=method, rw=reward, r=r: reward_outputs(
+                            prior, m, rw, cfg, r, device))  # fmt: skip
                     x = x.detach()
-                    rows.append(reward_row(method, kind, c, x, nfe, clf, data,
-                                           time.perf_counter() - t0))  # fmt: skip
+                    rows.append(reward_row(method, kind, c, x, nfe, clf, data, wall, evals))
                     rows[-1]["degenerate"] = degenerate
                     shown.setdefault((kind, c, method), x)
                     bar(f"class {c} {kind} {method}")
@@ -366,30 +382,49 @@ def run(
     progress: bool = True,
     retrain: bool = False,
     sizes: dict | None = None,
+    n_particles: int | None = None,
+    compile: str | None = None,
 ) -> list[dict]:
-    """Train or load the prior, run both experiments, write ``digits.json`` and the figures
-    ``figures/digits_inverse.png`` and ``figures/digits_reward.png``. ``sizes`` overrides entries
-    of :func:`settings`."""
+    """Train or load the prior, run both experiments, write ``digits.json``, ``digits.md`` (the
+    tables in markdown, with the network timings) and the figures ``figures/digits_inverse.png``
+    and ``figures/digits_reward.png``. ``sizes`` overrides entries of :func:`settings` (the GPU's
+    on a CUDA device unless ``quick``); ``n_particles``: of the inverse problems; ``compile``: a
+    ``torch.compile`` mode for the prior's net (eager-vs-compiled timing then measured too)."""
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    cfg = {**settings(quick), **(sizes or {})}
+    gpu = torch.device(device).type == "cuda" and not quick
+    cfg = {**settings(quick, gpu), **(sizes or {}), "compile": compile}
+    if n_particles is not None:
+        cfg["n_particles"] = n_particles
+    budget = Budget(cfg["time_budget_s"])
     data = load_digits_split(device)
     prior = load_prior(device, retrain=retrain, progress=progress)
     clf = train_classifier(data)
     test_acc = float((clf(data["x_test"]).argmax(-1) == data["y_test"]).double().mean())
+    timing = [{"label": f"digits MLP, {lab}", **net_timing(prior, n, device, compile)}
+              for lab, n in (("inverse", cfg["n_particles"]),
+                             ("reward", cfg["n_out"] * cfg["n_cand"]))]  # fmt: skip
+    prior.compile(compile or False)
     n_rew = sum(len(m) for m in REWARD_TASKS.values())
     n_jobs = len(cfg["problems"]) * cfg["n_images"] * len(METHODS) + len(
         cfg["classes"]) * n_rew * cfg["n_reward_runs"]  # fmt: skip
-    bar = run_bar(n_jobs, progress, "digits")
-    inv_rows, inv_shown = run_inverse(prior, clf, data, cfg, device, bar)
-    rew_rows, rew_shown = run_rewards(prior, clf, data, cfg, device, bar)
+    bar, skipped = run_bar(n_jobs, progress, "digits"), []
+    inv_rows, inv_shown = run_inverse(prior, clf, data, cfg, device, bar, budget, skipped)
+    rew_rows, rew_shown = run_rewards(prior, clf, data, cfg, device, bar, budget, skipped)
     rows = summarise(inv_rows) + summarise_rewards(rew_rows)
     meta = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
-            "classifier_test_accuracy": test_acc, "sigma_y": SIGMA_Y, "device": device}  # fmt: skip
-    (out / "digits.json").write_text(json.dumps(
-        {"meta": meta, "summary": rows, "inverse": inv_rows, "reward": rew_rows}, indent=2))  # fmt: skip
-    inverse_figure(inv_shown, out / "figures" / "digits_inverse.png")
-    reward_figure(rew_shown, out / "figures" / "digits_reward.png")
+            "classifier_test_accuracy": test_acc, "sigma_y": SIGMA_Y, "device": device,
+            "device_name": torch.cuda.get_device_name(device) if gpu or "cuda" in str(device)
+            else "cpu", "torch": torch.__version__, "wall_s": budget.elapsed(),
+            "compile_info": prior.compile_info}  # fmt: skip
+    doc = {"meta": meta, "summary": rows, "timing": timing, "skipped": skipped,
+           "inverse": inv_rows, "reward": rew_rows}  # fmt: skip
+    (out / "digits.json").write_text(json.dumps(doc, indent=2))
+    (out / "digits.md").write_text(format_markdown(doc))
+    if inv_shown:
+        inverse_figure(inv_shown, out / "figures" / "digits_inverse.png")
+    if rew_shown:
+        reward_figure(rew_shown, out / "figures" / "digits_reward.png")
     return rows
 
 
@@ -404,10 +439,13 @@ def _mean_std(vals: list[float | None]) -> list[float] | None:
 def summarise(rows: list[dict]) -> list[dict]:
     """Mean ± std over test images per (problem, method)."""
     out = []
-    keys = ("psnr", "psnr_sample", "coverage90", "agreement", "ess_frac", "log_z", "wall_s")
+    keys = ("psnr", "psnr_sample", "coverage90", "agreement", "ess_frac", "log_z", "wall_s",
+            "ms_per_nfe")  # fmt: skip
     for problem in dict.fromkeys(r["problem"] for r in rows):
         for method in METHODS:
             rs = [r for r in rows if r["problem"] == problem and r["method"] == method]
+            if not rs:  # skipped (time budget)
+                continue
             row = {"table": "inverse", "problem": problem, "method": method, "n": len(rs),
                    "nfe": rs[0]["nfe"], "n_grad": rs[0]["n_grad"]}  # fmt: skip
             row.update({k: _mean_std([r[k] for r in rs]) for k in keys})
@@ -425,7 +463,7 @@ def summarise_rewards(rows: list[dict]) -> list[dict]:
             row = {"table": "reward", "reward": kind, "method": method, "n": len(rs),
                    "nfe": _mean_std([r["nfe_per_sample"] for r in rs])[0]}  # fmt: skip
             row.update({k: _mean_std([r[k] for r in rs])
-                        for k in ("accuracy", "diversity", "kid", "wall_s")})  # fmt: skip
+                        for k in ("accuracy", "diversity", "kid", "wall_s", "ms_per_nfe")})  # fmt: skip
             out.append(row)
     return out
 
@@ -507,3 +545,47 @@ def format_table(rows: list[dict]) -> str:
                  "log Z up to the likelihood's constant; degen: fraction of runs warned of "
                  "degenerate weights")  # fmt: skip
     return "\n".join(lines)
+
+
+def format_markdown(doc: dict) -> str:
+    """``digits.md``: settings, the inverse-problem and reward tables (markdown), the network
+    timings (eager vs ``torch.compile``) and the skipped jobs."""
+    meta, rows = doc["meta"], doc["summary"]
+    cfg = meta["settings"]
+
+    def f(v, p=2):
+        return "-" if v is None else f"{v[0]:.{p}f} ± {v[1]:.{p}f}"
+
+    inv = ["| problem | method | PSNR of mean (dB) | PSNR per sample (dB) | 90 % coverage | "
+           "class agreement | final ESS / N | degen | log Z | NFE | s / run | ms / NFE |",
+           "|" + "---|" * 12]  # fmt: skip
+    for r in (r for r in rows if r["table"] == "inverse"):
+        inv.append(f"| {r['problem']} | {r['method']} | {f(r['psnr'])} | {f(r['psnr_sample'])} | "
+                   f"{f(r['coverage90'])} | {f(r['agreement'])} | {f(r['ess_frac'])} | "
+                   f"{r['degenerate_frac']:.2f} | {f(r['log_z'], 1)} | {r['nfe']} | "
+                   f"{f(r['wall_s'])} | {f(r['ms_per_nfe'], 3)} |")  # fmt: skip
+    rew = ["| reward | method | accuracy | diversity | KID | NFE / sample | s / run | ms / NFE |",
+           "|" + "---|" * 8]  # fmt: skip
+    for r in (r for r in rows if r["table"] == "reward"):
+        rew.append(f"| {r['reward']} | {r['method']} | {f(r['accuracy'])} | "
+                   f"{f(r['diversity'])} | {f(r['kid'], 4)} | {fmt(r['nfe'], 0)} | "
+                   f"{f(r['wall_s'])} | {f(r['ms_per_nfe'], 3)} |")  # fmt: skip
+    parts = [
+        f"# digits on {meta['device_name']} (torch {meta['torch']})",
+        f"{cfg['n_images']} test images × {len(cfg['problems'])} problems, N = "
+        f"{cfg['n_particles']} particles, K = {cfg['n_steps']} steps; rewards: "
+        f"{len(cfg['classes'])} classes, {cfg['n_out']} outputs of {cfg['n_cand']} candidates; "
+        f"compile = {cfg['compile']}; classifier test accuracy "
+        f"{meta['classifier_test_accuracy']:.3f}; whole run {meta['wall_s']:.0f} s.",
+        "## Inverse problems\n\n" + "\n".join(inv),
+        "## Class steering\n\n" + "\n".join(rew),
+        "mean ± std over test images (inverse) and over classes and runs (reward); log Z up to "
+        "the likelihood's constant; degen: fraction of runs warned of degenerate weights; "
+        "ms / NFE: wall time / the network's batched calls (synchronised)",
+        "## Network timing (eager vs torch.compile)\n\n" + timing_table(doc["timing"]),
+    ]
+    if doc["skipped"]:
+        parts.append(f"## Skipped (time budget {cfg['time_budget_s']} s)\n\n"
+                     f"{len(doc['skipped'])} jobs not started: " + ", ".join(
+                         " ".join(str(v) for v in k.values()) for k in doc["skipped"]))  # fmt: skip
+    return "\n\n".join(parts) + "\n"

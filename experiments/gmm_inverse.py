@@ -24,6 +24,15 @@ the exact score gives path correction) and, at the NFE of ``none``, ``fk-snr`` /
 (``tilt_schedule="snr"``). Metric: sliced Wasserstein (100 slices, p = 2) of the weighted particles
 to ``n_ref`` exact posterior samples, mean ± 1.96 SE over problems, beside the floor (the same
 distance for ``n_particles`` exact samples); |log Z error| for the weighted methods.
+
+Batching: the problems of a cell are solved by one ``steer`` call with ``n_runs`` = the number
+of problems (independent particle systems; the likelihood maps each block of ``n_particles`` rows
+to its problem), so a GPU sees ``n_problems * n_particles`` rows per step. A batch that stops on
+an error is solved again problem by problem (``batched: false`` in its rows). Cost per row: NFE,
+wall seconds per problem (the batch's wall time / its problems) and milliseconds per NFE (the
+batch's wall time / NFE). On a CUDA device (not ``quick``) the sizes are the GPU's
+(:func:`settings`) and a time budget stops launching jobs when it runs out (skipped jobs are
+listed in the outputs).
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from pathlib import Path
 
 import torch
 from smcdiff_experiments.progress import run_bar
+from smcdiff_experiments.runtools import Budget, fmt, net_timing, steer_recording, timing_table
 from torch import nn
 
 import smcdiff
@@ -55,6 +65,15 @@ METHODS = {
 }
 WEIGHTED = ("fk", "tds")
 N_SLICES = 100
+# No published numbers of this protocol could be read here (BENCHMARKS.md); the tables cite where
+# they are: MCGdiff (Cardoso et al., ICLR 2024, arXiv:2308.07983), Table 1; DCPS (Janati et al.,
+# NeurIPS 2024, arXiv:2403.11407), Table 1 (SW as median / mean ± std over 20 problems).
+ANCHORS = (
+    "Anchors: MCGdiff (Cardoso et al. 2024, arXiv:2308.07983, Table 1) and DCPS (Janati et al. "
+    "2024, arXiv:2403.11407, Table 1) report SW on this protocol (with DPS, DDRM, ...); their "
+    "values could not be read offline here (BENCHMARKS.md), so none are shown beside ours. "
+    "Our `none` (the prior) and `guidance` (DPS-style) rows are the regenerated baselines."
+)
 
 
 def grid_means(d: int) -> torch.Tensor:
@@ -120,6 +139,7 @@ def train_mlp(prior, process, n_data, n_iters, hidden, depth, batch_size, seed, 
     ``(score model, seconds)``."""
     gen = torch.Generator().manual_seed(seed)
     data = prior.sample(n_data, generator=gen).to(device=device, dtype=torch.float32)
+    torch.manual_seed(seed)  # the net's initial weights
     t0 = time.perf_counter()
     data_std = float(prior.covariance().diagonal().mean().sqrt())
     net = InputScaled(MLP(prior.dim, hidden=hidden, depth=depth), process, data_std)
@@ -138,23 +158,86 @@ def swd(x, ref, w=None) -> float:
 def solve(model, problem, method, cfg, seed, device) -> dict:
     """One method on one problem: SW to the exact posterior, log Z error, NFE, wall time."""
     kw = METHODS[method]
-    res = smcdiff.steer(
+    res, degenerate = steer_recording(
         model, log_likelihood=log_likelihood_fn(problem, device), n_particles=cfg["n_particles"],
         n_steps=cfg["n_steps"], seed=seed, device=device, progress=False, **kw,
     )  # fmt: skip
     weighted = kw["method"] in WEIGHTED
-    x = res.particles.to(torch.float64)
-    w = res.weights if weighted else None
+    x = res.particles.to(torch.float64).cpu()
+    w = res.weights.cpu() if weighted else None
+    wall = res.info["wall_time_s"]
     row = {
         "sw": swd(x, problem["ref"], w),
         "nfe": res.info["nfe"],
         "n_grad": res.info["n_grad"],
-        "wall_s": res.info["wall_time_s"],
+        "wall_s": wall,
+        "ms_per_nfe": 1000 * wall / max(res.info["nfe"], 1),
+        "batched": False,
+        "degenerate": degenerate,
     }
     if weighted:
         row["log_z_err"] = float(res.log_z) - problem["log_evidence"]
         row["ess_frac"] = float(res.final_ess) / cfg["n_particles"]
     return row
+
+
+def batched_log_likelihood(problems: list[dict], n: int, device):
+    r"""The likelihoods of ``G`` problems on ``G * n`` rows (``steer(n_runs=G)``): rows
+    ``g n .. (g + 1) n - 1`` are run ``g``'s, scored by :math:`\log\mathcal N(y_g; A_g x,
+    \sigma_{y,g}^2 I)`; ``(G n, d) -> (G n,)``."""
+    a = torch.stack([p["A"] for p in problems]).to(device=device, dtype=torch.float32)
+    y = torch.stack([p["y"] for p in problems]).to(device=device, dtype=torch.float32)
+    sig = torch.tensor([p["sigma_y"] for p in problems], dtype=torch.float32, device=device)
+    g, d_y = y.shape
+    const = -0.5 * d_y * torch.log(2 * math.pi * sig.square())
+
+    def log_lik(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != g * n:
+            raise SMCDiffError(
+                f"gmm_inverse: the batched likelihood got {x.shape[0]} rows; it maps blocks of "
+                f"n_particles = {n} rows to {g} problems and needs {g * n}"
+            )
+        ax = torch.einsum("gnd,gkd->gnk", x.reshape(g, n, -1), a.to(x.dtype))
+        r = (ax - y[:, None].to(x.dtype)) / sig[:, None, None].to(x.dtype)
+        return (const[:, None].to(x.dtype) - 0.5 * r.square().sum(-1)).reshape(-1)
+
+    return log_lik
+
+
+def solve_batch(model, problems: list[dict], method: str, cfg: dict, device) -> list[dict]:
+    """One method on every problem of a cell in one ``steer(n_runs=len(problems))`` call: a row
+    per problem (as :func:`solve`; ``wall_s`` is the batch's wall time / its problems)."""
+    kw, n, g = METHODS[method], cfg["n_particles"], len(problems)
+    res, degenerate = steer_recording(
+        model, log_likelihood=batched_log_likelihood(problems, n, device), n_particles=n,
+        n_runs=g, n_steps=cfg["n_steps"], seed=0, device=device, progress=False, **kw,
+    )  # fmt: skip
+    weighted = kw["method"] in WEIGHTED
+    x = res.particles.to(F64).cpu()
+    w = res.weights.cpu() if weighted else None
+    wall, nfe = res.info["wall_time_s"], res.info["nfe"]
+    rows = []
+    for i, problem in enumerate(problems):
+        row = {"sw": swd(x[i], problem["ref"], None if w is None else w[i]), "nfe": nfe,
+               "n_grad": res.info["n_grad"], "wall_s": wall / g, "batch_wall_s": wall,
+               "ms_per_nfe": 1000 * wall / max(nfe, 1), "batched": True,
+               "degenerate": degenerate}  # fmt: skip
+        if weighted:
+            row["log_z_err"] = float(res.log_z[i]) - problem["log_evidence"]
+            row["ess_frac"] = float(res.final_ess[i]) / n
+        rows.append(row)
+    return rows
+
+
+def solve_cell(model, problems: list[dict], method: str, cfg: dict, device) -> list[dict]:
+    """:func:`solve_batch` (``cfg["batch"]``), or problem by problem when it is off or the batch
+    stops on an error; a problem that stops on its own is an ``{"error": ...}`` row."""
+    if cfg["batch"] and len(problems) > 1:
+        try:
+            return solve_batch(model, problems, method, cfg, device)
+        except SMCDiffError:
+            pass  # one problem's failure stopped the batch: solve them one by one
+    return [_attempt(model, p, method, cfg, i, device) for i, p in enumerate(problems)]
 
 
 def prior_error(model, prior_ref, cfg, device) -> dict:
@@ -163,16 +246,25 @@ def prior_error(model, prior_ref, cfg, device) -> dict:
         model, method="none", n_particles=cfg["n_ref"], n_steps=cfg["n_steps"], seed=1,
         device=device, progress=False,
     )  # fmt: skip
-    return {"sw": swd(res.particles.to(F64), prior_ref), "nfe": res.info["nfe"]}
+    return {"sw": swd(res.particles.to(F64).cpu(), prior_ref), "nfe": res.info["nfe"]}
 
 
-def settings(quick: bool, **over) -> dict:
-    """Run settings (full or ``quick``), overridden by ``over`` (e.g. ``n_problems=1``)."""
+def settings(quick: bool, gpu: bool = False, **over) -> dict:
+    """Run settings (``quick``, the GPU's with ``gpu``, else the full protocol sized for a CPU),
+    overridden by ``over`` (e.g. ``n_problems=1``). ``time_budget_s``: stop launching jobs after
+    that many seconds (``None``: no limit); ``batch``: solve a cell's problems in one call."""
     if quick:
         cfg = dict(
             dims=(8,), d_ys=(1, 2), n_problems=1, n_particles=256, n_steps=40, n_ref=1000,
             methods=("none", "guidance", "fk-snr", "tds-snr"), tracks=("exact", "learned"),
             n_data=10_000, train_iters={8: 500}, hidden=64, depth=2, batch_size=256,
+        )  # fmt: skip
+    elif gpu:  # one H200: the whole grid in ~5 min (docs/gmm-inverse.md, "H200")
+        cfg = dict(
+            dims=(8, 80), d_ys=(1, 2, 4), n_problems=20, n_particles=2000, n_steps=100,
+            n_ref=2000, methods=tuple(METHODS), tracks=("exact", "learned"), n_data=200_000,
+            train_iters={8: 8000, 80: 15000}, hidden=512, depth=4, batch_size=2048,
+            time_budget_s=320.0,
         )  # fmt: skip
     else:
         cfg = dict(
@@ -180,6 +272,7 @@ def settings(quick: bool, **over) -> dict:
             n_ref=2000, methods=tuple(METHODS), tracks=("exact", "learned"), n_data=50_000,
             train_iters={8: 4000, 80: 8000}, hidden=256, depth=3, batch_size=512,
         )  # fmt: skip
+    cfg = {"batch": True, "time_budget_s": None, "compile": None, **cfg}
     unknown = set(over) - set(cfg)
     if unknown:
         raise ValueError(f"gmm_inverse: unknown settings {sorted(unknown)}; valid: {sorted(cfg)}")
@@ -192,36 +285,58 @@ def run(
     device: str = "cpu",
     quick: bool = False,
     progress: bool = True,
+    n_particles: int | None = None,
+    compile: str | None = None,
     **overrides,
 ) -> list[dict]:
     """Run every cell; write ``gmm_inverse.json`` (settings, per-problem rows, summary, prior
-    errors, training) and figures into ``out_dir``; return the summary rows."""
+    errors, training, timings, skipped jobs), ``gmm_inverse.md`` (the tables) and figures into
+    ``out_dir``; return the summary rows. ``n_particles``: per problem; ``compile``: a
+    ``torch.compile`` mode for the learned nets (the eager-vs-compiled timing is then measured
+    too). On a CUDA device, unless ``quick``, the GPU's settings."""
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    cfg = settings(quick, **overrides)
+    gpu = torch.device(device).type == "cuda" and not quick
+    extra = {"n_particles": n_particles} if n_particles is not None else {}
+    cfg = settings(quick, gpu, **{**overrides, **extra, "compile": compile})
+    budget = Budget(cfg["time_budget_s"])
+    bar = run_bar(_n_jobs(cfg), progress, "gmm_inverse")
+    rec = {"rows": [], "priors": [], "training": [], "timing": [], "skipped": []}
+    for d in cfg["dims"]:
+        _run_dim(d, cfg, device, progress, budget, bar, rec)
+    summary = summarise(rec["rows"])
+    rec["wall_s"] = budget.elapsed()
+    _write(out, cfg, summary, rec, device)
+    _figures(out, summary, rec["priors"])
+    return summary
+
+
+def _run_dim(d, cfg, device, progress, budget, bar, rec) -> None:
+    """Train (learned track), measure the prior errors and timings, then every cell of ``d``."""
     proc = smcdiff.VP()
     t_min = float(proc.t_min)
-    bar = run_bar(_n_jobs(cfg), progress, "gmm_inverse")
-    rows, priors, training = [], [], []
-    for d in cfg["dims"]:
-        prior = make_prior(d)
-        models = _models(prior, proc, cfg, d, device, training, progress)
-        prior_ref = prior.noised(proc, t_min).sample(cfg["n_ref"], generator=_gen(d)).to(F64)
+    prior = make_prior(d)
+    models = _models(prior, proc, cfg, d, device, rec["training"], progress)
+    n_rows = cfg["n_problems"] * cfg["n_particles"] if cfg["batch"] else cfg["n_particles"]
+    if "learned" in models:
+        timing = net_timing(models["learned"], n_rows, device, cfg["compile"])
+        rec["timing"].append({"label": f"learned MLP, d = {d}", "d": d, **timing})
+    prior_ref = prior.noised(proc, t_min).sample(cfg["n_ref"], generator=_gen(d)).to(F64)
+    for track, model in models.items():
+        rec["priors"].append({"track": track, "d": d, **prior_error(model, prior_ref, cfg, device)})
+    for d_y in cfg["d_ys"]:
+        problems = [_with_truth(prior, proc, t_min, d_y, p, cfg) for p in range(cfg["n_problems"])]
         for track, model in models.items():
-            priors.append({"track": track, "d": d, **prior_error(model, prior_ref, cfg, device)})
-        for d_y in cfg["d_ys"]:
-            for p in range(cfg["n_problems"]):
-                problem = _with_truth(prior, proc, t_min, d_y, p, cfg)
-                for track, model in models.items():
-                    for method in cfg["methods"]:
-                        r = _attempt(model, problem, method, cfg, p, device)
-                        key = {"track": track, "d": d, "d_y": d_y, "problem": p, "method": method}
-                        rows.append({**key, "sw_floor": problem["floor"], **r})
-                        bar(f"d={d} d_y={d_y} #{p} {track} {method}")
-    summary = summarise(rows)
-    _write(out, cfg, rows, summary, priors, training)
-    _figures(out, summary, priors)
-    return summary
+            for method in cfg["methods"]:
+                key = {"track": track, "d": d, "d_y": d_y, "method": method}
+                if not budget.left():
+                    rec["skipped"].append(key)
+                    bar(f"d={d} d_y={d_y} {track} {method} (skipped: time budget)")
+                    continue
+                for p, r in enumerate(solve_cell(model, problems, method, cfg, device)):
+                    row = {**key, "problem": p, "sw_floor": problems[p]["floor"], **r}
+                    rec["rows"].append(row)
+                bar(f"d={d} d_y={d_y} {track} {method}")
 
 
 def _attempt(model, problem, method, cfg, seed, device) -> dict:
@@ -243,8 +358,10 @@ def _models(prior, proc, cfg, d, device, training, progress) -> dict:
             prior, proc, cfg["n_data"], iters, cfg["hidden"], cfg["depth"], cfg["batch_size"],
             seed=d, device=device, progress=progress,
         )  # fmt: skip
-        models["learned"] = score
-        training.append({"d": d, "n_iters": iters, "seconds": secs, "n_data": cfg["n_data"]})
+        models["learned"] = score.compile(cfg["compile"] or False)
+        training.append({"d": d, "n_iters": iters, "seconds": secs, "n_data": cfg["n_data"],
+                         "hidden": cfg["hidden"], "depth": cfg["depth"],
+                         "batch_size": cfg["batch_size"]})  # fmt: skip
     return models
 
 
@@ -266,8 +383,8 @@ def _gen(*key: int) -> torch.Generator:
 
 
 def _n_jobs(cfg) -> int:
-    n = len(cfg["dims"]) * len(cfg["d_ys"]) * cfg["n_problems"]
-    return n * len(cfg["tracks"]) * len(cfg["methods"])
+    """Progress-bar jobs: one per (d, d_y, track, method) batch."""
+    return len(cfg["dims"]) * len(cfg["d_ys"]) * len(cfg["tracks"]) * len(cfg["methods"])
 
 
 def mean_ci(vals) -> list[float]:
@@ -278,7 +395,8 @@ def mean_ci(vals) -> list[float]:
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Per (track, d, d_y, method): SW, floor, |log Z err|, ESS/N (mean ± 1.96 SE), mean NFE."""
+    """Per (track, d, d_y, method): SW, floor, |log Z err|, ESS/N (mean ± 1.96 SE), mean NFE,
+    wall seconds per problem, milliseconds per NFE, the fraction of degenerate runs."""
     keys = sorted({(r["track"], r["d"], r["d_y"], r["method"]) for r in rows}, key=str)
     out = []
     for track, d, d_y, method in keys:
@@ -294,25 +412,33 @@ def summarise(rows: list[dict]) -> list[dict]:
         weighted = bool(rs) and "log_z_err" in rs[0]
         row["abs_log_z_err"] = mean_ci([abs(r["log_z_err"]) for r in rs]) if weighted else None
         row["ess_frac"] = mean_ci([r["ess_frac"] for r in rs]) if weighted else None
-        row["nfe"] = sum(r["nfe"] for r in rs) / len(rs) if rs else None
-        row["wall_s"] = sum(r["wall_s"] for r in rs) / len(rs) if rs else None
+        for k in ("nfe", "wall_s", "ms_per_nfe"):
+            row[k] = sum(r[k] for r in rs) / len(rs) if rs else None
+        row["degenerate_frac"] = sum(r["degenerate"] for r in rs) / len(rs) if rs else None
         out.append(row)
     return out
 
 
-def _write(out: Path, cfg, rows, summary, priors, training) -> None:
+def _write(out: Path, cfg, summary, rec, device) -> None:
     doc = {
         "settings": {
             k: ({str(a): b for a, b in v.items()} if isinstance(v, dict) else v)
             for k, v in cfg.items()
         },
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if torch.device(device).type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "wall_s": rec["wall_s"],
         "summary": summary,
-        "prior_error": priors,
-        "training": training,
-        "problems": rows,
-    }
+        "prior_error": rec["priors"],
+        "training": rec["training"],
+        "timing": rec["timing"],
+        "skipped": rec["skipped"],
+        "problems": rec["rows"],
+    }  # fmt: skip
     (out / "gmm_inverse.json").write_text(json.dumps(doc, indent=1))
-    (out / "gmm_inverse.md").write_text(format_table(summary, priors))
+    (out / "gmm_inverse.md").write_text(format_report(doc))
 
 
 def _figures(out: Path, summary: list[dict], priors: list[dict]) -> None:
@@ -320,21 +446,20 @@ def _figures(out: Path, summary: list[dict], priors: list[dict]) -> None:
     from matplotlib.figure import Figure
 
     for d in sorted({r["d"] for r in summary}):
-        rs = [r for r in summary if r["d"] == d]
-        d_ys = sorted({r["d_y"] for r in rs})
-        methods = [m for m in METHODS if any(r["method"] == m for r in rs)]
-        tracks = list(dict.fromkeys(r["track"] for r in rs))
+        rs = {(r["d_y"], r["track"], r["method"]): r for r in summary if r["d"] == d}
+        d_ys = sorted({k[0] for k in rs})
+        methods = [m for m in METHODS if any(k[2] == m for k in rs)]
+        tracks = list(dict.fromkeys(k[1] for k in rs))
         fig = Figure(figsize=(3.6 * len(d_ys), 3.4))
         axes = fig.subplots(1, len(d_ys), squeeze=False)[0]
         for ax, d_y in zip(axes, d_ys, strict=True):
             for k, track in enumerate(tracks):
-                pts = [next(r for r in rs if (r["d_y"], r["track"], r["method"]) == (d_y, track, m))
-                       for m in methods]  # fmt: skip
+                sw = [(rs.get((d_y, track, m)) or {}).get("sw") or [math.nan, 0.0]
+                      for m in methods]  # fmt: skip
                 xs = [i + 0.15 * (2 * k - 1) for i in range(len(methods))]
-                sw = [p["sw"] or [math.nan, 0.0] for p in pts]
                 ax.errorbar(xs, [v[0] for v in sw], yerr=[v[1] for v in sw],
                             fmt="o", capsize=3, label=f"{track} score")  # fmt: skip
-            floor = next(r for r in rs if r["d_y"] == d_y)["sw_floor"][0]
+            floor = next(r for k, r in rs.items() if k[0] == d_y)["sw_floor"][0]
             ax.axhline(floor, color="k", lw=0.8, ls="--", label="floor (exact samples)")
             ax.set(xticks=range(len(methods)), yscale="log", title=f"d = {d}, d_y = {d_y}")
             ax.set_ylim(top=min(ax.get_ylim()[1], 300.0))  # diverged runs (SW ~ 1e18) off-chart
@@ -351,21 +476,65 @@ def format_table(rows: list[dict], priors: list[dict] | None = None) -> str:
     def f(v, p=3):
         return "-" if v is None else f"{v[0]:.{p}f} ± {v[1]:.{p}f}"
 
-    def g(v, p):
-        return "-" if v is None else f"{v:.{p}f}"
-
     head = (
-        "| track | d | d_y | method | sliced W2 | floor | abs log Z err | ESS/N | NFE | s/run "
-        "| failed |"
+        "| track | d | d_y | method | sliced W2 | floor | abs log Z err | ESS/N | NFE | s/problem "
+        "| ms/NFE | degen | failed |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         lines.append(
             f"| {r['track']} | {r['d']} | {r['d_y']} | {r['method']} | {f(r['sw'])} | "
             f"{r['sw_floor'][0]:.3f} | {f(r['abs_log_z_err'])} | {f(r['ess_frac'], 2)} | "
-            f"{g(r['nfe'], 0)} | {g(r['wall_s'], 2)} | {r['n_failed']}/{r['n_problems']} |"
+            f"{fmt(r['nfe'], 0)} | {fmt(r['wall_s'], 3)} | {fmt(r['ms_per_nfe'], 2)} | "
+            f"{fmt(r['degenerate_frac'], 2)} | {r['n_failed']}/{r['n_problems']} |"
         )
-    lines.append("mean ± 1.96 SE over problems; floor: the same distance for exact samples")
+    lines.append(
+        "\nmean ± 1.96 SE over problems; floor: the same distance for exact samples; s/problem: "
+        "the batch's wall time / its problems; ms/NFE: the batch's wall time / NFE; degen: "
+        "fraction of runs warned of degenerate weights"
+    )
     for p in priors or []:
         lines.append(f"prior error ({p['track']} score, d = {p['d']}): sliced W2 {p['sw']:.3f}")
     return "\n".join(lines)
+
+
+def model_error_table(rows: list[dict]) -> str:
+    """Markdown: per (d, d_y, method), the exact-score SW (SMC error), the learned-net SW (total
+    error) and their difference (model error), beside the floor."""
+    by = {(r["track"], r["d"], r["d_y"], r["method"]): r for r in rows}
+    lines = ["| d | d_y | method | exact score (SMC error) | learned net (total) | "
+             "learned − exact (model error) | floor |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (track, d, d_y, method), ex in by.items():
+        le = by.get(("learned", d, d_y, method))
+        if track != "exact" or le is None or ex["sw"] is None or le["sw"] is None:
+            continue
+        lines.append(f"| {d} | {d_y} | {method} | {ex['sw'][0]:.3f} | {le['sw'][0]:.3f} | "
+                     f"{le['sw'][0] - ex['sw'][0]:+.3f} | {ex['sw_floor'][0]:.3f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def format_report(doc: dict) -> str:
+    """The markdown file: settings line, results, model error, anchors, training, timings."""
+    cfg = doc["settings"]
+    parts = [
+        f"# gmm_inverse on {doc['device_name']} (torch {doc['torch']})",
+        f"d = {cfg['dims']}, d_y = {cfg['d_ys']}, {cfg['n_problems']} problems per cell, "
+        f"N = {cfg['n_particles']} particles, K = {cfg['n_steps']} steps, {cfg['n_ref']} "
+        f"reference samples, compile = {cfg['compile']}; whole run {doc['wall_s']:.0f} s.",
+        "## Results\n\n" + format_table(doc["summary"], doc["prior_error"]),
+        "## SMC error and model error\n\n" + model_error_table(doc["summary"]),
+        "## Anchors\n\n" + ANCHORS,
+    ]
+    if doc["training"]:
+        parts.append("## Training\n\n" + "\n".join(
+            f"- d = {t['d']}: MLP hidden {t['hidden']}, depth {t['depth']}, {t['n_iters']} "
+            f"iterations, batch {t['batch_size']}, {t['n_data']} prior samples: "
+            f"{t['seconds']:.1f} s" for t in doc["training"]))  # fmt: skip
+    if doc["timing"]:
+        parts.append("## Network timing (eager vs torch.compile)\n\n"
+                     + timing_table(doc["timing"]))  # fmt: skip
+    if doc["skipped"]:
+        parts.append(f"## Skipped (time budget {cfg['time_budget_s']} s)\n\n" + "\n".join(
+            f"- d = {k['d']}, d_y = {k['d_y']}, {k['track']}, {k['method']}"
+            for k in doc["skipped"]))  # fmt: skip
+    return "\n\n".join(parts) + "\n"

@@ -144,3 +144,7 @@ def test_tiny_run_writes_json_table_and_figures(tmp_path):
     for name in ("digits_inverse.png", "digits_reward.png"):
         assert (tmp_path / "figures" / name).stat().st_size > 1000
     assert "tds-snr" in D.format_table(rows)
+    md = (tmp_path / "digits.md").read_text()
+    assert "## Inverse problems" in md and "| sr2x | tds-snr |" in md and "eager ms/call" in md
+    assert all(r["ms_per_nfe"] > 0 for r in out["inverse"] + out["reward"])
+    assert out["timing"][0]["eager_ms"] > 0 and out["skipped"] == []
