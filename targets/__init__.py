@@ -8,6 +8,7 @@ from smcdiff_targets.alanine import AlanineDipeptide, dihedral
 from smcdiff_targets.double_well import DoubleWell, dw5, dw50
 from smcdiff_targets.energy import MW5, Funnel, Gmm40Fab, ManyWell, load_gmm40_fab_means
 from smcdiff_targets.logistic import LaplaceApprox, LogisticRegression
+from smcdiff_targets.mog40 import Mog40, load_mog40_50d_means
 from smcdiff_targets.particles import ParticleSystem, dw4, lj13, lj55, reference_samples
 from smcdiff_targets.registry import TARGETS, get_target
 from smcdiff_targets.steering_toys import (
@@ -28,6 +29,7 @@ __all__ = [
     "LaplaceApprox",
     "LogisticRegression",
     "ManyWell",
+    "Mog40",
     "ParticleSystem",
     "SteeringProblem",
     "dihedral",
@@ -35,6 +37,7 @@ __all__ = [
     "dw5",
     "dw50",
     "get_target",
+    "load_mog40_50d_means",
     "gmm2d_likelihood_problem",
     "gmm2d_prior",
     "gmm2d_reward_problem",

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from smcdiff_targets.double_well import dw5, dw50
 from smcdiff_targets.energy import MW5, Funnel, Gmm40Fab, ManyWell
 from smcdiff_targets.logistic import LogisticRegression
+from smcdiff_targets.mog40 import Mog40
 from smcdiff_targets.particles import dw4, lj13, lj55
 
 __all__ = ["TARGETS", "get_target"]
@@ -24,6 +25,7 @@ TARGETS: dict[str, tuple[Callable[[], object], float]] = {
     "mw5": (MW5, 2.5),
     "dw5": (dw5, 2.5),
     "dw50": (dw50, 2.0),
+    "mog40_50d": (Mog40, Mog40.reference_std),
     "dw4": (dw4, 2.0),
     "lj13": (lj13, 1.0),
     "lj55": (lj55, 1.5),
