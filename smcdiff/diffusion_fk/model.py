@@ -39,6 +39,7 @@ from smcdiff.diffusion_fk.tilt import (
     TiltValue,
     constant_schedule,
 )
+from smcdiff.engine.guard import NO_MASS
 from smcdiff.engine.model import FeynmanKacModel, ParticleState, StepOutput
 from smcdiff.errors import SMCDiffError
 from smcdiff.processes.parameterization import tweedie_x0
@@ -156,16 +157,26 @@ class DiffusionFK(FeynmanKacModel):
                 a, s = self._alpha_sigma[k]
                 x0 = xr if last else tweedie_x0(xr, score, a, s)
                 value = self.tilt.evaluate(x0, k, checks, where)
+                name = " + ".join(term.name for term in self.tilt.terms)
                 if need_grad:  # an indicator or a constant tilt has no graph: gradient 0
                     grad = torch.zeros_like(xr)
                     if value.f.requires_grad:
                         (g,) = torch.autograd.grad(value.f.sum(), xr, allow_unused=True)
                         grad = grad if g is None else g
+                    elif not self.weighted:  # no weights to correct a guidance that does nothing
+                        raise SMCDiffError(
+                            f"{where}: {name} is not differentiable in x (no autograd graph: a "
+                            "constant or an indicator); guidance moves by its gradient and has "
+                            "no weights, so it would return the prior"
+                        )
                     hard = value.hard.reshape(-1, *([1] * (x.dim() - 1)))
                     # the penalty of a violated constraint is flat: its gradient is 0
                     out["gradf"] = torch.where(hard, 0.0, grad.detach()).to(self.dtype)
+                    checks[f"{name} gradient"] = nonfinite_rows(out["gradf"])
+                if last and not self.weighted:  # unweighted: a tilt -inf everywhere is an error
+                    checks[f"{name} {NO_MASS}"] = value.hard & value.hard.all()
                 out["f"], out["hard"] = value.f.detach(), value.hard
-        out["score"] = score.detach()
+        out["score"] = score.detach().to(x.dtype)  # a float64 model: float32 particles stay
         return out, checks, int(need_grad)
 
     def _apply_strength(

@@ -16,10 +16,21 @@ from smcdiff.checks import check_device, check_shape
 from smcdiff.engine.model import StepOutput
 from smcdiff.errors import DegenerateWeightsError, NonFiniteError, SMCDiffError
 
-__all__ = ["LOG_POTENTIAL", "WEIGHTS_DEGENERATE", "FiniteGuard", "check_step_output", "step_where"]
+__all__ = [
+    "LOG_POTENTIAL",
+    "NO_MASS",
+    "WEIGHTS_DEGENERATE",
+    "FiniteGuard",
+    "check_step_output",
+    "step_where",
+]
 
 WEIGHTS_DEGENERATE = "weights"
 LOG_POTENTIAL = "log-potential (incremental log-weight)"
+NO_MASS = "is -inf for every particle"
+"""The end of a quantity name (``"reward is -inf for every particle"``) whose mask flags the
+particles of a model without weights (guidance) when its tilt is ``-inf`` for all of them: the
+target has no mass where they are. Raised as a :class:`DegenerateWeightsError`."""
 
 
 class FiniteGuard:
@@ -58,6 +69,15 @@ class FiniteGuard:
         (step, _, t), name, count = rows[i], self._names[q], int(bad[i, q])
         where = step_where(self.label, step, t)
         res = partial() if partial is not None else None
+        if name.endswith(NO_MASS):
+            raise DegenerateWeightsError(
+                f"{name} at {where}: the tilted target has no mass where the particles are, and "
+                "the method has no weights to say so (a weighted method, e.g. 'fk', would "
+                "raise here too)",
+                quantity=name,
+                step=step,
+                partial=res,
+            )
         if name == WEIGHTS_DEGENERATE:
             raise DegenerateWeightsError(
                 f"all weights are zero (every log-weight is -inf) in {count} group(s) at {where}: "
