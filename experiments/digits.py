@@ -216,7 +216,9 @@ def inverse_metrics(res, x_true: torch.Tensor, label: int, clf: Classifier) -> d
     weighted = res.info["method"] in ("fk", "tds")
     return {
         "psnr": psnr(mean, truth),
-        "psnr_sample": float(sum(w[i] * psnr(x[i], truth) for i in range(len(w)))),
+        "psnr_sample": float(
+            (w * 10 * torch.log10(4.0 / (x.double() - truth).square().mean(1))).sum()
+        ),
         "coverage90": float(((truth >= lo) & (truth <= hi)).double().mean()),
         "agreement": float((w * (pred == label).double()).sum()),
         "ess_frac": float(res.final_ess / len(w)) if weighted else None,

@@ -351,7 +351,7 @@ def _attempt(model, problem, method, cfg, seed, device) -> dict:
 def _models(prior, proc, cfg, d, device, training, progress) -> dict:
     models = {}
     if "exact" in cfg["tracks"]:
-        models["exact"] = smcdiff.exact_score(prior.to(dtype=torch.float32), proc)
+        models["exact"] = smcdiff.exact_score(prior.to(device, torch.float32), proc)
     if "learned" in cfg["tracks"]:
         iters = cfg["train_iters"][d]
         score, secs = train_mlp(
