@@ -24,9 +24,16 @@ import torch
 import smcdiff
 from smcdiff.diagnostics.transport import entropic_wasserstein2, sliced_ks, wasserstein2
 
-DESCRIPTION = "energy targets (gmm40, funnel, many-well, mw5, dw50) x samplers vs ground truth"
-DEFAULT_TARGETS = ("gmm40_fab", "funnel10", "manywell32", "mw5", "dw50")
-N_MODES = {"gmm40_fab": 40, "mw5": 32, "dw5": 32, "dw50": 32}
+DESCRIPTION = "energy targets (gmm40, funnel, many-well, mw5, dw50, mog40-50d) x samplers vs truth"
+DEFAULT_TARGETS = ("gmm40_fab", "funnel10", "manywell32", "mw5", "dw50", "mog40_50d")
+N_MODES = {"gmm40_fab": 40, "mw5": 32, "dw5": 32, "dw50": 32, "mog40_50d": 40}
+ISSUE13_TARGETS = ("mw5", "dw50", "manywell32", "funnel10", "mog40_50d")
+"""Issue 13's targets: where tempering struggles (narrow multi-well modes in high dimension, the
+funnel's neck, 40 modes in 50-D)."""
+REFINED = {"method": "diffusion", "score": "refined", "n_steps": 40, "n_mc": 32, "n_chains": 16,
+           "n_chain_steps": 10}  # fmt: skip
+"""Diffusion-path SMC with the MALA-refined mixture estimator (RDMCRefinedScore): per particle and
+step 16 chains x (10 ascent + 10 MALA + 3) gradients and 32 importance draws."""
 
 
 def _targets(names: tuple[str, ...] = DEFAULT_TARGETS) -> dict[str, tuple[Callable, float]]:
@@ -46,11 +53,50 @@ def methods_for(name: str) -> dict[str, dict]:
     """Sampler settings per target; the tempered budgets are the BlackJAX peer's
     (HMC 10 leapfrog steps; 5 moves per temperature on gmm40 and the funnel, 10 otherwise)."""
     moves = 5 if name in ("gmm40_fab", "funnel10") else 10
-    return {
+    out = {
         "tempered-hmc": {"method": "tempered", "kernel": "hmc", "n_moves": moves},
         "tempered-mala": {"method": "tempered", "kernel": "mala", "n_moves": 20},
         "diffusion-rdmc": {"method": "diffusion", "n_steps": 100, "n_mc": 64},
+        "diffusion-refined": dict(REFINED),
+        # tempered SMC at a budget nearer the refined sampler's (10x the moves)
+        "tempered-mala-x10": {"method": "tempered", "kernel": "mala", "n_moves": 200},
     }
+    if name == "funnel10":  # the non-centred parameterisation (smcdiff.energy.reparam)
+        out["tempered-mala-noncentred"] = {**out["tempered-mala"], "reparam": "funnel"}
+        out["diffusion-refined-noncentred"] = {**REFINED, "reparam": "funnel"}
+    return out
+
+
+def reparameterised(target, kw: dict):
+    """``(target to sample, map back to x or None, sampler options)`` for a method entry with a
+    ``reparam`` key (``"funnel"``: :func:`smcdiff.energy.reparam.funnel_noncentred`)."""
+    kw = dict(kw)
+    if kw.pop("reparam", None) != "funnel":
+        return target, None, kw
+    from smcdiff.energy.reparam import funnel_noncentred
+
+    nc = funnel_noncentred(target)
+    return nc, nc.to_x, kw
+
+
+ISSUE13_METHODS = (
+    "tempered-mala", "tempered-mala-x10", "diffusion-refined",
+    "tempered-mala-noncentred", "diffusion-refined-noncentred",
+)  # fmt: skip
+
+
+def floors(out_dir: str | Path, device: str, names: tuple[str, ...] = ISSUE13_TARGETS) -> dict:
+    """Entropic W2 between two independent exact sample sets per target (the metric's floor at
+    this sample size); writes ``entropic_w2_floors.json``."""
+    out = {}
+    for name, (make, _) in _targets(names).items():
+        target = make()
+        a = _truth(make).to(device)
+        b = target.sample(20_000, generator=torch.Generator().manual_seed(999)).double().to(device)
+        out[name] = entropic_wasserstein2(a, b)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "entropic_w2_floors.json").write_text(json.dumps(out, indent=1))
+    return out
 
 
 PEER = {  # the BlackJAX peer's settings (peer_blackjax_tempered.py): inner kernel, moves
@@ -90,8 +136,13 @@ def timing(out_dir: str | Path, device: str = "cuda", ns: tuple[int, ...] = (10_
     return rows
 
 
-def evaluate(target, name: str, res, truth: torch.Tensor, log_z_true: float) -> dict:
+def evaluate(
+    target, name: str, res, truth: torch.Tensor, log_z_true: float, to_x: Callable | None = None
+) -> dict:
+    """Metrics of one run against the truth; ``to_x`` maps reparameterised particles back."""
     x, w = res.particles.detach(), res.weights.detach()
+    if to_x is not None:
+        x = to_x(x)
     row = {
         "log_z_err": float(res.log_z) - log_z_true,
         "ess_frac": float(res.final_ess) / x.shape[0],
@@ -142,12 +193,15 @@ def run(
             if methods and meth not in methods:
                 continue
             per_seed = []
+            sampled, to_x, kw = reparameterised(target, kw)
+            if kw.get("score") == "refined" and device != "cpu":
+                kw.setdefault("chunk_size", 2048)  # fewer, larger batches of inner chains
             for seed in seeds:
                 res = smcdiff.sample(
-                    target, n_particles=n_particles, seed=seed, device=device,
-                    reference_std=ref_std, **kw,
+                    sampled, n_particles=n_particles, seed=seed, device=device,
+                    reference_std=ref_std, progress=False, **kw,
                 )  # fmt: skip
-                r = evaluate(target, name, res, truth, log_z_true)
+                r = evaluate(target, name, res, truth, log_z_true, to_x)
                 r.update(
                     n_target_evals=res.info["n_target_evals"],
                     n_grad_evals=res.info["n_grad_evals"],
@@ -187,6 +241,7 @@ COLUMNS = [
     ("x0_std", "std(x0)"),
     ("p_x1_pos", "P(x1>0)"),
     ("ess_frac", "ESS/N"),
+    ("n_target_evals", "target evals"),
     ("n_grad_evals", "grad evals"),
     ("wall_s", "wall s"),
 ]
@@ -231,8 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="*")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--timing", action="store_true", help="only the timing runs vs the peer")
+    p.add_argument("--issue13", action="store_true",
+                   help="issue 13's targets and methods (tempered vs refined diffusion)")  # fmt: skip
     a = p.parse_args(argv)
+    if a.issue13:
+        a.targets = a.targets or list(ISSUE13_TARGETS)
+        a.methods = a.methods or list(ISSUE13_METHODS)
     t0 = time.perf_counter()
+    if a.issue13 and a.device != "cpu":
+        print("entropic W2 floors:", floors(a.out, a.device), flush=True)
     if a.timing:
         timing(a.out, a.device)
         return 0
