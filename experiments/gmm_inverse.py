@@ -37,6 +37,7 @@ listed in the outputs).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -312,7 +313,13 @@ def run(
 
 
 def _run_dim(d, cfg, device, progress, budget, bar, rec) -> None:
-    """Train (learned track), measure the prior errors and timings, then every cell of ``d``."""
+    """Train (learned track), measure the prior errors and timings, then every cell of ``d``;
+    nothing (all of ``d``'s jobs listed as skipped) when the budget is already spent."""
+    if not budget.left():
+        for d_y, track, method in itertools.product(cfg["d_ys"], cfg["tracks"], cfg["methods"]):
+            rec["skipped"].append({"track": track, "d": d, "d_y": d_y, "method": method})
+            bar(f"d={d} d_y={d_y} {track} {method} (skipped: time budget)")
+        return
     proc = smcdiff.VP()
     t_min = float(proc.t_min)
     prior = make_prior(d)
