@@ -114,8 +114,11 @@ class DistributedSystematic(Resampler):
     ``(1,)`` keeps this rank's share :math:`m_r` (``-log R`` after resampling), which
     :class:`~smcdiff.distributed.runner.DistributedSMC` adds back to the step's local
     increment. ``shared``: a generator seeded identically on every rank (it draws :math:`V`).
-    The mask (one group) is the same on every rank; reading it is one host-device sync per step,
-    which the all-to-all's sizes need anyway. Without resampling the ancestors are the
+    The uniform is drawn at every step, resampling or not (as the engine's
+    :class:`~smcdiff.engine.resampler.LocalResampler` does), so a one-process run whose scheme
+    draws from a copy of ``shared`` resamples with the same uniforms. The mask (one group) is
+    the same on every rank; reading it is one host-device sync per step, which the all-to-all's
+    sizes need anyway. Without resampling the ancestors are the
     particles' own global indices. ``state_dict`` / ``load_state_dict`` keep the shared
     generator for checkpoints."""
 
@@ -135,11 +138,12 @@ class DistributedSystematic(Resampler):
     ) -> tuple[ParticleState, torch.Tensor, torch.Tensor]:
         n = log_w.shape[1]
         own = torch.arange(n, device=log_w.device) + self.comm.rank * n
+        u = torch.rand(
+            (), dtype=torch.float64, generator=self.shared, device=self.shared.device
+        ).to(log_w.device)  # every step, as the engine's
         if not bool(mask[0]):  # the same decision on every rank
             local, self.log_mass = rank_normalise(log_w)
             return particles, local, own.unsqueeze(0)
-        u = torch.rand((), dtype=torch.float64, generator=self.shared,
-                       device=self.shared.device).to(log_w.device)  # fmt: skip
         first, end = systematic_slots(self.comm, log_w[0], u, self.n_total)
         new, ancestors = redistribute(self.comm, particles, first, end, n)
         self.n_resampled += 1
