@@ -29,12 +29,6 @@ from tests.faults.kit import (
 )
 from tests.stats import assert_z_unbiased
 
-H1, H2, LEAD = (
-    "H1: engine, steer.py, sample.py, result.py",
-    "H2: steering/fkc",
-    "lead: diffusion_fk",
-)
-
 
 def raises(error: type, pattern: str, call, *args, **kwargs) -> BaseException:
     """``call(*args, **kwargs)`` raises ``error`` whose message matches ``pattern``."""
