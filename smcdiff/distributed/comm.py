@@ -123,6 +123,9 @@ def unpack_rows(rows: torch.Tensor, layout: RowLayout) -> ParticleState:
     """Inverse of :func:`pack_rows`: ``(n, width)`` uint8 -> named tensors ``(n, *shape)``."""
     n = rows.shape[0]
     return {
-        name: rows[:, a:b].contiguous().view(dtype).reshape(n, *shape)
+        name: rows[:, a:b]
+        .clone(memory_format=torch.contiguous_format)
+        .view(dtype)
+        .reshape(n, *shape)
         for name, dtype, shape, a, b in layout.entries
     }

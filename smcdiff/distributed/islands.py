@@ -44,7 +44,9 @@ def copy_islands(
     rows = torch.cat([pack_rows(particles, layout), extra.double().view(torch.uint8)], 1)
     rows = rows.repeat(sum(1 for q in range(R) if islands[q] == me), 1)
     got = comm.all_to_all_rows(rows, send, recv)
-    return unpack_rows(got, layout), got[:, layout.width :].contiguous().view(torch.float64)
+    return unpack_rows(got, layout), got[:, layout.width :].clone(
+        memory_format=torch.contiguous_format
+    ).view(torch.float64)
 
 
 class IslandResampler(Resampler):

@@ -92,7 +92,9 @@ def redistribute(
     meta = torch.stack([copies[src, dest], ids], dim=1)  # (P, 2) int64
     rows = torch.cat([pack_rows(particles, layout)[src], meta.view(torch.uint8)], dim=1)
     got = comm.all_to_all_rows(rows, send.tolist(), recv.tolist())
-    meta = got[:, layout.width :].contiguous().view(torch.int64)  # (P', 2)
+    meta = (
+        got[:, layout.width :].clone(memory_format=torch.contiguous_format).view(torch.int64)
+    )  # (P', 2)
     times = meta[:, 0]
     new = {k: v.repeat_interleave(times, dim=0) for k, v in unpack_rows(got, layout).items()}
     ancestors = meta[:, 1].repeat_interleave(times)

@@ -37,9 +37,12 @@ def ancestors_job(rank, world_size, n_local):
         want = systematic(lw[None], generator=torch.Generator().manual_seed(trial))[0]
         u = torch.rand((), dtype=torch.float64, generator=torch.Generator().manual_seed(trial))
         first, end = systematic_slots(comm, lw[mine], u, N)
-        new, anc = redistribute(comm, {"x": x[mine], "label": label[mine]}, first, end, n_local)
+        flag, y = label % 3 == 0, x[:, :1].float().repeat(1, 3)  # rows of odd byte widths
+        parts = {"flag": flag[mine], "x": x[mine], "label": label[mine], "y": y[mine]}
+        new, anc = redistribute(comm, parts, first, end, n_local)
         mismatches += int((anc != want[mine]).sum())
         assert torch.equal(new["x"], x[anc]) and torch.equal(new["label"], anc)
+        assert torch.equal(new["flag"], flag[anc]) and torch.equal(new["y"], y[anc])
     # the engine-facing resampler: shared generator, uniform weights, global ancestors
     shared = torch.Generator().manual_seed(7)
     res = DistributedSystematic(comm, shared, N)

@@ -1,0 +1,237 @@
+"""Benchmark (not a test): strong and weak scaling of one distributed FK-steering run, the
+bytes each rank sends per step, and a model of the step time on 8 and 64 GPUs.
+
+The workload is ``bench_fk_step``'s: FK steering of an exact 8-component GMM prior in d = 16 with
+a reward on Tweedie's x0, run by ``steer(..., distributed=True)`` with resampling at *every* step
+(``ess_threshold=1``, the most communication). Time per step = (T(k2 steps) - T(k1 steps)) /
+(k2 - k1) on rank 0 (the ranks wait for each other at every step), median of ``--repeats``.
+
+CPU, here (forks gloo groups of 1, 2 and 4 processes)::
+
+    python -m smcdiff_experiments.bench_distributed --out results/distributed
+
+GPU, one process per GPU (NCCL; world size 1 on one GPU measures the single-GPU step the scaling
+model starts from)::
+
+    NCCL_NVLS_ENABLE=0 torchrun --nproc_per_node=1 -m smcdiff_experiments.bench_distributed \\
+        --backend nccl --sizes 1e4,1e6,1e7 --out $OUT
+
+Each prints a markdown table and writes ``bench_distributed_<backend>.json``; ``--model FILE``
+prints the modelled 8- and 64-GPU table from such a JSON (docs/distributed.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import tempfile
+import time
+import warnings
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from smcdiff_experiments.bench_fk_step import make_problem
+
+import smcdiff
+
+ASSUMED = {  # used by the model unless measured; docs/distributed.md states them as assumptions
+    "nvlink_GBps": 450.0,  # H200 NVLink, per direction per GPU
+    "ib_GBps": 50.0,  # inter-node InfiniBand per GPU (400 Gb/s)
+    "latency_nvlink_us": 15.0,  # one small NCCL collective inside a node
+    "latency_ib_us": 40.0,  # one small NCCL collective across nodes
+}
+H200_STEP_MS = {1e4: 2.1, 1e6: 5.2, 1e7: 46.4}  # measured FK step, one H200 (docs/results.md)
+
+
+def step_point(n_total: int, device: torch.device, k1: int, k2: int, repeats: int) -> dict:
+    """Seconds per distributed FK step and the bytes this rank sent per step."""
+    model, reward = make_problem(device)
+
+    def run(k: int):
+        return smcdiff.steer(model, method="fk", reward=reward, n_particles=n_total, n_steps=k,
+                             ess_threshold=1.0, seed=0, device=device, distributed=True,
+                             progress=False)  # fmt: skip
+
+    def timed(k: int) -> tuple[float, smcdiff.SMCResult]:
+        dist.barrier()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        res = run(k)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0, res
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degeneracy warnings of a benchmark workload
+        run(k1)  # warm-up
+        t1 = statistics.median(timed(k1)[0] for _ in range(repeats))
+        runs = [timed(k2) for _ in range(repeats)]
+    t2 = statistics.median(t for t, _ in runs)
+    sent = runs[-1][1].trace["comm_bytes"][1:].double()  # steps 1..k2
+    per_rank = torch.tensor([float(sent.mean()), float(sent.max())], dtype=torch.float64)
+    table = [torch.zeros_like(per_rank) for _ in range(dist.get_world_size())]
+    dist.all_gather(table, per_rank.to(device) if device.type == "cuda" else per_rank)
+    table = torch.stack([t.cpu() for t in table])
+    return {
+        "n_total": n_total,
+        "world_size": dist.get_world_size(),
+        "step_ms": 1e3 * (t2 - t1) / (k2 - k1),
+        "bytes_per_step_mean": float(table[:, 0].mean()),
+        "bytes_per_step_max_rank": float(table[:, 0].max()),
+        "bytes_one_step_max": float(table[:, 1].max()),
+    }
+
+
+def _worker(rank, world, port, out, points, args):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)  # fmt: skip
+    rows = [step_point(n, torch.device("cpu"), args.k1, args.k2, args.repeats) for n in points]
+    if rank == 0:
+        with open(os.path.join(out, "rows.json"), "w") as f:
+            json.dump(rows, f)
+    dist.destroy_process_group()
+
+
+def cpu_scaling(args) -> list[dict]:
+    """Strong (N fixed) and weak (N / R fixed) scaling over forked gloo groups."""
+    rows = []
+    for world in args.worlds:
+        points = {"strong": args.strong_n, "weak": args.weak_n * world}
+        with tempfile.TemporaryDirectory() as out, socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            s.close()
+            mp.start_processes(_worker, args=(world, port, out, list(points.values()), args),
+                               nprocs=world, start_method="fork")  # fmt: skip
+            with open(os.path.join(out, "rows.json")) as f:
+                got = json.load(f)
+        for kind, row in zip(points, got, strict=True):
+            rows.append({"scaling": kind, **row})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def torchrun_points(args) -> list[dict]:
+    """Under torchrun: every rank measures the sizes; rank 0 keeps the rows."""
+    backend = args.backend
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else None
+    device = device or torch.device("cpu")
+    rows = [
+        {"scaling": "size", **step_point(int(float(n)), device, args.k1, args.k2, args.repeats)}
+        for n in args.sizes.split(",")
+    ]
+    if backend == "nccl":
+        rows = [{**r, "gpu": torch.cuda.get_device_name(device)} for r in rows]
+    rank = dist.get_rank()
+    dist.destroy_process_group()
+    return rows if rank == 0 else []
+
+
+def row_bytes() -> int:
+    """Bytes one particle of the workload's FK state takes in the redistribution (its state
+    entries plus the copy count and global index)."""
+    from smcdiff.distributed.comm import RowLayout
+    from smcdiff.steering.registry import CommonConfig, get_method
+
+    device = torch.device("cpu")
+    model, reward = make_problem(device)
+    spec = get_method("fk")
+    common = CommonConfig(model=model, reward=reward, n_particles=4, n_steps=2, device=device)
+    plan = spec.builder(common, spec.make_config({}))
+    state = plan.model.init(4, torch.Generator(device=device).manual_seed(0)).state
+    return RowLayout(state).width + 16
+
+
+def modelled(rows: list[dict], step_ms: dict[float, float], row: int) -> list[dict]:
+    r"""Weak scaling to R GPUs, n particles each: :math:`T_R = t_1(n) + 4L_R + B_R/\beta_R`.
+
+    ``t_1``: the single-GPU step (``step_ms``); 4 small collectives per resampling step
+    (normalisation, rank sums, counts, rows) of latency :math:`L_R`; :math:`B_R` the busiest
+    rank's bytes: *typical* = the measured bytes per local particle per step (largest over the
+    CPU runs) times n, *worst* = every local particle sent once, :math:`n \cdot` ``row``
+    (all weight on one rank); :math:`\beta_R`: NVLink within a node (R <= 8), InfiniBand
+    across nodes."""
+    per_particle = max(r["bytes_per_step_max_rank"] * r["world_size"] / r["n_total"]
+                       for r in rows if r["world_size"] > 1)  # fmt: skip
+    out = []
+    for n, t1 in sorted(step_ms.items()):
+        for R in (8, 64):
+            inter = R > 8
+            bw = 1e9 * ASSUMED["ib_GBps" if inter else "nvlink_GBps"]
+            lat = 1e-6 * ASSUMED["latency_ib_us" if inter else "latency_nvlink_us"]
+            typical = 1e3 * (4 * lat + per_particle * n / bw)
+            worst = 1e3 * (4 * lat + row * n / bw)
+            out.append({
+                "gpus": R, "n_per_gpu": n, "N": n * R, "t1_ms": t1,
+                "typical_ms": t1 + typical, "worst_ms": t1 + worst,
+                "efficiency_typical": t1 / (t1 + typical), "efficiency_worst": t1 / (t1 + worst),
+                "bytes_per_particle_typical": per_particle, "row_bytes": row,
+            })  # fmt: skip
+    return out
+
+
+def markdown(rows: list[dict], model: list[dict]) -> str:
+    lines = ["| scaling | ranks | N | step (ms) | bytes/step (mean rank) | bytes/step (busiest) |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {r['scaling']} | {r['world_size']} | {r['n_total']} | "
+                     f"{r['step_ms']:.2f} | {r['bytes_per_step_mean']:.0f} | "
+                     f"{r['bytes_per_step_max_rank']:.0f} |")  # fmt: skip
+    if model:
+        lines += ["", "| GPUs | n per GPU | N | t1 (ms) | modelled step, typical (eff.) | "
+                  "worst (eff.) |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for m in model:
+            lines.append(f"| {m['gpus']} | {m['n_per_gpu']:.0e} | {m['N']:.1e} | "
+                         f"{m['t1_ms']:.1f} | {m['typical_ms']:.2f} ({m['efficiency_typical']:.0%})"
+                         f" | {m['worst_ms']:.2f} ({m['efficiency_worst']:.0%}) |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backend", default="gloo", choices=("gloo", "nccl"))
+    p.add_argument("--worlds", default="1,2,4", help="CPU: process counts")
+    p.add_argument("--strong-n", type=int, default=16384, help="CPU strong scaling: N")
+    p.add_argument("--weak-n", type=int, default=4096, help="CPU weak scaling: N per rank")
+    p.add_argument("--sizes", default="1e4,1e5", help="torchrun: global N to time")
+    p.add_argument("--k1", type=int, default=5)
+    p.add_argument("--k2", type=int, default=15)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default=None, help="directory for the JSON and markdown")
+    p.add_argument("--model", default=None, help="a CPU JSON: print the GPU model from it")
+    args = p.parse_args()
+    args.worlds = [int(w) for w in args.worlds.split(",")]
+    if args.model:
+        with open(args.model) as f:
+            rows = json.load(f)["rows"]
+    elif "RANK" in os.environ:  # under torchrun
+        rows = torchrun_points(args)
+        if not rows:
+            return
+    else:
+        rows = cpu_scaling(args)
+    row = row_bytes()
+    model = modelled(rows, H200_STEP_MS, row) if any(r["world_size"] > 1 for r in rows) else []
+    text = markdown(rows, model)
+    print(text)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        name = f"bench_distributed_{args.backend}"
+        with open(os.path.join(args.out, name + ".json"), "w") as f:
+            json.dump({"rows": rows, "model": model, "assumed": ASSUMED,
+                       "h200_step_ms": H200_STEP_MS, "row_bytes": row}, f, indent=1)  # fmt: skip
+        with open(os.path.join(args.out, name + ".md"), "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
