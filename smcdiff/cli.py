@@ -25,7 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help=f"run an experiment (default: {DEFAULT})",
         description="Run an experiment: print its table and write its results (JSON, "
-        "tables, figures) into the output folder.",
+        "tables, figures) into the output folder. One run over several processes or GPUs "
+        "(steer/sample with distributed=True) is launched by torchrun, one process per GPU: "
+        "'NCCL_NVLS_ENABLE=0 torchrun --nproc_per_node=8 your_script.py'; its benchmark: "
+        "'torchrun --nproc_per_node=1 -m smcdiff_experiments.bench_distributed --backend nccl' "
+        "(docs/distributed.md).",
     )
     run_p.add_argument(
         "experiment",
