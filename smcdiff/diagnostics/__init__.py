@@ -5,7 +5,9 @@ r"""Diagnostics: ArviZ export, PSIS Pareto-k, plots and sample-based distances.
   ``smc_particles`` and ``smc_trace`` groups);
 - :func:`pareto_k` — PSIS :math:`\hat k` of the final weights (> 0.7: unreliable);
 - :func:`degeneracy_report` (``result.diagnose()``) — minimum ESS, distinct ancestors, per-step
-  Pareto k, and a readable verdict (:mod:`smcdiff.diagnostics.degeneracy`);
+  Pareto k, lineage ESS, and a readable verdict (:mod:`smcdiff.diagnostics.degeneracy`);
+- :func:`genealogy_errors` — standard errors of weighted means from the run's genealogy
+  (Chan & Lai), and the lineage ESS (:mod:`smcdiff.diagnostics.genealogy`);
 - :func:`plot_ess`, :func:`plot_ancestors`, :func:`plot_log_weights`, :func:`plot_particles` —
   matplotlib figures;
 - :func:`energy_distance`, :func:`sliced_wasserstein`, :func:`gaussian_mmd` — distances between a
@@ -15,6 +17,7 @@ r"""Diagnostics: ArviZ export, PSIS Pareto-k, plots and sample-based distances.
 
 from smcdiff.diagnostics.arviz import to_inference_data
 from smcdiff.diagnostics.degeneracy import DegeneracyReport, degeneracy_report
+from smcdiff.diagnostics.genealogy import GenealogyErrors, genealogy_errors
 from smcdiff.diagnostics.metrics import (
     energy_distance,
     gaussian_mmd,
@@ -26,9 +29,11 @@ from smcdiff.diagnostics.plots import plot_ancestors, plot_ess, plot_log_weights
 
 __all__ = [
     "DegeneracyReport",
+    "GenealogyErrors",
     "degeneracy_report",
     "energy_distance",
     "gaussian_mmd",
+    "genealogy_errors",
     "pareto_k",
     "plot_ancestors",
     "plot_ess",

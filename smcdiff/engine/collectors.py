@@ -112,7 +112,9 @@ class Genealogy(Collector):
 
     ``keep_ancestors=True`` also keeps the ancestor indices of every step, ``(K+1, G, N)``
     (memory ``K G N`` longs), from which whole paths can be traced back.
-    Result: ``{"distinct": (K+1, G), "ancestors": (K+1, G, N) or None}``.
+    Result: ``{"distinct": (K+1, G), "ancestors": (K+1, G, N) or None, "eve": (G, N)}``; ``eve``
+    (on the particles' device) holds each final particle's step-0 ancestor, what the
+    genealogy-based standard errors of :mod:`smcdiff.diagnostics.genealogy` read.
     """
 
     name = "genealogy"
@@ -134,7 +136,7 @@ class Genealogy(Collector):
 
     def result(self) -> dict[str, torch.Tensor | None]:
         anc = torch.stack(self.ancestors).cpu() if self.keep else None
-        return {"distinct": torch.stack(self.distinct).cpu(), "ancestors": anc}
+        return {"distinct": torch.stack(self.distinct).cpu(), "ancestors": anc, "eve": self.origin}
 
 
 class WeightedMoments(Collector):
