@@ -31,9 +31,10 @@ ISSUE13_TARGETS = ("mw5", "dw50", "manywell32", "funnel10", "mog40_50d")
 """Issue 13's targets: where tempering struggles (narrow multi-well modes in high dimension, the
 funnel's neck, 40 modes in 50-D)."""
 REFINED = {"method": "diffusion", "score": "refined", "n_steps": 40, "n_mc": 32, "n_chains": 16,
-           "n_chain_steps": 10}  # fmt: skip
-"""Diffusion-path SMC with the MALA-refined mixture estimator (RDMCRefinedScore): per particle and
-step 16 chains x (10 ascent + 10 MALA + 3) gradients and 32 importance draws."""
+           "n_chain_steps": 0}  # fmt: skip
+"""Diffusion-path SMC with the refined mixture estimator (RDMCRefinedScore, Laplace components at
+the modes the inner chains climb to): per particle and step 16 chains x 13 gradients and 32
+importance draws."""
 
 
 def _targets(names: tuple[str, ...] = DEFAULT_TARGETS) -> dict[str, tuple[Callable, float]]:

@@ -16,28 +16,30 @@ the posterior of the reference :math:`\mathcal N(0, r^2 I)`: variance
 narrow relative to :math:`q_0` (the middle of a diffusion path on a multi-well target) one draw
 in :math:`M` carries all the weight. Here, per point :math:`x`:
 
-1. ``n_chains`` MALA chains on :math:`\log\gamma_x` start from *independent* draws of
-   :math:`q_0` (so they fall into the posterior's modes in proportion to their basins, not to
-   one resampled draw), climb ``n_ascent`` monotone gradient-ascent steps toward the nearest
-   mode (a stiff target's tails make MALA unstable there) and run ``n_chain_steps`` steps, the step size adapted per point toward
-   ``target_accept`` (Robbins–Monro on the chains' mean acceptance);
+1. ``n_chains`` chains on :math:`\log\gamma_x` start from *independent* draws of :math:`q_0`
+   (so they fall into the posterior's modes in proportion to their basins, not to one
+   resampled draw) and climb ``n_ascent`` monotone gradient-ascent steps to the nearest mode
+   (:func:`_ascend`: a stiff target's tails make a fixed-step MALA unstable there);
 2. the proposal is the defensive mixture
 
    .. math::
-       r_x(z) = \epsilon\,q_0(z) + \frac{1-\epsilon}{K}\sum_{k=1}^K
-       \mathcal N(z; z_k, \operatorname{diag}(b^2)),
+       r_x(z) = \epsilon\,q_0(z) + (1-\epsilon)\Big[(1-\rho)\frac1K\sum_{k=1}^K
+       \mathcal N(z; z_k, \operatorname{diag}(b_k^2))
+       + \rho\prod_i\frac1K\sum_k\mathcal N(z_i; z_{k,i}, b_{k,i}^2)\Big],
 
-   :math:`z_k` the chains' final states, :math:`b^2` per coordinate the largest of twice the
-   chains' within-chain variance over their second half, 1.5 times the Laplace variance
-   :math:`-1/\partial_i^2\log\gamma_x` (the diagonal curvature from one finite-difference probe
-   per chain, :func:`_diag_curvature`, averaged over the chains) and :math:`h d^{1/3}`
-   (:math:`h` the final MALA step, about the local variance the step adapts to); at most
-   :math:`v_0` (short chains started at a mode underestimate the spread, and a proposal
-   narrower than the posterior is what makes importance weights explode),
-   :math:`\epsilon` = ``defensive``; a share :math:`\rho` = ``product`` of the chains' mass goes
-   instead to the coordinate-wise mixture
-   :math:`\prod_i \frac1K\sum_k\mathcal N(z_i; z_{k,i}, b_i^2)` (each coordinate from its own
-   chain), which covers all :math:`\prod_i(\text{modes of } z_i)` combinations of a posterior
+   :math:`\epsilon` = ``defensive``, :math:`\rho` = ``product``. With ``n_chain_steps = 0``
+   (the default) :math:`z_k` are the modes reached and :math:`b_k^2` 1.2 times their Laplace
+   variances :math:`-1/\partial_i^2\log\gamma_x(z_k)` (diagonal curvature from one
+   finite-difference probe per chain, :func:`_diag_curvature`; at most :math:`v_0`): a mixture
+   of Laplace approximations at the modes found. With ``n_chain_steps > 0`` the chains then run
+   that many MALA steps (step adapted per point toward ``target_accept``, warm-started across
+   calls) and :math:`z_k` are their final states with one width per coordinate, the largest of
+   twice the within-chain variance, 1.5 times the chain-averaged Laplace variance and
+   :math:`h d^{1/3}` (:math:`h` the final step). Measured (32-D Gaussian posteriors, mw5 along
+   the path) the Laplace mixture has 3-10x smaller spread of :math:`\log\hat p_t` at lower cost:
+   centres already spread over the posterior plus a full-width kernel make the mixture too wide
+   in every coordinate, which compounds over dimensions. The product part (each coordinate from
+   its own chain) covers all :math:`\prod_i(\text{modes of } z_i)` combinations of a posterior
    that is (nearly) a product over coordinates — a many-well target has :math:`2^{16}` of them
    in 32 dimensions, far more than any number of chains;
 3. with :math:`n` = ``n_samples`` fresh draws :math:`z^j \sim r_x` and
@@ -63,10 +65,14 @@ argument). The score and posterior mean are ratio estimates (bias :math:`O(1/n)`
 **What it assumes.** Every mode of the posterior that carries mass must either be reached by a
 chain or be covered by :math:`q_0`; a mode missed by both makes the estimate biased low *in
 probability* (unbiased but heavy-tailed), the failure mode of every importance sampler. The
-bandwidth is axis-aligned: strongly correlated posteriors are covered less tightly.
+widths are axis-aligned: strongly correlated posteriors are covered less tightly. The mixture
+gives every chain's mode equal weight: when mode masses are unequal per coordinate (manywell's
+asymmetric wells, 0.84 : 0.16) the mismatch compounds over coordinates, and in 32 dimensions
+the spread of :math:`\log\hat p_t` stays at 2-3 (a population-Monte-Carlo refit of the weights
+on pilot draws did not help at equal cost).
 
-Cost per point: ``n_chains * (3 + n_ascent + n_chain_steps)`` target gradients (one less
-without ascent) for the chains and
+Cost per point: ``n_chains * (3 + n_ascent + n_chain_steps)`` target gradients for the chains
+(ascent, start, MALA steps, curvature probe; one fewer without ascent) and
 ``n_samples`` target evaluations (gradients with ``estimator="grad"``); the mixture density
 costs ``n_samples * n_chains * d`` flops. ``x`` is ``(N, d)``, ``t`` one float
 (``scalar_time``).
@@ -153,9 +159,9 @@ class _Mixture:
     (mean ``m0`` ``(n, d)``, variance ``v0``) with weight :math:`\epsilon`, the joint mixture
     (component weights :math:`\beta` ``(n, K)``) and the product mixture (per-coordinate weights
     :math:`\alpha` ``(n, K, d)``) of Gaussians at the chains' states ``centres`` ``(n, K, d)``
-    with variances ``b2`` ``(n, d)``; equal component weights (kept as tensors: a
-    population-Monte-Carlo refit of them on pilot draws was tried and did not lower the
-    estimate's variance at equal cost on mw5 / manywell32)."""
+    with per-component variances ``b2`` ``(n, K, d)``; equal component weights (kept as
+    tensors: a population-Monte-Carlo refit of them on pilot draws was tried and did not lower
+    the estimate's variance at equal cost on mw5 / manywell32)."""
 
     def __init__(self, m0, v0, centres, b2, eps: float, rho: float):
         n, k, d = centres.shape
@@ -178,7 +184,7 @@ class _Mixture:
         j = torch.where(product, j_prod.transpose(1, 2), j_joint.unsqueeze(-1).expand(n, m, d))
         mu = torch.gather(self.centres, 1, j)  # coordinate i from chain j[..., i]
         mu = torch.where(from_q0, self.m0.unsqueeze(1).expand(n, m, d), mu)
-        b = self.b2.sqrt().to(self.m0.dtype).unsqueeze(1)
+        b = torch.gather(self.b2, 1, j).sqrt().to(self.m0.dtype)  # the chosen components' widths
         z = mu + torch.where(from_q0, math.sqrt(self.v0), b) * torch.randn(
             n, m, d, dtype=self.m0.dtype, **opts
         )
@@ -190,7 +196,7 @@ class _Mixture:
         r""":math:`\log r_x(z)` ``(n, m)`` and the responsibilities (:meth:`draw`)."""
         eps, rho = self.eps, self.rho
         comp = _coordinate_logpdf(z.unsqueeze(2), self.centres.unsqueeze(1),
-                                  self.b2[:, None, None, :])  # (n, m, K, d)  # fmt: skip
+                                  self.b2.unsqueeze(1))  # (n, m, K, d)  # fmt: skip
         joint = comp.sum(-1) + self.log_beta.unsqueeze(1)  # (n, m, K)
         prod = comp + self.log_alpha.unsqueeze(1)
         log_joint, lse_prod = torch.logsumexp(joint, 2), torch.logsumexp(prod, 2)  # (n,m,[d])
@@ -211,7 +217,8 @@ class RDMCRefinedScore(NoisedTargetScore):
         process: the :class:`NoiseProcess`.
         n_samples: importance draws per point.
         n_chains: MALA chains per point (the mixture's components).
-        n_chain_steps: MALA steps per chain.
+        n_chain_steps: MALA steps per chain after the ascent (0: Laplace components at the
+            modes reached, module docstring).
         n_ascent: gradient-ascent steps on :math:`\log\gamma_x` before them (:func:`_ascend`).
         step_size: initial MALA step :math:`h` (proposal :math:`z + h\nabla + \sqrt{2h}\xi`);
             default :math:`\tfrac12 v_0 d^{-1/3}`, adapted per point.
@@ -238,7 +245,7 @@ class RDMCRefinedScore(NoisedTargetScore):
         n_samples: int = 64,
         *,
         n_chains: int = 16,
-        n_chain_steps: int = 10,
+        n_chain_steps: int = 0,
         n_ascent: int = 10,
         step_size: float | None = None,
         target_accept: float = 0.574,
@@ -261,7 +268,7 @@ class RDMCRefinedScore(NoisedTargetScore):
             where=where,
         )  # fmt: skip
         self.n_chains = check_int("n_chains", n_chains, 1, where=where)
-        self.n_chain_steps = check_int("n_chain_steps", n_chain_steps, 1, where=where)
+        self.n_chain_steps = check_int("n_chain_steps", n_chain_steps, 0, where=where)
         self.n_ascent = check_int("n_ascent", n_ascent, 0, where=where)
         positive = {"minimum": 0.0, "strict_min": True, "where": where}
         self.step_size = check_number("step_size", step_size, allow_none=True, **positive)
@@ -414,6 +421,12 @@ class RDMCRefinedScore(NoisedTargetScore):
         bad = ~(torch.isfinite(state.log_prob) & torch.isfinite(state.grad).all(-1))
         self._check({"MALA start: target log_prob or its gradient is not finite at chains":
                      bad.sum()}, x, k, where)  # fmt: skip
+        if self.n_chain_steps == 0:  # Laplace approximations at the modes the ascent found
+            eps = torch.full((n * k,), 1e-3 * math.sqrt(v0), dtype=x.dtype, device=x.device)
+            curv = _diag_curvature(log_post, state.x.detach(), state.grad.detach(), eps, gen)
+            self._count(n, 2 * k, True)
+            b2 = 1.2 / (-curv).clamp_min(1.0 / v0)
+            return state.x.detach().view(n, k, d), b2.view(n, k, d)
         h0 = self._initial_log_step(v0, d)
         log_h = torch.zeros(n, dtype=x.dtype, device=x.device) + h0
         n_keep = max(1, self.n_chain_steps // 2)
@@ -436,7 +449,7 @@ class RDMCRefinedScore(NoisedTargetScore):
         laplace = 1.0 / (-curv.view(n, k, d).mean(1)).clamp_min(1.0 / v0)
         b2 = torch.maximum(2.0 * var, 1.5 * laplace)
         b2 = torch.maximum(b2, d ** (1.0 / 3.0) * log_h.exp().to(_F64).unsqueeze(1))
-        return state.x.detach().view(n, k, d), b2.clamp_max(v0)
+        return state.x.detach().view(n, k, d), b2.clamp_max(v0).unsqueeze(1).expand(n, k, d)
 
     def __repr__(self) -> str:
         return (

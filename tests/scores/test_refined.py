@@ -31,18 +31,18 @@ def points(pi, t, n_points, n_rep, seed=5):
     return x.repeat_interleave(n_rep, 0)
 
 
-@pytest.mark.parametrize(("name", "d", "ratio"), [("gauss", 2, 1.0), ("mix", 2, 3.0),
-                                                  ("mix", 6, 1.0)])  # fmt: skip
-def test_refined_is_consistent_and_its_density_unbiased(name, d, ratio):
+@pytest.mark.parametrize(("name", "d", "ratio", "steps"), [("gauss", 2, 1.0, 0), ("mix", 2, 3.0, 0),
+                                                           ("mix", 6, 1.0, 0), ("mix", 6, 1.0, 6)])  # fmt: skip
+def test_refined_is_consistent_and_its_density_unbiased(name, d, ratio, steps):
     """Errors shrink ~4x from M to 16M draws; exp(log p_hat - log p) averages to 1 per point and
-    the score error to 0 (5 SE over the replicates)."""
+    the score error to 0 (5 SE over the replicates); Laplace components (steps = 0) and MALA."""
     pi, t = TARGETS[name](d), time_at(ratio)
     n_points, n_rep = 4, 48
     x = points(pi, t, n_points, n_rep)
     s_true, lp_true = exact_score(pi, PROC).score_and_log_density(x, t)
     errs, lerrs = [], []
     for m in (8, 128):
-        model = RDMCRefinedScore(pi, PROC, m, n_chains=8, n_chain_steps=6, seed=3)
+        model = RDMCRefinedScore(pi, PROC, m, n_chains=8, n_chain_steps=steps, seed=3)
         s, lp = model.score_and_log_density(x, t)
         assert s.shape == x.shape and lp.shape == (x.shape[0],) and lp.dtype == F64
         errs.append(rmse(s, s_true))
