@@ -143,7 +143,8 @@ def sample(
     pickle); :func:`smcdiff.resume` continues it, bitwise equal to the uninterrupted run on the
     same device type. An exception or ``KeyboardInterrupt`` during an SMC run is re-raised with
     ``err.partial``, the run up to the last step checked finite, as an :class:`SMCResult` (and
-    ``err.checkpoint``, the path written, when checkpointing).
+    ``err.checkpoint``, the path written, when checkpointing); during an MCMC run, with the
+    chains so far as an :class:`SMCResult` (:func:`~smcdiff.energy.chains.run_mcmc`).
 
     ``distributed=True`` (``"tempered"``; docs/distributed.md): one run over the ranks of an
     initialised ``torch.distributed`` group, ``n_particles`` split evenly, temperatures from the
