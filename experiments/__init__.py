@@ -12,5 +12,6 @@ EXPERIMENTS = {
     "steering": "smcdiff_experiments.steering_benchmarks",
     "gmm_inverse": "smcdiff_experiments.gmm_inverse",
     "digits": "smcdiff_experiments.digits",
+    "molecules": "smcdiff_experiments.molecules",
 }
 DEFAULT = "gmm2d"
