@@ -161,6 +161,51 @@ def observe(name: str, x_true: torch.Tensor, seed: int, sigma_y: float = SIGMA_Y
     return y, log_likelihood
 
 
+def observe_batch(name: str, x_true: torch.Tensor, seeds, n: int, sigma_y: float = SIGMA_Y):
+    """``(ys, log_likelihood)`` for ``G`` true images ``x_true`` ``(G, 1, 8, 8)`` (image ``g``'s
+    noise seeded by ``seeds[g]``, as :func:`observe`), the likelihood on the ``G * n`` rows of
+    ``steer(n_runs=G, n_particles=n)``: rows ``g n .. (g + 1) n - 1`` are scored against
+    ``ys[g]``."""
+    ys = torch.cat([observe(name, x_true[g : g + 1], s, sigma_y)[0] for g, s in enumerate(seeds)])
+    a, g = operator(name, str(x_true.device)), len(seeds)
+
+    def log_likelihood(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != g * n:
+            raise ValueError(f"digits: the batched likelihood needs {g} x {n} rows, got "
+                             f"{x.shape[0]}")  # fmt: skip
+        r = a(x).reshape(g, n, -1) - ys[:, None].to(x.dtype)
+        return (-0.5 * r.square().sum(-1) / sigma_y**2).reshape(-1)
+
+    return ys, log_likelihood
+
+
+class RunView:
+    """Run ``i`` of a result with ``n_runs`` runs, read as a one-run result (``particles``,
+    ``weights``, ``final_ess``, ``log_z``, ``info``, ``resample``)."""
+
+    def __init__(self, res, i: int):
+        self.res, self.i, self.info = res, i, res.info
+
+    @property
+    def particles(self) -> torch.Tensor:
+        return self.res.particles[self.i]
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return self.res.weights[self.i]
+
+    @property
+    def final_ess(self) -> torch.Tensor:
+        return self.res.final_ess[self.i]
+
+    @property
+    def log_z(self) -> torch.Tensor:
+        return self.res.log_z[self.i]
+
+    def resample(self, n=None, seed=None, scheme="systematic") -> torch.Tensor:
+        return self.res.resample(n, seed, scheme)[self.i]
+
+
 def observation_image(name: str, y: torch.Tensor) -> torch.Tensor:
     """``y`` drawn as an 8×8 image (unseen pixels NaN) for the figures."""
     img = torch.full((8, 8), float("nan"))
@@ -259,7 +304,7 @@ def settings(quick: bool, gpu: bool = False) -> dict:
         return {**common, "n_images": 2, "problems": ("inpaint_half", "sr2x"), "n_particles": 64,
                 "n_steps": 50, "classes": (3,), "n_out": 64, "n_cand": 8, "n_reward_runs": 1}  # fmt: skip
     if gpu:  # one H200: ~3 min (docs/digits.md, "H200")
-        return {**common, "n_images": 8, "problems": PROBLEMS, "n_particles": 4096,
+        return {**common, "n_images": 32, "problems": PROBLEMS, "n_particles": 4096,
                 "n_steps": 50, "classes": tuple(range(10)), "n_out": 128, "n_cand": 32,
                 "n_reward_runs": 1, "time_budget_s": 200.0}  # fmt: skip
     return {**common, "n_images": 8, "problems": PROBLEMS, "n_particles": 256, "n_steps": 50,
@@ -279,31 +324,38 @@ def counted(prior, fn):
 
 def run_inverse(prior, clf, data, cfg: dict, device: str, bar, budget=None, skipped=None):
     """Every (problem, test image, method): a row of metrics; also the results for the figure
-    (first image of each problem). Returns ``(rows, shown)``; jobs past ``budget`` are appended
-    to ``skipped``."""
-    rows, shown = [], {}
+    (first image of each problem). The images of a problem are solved in one
+    ``steer(n_runs=n_images)`` call per method (independent particle systems, seed 0); per-image
+    ``wall_s`` is the call's wall time / its images. Returns ``(rows, shown)``; jobs past
+    ``budget`` are appended to ``skipped``; a call that stops on an error gives error rows."""
+    rows, shown, g = [], {}, cfg["n_images"]
+    x_true, labels = data["x_test"][:g], data["y_test"][:g].tolist()
     for problem in cfg["problems"]:
-        for i in range(cfg["n_images"]):
-            x_true, label = data["x_test"][i : i + 1], int(data["y_test"][i])
-            y, ll = observe(problem, x_true, seed=100 + i)
-            for method, kw in METHODS.items():
-                if budget is not None and not budget.left():
-                    skipped.append({"table": "inverse", "problem": problem, "image": i,
-                                    "method": method})  # fmt: skip
-                    bar(f"{problem} #{i} {method} (skipped)")
-                    continue
-                (res, degenerate), wall, evals = counted(prior, lambda kw=kw, ll=ll, i=i: (
+        ys, ll = observe_batch(problem, x_true, [100 + i for i in range(g)], cfg["n_particles"])
+        for method, kw in METHODS.items():
+            key = {"problem": problem, "method": method}
+            if budget is not None and not budget.left():
+                skipped.append({"table": "inverse", **key})
+                bar(f"{problem} {method} (skipped)")
+                continue
+            try:
+                (res, degenerate), wall, evals = counted(prior, lambda kw=kw, ll=ll: (
                     steer_recording(prior, log_likelihood=ll, n_particles=cfg["n_particles"],
-                                    n_steps=cfg["n_steps"], seed=i, device=device,
+                                    n_runs=g, n_steps=cfg["n_steps"], seed=0, device=device,
                                     progress=False, **kw)))  # fmt: skip
-                row = {"problem": problem, "image": i, "label": label, "method": method,
-                       **inverse_metrics(res, x_true, label, clf), "wall_s": wall,
-                       "ms_per_nfe": 1000 * wall / max(evals, 1),
-                       "degenerate": degenerate}  # fmt: skip
-                rows.append(row)
-                if i == 0:
-                    shown[(problem, method)] = (x_true, y, res)
-                bar(f"{problem} #{i} {method}")
+            except smcdiff.SMCDiffError as err:
+                rows += [{**key, "image": i, "error": f"{type(err).__name__}: {err}"}
+                         for i in range(g)]  # fmt: skip
+                bar(f"{problem} {method} (failed)")
+                continue
+            for i in range(g):
+                view = RunView(res, i)
+                rows.append({**key, "image": i, "label": labels[i],
+                             **inverse_metrics(view, x_true[i : i + 1], labels[i], clf),
+                             "wall_s": wall / g, "ms_per_nfe": 1000 * wall / max(evals, 1),
+                             "degenerate": degenerate})  # fmt: skip
+            shown[(problem, method)] = (x_true[:1], ys[:1], RunView(res, 0))
+            bar(f"{problem} {method}")
     return rows, shown
 
 
@@ -404,7 +456,7 @@ def run(
     clf = train_classifier(data)
     test_acc = float((clf(data["x_test"]).argmax(-1) == data["y_test"]).double().mean())
     timing = [{"label": f"digits MLP, {lab}", **net_timing(prior, n, device, compile)}
-              for lab, n in (("inverse", cfg["n_particles"]),
+              for lab, n in (("inverse", cfg["n_particles"] * cfg["n_images"]),
                              ("reward", cfg["n_out"] * cfg["n_cand"]))]  # fmt: skip
     prior.compile(compile or False)
     n_rew = sum(len(m) for m in REWARD_TASKS.values())
@@ -446,12 +498,15 @@ def summarise(rows: list[dict]) -> list[dict]:
     for problem in dict.fromkeys(r["problem"] for r in rows):
         for method in METHODS:
             rs = [r for r in rows if r["problem"] == problem and r["method"] == method]
-            if not rs:  # skipped (time budget)
+            n_failed = sum("error" in r for r in rs)
+            rs = [r for r in rs if "error" not in r]
+            if not rs:  # skipped (time budget) or failed
                 continue
             row = {"table": "inverse", "problem": problem, "method": method, "n": len(rs),
                    "nfe": rs[0]["nfe"], "n_grad": rs[0]["n_grad"]}  # fmt: skip
             row.update({k: _mean_std([r[k] for r in rs]) for k in keys})
             row["degenerate_frac"] = sum(r["degenerate"] for r in rs) / len(rs)
+            row["n_failed"] = n_failed
             out.append(row)
     return out
 
@@ -491,6 +546,8 @@ def inverse_figure(shown: dict, path: Path, n_samples: int = 6) -> None:
     axes = fig.subplots(n_rows, n_samples + 3, squeeze=False)
     for pi, problem in enumerate(problems):
         for mi, method in enumerate(METHODS):
+            if (problem, method) not in shown:  # skipped or failed
+                continue
             x_true, y, res = shown[(problem, method)]
             row = axes[pi * len(METHODS) + mi]
             _img(row[0], x_true, "truth" if mi == 0 else "")
@@ -582,7 +639,8 @@ def format_markdown(doc: dict) -> str:
         "## Inverse problems\n\n" + "\n".join(inv),
         "## Class steering\n\n" + "\n".join(rew),
         "mean ± std over test images (inverse) and over classes and runs (reward); log Z up to "
-        "the likelihood's constant; degen: fraction of runs warned of degenerate weights; "
+        "the likelihood's constant; degen: fraction of images whose call (a problem's images in "
+        "one steer(n_runs=...) call) warned of degenerate weights; "
         "ms / NFE: wall time / the network's batched calls (synchronised)",
         "## Network timing (eager vs torch.compile)\n\n" + timing_table(doc["timing"]),
     ]

@@ -45,6 +45,19 @@ def test_operators_are_the_stated_linear_maps():
     assert abs(float(ll.mean()) + 16 / 2) < 4 * (2 * 16) ** 0.5 / 2 / 20
 
 
+def test_batched_likelihood_scores_each_block_against_its_own_image(setup):
+    """observe_batch: rows g*n .. (g+1)*n-1 are scored by image g's own likelihood (observe)."""
+    x_true, n = setup[0]["x_test"][:3], 4
+    ys, ll = D.observe_batch("sr2x", x_true, [100, 101, 102], n)
+    x = torch.randn(3 * n, 1, 8, 8)
+    for g in range(3):
+        y, ll_g = D.observe("sr2x", x_true[g : g + 1], seed=100 + g)
+        assert torch.equal(ys[g : g + 1], y)
+        assert torch.allclose(ll(x)[g * n : (g + 1) * n], ll_g(x[g * n : (g + 1) * n]))
+    with pytest.raises(ValueError, match="needs 3 x 4 rows"):
+        ll(x[:5])
+
+
 def test_weighted_quantiles_and_kid_are_exact():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(201, 5, generator=gen, dtype=torch.float64)
