@@ -30,7 +30,14 @@ from pathlib import Path
 
 import torch
 from smcdiff_experiments.progress import run_bar
-from smcdiff_experiments.runtools import Budget, fmt, net_timing, steer_recording, timing_table
+from smcdiff_experiments.runtools import (
+    Budget,
+    fmt,
+    net_timing,
+    raise_recompile_limit,
+    steer_recording,
+    timing_table,
+)
 from torch import nn
 
 import smcdiff
@@ -451,6 +458,8 @@ def run(
     if n_particles is not None:
         cfg["n_particles"] = n_particles
     budget = Budget(cfg["time_budget_s"])
+    if compile:
+        raise_recompile_limit()
     data = load_digits_split(device)
     prior = load_prior(device, retrain=retrain, progress=progress)
     clf = train_classifier(data)

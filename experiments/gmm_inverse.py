@@ -45,7 +45,14 @@ from pathlib import Path
 
 import torch
 from smcdiff_experiments.progress import run_bar
-from smcdiff_experiments.runtools import Budget, fmt, net_timing, steer_recording, timing_table
+from smcdiff_experiments.runtools import (
+    Budget,
+    fmt,
+    net_timing,
+    raise_recompile_limit,
+    steer_recording,
+    timing_table,
+)
 from torch import nn
 
 import smcdiff
@@ -301,6 +308,8 @@ def run(
     extra = {"n_particles": n_particles} if n_particles is not None else {}
     cfg = settings(quick, gpu, **{**overrides, **extra, "compile": compile})
     budget = Budget(cfg["time_budget_s"])
+    if compile:
+        raise_recompile_limit()
     bar = run_bar(_n_jobs(cfg), progress, "gmm_inverse")
     rec = {"rows": [], "priors": [], "training": [], "timing": [], "skipped": []}
     for d in cfg["dims"]:

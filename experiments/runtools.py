@@ -125,3 +125,12 @@ def timing_table(rows: list[dict]) -> str:
             f"{r['compile_error'] or '-'} |"
         )
     return "\n".join(lines)
+
+
+def raise_recompile_limit(limit: int = 32) -> None:
+    """Let Dynamo keep ``limit`` compiled graphs per code object (default 8): an experiment
+    compiles several nets of one class (one per dimension), each with and without grad mode and
+    at two or more batch sizes; past the limit Dynamo would silently run the net eagerly."""
+    import torch._dynamo.config as config
+
+    config.recompile_limit = max(config.recompile_limit, limit)
