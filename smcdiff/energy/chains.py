@@ -44,7 +44,8 @@ def run_mcmc(settings: RunSettings, options: MCMCOptions) -> SMCResult:
         chain = run_chain(
             o.kernel, counted.log_prob, x0, o.n_steps, step_size=step_size,
             target_accept=o.target_accept, n_warmup=o.n_warmup, generator=s.generator,
-            progress=s.progress, nan_as_neg_inf=o.nan_as_neg_inf, **o.kernel_options,
+            progress=s.progress, nan_as_neg_inf=o.nan_as_neg_inf, check_every=s.check_every,
+            **o.kernel_options,
         )  # fmt: skip
     except BaseException as err:  # the chains so far, as the SMCResult of a finished run
         if isinstance(getattr(err, "partial", None), ChainResult):

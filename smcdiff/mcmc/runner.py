@@ -55,8 +55,16 @@ class ChainMonitor:
     per chain: whether an unadjusted kernel held it back (``diverged``), and the first such step.
     """
 
-    def __init__(self, n_chains: int, device: torch.device, kernel: str, n_warmup: int):
+    def __init__(
+        self,
+        n_chains: int,
+        device: torch.device,
+        kernel: str,
+        n_warmup: int,
+        check_every: int | None = None,
+    ):
         zero = torch.zeros((), dtype=torch.long, device=device)
+        self.every = check_every or (1 if device.type == "cpu" else 32)
         self.first = {q: zero for q in NAN_QUANTITIES}
         self.count = {q: zero for q in NAN_QUANTITIES}
         self.diverged = torch.zeros(n_chains, dtype=torch.bool, device=device)
@@ -79,8 +87,9 @@ class ChainMonitor:
             self.diverged = self.diverged | div
 
     def check(self, t: int) -> None:
-        """:meth:`raise_if_nan` every step on CPU, every 32 steps elsewhere (each a sync)."""
-        if self.diverged.device.type == "cpu" or t % 32 == 0:
+        """:meth:`raise_if_nan` every ``check_every`` steps (default: every step on CPU, every 32
+        steps elsewhere; each a sync)."""
+        if t % self.every == 0:
             self.raise_if_nan()
 
     def raise_if_nan(self, where: str = "run_chain") -> None:
@@ -184,6 +193,7 @@ def run_chain(
     seed: int | None = None,
     progress: bool | Callable[[int, Any], None] | None = None,
     nan_as_neg_inf: bool = False,
+    check_every: int | None = None,
     **kernel_kwargs: Any,
 ) -> ChainResult:
     """Run ``N = x0.shape[0]`` chains: ``n_warmup`` warm-up steps, then ``n_steps`` kept steps.
@@ -201,8 +211,8 @@ def run_chain(
 
     A target log-density that is NaN (or +inf), or a gradient that is NaN where it is finite, at
     a point a chain proposes raises a :class:`~smcdiff.errors.NonFiniteError` naming the
-    quantity and the first step (checked on the device, read back every step on CPU and every
-    32 steps elsewhere); ``nan_as_neg_inf=True`` treats NaN log-densities as ``-inf`` (zero
+    quantity and the first step (checked on the device, read back every ``check_every`` steps:
+    default every step on CPU and every 32 steps elsewhere, and at the end); ``nan_as_neg_inf=True`` treats NaN log-densities as ``-inf`` (zero
     density: proposals there are rejected). Unadjusted kernels that step to where the target is
     not finite issue a :class:`DivergenceWarning` and count the chains in ``n_diverged``.
     Any exception or ``KeyboardInterrupt`` during the steps is re-raised with ``err.partial``,
@@ -239,7 +249,8 @@ def run_chain(
     k = factory(nan_to_neg_inf(log_prob) if nan_as_neg_inf else log_prob, **kernel_kwargs)
     live = LiveChains(_start(k, x0, generator), h, kernel_name(kernel))
     tick = Progress(progress, n_warmup + n_steps, desc=live.kernel)
-    watch = ChainMonitor(x0.shape[0], x0.device, live.kernel, n_warmup)
+    check_every = check_int("check_every", check_every, 1, where=where, allow_none=True)
+    watch = ChainMonitor(x0.shape[0], x0.device, live.kernel, n_warmup, check_every)
     try:
         _warmup(k, live, n_warmup, target, generator, tick, watch)
         _draw(k, live, n_steps, thin, generator, tick, n_warmup, watch)

@@ -337,6 +337,27 @@ def test_mcmc_names_a_nan_target_and_the_step(method, log_prob, quantity):
     assert info.value.quantity == quantity and info.value.step >= 1
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["mala", "ula"])
+def test_mcmc_checked_every_k_steps_names_the_same_first_step(method):
+    """check_every=7 (and 1000, more than the run's steps: only the final check) reads the
+    device record less often, so the chains run on past the bad step (to the next check); the
+    step named is still the first step a chain met the NaN, and the chains kept are finite."""
+    target = smcdiff.as_target(nan_beyond(1.0), 2)
+    steps, ran = [], []
+    for every in (1, 7, 1000):
+        with pytest.raises(NonFiniteError) as info:
+            smcdiff.sample(target, **sample_args(method, n_particles=64, n_steps=40, step_size=0.5,
+                                                 reference_std=0.3, check_every=every))  # fmt: skip
+        steps.append(info.value.step)
+        ran.append(info.value.partial.info["chain_steps"])
+        assert bool(torch.isfinite(info.value.partial.particles).all())
+    assert steps[0] == steps[1] == steps[2] and steps[0] >= 1, steps
+    total = 40 + (20 if method == "mala" else 0)  # MALA adapts over n_steps // 2 warm-up steps
+    assert ran[0] == steps[0] - 1 and ran[1] == steps[0] - 1 + (-steps[0]) % 7, (steps, ran)
+    assert ran[2] == total, ran
+
+
 @pytest.mark.parametrize(
     "method",
     [pytest.param(m, id=f"sample-{m}/log-density-is-nan-in-a-region")
