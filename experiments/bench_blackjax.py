@@ -302,7 +302,8 @@ def profile_one(device: torch.device, out: Path, name: str = "manywell32", n: in
 def n_lambdas(res) -> int:
     """Temperatures 0 < lambda_1 < ... < lambda_m = 1 of a run (the peer's count; our step
     count has one more: the last moves at 1)."""
-    lam = res.trace["temperature"][:, 0]
+    lam = res.trace["temperature"]
+    lam = lam.reshape(lam.shape[0], -1)[:, 0]  # (K+1,) or (K+1, G): the first run
     return len(set(lam[lam > 0].tolist()))
 
 
