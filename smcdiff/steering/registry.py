@@ -29,6 +29,7 @@ from smcdiff.checks import (
     check_n_particles,
     check_number,
     check_options,
+    check_progress,
 )
 from smcdiff.diffusion_fk import TiltTerm
 from smcdiff.errors import SMCDiffError
@@ -137,10 +138,7 @@ class CommonConfig:
         self._set("n_runs", check_int("n_runs", self.n_runs, 1, where=WHERE, allow_none=True))
         every = check_int("check_every", self.check_every, 1, where=WHERE, allow_none=True)
         self._set("check_every", every)
-        if not (
-            self.progress is None or isinstance(self.progress, bool) or callable(self.progress)
-        ):
-            raise SMCDiffError(f"{WHERE}: progress must be None, a bool or a callable (k, info)")
+        check_progress(self.progress, where=WHERE)
 
     def _resolve_device(self) -> None:
         if not isinstance(self.model, ScoreModel):
