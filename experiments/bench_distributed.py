@@ -16,8 +16,10 @@ model starts from)::
     NCCL_NVLS_ENABLE=0 torchrun --nproc_per_node=1 -m smcdiff_experiments.bench_distributed \\
         --backend nccl --sizes 1e4,1e6,1e7 --out $OUT
 
-Each prints a markdown table and writes ``bench_distributed_<backend>.json``; ``--model FILE``
-prints the modelled 8- and 64-GPU table from such a JSON (docs/distributed.md).
+Each prints a markdown table and the modelled 8- and 64-GPU steps (docs/distributed.md; with
+NCCL from the step times measured here, the bytes per particle from ``--bytes-from``), and
+writes ``bench_distributed_<backend>.json`` and ``.md``; ``--model FILE`` prints the model from
+such a JSON.
 """
 
 from __future__ import annotations
@@ -73,9 +75,10 @@ def step_point(n_total: int, device: torch.device, k1: int, k2: int, repeats: in
         runs = [timed(k2) for _ in range(repeats)]
     t2 = statistics.median(t for t, _ in runs)
     sent = runs[-1][1].trace["comm_bytes"][1:].double()  # steps 1..k2
-    per_rank = torch.tensor([float(sent.mean()), float(sent.max())], dtype=torch.float64)
+    per_rank = torch.tensor([float(sent.mean()), float(sent.max())], dtype=torch.float64,
+                            device=device)  # NCCL gathers device tensors  # fmt: skip
     table = [torch.zeros_like(per_rank) for _ in range(dist.get_world_size())]
-    dist.all_gather(table, per_rank.to(device) if device.type == "cuda" else per_rank)
+    dist.all_gather(table, per_rank)
     table = torch.stack([t.cpu() for t in table])
     return {
         "n_total": n_total,
@@ -208,6 +211,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=None, help="directory for the JSON and markdown")
     p.add_argument("--model", default=None, help="a CPU JSON: print the GPU model from it")
+    p.add_argument("--bytes-from", default="docs/data/bench_distributed_cpu.json",
+                   help="multi-rank rows whose bytes per particle the model uses when this run "
+                   "has one rank")  # fmt: skip
     args = p.parse_args()
     args.worlds = [int(w) for w in args.worlds.split(",")]
     if args.model:
@@ -220,7 +226,14 @@ def main() -> None:
     else:
         rows = cpu_scaling(args)
     row = row_bytes()
-    model = modelled(rows, H200_STEP_MS, row) if any(r["world_size"] > 1 for r in rows) else []
+    step_ms = H200_STEP_MS  # measured on an H200 (docs/results.md) unless measured here on a GPU
+    if args.backend == "nccl":
+        step_ms = {r["n_total"]: r["step_ms"] for r in rows}
+    ref = rows  # the bytes per particle the model scales: from multi-rank rows
+    if not any(r["world_size"] > 1 for r in rows) and os.path.exists(args.bytes_from):
+        with open(args.bytes_from) as f:
+            ref = json.load(f)["rows"]
+    model = modelled(ref, step_ms, row) if any(r["world_size"] > 1 for r in ref) else []
     text = markdown(rows, model)
     print(text)
     if args.out:
