@@ -171,18 +171,18 @@ class SMC:
         return particles, {**info, "_nfe": extra_nfe}
 
 
+_POLICY_FORM = "ResamplingPolicy (policy(log_w, step, t) -> (G,) bool mask)"
+
+
 def _check_callables(where: str, **parts: Any) -> None:
     """Refuse a policy or corrector that is neither ``None`` nor callable, naming it."""
     for name, part in parts.items():
         if part is not None and not callable(part):
-            form = POLICY_FORM if name == "policy" else "corrector(k, state, generator)"
+            form = _POLICY_FORM if name == "policy" else "corrector(k, state, generator)"
             raise SMCDiffError(
                 f"{where}: {name} must be None or a callable {form}, got {type(part).__name__} "
                 f"{part!r}"
             )
-
-
-POLICY_FORM = "ResamplingPolicy (policy(log_w, step, t) -> (G,) bool mask)"
 
 
 def _invalid(out: StepOutput, log_g: torch.Tensor, log_w: torch.Tensor) -> dict[str, torch.Tensor]:
