@@ -242,12 +242,16 @@ def run(
     device: str = "cpu",
     quick: bool = False,
     progress: bool = True,
+    n_particles: int | None = None,
     **overrides,
 ) -> list[dict]:
     """Reference sets, training, then every method x seed; writes ``molecules.json`` and
-    ``molecules.md`` into ``out_dir``; returns the summary rows."""
+    ``molecules.md`` into ``out_dir``; returns the summary rows (the ``none`` row also carries
+    the floors and the training summary, for :func:`format_table`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if n_particles is not None:
+        overrides["n_particles"] = n_particles
     cfg = settings(quick, **overrides)
     sets = reference_sets(cfg, device)
     model, training = train_prior(sets["train"], cfg, device, progress)
@@ -262,11 +266,14 @@ def run(
             rows += run_method(model, name, cfg, sets, seed, device)
             tick(f"{name} seed {seed}")
     summary = summarise(rows)
+    for r in summary:
+        if r["method"] == "none":
+            r.update(floor_T1=floor, floor_T2=floor_t2, training=training)
     blob = {"settings": cfg, "training": training, "references": sets["info"],
             "floor_T1": floor, "floor_T2": floor_t2, "paper": PAPER, "rows": rows,
             "summary": summary}  # fmt: skip
     (out / "molecules.json").write_text(json.dumps(blob, indent=1, default=float) + "\n")
-    table = format_table(summary, floor, floor_t2, training)
+    table = format_table(summary)
     (out / "molecules.md").write_text(table + "\n")
     return summary
 
@@ -274,7 +281,12 @@ def run(
 def format_table(
     rows: list[dict], floor: dict | None = None, floor_t2: dict | None = None, training=None
 ) -> str:
-    """Markdown table of the summary rows, the floors, the paper's numbers and training."""
+    """Markdown table of the summary rows, the floors, the paper's numbers and training (read
+    from the ``none`` row when not given)."""
+    base = next((r for r in rows if r["method"] == "none"), {})
+    floor = floor or base.get("floor_T1")
+    floor_t2 = floor_t2 or base.get("floor_T2")
+    training = training or base.get("training")
 
     def f(v, p=3):
         return "-" if v is None else f"{v[0]:.{p}f} ± {v[1]:.{p}f}"
