@@ -41,6 +41,7 @@ from smcdiff.engine.result import SMCRun
 from smcdiff.engine.smc import SMC, Corrector, RunLoop
 from smcdiff.engine.state import SMCState, StepInfo
 from smcdiff.errors import SMCDiffError
+from smcdiff.resampling import systematic
 from smcdiff.resampling.policies import (
     ActiveWindow,
     Always,
@@ -122,7 +123,7 @@ class DistributedSMC:
             self.resampler = IslandResampler(comm, shared, resampling, island_threshold)
             self.policy = policy
         else:
-            if resampling != "systematic":
+            if resampling not in ("systematic", systematic):
                 raise SMCDiffError(
                     f"{WHERE}: global resampling is distributed systematic resampling; got "
                     f"resampling={resampling!r} (islands=True takes any scheme within islands)"
