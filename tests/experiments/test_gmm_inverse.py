@@ -117,3 +117,19 @@ def test_time_budget_skips_jobs_and_says_so(tmp_path):
     doc = json.loads((tmp_path / "gmm_inverse.json").read_text())
     assert doc["problems"] == [] and len(doc["skipped"]) == 2
     assert "Skipped (time budget" in (tmp_path / "gmm_inverse.md").read_text()
+
+
+def test_a_failed_batch_is_solved_problem_by_problem(monkeypatch):
+    """One problem's error stops a batched call; the cell is then solved problem by problem."""
+    proc, prior = smcdiff.VP(), gi.make_prior(8)
+    cfg = gi.settings(True, n_particles=16, n_steps=3, n_ref=50)
+    probs = [gi._with_truth(prior, proc, float(proc.t_min), 1, p, cfg) for p in range(2)]
+    model = smcdiff.exact_score(prior.to(dtype=torch.float32), proc)
+
+    def failing_batch(*args, **kwargs):
+        raise smcdiff.SMCDiffError("a non-finite particle in run 1")
+
+    monkeypatch.setattr(gi, "solve_batch", failing_batch)
+    rows = gi.solve_cell(model, probs, "none", cfg, "cpu")
+    assert len(rows) == 2 and not any(r["batched"] for r in rows)
+    assert all(r["nfe"] == 4 and r["sw"] > 0 for r in rows)
