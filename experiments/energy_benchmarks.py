@@ -33,7 +33,7 @@ funnel's neck, 40 modes in 50-D)."""
 REFINED = {"method": "diffusion", "score": "refined", "n_steps": 40, "n_mc": 32, "n_chains": 16,
            "n_chain_steps": 0}  # fmt: skip
 """Diffusion-path SMC with the refined mixture estimator (RDMCRefinedScore, Laplace components at
-the modes the inner chains climb to): per particle and step 16 chains x 13 gradients and 32
+the modes the inner chains climb to): per particle and step 16 chains x 33 gradients and 32
 importance draws."""
 
 

@@ -202,6 +202,7 @@ def score_estimator(
     if o.score == "refined":
         return RDMCRefinedScore(
             target, VP(), o.n_mc, n_chains=o.n_chains, n_chain_steps=o.n_chain_steps,
+            n_ascent=o.n_ascent,
             estimator=o.estimator, generator=generator, chunk_size=o.chunk_size,
             reference_std=1.0, check_finite=False,
         )  # fmt: skip

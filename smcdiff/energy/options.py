@@ -157,8 +157,8 @@ class DiffusionOptions:
     baselines) with ``final_kernel`` from initial step ``final_step_size`` (``None``:
     :math:`0.1\,d^{-1/3}`); ``score``: ``"rdmc"`` (rdMC importance sampling) or ``"follmer"``
     (Föllmer drift) or ``"refined"`` (importance sampling from a mixture placed by ``n_chains``
-    inner chains per point and step that climb to the posterior's modes, then ``n_chain_steps``
-    MALA steps (0: Laplace components at the modes),
+    inner chains per point and step that climb ``n_ascent`` gradient steps to the posterior's
+    modes, then ``n_chain_steps`` MALA steps (0: Laplace components at the modes),
     :class:`~smcdiff.scores.refined.RDMCRefinedScore`; ``n_mc`` is then its importance draws),
     for ``"diffusion"`` only (the baselines fix it).
     """
@@ -177,11 +177,13 @@ class DiffusionOptions:
     score: str = "rdmc"
     n_chains: int = 16
     n_chain_steps: int = 0
+    n_ascent: int = 30
 
     def __post_init__(self) -> None:
         where = "sample(diffusion)"
         _set(self, "n_chains", check_int("n_chains", self.n_chains, 1, where=where))
         _set(self, "n_chain_steps", check_int("n_chain_steps", self.n_chain_steps, 0, where=where))
+        _set(self, "n_ascent", check_int("n_ascent", self.n_ascent, 0, where=where))
         _set(self, "n_steps", check_int("n_steps", self.n_steps, 1, where=where))
         _set(self, "n_mc", check_int("n_mc", self.n_mc, 1, where=where))
         check_choice("estimator", self.estimator, ESTIMATORS, where=where)

@@ -61,7 +61,7 @@ def test_refined_beats_plain_importance_sampling_at_high_noise_in_d10():
     pi, t = mix(10), time_at(3.0)
     x = points(pi, t, 16, 4)
     lp_true = exact_score(pi, PROC).log_density(x, t)
-    ref = RDMCRefinedScore(pi, PROC, 32, n_chains=16, n_chain_steps=10, seed=1)
+    ref = RDMCRefinedScore(pi, PROC, 32, n_chains=16, n_chain_steps=10, n_ascent=10, seed=1)
     plain = RDMCImportanceScore(pi, PROC, 400, seed=1)
     e_ref, e_is = rmse(ref.log_density(x, t), lp_true), rmse(plain.log_density(x, t), lp_true)
     assert e_ref < 0.35 * e_is, (e_ref, e_is)
@@ -98,7 +98,7 @@ def test_diffusion_smc_with_refined_scores_is_unbiased_for_log_z():
     target = smcdiff.as_target(log_prob, 2)
     res = smcdiff.sample(
         target, method="diffusion", score="refined", n_particles=100, n_runs=16, seed=0,
-        n_steps=8, n_mc=16, n_chains=4, n_chain_steps=4, final_moves=0, dtype=F64,
+        n_steps=8, n_mc=16, n_chains=4, n_ascent=5, final_moves=0, dtype=F64,
         reference_std=2.0, progress=False,
     )  # fmt: skip
     assert_z_unbiased(res.log_z, 1.5, n_se=4.5, max_se=0.15)
