@@ -261,6 +261,8 @@ def run_plan(
     if weighted:
         info.update(_resampling_info(common, scheme))
     info["n_resampled"] = int(run.trace["resampled"].sum())
+    # MCMC moves after the start (a corrector, adaptive tilting) make coalesced lineages harmless
+    info["mcmc_moves"] = plan.corrector is not None or info.get("tilt_schedule") == "adaptive"
     result = SMCResult.from_run(run, grouped=common.n_runs is not None, info=info,
                                 has_log_z=weighted)  # fmt: skip
     result.diagnose(full=False).warn(stacklevel=4)
