@@ -86,3 +86,16 @@ def test_ring_flagged_by_lineages_and_max_potential_is_not():
         model, method="fk", log_likelihood=_ring, n_particles=1024, seed=0, potential="max"
     )
     assert good.diagnose(full=False).ok
+
+
+@pytest.mark.parametrize(("moves", "flagged"), [(False, True), (True, False), (None, False)])
+def test_few_lineages_flagged_without_moves(make_result, moves, flagged):
+    r = make_result(n=400)
+    distinct = torch.full((r.ess.shape[0],), 400)
+    distinct[-1] = 12  # 3 % of N: above the lenient 0.2 %, below the 5 % of a run without moves
+    eve = torch.arange(400) % 12
+    r.collected["genealogy"] = {"distinct": distinct, "ancestors": None, "eve": eve}
+    if moves is not None:  # None: a result that does not say (e.g. tempered SMC)
+        r.info["mcmc_moves"] = moves
+    rep = r.diagnose()
+    assert any("descend from 12 of the 400" in p for p in rep.problems) == flagged
