@@ -196,7 +196,7 @@ def run(
             per_seed = []
             sampled, to_x, kw = reparameterised(target, kw)
             if kw.get("score") == "refined" and device != "cpu":
-                kw.setdefault("chunk_size", 2048)  # fewer, larger batches of inner chains
+                kw.setdefault("chunk_size", 16_384)  # one batch of inner chains per step
             for seed in seeds:
                 res = smcdiff.sample(
                     sampled, n_particles=n_particles, seed=seed, device=device,
