@@ -89,6 +89,7 @@ class DiffusionFK(FeynmanKacModel):
         self.model, self.process = model, model.process
         self.grid = [float(t) for t in times]
         self.K = len(self.grid) - 1
+        self._groups = 1  # runs in the batch (set by each step; per-run checks of guidance)
         if kernels is None:
             kernels = [
                 reverse_step(self.process, t, s, sampler, eta)
@@ -174,7 +175,8 @@ class DiffusionFK(FeynmanKacModel):
                     out["gradf"] = torch.where(hard, 0.0, grad.detach()).to(self.dtype)
                     checks[f"{name} gradient"] = nonfinite_rows(out["gradf"])
                 if last and not self.weighted:  # unweighted: a tilt -inf everywhere is an error
-                    checks[f"{name} {NO_MASS}"] = value.hard & value.hard.all()
+                    hard = value.hard.reshape(self._groups, -1)
+                    checks[f"{name} {NO_MASS}"] = (hard & hard.all(1, keepdim=True)).reshape(-1)
                 out["f"], out["hard"] = value.f.detach(), value.hard
         out["score"] = score.detach().to(x.dtype)  # a float64 model: float32 particles stay
         return out, checks, int(need_grad)
@@ -287,6 +289,7 @@ class DiffusionFK(FeynmanKacModel):
             state, nfe0, moved, move_checks = self._move(k - 1, state, generator, log_weights)
         x = state["x"]
         x_new, z, shift = self.proposal.propose(ker, state, generator)
+        self._groups = log_weights.shape[0]  # guidance's "no mass" check is per run
         ev, checks, n_grad = self._evaluate(x_new, k, self.guided and not last)
         log_g = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         if self.path is not None:

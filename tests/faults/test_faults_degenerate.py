@@ -75,6 +75,14 @@ def test_an_unweighted_method_does_not_sample_a_target_without_mass(method):
         smcdiff.steer(MODEL, **steer_args(method, reward=minus_inf_from_step(0)))
 
 
+def test_guidance_run_without_mass_is_found_among_runs():
+    def reward(x):  # -inf for every particle of the second run (rows 32..63) only
+        return torch.cat([quadratic(x)[:32], torch.full((x.shape[0] - 32,), -INF)])
+
+    with pytest.raises(NonFiniteError, match=r"reward is -inf for every particle"):
+        smcdiff.steer(MODEL, **steer_args("guidance", reward=reward, n_runs=2))
+
+
 def test_one_of_two_runs_losing_every_weight_is_named():
     def reward(x):  # -inf for every particle of the second run (rows 32..63) from step 3 on
         reward.calls += 1
