@@ -159,57 +159,45 @@ def _diag_curvature(
 
 class _Mixture:
     r"""The proposal :math:`r_x` of every point of a chunk (module docstring): :math:`q_0`
-    (mean ``m0`` ``(n, d)``, variance ``v0``) with weight :math:`\epsilon`, the joint mixture
-    (component weights :math:`\beta` ``(n, K)``) and the product mixture (per-coordinate weights
-    :math:`\alpha` ``(n, K, d)``) of Gaussians at the chains' states ``centres`` ``(n, K, d)``
-    with per-component variances ``b2`` ``(n, K, d)``; equal component weights (kept as
-    tensors: a population-Monte-Carlo refit of them on pilot draws was tried and did not lower
-    the estimate's variance at equal cost on mw5 / manywell32)."""
+    (mean ``m0`` ``(n, d)``, variance ``v0``) with weight :math:`\epsilon`, and equal-weight
+    joint and product mixtures of Gaussians at the chains' states ``centres`` ``(n, K, d)`` with
+    per-component variances ``b2`` ``(n, K, d)`` (a population-Monte-Carlo refit of the
+    component weights on pilot draws was tried and did not lower the estimate's variance at
+    equal cost on mw5 / manywell32)."""
 
     def __init__(self, m0, v0, centres, b2, eps: float, rho: float):
-        n, k, d = centres.shape
         self.m0, self.v0, self.centres, self.b2, self.eps, self.rho = m0, v0, centres, b2, eps, rho
-        self.log_beta = torch.full((n, k), -math.log(k), dtype=_F64, device=m0.device)
-        self.log_alpha = torch.full((n, k, d), -math.log(k), dtype=_F64, device=m0.device)
 
-    def draw(
-        self, m: int, gen: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """``m`` draws per point ``(n, m, d)``, their log density ``(n, m)`` float64 and the
-        responsibilities of the joint ``(n, m, K)`` and product ``(n, m, K, d)`` components."""
+    def draw(self, m: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``m`` draws per point ``(n, m, d)`` and their log density ``(n, m)`` float64."""
         n, k, d = self.centres.shape
         opts = {"generator": gen, "device": self.m0.device}
         u = torch.rand(n, m, 1, **opts)
         from_q0, product = u < self.eps, u >= 1.0 - (1.0 - self.eps) * self.rho
-        j_joint = torch.multinomial(self.log_beta.exp(), m, replacement=True, generator=gen)
-        a = self.log_alpha.exp().transpose(1, 2).reshape(n * d, k)
-        j_prod = torch.multinomial(a, m, replacement=True, generator=gen).view(n, d, m)
-        j = torch.where(product, j_prod.transpose(1, 2), j_joint.unsqueeze(-1).expand(n, m, d))
+        j_joint = torch.randint(k, (n, m, 1), **opts).expand(n, m, d)
+        j = torch.where(product, torch.randint(k, (n, m, d), **opts), j_joint)
         mu = torch.gather(self.centres, 1, j)  # coordinate i from chain j[..., i]
         mu = torch.where(from_q0, self.m0.unsqueeze(1).expand(n, m, d), mu)
         b = torch.gather(self.b2, 1, j).sqrt().to(self.m0.dtype)  # the chosen components' widths
         z = mu + torch.where(from_q0, math.sqrt(self.v0), b) * torch.randn(
             n, m, d, dtype=self.m0.dtype, **opts
         )
-        return (z, *self.log_density(z))
+        return z, self.log_density(z)
 
-    def log_density(
-        self, z: torch.Tensor
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        r""":math:`\log r_x(z)` ``(n, m)`` and the responsibilities (:meth:`draw`)."""
-        eps, rho = self.eps, self.rho
-        comp = _coordinate_logpdf(z.unsqueeze(2), self.centres.unsqueeze(1),
-                                  self.b2.unsqueeze(1))  # (n, m, K, d)  # fmt: skip
-        joint = comp.sum(-1) + self.log_beta.unsqueeze(1)  # (n, m, K)
-        prod = comp + self.log_alpha.unsqueeze(1)
-        log_joint, lse_prod = torch.logsumexp(joint, 2), torch.logsumexp(prod, 2)  # (n,m,[d])
-        resp = (torch.exp(joint - log_joint.unsqueeze(2)), torch.exp(prod - lse_prod.unsqueeze(2)))
+    def log_density(self, z: torch.Tensor) -> torch.Tensor:
+        r""":math:`\log r_x(z)` ``(n, m)`` float64 for ``z`` ``(n, m, d)``."""
+        eps, rho, log_k = self.eps, self.rho, math.log(self.centres.shape[1])
         parts = [math.log(eps) + _gauss_logpdf(z, self.m0.unsqueeze(1), self.v0)]
-        if eps < 1.0 and rho < 1.0:
-            parts.append(math.log((1.0 - eps) * (1.0 - rho)) + log_joint)
-        if eps < 1.0 and rho > 0.0:
-            parts.append(math.log((1.0 - eps) * rho) + lse_prod.sum(-1))
-        return torch.logsumexp(torch.stack(parts), dim=0), resp
+        if eps < 1.0:
+            comp = _coordinate_logpdf(z.unsqueeze(2), self.centres.unsqueeze(1),
+                                      self.b2.unsqueeze(1))  # (n, m, K, d)  # fmt: skip
+            if rho < 1.0:
+                log_joint = torch.logsumexp(comp.sum(-1), dim=2) - log_k
+                parts.append(math.log((1.0 - eps) * (1.0 - rho)) + log_joint)
+            if rho > 0.0:
+                log_prod = (torch.logsumexp(comp, dim=2) - log_k).sum(-1)
+                parts.append(math.log((1.0 - eps) * rho) + log_prod)
+        return torch.logsumexp(torch.stack(parts), dim=0)
 
 
 class RDMCRefinedScore(NoisedTargetScore):
@@ -340,7 +328,7 @@ class RDMCRefinedScore(NoisedTargetScore):
         mix = _Mixture(m0, v0, *self._chains(x, a, s, m0, v0, where), self.defensive,
                        self.product)  # fmt: skip
         gen = self.random.get(x.device)
-        z, log_r, _ = mix.draw(self.n_samples, gen)
+        z, log_r = mix.draw(self.n_samples, gen)
         log_w, lse, g = self._weigh(x, a, s, z, log_r, where, self.use_grad)
         w = torch.exp(log_w - lse.unsqueeze(1))  # (n, m) self-normalised
         mean = torch.einsum("nm,nmd->nd", w, z.to(_F64))
