@@ -353,6 +353,8 @@ def _run_dim(d, cfg, device, progress, budget, bar, rec) -> None:
                     row = {**key, "problem": p, "sw_floor": problems[p]["floor"], **r}
                     rec["rows"].append(row)
                 bar(f"d={d} d_y={d_y} {track} {method}")
+    if "learned" in models:  # whether the runs used the compiled net, or why not
+        rec["training"][-1]["compile_info"] = models["learned"].compile_info
 
 
 def _attempt(model, problem, method, cfg, seed, device) -> dict:
@@ -545,7 +547,8 @@ def format_report(doc: dict) -> str:
         parts.append("## Training\n\n" + "\n".join(
             f"- d = {t['d']}: MLP hidden {t['hidden']}, depth {t['depth']}, {t['n_iters']} "
             f"iterations, batch {t['batch_size']}, {t['n_data']} prior samples: "
-            f"{t['seconds']:.1f} s" for t in doc["training"]))  # fmt: skip
+            f"{t['seconds']:.1f} s{_compiled_note(t.get('compile_info'))}"
+            for t in doc["training"]))  # fmt: skip
     if doc["timing"]:
         parts.append("## Network timing (eager vs torch.compile)\n\n"
                      + timing_table(doc["timing"]))  # fmt: skip
@@ -554,3 +557,13 @@ def format_report(doc: dict) -> str:
             f"- d = {k['d']}, d_y = {k['d_y']}, {k['track']}, {k['method']}"
             for k in doc["skipped"]))  # fmt: skip
     return "\n\n".join(parts) + "\n"
+
+
+def _compiled_note(info: dict | None) -> str:
+    """``; compiled (first call N s)`` / ``; compile fell back: error`` / ``""`` (eager)."""
+    if not info:
+        return ""
+    if info["error"]:
+        return f"; torch.compile fell back to eager: {info['error']}"
+    first = info["first_call_s"]
+    return "; compiled" + (f" (first call {first:.1f} s)" if first is not None else "")
