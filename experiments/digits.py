@@ -643,7 +643,8 @@ def format_markdown(doc: dict) -> str:
         f"{cfg['n_images']} test images × {len(cfg['problems'])} problems, N = "
         f"{cfg['n_particles']} particles, K = {cfg['n_steps']} steps; rewards: "
         f"{len(cfg['classes'])} classes, {cfg['n_out']} outputs of {cfg['n_cand']} candidates; "
-        f"compile = {cfg['compile']}; classifier test accuracy "
+        f"compile = {cfg['compile']}{_compile_note(meta.get('compile_info'))}; classifier test "
+        f"accuracy "
         f"{meta['classifier_test_accuracy']:.3f}; whole run {meta['wall_s']:.0f} s.",
         "## Inverse problems\n\n" + "\n".join(inv),
         "## Class steering\n\n" + "\n".join(rew),
@@ -658,3 +659,8 @@ def format_markdown(doc: dict) -> str:
                      f"{len(doc['skipped'])} jobs not started: " + ", ".join(
                          " ".join(str(v) for v in k.values()) for k in doc["skipped"]))  # fmt: skip
     return "\n\n".join(parts) + "\n"
+
+
+def _compile_note(info: dict | None) -> str:
+    """`` (fell back to eager: error)`` when compilation failed, else ``""``."""
+    return f" (fell back to eager: {info['error']})" if info and info["error"] else ""
