@@ -215,8 +215,9 @@ def run(
             rows.append(row)
             if progress:
                 print(_line(row), flush=True)
-    (out / "energy.json").write_text(json.dumps(rows, indent=1))
-    (out / "energy.md").write_text(render(rows))
+            # written after every row: a run stopped by a time limit keeps what it finished
+            (out / "energy.json").write_text(json.dumps(rows, indent=1))
+            (out / "energy.md").write_text(render(rows))
     return rows
 
 
