@@ -201,6 +201,8 @@ def load_score(
     path = str(path)
     entry = read_checkpoint(path, map_location)
     module = _build_net(entry, net, path).eval()
+    if isinstance(map_location, (str, torch.device)):  # a rebuilt net is made on the CPU
+        module = module.to(map_location)
     proc = process if process is not None else _build_process(entry["process"], path)
     ti = time_input if time_input is not None else entry["time_input"]
     if ti is None:
