@@ -28,7 +28,9 @@ def _run(target, **kw):
     return sample(target, **{**base, **kw})
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 50])
+@pytest.mark.parametrize(
+    "chunk", [pytest.param(1, marks=pytest.mark.slow), 3, pytest.param(50, marks=pytest.mark.slow)]
+)
 def test_fused_loop_gives_the_engine_loops_numbers_on_the_cpu(chunk):
     target = gaussian_target(torch.tensor([2.0, -1.0, 0.5]), 0.4, 1.5)
     ref = _run(target)
@@ -52,6 +54,7 @@ def test_fused_loop_on_mala_with_groups_and_resampling_below_half():
     assert torch.equal(ref.particles, fused.particles)
 
 
+@pytest.mark.slow
 def test_fused_tempered_smc_is_unbiased_for_z():
     """Exact log Z = 3 of a Gaussian (fails if the masked steps reweight after the end)."""
     target = gaussian_target(torch.tensor([2.0, -1.0, 0.5, 0.0]), 0.5, 3.0)
@@ -95,6 +98,7 @@ class AnalyticGaussian:
         return self.log_prob(x), -(x - self.mean) / self.std**2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", ["hmc", "mala"])
 def test_analytic_gradients_give_the_autograd_runs_numbers(kernel):
     """Same seed, float64: the run with the target's grad_log_prob follows the autograd run
@@ -162,6 +166,7 @@ def _copy_into(dst, src):
             _copy_into(a, b)
 
 
+@pytest.mark.slow
 def test_graph_replay_plumbing_with_a_cpu_stand_in_for_cuda_graphs(monkeypatch):
     """The CUDA-graph path (static inputs copied in, outputs overwritten by each replay and
     copied out, the graph cached and re-seeded per run) run on the CPU with a stand-in graph:
