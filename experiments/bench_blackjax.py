@@ -49,6 +49,8 @@ PEER = {  # our name: (peer's name, reference std sigma0, HMC moves per temperat
 }
 SIZES = (10_000, 100_000)
 PEER_SCRIPT = Path(__file__).resolve().parent / "data" / "peer_blackjax_tempered.py.txt"
+if not PEER_SCRIPT.exists():  # an installed copy without the data: the repository's
+    PEER_SCRIPT = Path.cwd() / "experiments" / "data" / "peer_blackjax_tempered.py.txt"
 VARIANTS = ("engine", "fused", "fused+grad", "fused+grad+compile")
 _LOG_2PI = math.log(2 * math.pi)
 
