@@ -37,7 +37,6 @@ __all__ = [
     "dw5",
     "dw50",
     "get_target",
-    "load_mog40_50d_means",
     "gmm2d_likelihood_problem",
     "gmm2d_prior",
     "gmm2d_reward_problem",
@@ -45,5 +44,6 @@ __all__ = [
     "lj13",
     "lj55",
     "load_gmm40_fab_means",
+    "load_mog40_50d_means",
     "reference_samples",
 ]
