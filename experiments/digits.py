@@ -59,9 +59,9 @@ PROBLEMS = ("inpaint_half", "inpaint_random", "sr2x", "blur")
 METHODS = {
     "none": {"method": "none"},
     "guidance": {"method": "guidance"},
-    "fk": {"method": "fk"},
+    "fk": {"method": "fk", "tilt_schedule": "adaptive"},
     "fk-snr": {"method": "fk", "tilt_schedule": "snr"},
-    "tds": {"method": "tds"},
+    "tds": {"method": "tds", "tilt_schedule": "adaptive"},
     "tds-snr": {"method": "tds", "tilt_schedule": "snr"},
 }
 

@@ -19,8 +19,8 @@ same problems. Tracks:
   for the learned net and for the exact score (the sampler's own floor).
 
 Methods: ``none`` (the prior, the baseline every method must beat), ``guidance`` (DPS-style,
-unweighted), ``fk`` and ``tds`` at their defaults (adaptive tilting: more network evaluations when
-the exact score gives path correction) and, at the NFE of ``none``, ``fk-snr`` / ``tds-snr``
+unweighted), ``fk`` and ``tds`` with adaptive tilting (``tilt_schedule="adaptive"``: more
+network evaluations when the exact score gives path correction) and, at the NFE of ``none``, ``fk-snr`` / ``tds-snr``
 (``tilt_schedule="snr"``). Metric: sliced Wasserstein (100 slices, p = 2) of the weighted particles
 to ``n_ref`` exact posterior samples, mean ± 1.96 SE over problems, beside the floor (the same
 distance for ``n_particles`` exact samples); |log Z error| for the weighted methods.
@@ -66,8 +66,8 @@ F64 = torch.float64
 METHODS = {
     "none": {"method": "none"},
     "guidance": {"method": "guidance"},
-    "fk": {"method": "fk"},
-    "tds": {"method": "tds"},
+    "fk": {"method": "fk", "tilt_schedule": "adaptive"},
+    "tds": {"method": "tds", "tilt_schedule": "adaptive"},
     "fk-snr": {"method": "fk", "tilt_schedule": "snr"},
     "tds-snr": {"method": "tds", "tilt_schedule": "snr"},
 }
