@@ -18,7 +18,6 @@ particles (each move is still exact for the current tempered law).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -26,7 +25,7 @@ import torch
 from smcdiff.distributed.comm import Comm
 from smcdiff.distributed.runner import run_smc_distributed
 from smcdiff.energy.options import RunSettings, TemperedOptions
-from smcdiff.energy.tempered import TemperedSMC, check_reached_target
+from smcdiff.energy.tempered import TemperedSMC, check_reached_target, next_temperature
 from smcdiff.resampling.policies import policy_from_threshold
 from smcdiff.result import SMCResult
 
@@ -43,35 +42,16 @@ def global_next_temperature(
     n_refine: int = 4,
     min_step: float = 1e-12,
 ) -> torch.Tensor:
-    r"""Temperature increments ``(G,)`` from the global CESS (module docstring); ``log_w``
-    ``(G, n)``: this rank's globally normalised log-weights, ``ell`` ``(G, n)``, ``lam``
-    ``(G,)``. ``1 + n_refine`` passes of ``n_grid`` candidates, then the end point: each one
-    all-gather of ``2 G n_grid`` float64."""
-    ell = ell.double()
-    dead = ell == -math.inf
-    hi = (1.0 - lam.double()).clamp(min=0.0)
+    r"""Temperature increments ``(G,)`` from the global CESS (module docstring): the one-process
+    search :func:`~smcdiff.energy.tempered.next_temperature` with each candidate pass's two
+    log-sums combined over the ranks (one all-gather of ``2 G n_grid`` float64 per pass, so every
+    rank chooses the same temperature). ``log_w`` ``(G, n)``: this rank's globally normalised
+    log-weights, ``ell`` ``(G, n)``, ``lam`` ``(G,)``."""
 
-    def frac(delta: torch.Tensor) -> torch.Tensor:  # delta (G, J) -> global CESS / N (G, J)
-        g = delta.unsqueeze(-1) * ell.unsqueeze(1)
-        g = torch.where(dead.unsqueeze(1), ell.unsqueeze(1), g)
-        lw = log_w.double().unsqueeze(1)
-        local = torch.stack([torch.logsumexp(lw + g, -1), torch.logsumexp(lw + 2.0 * g, -1)])
-        both = torch.logsumexp(comm.all_gather(local), dim=0)  # (2, G, J), alike on every rank
-        return torch.exp(2.0 * both[0] - both[1])
+    def reduce(local: torch.Tensor) -> torch.Tensor:  # (2, G, J), alike on every rank
+        return torch.logsumexp(comm.all_gather(local), dim=0)
 
-    def bracket(cands: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ok = frac(cands) >= target_ess
-        j = ok.sum(-1).clamp(min=1) - 1
-        nxt = (j + 1).clamp(max=cands.shape[-1] - 1)
-        return cands.gather(-1, j.unsqueeze(-1))[:, 0], cands.gather(-1, nxt.unsqueeze(-1))[:, 0]
-
-    u = torch.logspace(math.log10(min_step), 0.0, n_grid, dtype=torch.float64, device=hi.device)
-    lo, up = bracket(hi.unsqueeze(-1) * u)
-    steps = torch.linspace(0.0, 1.0, n_grid, dtype=torch.float64, device=hi.device)
-    for _ in range(n_refine):
-        lo, up = bracket(lo.unsqueeze(-1) + (up - lo).unsqueeze(-1) * steps)
-    reach = frac(hi.unsqueeze(-1))[:, 0] >= target_ess
-    return torch.where(reach, hi, lo)
+    return next_temperature(log_w, ell, lam, target_ess, n_grid, n_refine, min_step, reduce)
 
 
 class GlobalTemperedSMC(TemperedSMC):

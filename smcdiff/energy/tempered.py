@@ -104,6 +104,7 @@ def next_temperature(
     n_grid: int = 48,
     n_refine: int = 4,
     min_step: float = 1e-12,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     r"""Temperature increments :math:`\delta \in (0, 1-\lambda]` with
     :math:`\mathrm{CESS}(\delta)/N \ge` ``target_ess``, as large as the search resolves (or
@@ -119,6 +120,10 @@ def next_temperature(
     inside the bracket found; the answer is the bracket's lower end (relative resolution
     :math:`\approx` ``n_grid`` :sup:`-n_refine`). If even :math:`\delta_{min}` falls below the
     target, :math:`\delta_{min}(1-\lambda)` is returned so the run still advances.
+
+    ``reduce``: combines the two log-sums :math:`\log\sum_i W^i G^i`,
+    :math:`\log\sum_i W^i (G^i)^2` ``(2, G, J)`` of this process's particles with the other
+    processes' (distributed runs: an all-gather and a logsumexp); ``None``: one process.
     """
     ell = ell.double()
     dead = ell == -math.inf
@@ -127,8 +132,10 @@ def next_temperature(
     def frac(delta: torch.Tensor) -> torch.Tensor:  # delta (G, J) -> CESS / N (G, J)
         g = delta.unsqueeze(-1) * ell.unsqueeze(1)
         g = torch.where(dead.unsqueeze(1), ell.unsqueeze(1), g)
-        lw = log_w.unsqueeze(1)
-        return torch.exp(2.0 * torch.logsumexp(lw + g, -1) - torch.logsumexp(lw + 2.0 * g, -1))
+        lw = log_w.double().unsqueeze(1)
+        sums = torch.stack([torch.logsumexp(lw + g, -1), torch.logsumexp(lw + 2.0 * g, -1)])
+        sums = sums if reduce is None else reduce(sums)
+        return torch.exp(2.0 * sums[0] - sums[1])
 
     def bracket(cands: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ok = frac(cands) >= target_ess  # (G, J), True then False
