@@ -39,14 +39,26 @@ from smcdiff.diffusion_fk.tilt import (
     TiltValue,
     constant_schedule,
 )
-from smcdiff.engine.guard import NO_MASS
+from smcdiff.engine.guard import NO_MASS, OUT_OF_RANGE
 from smcdiff.engine.model import FeynmanKacModel, ParticleState, StepOutput
 from smcdiff.errors import SMCDiffError
 from smcdiff.processes.parameterization import tweedie_x0
 from smcdiff.samplers.kernels import ReverseStep, gaussian_log_prob, reverse_step
 from smcdiff.scores.base import ScoreModel, event_shape_of, has_log_density, model_time
 
-__all__ = ["DiffusionFK", "build_diffusion_fk"]
+__all__ = ["GUIDANCE_RANGE", "DiffusionFK", "build_diffusion_fk"]
+
+GUIDANCE_RANGE = 1e3
+r"""Unweighted guided runs (``"guidance"``) raise :class:`~smcdiff.errors.NonFiniteError` at the
+first step where a particle's RMS coordinate :math:`\lVert x\rVert/\sqrt D` exceeds
+``GUIDANCE_RANGE`` times the reference std (``process.prior_std``): no marginal of the process
+lives there (data of scale > 1e3 x prior_std would need a rescaling), so the guidance diverged.
+One cause is a learned score: the gradient through
+:math:`\hat x_0 = (x - \sigma_t\hat\varepsilon)/\alpha_t` carries the net's Jacobian error
+times :math:`1/\alpha_t`, the guided step overshoots, and particles grow geometrically where the
+net extrapolates linearly (finite, ~1e16, no NaN); with the exact score too when
+:math:`c_s\gamma\lVert A\rVert^2/\sigma_y^2 \gg 2` (a likelihood sharp for the step size).
+Weighted methods have weights to drop such particles and are not checked."""
 
 
 class DiffusionFK(FeynmanKacModel):
@@ -109,6 +121,7 @@ class DiffusionFK(FeynmanKacModel):
         self.event_shape = event_shape_of(model)
         self.dim = int(model.dim)
         self.ref_std = self.process.prior_std
+        self._x_bound = GUIDANCE_RANGE * float(self.ref_std)  # GUIDANCE_RANGE
         self._alpha_sigma = [
             (float(self.process.alpha(t)), float(self.process.sigma(t))) for t in self.grid
         ]
@@ -291,6 +304,8 @@ class DiffusionFK(FeynmanKacModel):
         x_new, z, shift = self.proposal.propose(ker, state, generator)
         self._groups = log_weights.shape[0]  # guidance's "no mass" check is per run
         ev, checks, n_grad = self._evaluate(x_new, k, self.guided and not last)
+        if self.guided and not self.weighted:  # first: the cause of what the score does there
+            checks = {**self._range_check(x_new, ker.cs * self.proposal.scale), **checks}
         log_g = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         if self.path is not None:
             log_g = log_g + self.path.step(
@@ -315,6 +330,20 @@ class DiffusionFK(FeynmanKacModel):
         info.update(moved)
         checks.update(move_checks)
         return StepOutput(new, log_g, checks, nfe=1 + nfe0, n_grad=n_grad + nfe0, info=info)
+
+    def _range_check(self, x: torch.Tensor, step_scale: float) -> dict[str, torch.Tensor]:
+        """Rows of ``x`` whose RMS coordinate exceeds :data:`GUIDANCE_RANGE` times the
+        reference std (no host sync); the name says the bound and what to do."""
+        rms = x.detach().reshape(x.shape[0], -1).square().mean(1).sqrt()
+        name = (
+            f"guided particles beyond {GUIDANCE_RANGE:g} x the reference std (RMS coordinate > "
+            f"{self._x_bound:g}): the guidance step c_s * guidance_scale * grad = "
+            f"{step_scale:.3g} * grad overshoots and the particles run away (a likelihood sharp "
+            "for the step size, or a learned score, whose x0-hat = (x - sigma * eps)/alpha "
+            "amplifies the net's error at high noise); lower guidance_scale, take more steps, or "
+            f"use a weighted method ('fk', 'tds') {OUT_OF_RANGE}"
+        )
+        return {name: rms > self._x_bound}
 
     def _moves_needed(self, k: int, state: ParticleState, log_weights: torch.Tensor) -> bool:
         """Moves at the start of step k (k >= 2, per-state potential, with sub-steps): only where

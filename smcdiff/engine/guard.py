@@ -19,6 +19,7 @@ from smcdiff.errors import DegenerateWeightsError, NonFiniteError, SMCDiffError
 __all__ = [
     "LOG_POTENTIAL",
     "NO_MASS",
+    "OUT_OF_RANGE",
     "WEIGHTS_DEGENERATE",
     "FiniteGuard",
     "check_step_output",
@@ -31,6 +32,10 @@ NO_MASS = "is -inf for every particle"
 """The end of a quantity name (``"reward is -inf for every particle"``) whose mask flags the
 particles of a model without weights (guidance) when its tilt is ``-inf`` for all of them: the
 target has no mass where they are. Raised as a :class:`DegenerateWeightsError`."""
+OUT_OF_RANGE = "(the run diverged)"
+"""The end of a quantity name whose mask flags finite values far outside any plausible range
+(e.g. guided particles that ran away); raised as a :class:`NonFiniteError` whose message is the
+name itself, not "not finite"."""
 
 
 class FiniteGuard:
@@ -86,8 +91,9 @@ class FiniteGuard:
                 step=step,
                 partial=res,
             )
+        what = "" if name.endswith(OUT_OF_RANGE) else " is not finite (NaN or inf)"
         raise NonFiniteError(
-            f"{name} is not finite (NaN or inf) for {count} of {self.n_total} particles at {where}",
+            f"{name}{what} for {count} of {self.n_total} particles at {where}",
             quantity=name,
             step=step,
             partial=res,
