@@ -53,7 +53,10 @@ increment, plus the KL of the move's Heun correction) exceeds ``tol``
 :math:`\log\int\prod_i p_i(x)^{w_i} e^{\beta r(x)}\,dx` with :math:`p_i = q_{i,t_{min}}` the
 (normalised) component marginals at the end of the grid — exactly up to the time discretisation
 with log densities; without them, up to the error of :math:`q_{i,t_{max}} \approx \mathcal N(0,
-\sigma_{ref}^2)` as well. Normalised weights do not depend on that constant.
+\sigma_{ref}^2)` as well. Normalised weights do not depend on that constant. For a
+:class:`~smcdiff.processes.MeanFree` process every Gaussian here is the one of its
+centre-of-mass-free subspace and :math:`d = (n-1)s` its dimension: particles start there, each
+move is projected back onto it, and ``log_z`` is an integral over it.
 
 **Control** (``control="vcg" | "ecg"``, see :mod:`smcdiff.steering.driftlite`): the drift gains
 :math:`u = \sum_j\theta_j\phi_j` with :math:`\theta` (per group, constant over the step) solved
@@ -75,6 +78,7 @@ import torch
 
 from smcdiff.engine.model import FeynmanKacModel, ParticleState, StepOutput
 from smcdiff.errors import DiscretisationWarning, SMCDiffError
+from smcdiff.processes.meanfree import MeanFree
 from smcdiff.scores.base import ScoreModel, event_shape_of, has_log_density, model_time
 from smcdiff.scores.combine import GeometricScore
 from smcdiff.steering.driftlite import Control, make_control, weighted_variance
@@ -205,6 +209,10 @@ class FKCModel(FeynmanKacModel):
         self._build_basis(basis, where)
         self.device, self.dtype = torch.device(device), dtype
         self.ref_std = float(self.process.prior_std)
+        # a MeanFree process lives on its (n-1)s-dim centre-of-mass-free subspace: start there,
+        # keep moves there, and count its dimension in the reference density and in (W-1) d f_t
+        self.mean_free = isinstance(self.process, MeanFree)
+        self.ref_dim = self.process.subspace_dim if self.mean_free else self.dim
 
     # ------------------------------------------------------------------ construction helpers
     def _beta_grid(self, beta, schedule, where: str) -> list[float]:
@@ -273,9 +281,12 @@ class FKCModel(FeynmanKacModel):
     # ------------------------------------------------------------------ FeynmanKacModel
     def init(self, n: int, generator: torch.Generator) -> StepOutput:
         std = self.ref_std / math.sqrt(self.W)
-        x = std * torch.randn(
-            n, *self.event_shape, generator=generator, device=self.device, dtype=self.dtype
-        )
+        if self.mean_free:
+            x = std * self.process.randn(n, generator, device=self.device, dtype=self.dtype)
+        else:
+            x = std * torch.randn(
+                n, *self.event_shape, generator=generator, device=self.device, dtype=self.dtype
+            )
         where = self._where(0, self.times[0])
         state, checks, nfe, n_grad = self._evaluate(
             x, self.grid.at(self.times[0], 0), self.beta[0], generator, where, self.dense
@@ -297,11 +308,19 @@ class FKCModel(FeynmanKacModel):
         self, x: torch.Tensor, std: float, state: ParticleState, checks: dict[str, torch.Tensor]
     ) -> torch.Tensor:
         r"""Start weight :math:`\sum_i w_i\log\hat q_i(x) + \beta_0 r(x) - \log\mathcal N(x; 0,
-        \text{std}^2)` (see the module docstring), float64 ``(N,)``."""
-        n, d = x.shape[0], self.dim
+        \text{std}^2)` (see the module docstring), float64 ``(N,)``. The reference is the density
+        the particles were drawn from, on the process's support: for a
+        :class:`~smcdiff.processes.MeanFree` process the subspace Gaussian
+        :math:`\mathcal N_{\mathcal X}` of dimension :math:`d = (n-1)s`
+        (:meth:`~smcdiff.processes.MeanFree.log_normal`), so a model whose density at
+        :math:`t_{max}` is the process prior gets a constant start weight."""
+        n, d = x.shape[0], self.ref_dim
         if self.dense:
-            sq = x.double().square().flatten(1).sum(-1)
-            log_ref = -0.5 * sq / std**2 - 0.5 * d * (_LOG_2PI + 2 * math.log(std))
+            if self.mean_free:
+                log_ref = self.process.log_normal(x.double(), 0.0, std**2)
+            else:
+                sq = x.double().square().flatten(1).sum(-1)
+                log_ref = -0.5 * sq / std**2 - 0.5 * d * (_LOG_2PI + 2 * math.log(std))
             w = torch.tensor(self.target.weights, dtype=torch.float64, device=x.device)
             log_g = state["logq"] @ w - log_ref
             checks["log_density"] = ~torch.isfinite(state["logq"]).all(1)
@@ -363,11 +382,12 @@ class FKCModel(FeynmanKacModel):
             move = self.grid.move(pa, t_b)
         drift = explicit + move.lin * x
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        new, checks, nfe, n_grad = self._evaluate(
-            move.apply(x, drift, z), pb, beta_b, generator, self._where(k, t_b)
-        )
+        x_b = move.apply(x, drift, z)
+        if self.mean_free:  # the SDE's increments lie in the subspace; per-coordinate fits need not
+            x_b = self.process.project(x_b)
+        new, checks, nfe, n_grad = self._evaluate(x_b, pb, beta_b, generator, self._where(k, t_b))
         parts = self._rate_parts(pa, pb, beta_a, beta_b, state, new, theta_p)
-        const = (self.W - 1) * self.dim * (pa.log_alpha - pb.log_alpha)
+        const = (self.W - 1) * self.ref_dim * (pa.log_alpha - pb.log_alpha)
         inc, log_g = _potential(self.weight_rule, const, parts, theta_p is not None)
         err = None
         if want_error:
