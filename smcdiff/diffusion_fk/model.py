@@ -305,7 +305,7 @@ class DiffusionFK(FeynmanKacModel):
         self._groups = log_weights.shape[0]  # guidance's "no mass" check is per run
         ev, checks, n_grad = self._evaluate(x_new, k, self.guided and not last)
         if self.guided and not self.weighted:  # first: the cause of what the score does there
-            checks = {**self._range_check(x_new, ker.cs * self.proposal.scale), **checks}
+            checks = {**self._range_check(x_new), **checks}
         log_g = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         if self.path is not None:
             log_g = log_g + self.path.step(
@@ -331,17 +331,18 @@ class DiffusionFK(FeynmanKacModel):
         checks.update(move_checks)
         return StepOutput(new, log_g, checks, nfe=1 + nfe0, n_grad=n_grad + nfe0, info=info)
 
-    def _range_check(self, x: torch.Tensor, step_scale: float) -> dict[str, torch.Tensor]:
+    def _range_check(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Rows of ``x`` whose RMS coordinate exceeds :data:`GUIDANCE_RANGE` times the
-        reference std (no host sync); the name says the bound and what to do."""
+        reference std (no host sync); the name (the same at every step: the guard keeps one
+        column per name) says the bound and what to do."""
         rms = x.detach().reshape(x.shape[0], -1).square().mean(1).sqrt()
         name = (
             f"guided particles beyond {GUIDANCE_RANGE:g} x the reference std (RMS coordinate > "
-            f"{self._x_bound:g}): the guidance step c_s * guidance_scale * grad = "
-            f"{step_scale:.3g} * grad overshoots and the particles run away (a likelihood sharp "
-            "for the step size, or a learned score, whose x0-hat = (x - sigma * eps)/alpha "
-            "amplifies the net's error at high noise); lower guidance_scale, take more steps, or "
-            f"use a weighted method ('fk', 'tds') {OUT_OF_RANGE}"
+            f"{self._x_bound:g}): the guidance step c_s * guidance_scale * grad overshoots and "
+            "the particles run away (a likelihood sharp for the step size, or a learned score, "
+            "whose x0-hat = (x - sigma * eps)/alpha amplifies the net's error at high noise); "
+            "lower guidance_scale, take more steps, or use a weighted method ('fk', 'tds') "
+            f"{OUT_OF_RANGE}"
         )
         return {name: rms > self._x_bound}
 
