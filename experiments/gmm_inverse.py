@@ -480,7 +480,7 @@ def _figures(out: Path, summary: list[dict], priors: list[dict]) -> None:
             floor = next(r for k, r in rs.items() if k[0] == d_y)["sw_floor"][0]
             ax.axhline(floor, color="k", lw=0.8, ls="--", label="floor (exact samples)")
             ax.set(xticks=range(len(methods)), yscale="log", title=f"d = {d}, d_y = {d_y}")
-            ax.set_ylim(top=min(ax.get_ylim()[1], 300.0))  # diverged runs (SW ~ 1e18) off-chart
+            ax.set_ylim(top=min(ax.get_ylim()[1], 300.0))  # far-off rows off-chart
             ax.set_xticklabels(methods, rotation=45, fontsize=8)
         axes[0].set_ylabel("sliced W2 to the posterior")
         axes[0].legend(fontsize=7)
