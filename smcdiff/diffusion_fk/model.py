@@ -18,6 +18,11 @@ for the proposal actually used) or else, weighted, the proposal's :math:`\log p_
 weighted, the FK potential. Particles are ``(N, *event_shape)``; the score model receives the time
 through :func:`~smcdiff.scores.base.model_time`. :func:`build_diffusion_fk` builds the model from
 the front doors' keyword arguments.
+
+On a :class:`~smcdiff.processes.MeanFree` process the particles live on its centre-of-mass-free
+subspace: they start there (the reference Gaussian is the subspace's, of dimension
+:math:`(n-1)s`, in the start weight and in ``log_z``), every proposal draw and MALA move is
+projected back onto it, and the path-correction Gaussians are the subspace's.
 """
 
 from __future__ import annotations
@@ -42,8 +47,9 @@ from smcdiff.diffusion_fk.tilt import (
 from smcdiff.engine.guard import NO_MASS, OUT_OF_RANGE
 from smcdiff.engine.model import FeynmanKacModel, ParticleState, StepOutput
 from smcdiff.errors import SMCDiffError
+from smcdiff.processes.meanfree import MeanFree
 from smcdiff.processes.parameterization import tweedie_x0
-from smcdiff.samplers.kernels import ReverseStep, gaussian_log_prob, reverse_step
+from smcdiff.samplers.kernels import ReverseStep, gaussian_log_prob, reverse_step, standard_noise
 from smcdiff.scores.base import ScoreModel, event_shape_of, has_log_density, model_time
 
 __all__ = ["GUIDANCE_RANGE", "DiffusionFK", "build_diffusion_fk"]
@@ -121,6 +127,7 @@ class DiffusionFK(FeynmanKacModel):
         self.event_shape = event_shape_of(model)
         self.dim = int(model.dim)
         self.ref_std = self.process.prior_std
+        self.mean_free = isinstance(self.process, MeanFree)  # particles on the subspace
         self._x_bound = GUIDANCE_RANGE * float(self.ref_std)  # GUIDANCE_RANGE
         self._alpha_sigma = [
             (float(self.process.alpha(t)), float(self.process.sigma(t))) for t in self.grid
@@ -242,7 +249,7 @@ class DiffusionFK(FeynmanKacModel):
                 logp = self.path.end_log_prob(x)
         elif k == 0:  # the start law is the reference Gaussian, whatever the prior
             score = self.model.score(x, tm)
-            logp = gaussian_log_prob(x, torch.zeros_like(x), self.ref_std**2)
+            logp = gaussian_log_prob(x, torch.zeros_like(x), self.ref_std**2, self.process)
         else:
             raise SMCDiffError(
                 "log_target at step k > 0 needs path_correction (a prior with log_density): "
@@ -267,15 +274,16 @@ class DiffusionFK(FeynmanKacModel):
         return self._apply_strength({**state, **ev}, k, state.get("lam")), 1
 
     def init(self, n: int, generator: torch.Generator) -> StepOutput:
-        """``n`` particles from :math:`\\mathcal N(0, \\sigma_{ref}^2 I)`, ``(n, *event_shape)``;
-        with ``adaptive`` the tilt starts at strength 0."""
-        x = self.ref_std * torch.randn(
-            n, *self.event_shape, generator=generator, device=self.device, dtype=self.dtype
+        """``n`` particles from :math:`\\mathcal N(0, \\sigma_{ref}^2 I)`, ``(n, *event_shape)``
+        (of the subspace for a :class:`~smcdiff.processes.MeanFree` process); with ``adaptive``
+        the tilt starts at strength 0."""
+        x = self.ref_std * standard_noise(
+            self.process, n, self.event_shape, generator, device=self.device, dtype=self.dtype
         )
         ev, checks, n_grad = self._evaluate(x, 0, self.guided and self.K > 0)
         log_g = torch.zeros(n, dtype=torch.float64, device=self.device)
         if self.path is not None:
-            log_g = log_g + self.path.start(x, ev["logp"], self.ref_std)
+            log_g = log_g + self.path.start(x, ev["logp"], self.ref_std, self.process)
         lam = None
         if self.adaptive is not None:
             lam = torch.zeros(n, dtype=torch.float64, device=self.device)
@@ -302,6 +310,9 @@ class DiffusionFK(FeynmanKacModel):
             state, nfe0, moved, move_checks = self._move(k - 1, state, generator, log_weights)
         x = state["x"]
         x_new, z, shift = self.proposal.propose(ker, state, generator)
+        if self.mean_free:  # the kernel's mean is mean-free: keep its noise on the subspace too
+            x_new, z = self.process.project(x_new), self.process.project(z)
+            shift = None if shift is None else self.process.project(shift)
         self._groups = log_weights.shape[0]  # guidance's "no mass" check is per run
         ev, checks, n_grad = self._evaluate(x_new, k, self.guided and not last)
         if self.guided and not self.weighted:  # first: the cause of what the score does there
@@ -356,6 +367,12 @@ class DiffusionFK(FeynmanKacModel):
         resampled = (log_weights.amax(-1) - log_weights.amin(-1)) < 1e-12
         return bool(held.any() | resampled.any())
 
+    def _on_support(self, x: torch.Tensor) -> torch.Tensor:
+        """MALA-moved ``x`` back on the subspace of a :class:`~smcdiff.processes.MeanFree`
+        process (the targets are translation invariant there: the projected chain is MALA on the
+        subspace), unchanged otherwise."""
+        return self.process.project(x) if self.mean_free else x
+
     def _move(
         self, k: int, state: ParticleState, generator: torch.Generator, log_weights: torch.Tensor
     ) -> tuple[ParticleState, int, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -367,6 +384,7 @@ class DiffusionFK(FeynmanKacModel):
             x, lambda y: self.log_target(k, y, lam), initial_log_step(x, n_groups), n_groups,
             generator,
         )  # fmt: skip
+        x = self._on_support(x)
         ev, checks, _ = self._evaluate(x, k, self.guided)
         checks = {f"{name} (after the tilt moves of step {k})": m for name, m in checks.items()}
         checks[f"log target of the tilt moves (log p_t + reward / log_likelihood) of step {k}"] = (
@@ -423,6 +441,7 @@ class DiffusionFK(FeynmanKacModel):
         x, log_h, accept, bad = adaptive.move(
             x, lambda y: self.log_target(self.K, y, lam), log_h, G, generator
         )
+        x = self._on_support(x)
         checks = {"log target of the tilt moves (log p_t + reward / log_likelihood)": bad}
         value = self.tilt.evaluate(x, self.K, checks, f"sub-step {k - self.K} at t_min")
         old = self.tilt.phi(value, self.K, lam)

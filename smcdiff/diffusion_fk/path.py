@@ -11,7 +11,8 @@ target :math:`p(x) e^{\phi(x)}` and ``log_z`` estimates :math:`\log \mathbb E_p[
 bias from the step count. ``end_log_prob`` (an unnormalised :math:`\log\tilde\pi`) replaces
 :math:`\log p_{t_{min}}` at the last step by :math:`\log\tilde\pi(x)`: the path weights then
 telescope to :math:`\tilde\pi` (the energy-target sampler, where :math:`p_t` is estimated and
-the estimate at the last step cancels exactly). All terms sum over every event dim.
+the estimate at the last step cancels exactly). All terms sum over every event dim; for a
+:class:`~smcdiff.processes.MeanFree` process every Gaussian is the one of its subspace.
 """
 
 from __future__ import annotations
@@ -34,9 +35,13 @@ class PathCorrection:
     def __init__(self, end_log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.end_log_prob = end_log_prob
 
-    def start(self, x: torch.Tensor, logp: torch.Tensor, ref_std: float) -> torch.Tensor:
-        r""":math:`\log p_{t_{max}}(x) - \log\mathcal N(x; 0, \sigma_{ref}^2 I)`, ``(N,)``."""
-        return logp - gaussian_log_prob(x, torch.zeros_like(x), ref_std**2)
+    def start(
+        self, x: torch.Tensor, logp: torch.Tensor, ref_std: float, process: NoiseProcess | None
+    ) -> torch.Tensor:
+        r""":math:`\log p_{t_{max}}(x) - \log\mathcal N(x; 0, \sigma_{ref}^2 I)`, ``(N,)``; the
+        reference is the start law on ``process``'s support (the subspace Gaussian for a
+        :class:`~smcdiff.processes.MeanFree` process)."""
+        return logp - gaussian_log_prob(x, torch.zeros_like(x), ref_std**2, process)
 
     def step(
         self,
@@ -51,8 +56,8 @@ class PathCorrection:
         """The step weight from ``x`` (time ``ker.t``, density ``prev_logp``) to ``x_new`` (time
         ``ker.s``, density ``logp``) drawn with standard normal ``z``; ``(N,)`` float64."""
         a, v = (float(c) for c in process.transition(ker.s, ker.t))
-        log_q = noise_log_prob(z, ker.var)
-        return logp - prev_logp + gaussian_log_prob(x, a * x_new, v) - log_q
+        log_q = noise_log_prob(z, ker.var, process)
+        return logp - prev_logp + gaussian_log_prob(x, a * x_new, v, process) - log_q
 
     def finish(
         self,

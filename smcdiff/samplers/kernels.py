@@ -27,10 +27,12 @@ Coefficients are Python floats computed once per step in float64 on the host.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from smcdiff.processes.meanfree import MeanFree
 from smcdiff.processes.schedules import NoiseProcess
 
 __all__ = [
@@ -40,6 +42,8 @@ __all__ = [
     "noise_log_prob",
     "reverse_step",
     "shifted_proposal_log_ratio",
+    "standard_noise",
+    "support_dim",
 ]
 
 SAMPLERS = ("ancestral", "ancestral_upper", "ode", "ddim", "em")
@@ -92,20 +96,58 @@ def reverse_step(
     raise ValueError(f"unknown sampler {kind!r}; expected one of {SAMPLERS}")
 
 
-def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, var: float) -> torch.Tensor:
+def support_dim(process: NoiseProcess | None, event_shape: Sequence[int]) -> int:
+    r"""Dimension :math:`d` of the space particles ``(N, *event_shape)`` live in: the event
+    size, or :math:`(n-1)s` for a :class:`~smcdiff.processes.MeanFree` process (its
+    centre-of-mass-free subspace)."""
+    if isinstance(process, MeanFree):
+        return process.subspace_dim
+    return math.prod(event_shape)
+
+
+def standard_noise(
+    process: NoiseProcess | None,
+    n: int,
+    event_shape: tuple[int, ...],
+    generator: torch.Generator | None,
+    *,
+    device=None,
+    dtype=None,
+) -> torch.Tensor:
+    r"""``n`` draws ``(n, *event_shape)`` of the standard Gaussian of the particles' space:
+    :math:`\varepsilon \sim \mathcal N(0, I)`, or :math:`P\varepsilon` (the subspace's, see
+    :meth:`~smcdiff.processes.MeanFree.randn`) for a :class:`~smcdiff.processes.MeanFree`
+    process."""
+    if isinstance(process, MeanFree):
+        return process.randn(n, generator, device=device, dtype=dtype)
+    return torch.randn(n, *event_shape, generator=generator, device=device, dtype=dtype)
+
+
+def gaussian_log_prob(
+    x: torch.Tensor, mean: torch.Tensor, var: float, process: NoiseProcess | None = None
+) -> torch.Tensor:
     r""":math:`\log\mathcal N(x; \mu, v I)` summed over every event dim, in float64;
-    ``(N, *event_shape) -> (N,)``."""
+    ``(N, *event_shape) -> (N,)``. With a :class:`~smcdiff.processes.MeanFree` ``process``, the
+    density of its subspace, :math:`\log\mathcal N_{\mathcal X}` of dimension :math:`(n-1)s`
+    (:meth:`~smcdiff.processes.MeanFree.log_normal`)."""
+    if isinstance(process, MeanFree):
+        return process.log_normal(x.double(), mean.double(), var)
     r = (x - mean).double().flatten(1)
     d = r.shape[1]
     return -0.5 * (r * r).sum(-1) / var - 0.5 * d * math.log(2.0 * math.pi * var)
 
 
-def noise_log_prob(z: torch.Tensor, var: float) -> torch.Tensor:
+def noise_log_prob(
+    z: torch.Tensor, var: float, process: NoiseProcess | None = None
+) -> torch.Tensor:
     r""":math:`\log\mathcal N(x; \mu, v I)` at :math:`x = \mu + \sqrt v z`, written in terms of
     the standard normal draw ``z`` (no large terms cancel): :math:`-\|z\|^2/2 - (d/2)\log(2\pi v)`,
-    summed over every event dim, float64; ``(N, *event_shape) -> (N,)``."""
+    summed over every event dim, float64; ``(N, *event_shape) -> (N,)``. :math:`d` is
+    :func:`support_dim` (``z`` drawn by :func:`standard_noise`: on the subspace of a
+    :class:`~smcdiff.processes.MeanFree` process)."""
+    d = support_dim(process, z.shape[1:])
     z = z.double().flatten(1)
-    return -0.5 * (z**2).sum(-1) - 0.5 * z.shape[1] * math.log(2 * math.pi * var)
+    return -0.5 * (z**2).sum(-1) - 0.5 * d * math.log(2 * math.pi * var)
 
 
 def shifted_proposal_log_ratio(z: torch.Tensor, shift: torch.Tensor, var: float) -> torch.Tensor:

@@ -79,6 +79,7 @@ import torch
 from smcdiff.engine.model import FeynmanKacModel, ParticleState, StepOutput
 from smcdiff.errors import DiscretisationWarning, SMCDiffError
 from smcdiff.processes.meanfree import MeanFree
+from smcdiff.samplers.kernels import gaussian_log_prob, standard_noise, support_dim
 from smcdiff.scores.base import ScoreModel, event_shape_of, has_log_density, model_time
 from smcdiff.scores.combine import GeometricScore
 from smcdiff.steering.driftlite import Control, make_control, weighted_variance
@@ -212,7 +213,7 @@ class FKCModel(FeynmanKacModel):
         # a MeanFree process lives on its (n-1)s-dim centre-of-mass-free subspace: start there,
         # keep moves there, and count its dimension in the reference density and in (W-1) d f_t
         self.mean_free = isinstance(self.process, MeanFree)
-        self.ref_dim = self.process.subspace_dim if self.mean_free else self.dim
+        self.ref_dim = support_dim(self.process, self.event_shape)
 
     # ------------------------------------------------------------------ construction helpers
     def _beta_grid(self, beta, schedule, where: str) -> list[float]:
@@ -281,12 +282,9 @@ class FKCModel(FeynmanKacModel):
     # ------------------------------------------------------------------ FeynmanKacModel
     def init(self, n: int, generator: torch.Generator) -> StepOutput:
         std = self.ref_std / math.sqrt(self.W)
-        if self.mean_free:
-            x = std * self.process.randn(n, generator, device=self.device, dtype=self.dtype)
-        else:
-            x = std * torch.randn(
-                n, *self.event_shape, generator=generator, device=self.device, dtype=self.dtype
-            )
+        x = std * standard_noise(
+            self.process, n, self.event_shape, generator, device=self.device, dtype=self.dtype
+        )
         where = self._where(0, self.times[0])
         state, checks, nfe, n_grad = self._evaluate(
             x, self.grid.at(self.times[0], 0), self.beta[0], generator, where, self.dense
@@ -316,11 +314,7 @@ class FKCModel(FeynmanKacModel):
         :math:`t_{max}` is the process prior gets a constant start weight."""
         n, d = x.shape[0], self.ref_dim
         if self.dense:
-            if self.mean_free:
-                log_ref = self.process.log_normal(x.double(), 0.0, std**2)
-            else:
-                sq = x.double().square().flatten(1).sum(-1)
-                log_ref = -0.5 * sq / std**2 - 0.5 * d * (_LOG_2PI + 2 * math.log(std))
+            log_ref = gaussian_log_prob(x, torch.zeros_like(x), std**2, self.process)
             w = torch.tensor(self.target.weights, dtype=torch.float64, device=x.device)
             log_g = state["logq"] @ w - log_ref
             checks["log_density"] = ~torch.isfinite(state["logq"]).all(1)
