@@ -150,10 +150,10 @@ def _export_module():
 
 def test_live_openmm_random_and_md_configurations(mol):
     """Fresh configurations (not the stored ones): perturbations at other seeds and MD at 500 K."""
+    ex = _export_module()  # skips without OpenMM
     import numpy as np
     import openmm as mm
 
-    ex = _export_module()
     _, system, pos = ex.load_system()
     rng = np.random.default_rng(123)
     configs = [pos + s * rng.standard_normal(pos.shape) for s in (0.003, 0.008, 0.015)]
