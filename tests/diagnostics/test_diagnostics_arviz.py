@@ -96,7 +96,9 @@ def test_seed_fixes_the_posterior_resample(make_result):
 
 
 def test_netcdf_round_trip(make_result, tmp_path):
-    pytest.importorskip("h5netcdf")
+    pytest.importorskip(
+        "h5netcdf", reason="writing netCDF needs h5netcdf (an optional dependency of ArviZ)"
+    )
     res = make_result(runs=2)
     path = tmp_path / "run.nc"
     to_inference_data(res).to_netcdf(str(path), engine="h5netcdf")

@@ -39,7 +39,7 @@ def test_page_has_python_blocks(page):
 @pytest.mark.parametrize("page", PAGES)
 def test_page_blocks_run(page, monkeypatch):
     for module in NEEDS.get(page, ()):
-        pytest.importorskip(module)
+        pytest.importorskip(module, reason=f"the page {page} imports {module}, an optional extra")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     namespace: dict = {"__name__": page.removesuffix(".md").replace("-", "_")}
     for i, block in enumerate(python_blocks((DOCS / page).read_text())):

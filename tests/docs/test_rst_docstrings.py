@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("griffe")
+pytest.importorskip(
+    "griffe", reason="docstring parsing uses griffe, which mkdocstrings of the docs extra installs"
+)
 _PATH = Path(__file__).resolve().parents[2] / "docs" / "_ext" / "rst_docstrings.py"
 _spec = importlib.util.spec_from_file_location("rst_docstrings", _PATH)
 rst_docstrings = importlib.util.module_from_spec(_spec)

@@ -66,7 +66,10 @@ def test_arguments_are_checked():
         gather_rows(x, torch.zeros(2, dtype=torch.long), backend="cuda")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="the CUDA path needs a GPU (CI has none; run with a GPU, as on the device)",
+)
 def test_triton_path_on_cuda_equals_x_idx():
     from smcdiff.resampling.gather import triton_available
 
@@ -97,7 +100,10 @@ print("checked", n)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
+@pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None,
+    reason="the Triton kernel needs triton (ships with CUDA torch; its CPU interpreter runs it here)",
+)
 def test_triton_kernel_under_the_cpu_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(INTERPRETED)], env=env,

@@ -21,7 +21,9 @@ from tests.stats import assert_unbiased, grid_log_integral, replicate_se
 
 F64 = torch.float64
 
-pytest.importorskip("sklearn")
+pytest.importorskip(
+    "sklearn", reason="the logistic data set comes from scikit-learn (pip install -e .[test])"
+)
 
 
 def _synthetic(n: int, p: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
