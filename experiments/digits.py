@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from smcdiff_experiments.progress import run_bar
 from smcdiff_experiments.runtools import (
+    STEER_METHODS,
     Budget,
     fmt,
     net_timing,
@@ -56,14 +57,7 @@ REWARD_TASKS = {  # reward -> methods (the indicator has no gradient: no guidanc
     "indicator": ("fk", "best-of-n"),
 }
 PROBLEMS = ("inpaint_half", "inpaint_random", "sr2x", "blur")
-METHODS = {
-    "none": {"method": "none"},
-    "guidance": {"method": "guidance"},
-    "fk": {"method": "fk", "tilt_schedule": "adaptive"},
-    "fk-snr": {"method": "fk", "tilt_schedule": "snr"},
-    "tds": {"method": "tds", "tilt_schedule": "adaptive"},
-    "tds-snr": {"method": "tds", "tilt_schedule": "snr"},
-}
+METHODS = dict(STEER_METHODS)
 
 
 def load_digits_split(device: str = "cpu") -> dict[str, torch.Tensor]:

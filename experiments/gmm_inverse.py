@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 from smcdiff_experiments.progress import run_bar
 from smcdiff_experiments.runtools import (
+    STEER_METHODS,
     Budget,
     fmt,
     net_timing,
@@ -63,14 +64,7 @@ from smcdiff.nets import MLP
 DESCRIPTION = "MCGdiff/DCPS GMM inverse problems: exact vs learned score, none/guidance/fk/tds"
 
 F64 = torch.float64
-METHODS = {
-    "none": {"method": "none"},
-    "guidance": {"method": "guidance"},
-    "fk": {"method": "fk", "tilt_schedule": "adaptive"},
-    "tds": {"method": "tds", "tilt_schedule": "adaptive"},
-    "fk-snr": {"method": "fk", "tilt_schedule": "snr"},
-    "tds-snr": {"method": "tds", "tilt_schedule": "snr"},
-}
+METHODS = {m: STEER_METHODS[m] for m in ("none", "guidance", "fk", "tds", "fk-snr", "tds-snr")}
 WEIGHTED = ("fk", "tds")
 N_SLICES = 100
 # No published numbers of this protocol could be read here (BENCHMARKS.md); the tables cite where

@@ -14,6 +14,16 @@ import torch
 import smcdiff
 from smcdiff.errors import DegeneracyWarning
 
+STEER_METHODS: dict[str, dict[str, str]] = {
+    "none": {"method": "none"},
+    "guidance": {"method": "guidance"},
+    "fk": {"method": "fk", "tilt_schedule": "adaptive"},
+    "fk-snr": {"method": "fk", "tilt_schedule": "snr"},
+    "tds": {"method": "tds", "tilt_schedule": "adaptive"},
+    "tds-snr": {"method": "tds", "tilt_schedule": "snr"},
+}
+"""The experiments' method rows: a row name -> ``steer`` keywords."""
+
 
 def steer_recording(prior, **kw):
     """``smcdiff.steer(prior, **kw)`` and whether it warned that its weights degenerated (the
