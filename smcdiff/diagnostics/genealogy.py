@@ -105,10 +105,9 @@ def genealogy_errors(result: SMCResult) -> GenealogyErrors | None:
     var = (W * (x.double() - (W * x.double()).sum(1, keepdim=True)).square()).sum(1)
     per = torch.where(var > 0, var / se.square(), torch.nan)
     ess = 1 / (1 / per).nanmean(-1)
-    seen = torch.zeros(G, N, dtype=torch.bool, device=eve.device).scatter_(1, eve.long(), True)
     return GenealogyErrors(
         mean_se=se.cpu().numpy(),
         lineage_ess_per_coordinate=per.cpu().numpy(),
         lineage_ess=ess.cpu().numpy(),
-        n_eves=seen.sum(1).cpu().numpy(),
+        n_eves=gen["distinct"][-1].reshape(G).numpy(),
     )
