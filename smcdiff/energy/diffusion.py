@@ -66,7 +66,11 @@ class EstimatorChecks(FeynmanKacModel):
     :math:`+\infty` (weighted) or its score NaN (unweighted) — is reported in the step's
     ``checks`` under :data:`INNER_TARGET`, ahead of the model's own checks. The engine's guard
     then raises :class:`~smcdiff.errors.NonFiniteError` naming the step, with the partial run,
-    without a host-device sync inside the step. Everything else is the wrapped ``fk``'s."""
+    without a host-device sync inside the step. A particle whose estimate is
+    :math:`\log\hat p_t = -\infty` (no inner draw with mass) has weight zero and an undefined
+    (0/0) score: its score is set to 0 and not reported, so a target with no mass anywhere ends
+    in the engine's :class:`~smcdiff.errors.DegenerateWeightsError` (all weights zero). Everything
+    else is the wrapped ``fk``'s."""
 
     def __init__(self, fk: FeynmanKacModel):
         self.fk = fk
@@ -75,6 +79,11 @@ class EstimatorChecks(FeynmanKacModel):
     def _with_checks(self, out: StepOutput) -> StepOutput:
         st = out.state
         bad = nan_or_posinf(st["logp"]) if "logp" in st else nonfinite_rows(st["score"])
+        if "logp" in st and "score" in out.checks:  # zero density: weight 0, score 0/0
+            dead = st["logp"] == -math.inf
+            out.checks["score"] = out.checks["score"] & ~dead
+            st["score"] = torch.where(dead.reshape(-1, *([1] * (st["score"].dim() - 1))),
+                                      torch.zeros_like(st["score"]), st["score"])  # fmt: skip
         out.checks = {INNER_TARGET: bad, **out.checks}
         return out
 
