@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from smcdiff.checks import check_choice, check_device, check_shape, nonfinite_rows
+from smcdiff.checks import check_choice, check_device, check_shape, nan_or_posinf, nonfinite_rows
 from smcdiff.diffusion_fk.adaptive import AdaptiveTilt, initial_log_step
 from smcdiff.diffusion_fk.path import PathCorrection
 from smcdiff.diffusion_fk.potentials import POTENTIALS, Difference, Potential, sub_keep_neg_inf
@@ -173,7 +173,7 @@ class DiffusionFK(FeynmanKacModel):
             check_device("score", score, x.device, where=where)
             checks = {"particles": nonfinite_rows(x), "score": nonfinite_rows(score.detach())}
             if self.path is not None:
-                checks["log_density"] = ~torch.isfinite(out["logp"])
+                checks["log_density"] = nan_or_posinf(out["logp"])  # -inf: weight 0
             if need_phi:
                 a, s = self._alpha_sigma[k]
                 x0 = xr if last else tweedie_x0(xr, score, a, s)

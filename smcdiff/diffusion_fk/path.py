@@ -54,10 +54,13 @@ class PathCorrection:
         prev_logp: torch.Tensor,
     ) -> torch.Tensor:
         """The step weight from ``x`` (time ``ker.t``, density ``prev_logp``) to ``x_new`` (time
-        ``ker.s``, density ``logp``) drawn with standard normal ``z``; ``(N,)`` float64."""
+        ``ker.s``, density ``logp``) drawn with standard normal ``z``; ``(N,)`` float64. A
+        density of ``-inf`` (an estimate with no mass there) gives weight 0, and a particle
+        whose previous density was ``-inf`` keeps weight 0 (not ``-inf - (-inf)``)."""
         a, v = (float(c) for c in process.transition(ker.s, ker.t))
         log_q = noise_log_prob(z, ker.var, process)
-        return logp - prev_logp + gaussian_log_prob(x, a * x_new, v, process) - log_q
+        log_g = logp - prev_logp + gaussian_log_prob(x, a * x_new, v, process) - log_q
+        return torch.where(prev_logp == -torch.inf, -torch.inf, log_g)
 
     def finish(
         self,
