@@ -15,6 +15,7 @@ from smcdiff.checks import check_choice, check_int, check_number
 from smcdiff.diffusion_fk import DiffusionFK, build_diffusion_fk
 from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.corrector import mcmc_corrector
+from smcdiff.processes.meanfree import MeanFree, subspace_corrector
 from smcdiff.samplers.kernels import SAMPLERS
 from smcdiff.scores.base import has_log_density
 from smcdiff.scores.combine import GeometricScore
@@ -130,4 +131,6 @@ def start_corrector(
     ref_var = float(fk.process.prior_std) ** 2
     h0 = step_size or (0.5 if init == "pcnl" else 0.1 * ref_var * fk.dim ** (-1 / 3))
     kwargs = {"prior_var": ref_var} if init == "pcnl" else {}
+    if isinstance(fk.process, MeanFree):  # move on the centre-of-mass-free subspace (exact)
+        return subspace_corrector(fk.process, init, fk.log_target, n_moves, h0, **kwargs)
     return mcmc_corrector(init, fk.log_target, n_moves, h0, **kwargs)
