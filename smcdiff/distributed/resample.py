@@ -29,6 +29,7 @@ from smcdiff.distributed.comm import Comm, RowLayout, pack_rows, unpack_rows
 from smcdiff.engine.model import ParticleState
 from smcdiff.engine.resampler import Resampler
 from smcdiff.errors import SMCDiffError
+from smcdiff.resampling.gather import gather_rows
 
 __all__ = ["DistributedSystematic", "rank_normalise", "redistribute", "systematic_slots"]
 
@@ -77,27 +78,42 @@ def redistribute(
 
     ``first`` / ``end`` ``(n,)``: the slots of each local particle (:func:`systematic_slots`).
     Returns this rank's ``n`` offspring in slot order and their ancestors' global indices
-    ``(n,)`` (rank ``r``'s particle ``i`` is ``rn + i``). Two collectives: the counts (one int64
-    per rank pair), then the rows, each distinct (particle, destination) once with its copy
-    count and global index appended as bytes."""
-    R, n = comm.world_size, n_local
+    ``(n,)`` (rank ``r``'s particle ``i`` is ``rn + i``). Copies that stay on this rank are one
+    row gather (:func:`~smcdiff.resampling.gather.gather_rows`); the others cross in two
+    collectives: the counts (one int64 per rank pair), then the rows, each distinct (particle,
+    destination) once with its copy count and global index appended as bytes. Slot order is
+    rows from ranks below ``r``, then this rank's, then those from ranks above (global particle
+    order)."""
+    R, n, r = comm.world_size, n_local, comm.rank
     q0 = torch.arange(R, device=first.device) * n
     copies = (torch.minimum(end[:, None], q0 + n) - torch.maximum(first[:, None], q0)).clamp_(min=0)
+    own_ids = torch.arange(n, device=first.device).repeat_interleave(copies[:, r])
+    own = {k: gather_rows(v, own_ids) for k, v in particles.items()}
+    own_ids = own_ids + r * n
+    if R == 1:
+        return _check_count(comm, own, own_ids, n)
+    copies[:, r] = 0  # the rest crosses ranks
     pairs = (copies.T > 0).nonzero()  # (P, 2): (destination, particle), by destination
     dest, src = pairs[:, 0], pairs[:, 1]
     send = torch.bincount(dest, minlength=R)
     recv = comm.all_to_all_counts(send)
     layout = RowLayout(particles)
-    ids = src + comm.rank * n
-    meta = torch.stack([copies[src, dest], ids], dim=1)  # (P, 2) int64
+    meta = torch.stack([copies[src, dest], src + r * n], dim=1)  # (P, 2) int64
     rows = torch.cat([pack_rows(particles, layout)[src], meta.view(torch.uint8)], dim=1)
-    got = comm.all_to_all_rows(rows, send.tolist(), recv.tolist())
-    meta = (
-        got[:, layout.width :].clone(memory_format=torch.contiguous_format).view(torch.int64)
-    )  # (P', 2)
+    recv_list = recv.tolist()
+    got = comm.all_to_all_rows(rows, send.tolist(), recv_list)
+    meta = got[:, layout.width :].clone(memory_format=torch.contiguous_format).view(torch.int64)
     times = meta[:, 0]
-    new = {k: v.repeat_interleave(times, dim=0) for k, v in unpack_rows(got, layout).items()}
-    ancestors = meta[:, 1].repeat_interleave(times)
+    came = {k: v.repeat_interleave(times, dim=0) for k, v in unpack_rows(got, layout).items()}
+    ids = meta[:, 1].repeat_interleave(times)
+    below = int(times[: sum(recv_list[:r])].sum())  # offspring from ranks < r come first
+    new = {k: torch.cat([v[:below], own[k], v[below:]]) for k, v in came.items()}
+    return _check_count(comm, new, torch.cat([ids[:below], own_ids, ids[below:]]), n)
+
+
+def _check_count(
+    comm: Comm, new: ParticleState, ancestors: torch.Tensor, n: int
+) -> tuple[ParticleState, torch.Tensor]:
     if ancestors.shape[0] != n:
         raise SMCDiffError(
             f"distributed resampling: rank {comm.rank} received {ancestors.shape[0]} offspring, "
