@@ -103,7 +103,10 @@ class TemperedOptions:
     is unbiased (the adaptive run's is a little biased at small N); ``fused``: run each whole
     SMC step (resampling, moves, temperature search, reweighting) as one replayed CUDA graph,
     checking for the end every ``fused_chunk`` steps (``None``: on for CUDA with an adaptive
-    schedule; :mod:`smcdiff.energy.tempered_fused`).
+    schedule; :mod:`smcdiff.energy.tempered_fused`); ``compile``: HMC moves as one
+    ``torch.compile``-d transition each (a few fused kernels instead of dozens per leapfrog
+    step; :mod:`smcdiff.mcmc.compiled`), ``True``, ``False`` or ``"auto"`` (on CUDA devices);
+    a transition that cannot be compiled runs eagerly with a warning.
     """
 
     kernel: str | Callable[..., Kernel] = "hmc"
@@ -120,9 +123,13 @@ class TemperedOptions:
     unbiased: bool = False
     fused: bool | None = None
     fused_chunk: int = 1
+    compile: bool | str = False
 
     def __post_init__(self) -> None:
         where = "tempered SMC"
+        if not (isinstance(self.compile, bool) or self.compile == "auto"):
+            msg = f"compile must be True, False or 'auto', got {self.compile!r}"
+            raise SMCDiffError(f"{where}: {msg}")
         if self.fused is not None and not isinstance(self.fused, bool):
             raise SMCDiffError(f"{where}: fused must be True, False or None")
         _set(self, "fused_chunk", check_int("fused_chunk", self.fused_chunk, 1, where=where))
