@@ -35,6 +35,7 @@ from smcdiff.checks import nan_or_posinf, nonfinite_rows
 from smcdiff.diffusion_fk import build_diffusion_fk
 from smcdiff.energy.options import DiffusionOptions, RunSettings
 from smcdiff.energy.reference import reference_tensors
+from smcdiff.energy.time_grid_adaptive import AdaptiveTimeFK
 from smcdiff.engine.collectors import degeneracy_collectors
 from smcdiff.engine.model import FeynmanKacModel, ParticleState, StepOutput
 from smcdiff.engine.smc import run_smc
@@ -50,7 +51,14 @@ from smcdiff.scores.refined import RDMCRefinedScore
 from smcdiff.seeding import child_generator
 from smcdiff.target import CountingTarget, Target, target_event_shape
 
-__all__ = ["EstimatorChecks", "ScaledTarget", "run_diffusion", "scaled_target", "score_estimator"]
+__all__ = [
+    "EstimatorChecks",
+    "ScaledTarget",
+    "path_model",
+    "run_diffusion",
+    "scaled_target",
+    "score_estimator",
+]
 
 INNER_TARGET = (
     "target log_prob at the score estimator's inner samples (NaN or +inf, or a NaN gradient; "
@@ -154,17 +162,7 @@ def run_diffusion(settings: RunSettings, options: DiffusionOptions, *, weighted:
     inner = child_generator(s.generator, s.device)
     counter = CountingTarget(scaled)
     model = score_estimator(o, counter, inner, weighted)
-    times = time_grid(model.process, o.n_steps, o.grid, t_min=o.t_min, t_max=o.t_max).tolist()
-    fk = build_diffusion_fk(
-        model,
-        times,
-        weighted=weighted,
-        path_correction=weighted,
-        sampler="ancestral_upper" if weighted else "ancestral",
-        end_log_prob=scaled.log_prob if weighted else None,
-        device=s.device,
-        dtype=s.dtype,
-    )
+    fk = path_model(o, model, scaled, weighted, s)
     run = run_smc(
         EstimatorChecks(fk),
         s.n_particles,
@@ -190,13 +188,45 @@ def run_diffusion(settings: RunSettings, options: DiffusionOptions, *, weighted:
         run.log_z = torch.full_like(run.log_z, math.nan)
     info = {
         "score": o.score,
-        "n_steps": o.n_steps,
+        "n_steps": o.n_steps if fk.times is not None else len(fk.grid) - 1,
+        "grid": list(fk.times if fk.times is not None else fk.grid),
         "n_mc": o.n_mc,
         "n_target_evals": counter.n_evals,
         "n_grad_evals": counter.n_grads,
         "n_resampled": int(run.trace["resampled"].sum()),
     }
     return SMCResult.from_run(run, grouped=s.grouped, info=info)
+
+
+def path_model(
+    options: DiffusionOptions, model: Any, scaled: ScaledTarget, weighted: bool, s: RunSettings
+) -> FeynmanKacModel:
+    """The FK model of the run: the path-corrected (``weighted``) or plain reverse diffusion on
+    ``options.grid``, or on the adaptive grid (:mod:`smcdiff.energy.time_grid_adaptive`)."""
+    o = options
+    if o.grid == "adaptive":
+        if not weighted:
+            raise SMCDiffError(
+                "sample: grid='adaptive' chooses times from the path weights: only "
+                "method='diffusion' has them (use a fixed grid for 'rdmc' / 'ensemble')"
+            )
+        proc = model.process
+        return AdaptiveTimeFK(
+            model, scaled.log_prob, max_steps=o.n_steps, options=o.adaptive_grid(),
+            t_max=proc.t_max if o.t_max is None else o.t_max,
+            t_min=proc.t_min if o.t_min is None else o.t_min, device=s.device, dtype=s.dtype,
+        )  # fmt: skip
+    times = time_grid(model.process, o.n_steps, o.grid, t_min=o.t_min, t_max=o.t_max).tolist()
+    return build_diffusion_fk(
+        model,
+        times,
+        weighted=weighted,
+        path_correction=weighted,
+        sampler="ancestral_upper" if weighted else "ancestral",
+        end_log_prob=scaled.log_prob if weighted else None,
+        device=s.device,
+        dtype=s.dtype,
+    )
 
 
 def score_estimator(

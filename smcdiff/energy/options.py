@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from smcdiff.checks import check_choice, check_int, check_number
+from smcdiff.energy.time_grid_adaptive import AdaptiveGrid
 from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.base import Kernel
 from smcdiff.mcmc.registry import check_kernel_options, get_kernel
@@ -168,6 +169,13 @@ class DiffusionOptions:
     modes, then ``n_chain_steps`` MALA steps (0: Laplace components at the modes),
     :class:`~smcdiff.scores.refined.RDMCRefinedScore`; ``n_mc`` is then its importance draws),
     for ``"diffusion"`` only (the baselines fix it).
+
+    ``grid="adaptive"`` (``"diffusion"`` only): each next time chosen from the particles so that
+    the conditional ESS of the step's incremental weights is ``target_ess`` times N
+    (:mod:`smcdiff.energy.time_grid_adaptive`): steps in log-SNR between the span over
+    ``n_steps`` (then a cap on the number of steps) and ``max_step`` times the span,
+    ``search_iters`` halvings, candidates scored on the ``search_fraction`` of the particles; each
+    candidate costs one estimator pass (counted in ``n_target_evals``).
     """
 
     n_steps: int = 100
@@ -185,9 +193,14 @@ class DiffusionOptions:
     n_chains: int = 16
     n_chain_steps: int = 0
     n_ascent: int = 30
+    target_ess: float = 0.5
+    max_step: float = 0.25
+    search_iters: int = 4
+    search_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         where = "sample(diffusion)"
+        self.adaptive_grid()  # checks its options
         _set(self, "n_chains", check_int("n_chains", self.n_chains, 1, where=where))
         _set(self, "n_chain_steps", check_int("n_chain_steps", self.n_chain_steps, 0, where=where))
         _set(self, "n_ascent", check_int("n_ascent", self.n_ascent, 0, where=where))
@@ -195,7 +208,7 @@ class DiffusionOptions:
         _set(self, "n_mc", check_int("n_mc", self.n_mc, 1, where=where))
         check_choice("estimator", self.estimator, ESTIMATORS, where=where)
         _flag(self, ("antithetic",), where)
-        check_choice("grid", self.grid, GRIDS, where=where)
+        check_choice("grid", self.grid, (*GRIDS, "adaptive"), where=where)
         for name in ("t_min", "t_max"):
             t = check_number(name, getattr(self, name), minimum=0.0, maximum=1.0, where=where,
                              allow_none=True)  # fmt: skip
@@ -207,6 +220,12 @@ class DiffusionOptions:
         chunk = check_int("chunk_size", self.chunk_size, 1, where=where, allow_none=True)
         _set(self, "chunk_size", chunk)
         check_choice("score", self.score, SCORES, where=where)
+
+    def adaptive_grid(self) -> AdaptiveGrid:
+        """The options of ``grid="adaptive"`` as an
+        :class:`~smcdiff.energy.time_grid_adaptive.AdaptiveGrid` (checked there)."""
+        return AdaptiveGrid(self.target_ess, self.max_step, self.search_iters,
+                            self.search_fraction)  # fmt: skip
 
 
 @dataclass(frozen=True)
