@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,12 @@ REFINED = {"method": "diffusion", "score": "refined", "n_steps": 40, "n_mc": 32,
 """Diffusion-path SMC with the refined mixture estimator (RDMCRefinedScore, Laplace components at
 the modes the inner chains climb to): per particle and step 16 chains x 33 gradients and 32
 importance draws."""
+
+
+ADAPTIVE = {**REFINED, "grid": "adaptive", "target_ess": 0.5, "search_fraction": 0.25}
+"""The refined sampler on the adaptive grid (:mod:`smcdiff.energy.time_grid_adaptive`): each
+next time by CESS bisection (target 0.5, at most 40 steps), candidates scored on a quarter of
+the particles (~2.25 estimator passes a step), every pass counted."""
 
 
 def _targets(names: tuple[str, ...] = DEFAULT_TARGETS) -> dict[str, tuple[Callable, float]]:
@@ -59,6 +66,7 @@ def methods_for(name: str) -> dict[str, dict]:
         "tempered-mala": {"method": "tempered", "kernel": "mala", "n_moves": 20},
         "diffusion-rdmc": {"method": "diffusion", "n_steps": 100, "n_mc": 64},
         "diffusion-refined": dict(REFINED),
+        "diffusion-refined-adaptive": dict(ADAPTIVE),
         # tempered SMC at a budget nearer the refined sampler's (10x the moves)
         "tempered-mala-x10": {"method": "tempered", "kernel": "mala", "n_moves": 200},
     }
@@ -81,7 +89,7 @@ def reparameterised(target, kw: dict):
 
 
 ISSUE13_METHODS = (
-    "tempered-mala", "tempered-mala-x10", "diffusion-refined",
+    "tempered-mala", "tempered-mala-x10", "diffusion-refined", "diffusion-refined-adaptive",
     "tempered-mala-noncentred", "diffusion-refined-noncentred",
 )  # fmt: skip
 
@@ -167,6 +175,61 @@ def evaluate(
     return row
 
 
+class Budget:
+    """A wall-time budget shared by the rows still to run: each row may start seeds until its
+    share (what is left over the rows left) is spent, and always runs at least one seed while
+    any budget is left; ``None``: no limit. Counted from ``start`` (``time.perf_counter()``)."""
+
+    def __init__(self, seconds: float | None, n_rows: int, start: float | None = None):
+        self.seconds, self.rows_left = seconds, max(n_rows, 1)
+        self.start = time.perf_counter() if start is None else start
+
+    def row_deadline(self) -> float | None:
+        """The time after which the next row starts no new seed (``None``: never; ``-inf``: the
+        budget is spent, skip the row)."""
+        if self.seconds is None:
+            return None
+        left = self.seconds - (time.perf_counter() - self.start)
+        share = left / self.rows_left
+        self.rows_left = max(self.rows_left - 1, 1)
+        return -math.inf if left <= 0 else time.perf_counter() + share
+
+
+def run_row(
+    name: str, meth: str, kw: dict, target, truth: torch.Tensor, ref_std, n_particles: int,
+    seeds: tuple[int, ...], device: str, deadline: float | None,
+) -> dict | None:  # fmt: skip
+    """One (target, method) row over ``seeds`` (stopping at ``deadline`` after at least one
+    seed; ``None`` if the budget is spent before the first)."""
+    if deadline == -math.inf:
+        return None
+    log_z_true = float(getattr(target, "log_z", 0.0))
+    sampled, to_x, kw = reparameterised(target, kw)
+    if kw.get("score") == "refined" and device != "cpu":
+        kw.setdefault("chunk_size", 16_384)  # one batch of inner chains per step
+    per_seed = []
+    for seed in seeds:
+        if per_seed and deadline is not None and time.perf_counter() > deadline:
+            break
+        res = smcdiff.sample(
+            sampled, n_particles=n_particles, seed=seed, device=device,
+            reference_std=ref_std, progress=False, **kw,
+        )  # fmt: skip
+        r = evaluate(target, name, res, truth, log_z_true, to_x)
+        r.update(
+            n_target_evals=res.info["n_target_evals"],
+            n_grad_evals=res.info["n_grad_evals"],
+            wall_s=res.info["wall_time_s"],
+            n_temperatures=res.info.get("n_temperatures"),
+            n_steps=res.info.get("n_steps"),
+        )
+        per_seed.append(r)
+    row = {"target": name, "method": meth, "n": n_particles, "device": device}
+    row.update(_aggregate(per_seed))
+    row["n_seeds"] = len(per_seed)
+    return row
+
+
 def run(
     out_dir: str | Path,
     device: str = "cpu",
@@ -176,12 +239,19 @@ def run(
     targets: tuple[str, ...] | None = None,
     methods: tuple[str, ...] | None = None,
     progress: bool = True,
+    time_budget: float | None = None,
+    start: float | None = None,
 ) -> list[dict]:
+    """Every (target, method) row over ``seeds``; ``energy.json`` / ``energy.md`` rewritten after
+    each row (a run stopped by a time limit keeps what it finished). ``time_budget``: seconds
+    (from ``start``) shared by the rows (:class:`Budget`); rows record ``n_seeds``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if quick:
         n_particles, seeds = 1000, (0, 1)
     registry = _targets(targets or DEFAULT_TARGETS)
+    plan = [(n, m) for n in registry for m in methods_for(n) if not methods or m in methods]
+    budget = Budget(time_budget, len(plan), start)
     rows: list[dict] = []
     for name in registry:
         make, ref_std = registry[name]
@@ -189,33 +259,17 @@ def run(
         if hasattr(target, "to"):
             target = target.to(device)
         truth = _truth(make)
-        log_z_true = float(getattr(target, "log_z", 0.0))
         for meth, kw in methods_for(name).items():
             if methods and meth not in methods:
                 continue
-            per_seed = []
-            sampled, to_x, kw = reparameterised(target, kw)
-            if kw.get("score") == "refined" and device != "cpu":
-                kw.setdefault("chunk_size", 16_384)  # one batch of inner chains per step
-            for seed in seeds:
-                res = smcdiff.sample(
-                    sampled, n_particles=n_particles, seed=seed, device=device,
-                    reference_std=ref_std, progress=False, **kw,
-                )  # fmt: skip
-                r = evaluate(target, name, res, truth, log_z_true, to_x)
-                r.update(
-                    n_target_evals=res.info["n_target_evals"],
-                    n_grad_evals=res.info["n_grad_evals"],
-                    wall_s=res.info["wall_time_s"],
-                    n_temperatures=res.info.get("n_temperatures"),
-                )
-                per_seed.append(r)
-            row = {"target": name, "method": meth, "n": n_particles, "device": device}
-            row.update(_aggregate(per_seed))
+            row = run_row(name, meth, kw, target, truth, ref_std, n_particles, seeds, device,
+                          budget.row_deadline())  # fmt: skip
+            if row is None:
+                print(f"{name} {meth}: skipped (time budget spent)", flush=True)
+                continue
             rows.append(row)
             if progress:
                 print(_line(row), flush=True)
-            # written after every row: a run stopped by a time limit keeps what it finished
             (out / "energy.json").write_text(json.dumps(rows, indent=1))
             (out / "energy.md").write_text(render(rows))
     return rows
@@ -245,7 +299,9 @@ COLUMNS = [
     ("ess_frac", "ESS/N"),
     ("n_target_evals", "target evals"),
     ("n_grad_evals", "grad evals"),
+    ("n_steps", "steps"),
     ("wall_s", "wall s"),
+    ("n_seeds", "seeds"),
 ]
 
 
@@ -255,8 +311,10 @@ def _fmt(row: dict, key: str) -> str:
     v, s = row[key], row.get(key + "_std", 0.0)
     if key in ("n_grad_evals", "n_target_evals"):
         return f"{v:.2e}"
-    if key == "modes_covered":
+    if key in ("modes_covered", "n_steps"):
         return f"{v:.1f}"
+    if key == "n_seeds":
+        return str(v)
     return f"{v:.3f} ± {s:.3f}"
 
 
@@ -287,6 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", nargs="*")
     p.add_argument("--methods", nargs="*")
     p.add_argument("--quick", action="store_true")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="seconds for the whole run, shared by the rows (each runs >= 1 seed)",
+    )
     p.add_argument("--timing", action="store_true", help="only the timing runs vs the peer")
     p.add_argument("--issue13", action="store_true",
                    help="issue 13's targets and methods (tempered vs refined diffusion)")  # fmt: skip
@@ -303,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     run(
         a.out, a.device, a.quick, a.n, tuple(range(a.seeds)),
         tuple(a.targets) if a.targets else None, tuple(a.methods) if a.methods else None,
+        time_budget=a.time_budget, start=t0,
     )  # fmt: skip
     print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
     return 0

@@ -195,11 +195,11 @@ class AdaptiveTimeFK(FeynmanKacModel):
 
         left = self.lam_lo - self._lam(self.grid[-1])
         hi = math.log(min(self.d_max, left))
-        if left <= self.d_min * (1 + 1e-9) or bool(frac_of(torch.tensor([hi])) >= self.opts.cess):
+        bound = torch.tensor([hi], dtype=torch.float64)  # float64: the same key as the search's
+        if left <= self.d_min * (1 + 1e-9) or bool(frac_of(bound) >= self.opts.cess):
             u = hi
         else:
             lo = torch.tensor([math.log(self.d_min)], dtype=torch.float64)
-            bound = torch.tensor([hi], dtype=torch.float64)
             u = float(largest_strength(frac_of, lo, bound, self.opts.cess, self.opts.iters)[0])
         n_tried = len(tried) * (1.0 if stride == 1 else 1.0 / stride)
         if stride == 1 and u in tried:
