@@ -175,7 +175,8 @@ class DiffusionOptions:
     (:mod:`smcdiff.energy.time_grid_adaptive`): steps in log-SNR between the span over
     ``n_steps`` (then a cap on the number of steps) and ``max_step`` times the span,
     ``search_iters`` halvings, candidates scored on the ``search_fraction`` of the particles; each
-    candidate costs one estimator pass (counted in ``n_target_evals``).
+    candidate costs one estimator pass (counted in ``n_target_evals``); ``cess_relative``: the
+    target is ``target_ess`` times the CESS of the smallest step (the estimator's noise floor).
     """
 
     n_steps: int = 100
@@ -197,6 +198,7 @@ class DiffusionOptions:
     max_step: float = 0.25
     search_iters: int = 4
     search_fraction: float = 1.0
+    cess_relative: bool = False
 
     def __post_init__(self) -> None:
         where = "sample(diffusion)"
@@ -225,7 +227,7 @@ class DiffusionOptions:
         """The options of ``grid="adaptive"`` as an
         :class:`~smcdiff.energy.time_grid_adaptive.AdaptiveGrid` (checked there)."""
         return AdaptiveGrid(self.target_ess, self.max_step, self.search_iters,
-                            self.search_fraction)  # fmt: skip
+                            self.search_fraction, self.cess_relative)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,9 @@ def test_every_candidate_is_counted_and_the_cap_holds():
     # init (1 pass) + every candidate of every step, n_mc draws per particle and pass
     assert res.info["n_target_evals"] == 64 * 8 * (1 + int(passes[1:].sum()))
     assert int(passes[1:].sum()) > len(grid) - 1  # the search tried more than one time a step
+    rel = run(0, n_particles=64, n_steps=6, cess_relative=True, search_fraction=0.5)
+    assert rel.info["grid"][-1] == 0.3 and len(rel.info["grid"]) <= 7
+    assert rel.info["n_target_evals"] == 64 * 8 * (1 + float(rel.trace["passes"][1:].sum()))
     with pytest.raises(smcdiff.SMCDiffError, match="only method='diffusion'"):
         sample(shifted_gaussian(), method="rdmc", grid="adaptive", n_particles=8)
     with pytest.raises(smcdiff.SMCDiffError, match="search_fraction"):
