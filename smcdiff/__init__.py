@@ -48,6 +48,7 @@ from smcdiff.scores import (
     product,
 )
 from smcdiff.steering import steer
+from smcdiff.steering.linear_obs import LinearGaussianObservation
 from smcdiff.target import Target, as_target
 from smcdiff.training import load_score, save_score, train_score
 
@@ -84,6 +85,7 @@ __all__ = [
     "GaussianMixture",
     "Genealogy",
     "GeometricScore",
+    "LinearGaussianObservation",
     "LocalResampler",
     "MCMCOptions",
     "NetworkScore",

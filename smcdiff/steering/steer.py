@@ -111,7 +111,11 @@ def steer(
       docs/fkc-driftlite.md;
     * ``"guidance"`` (:class:`~smcdiff.steering.methods.GuidanceConfig`): the same gradient shift
       without weights (DPS-style baseline, biased);
-    * ``"none"`` (:class:`~smcdiff.steering.methods.SamplerConfig`): the untilted sampler.
+    * ``"none"`` (:class:`~smcdiff.steering.methods.SamplerConfig`): the untilted sampler;
+    * ``"mcgdiff"`` (:class:`~smcdiff.steering.methods.MCGdiffConfig`): MCGdiff (Cardoso et al.
+      2024) for a linear-Gaussian ``observation=LinearGaussianObservation(A, y, sigma)`` on a VP
+      prior: SMC in the SVD basis of ``A``, exact as N grows (up to the ancestral sampler's
+      discretisation), with ``log_z``.
 
     ``path_correction`` (fk, tds; ``"auto"``: on when ``model`` has ``log_density``) also
     weights out the discretisation error of the sampler, so that the target is exact for any

@@ -10,6 +10,7 @@ method              config (its options)         module
 ``driftlite-ecg``   :class:`DriftLiteConfig`     :mod:`smcdiff.steering.methods.fkc`
 ``guidance``        :class:`GuidanceConfig`      :mod:`smcdiff.steering.methods.guidance`
 ``none``            :class:`SamplerConfig`       :mod:`smcdiff.steering.methods.guidance`
+``mcgdiff``         :class:`MCGdiffConfig`       :mod:`smcdiff.steering.methods.mcgdiff`
 =================== ============================ =========================================
 """
 
@@ -19,6 +20,7 @@ from smcdiff.steering.methods.diffusion import SamplerConfig
 from smcdiff.steering.methods.fk import FKConfig, TDSConfig, build_fk, build_tds
 from smcdiff.steering.methods.fkc import DriftLiteConfig, FKCConfig, build_fkc
 from smcdiff.steering.methods.guidance import GuidanceConfig, build_guidance, build_none
+from smcdiff.steering.methods.mcgdiff import MCGdiffConfig, build_mcgdiff
 from smcdiff.steering.registry import register_method
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "FKCConfig",
     "FKConfig",
     "GuidanceConfig",
+    "MCGdiffConfig",
     "SamplerConfig",
     "TDSConfig",
 ]
@@ -37,3 +40,4 @@ register_method("driftlite-vcg", DriftLiteConfig, partial(build_fkc, control="vc
 register_method("driftlite-ecg", DriftLiteConfig, partial(build_fkc, control="ecg"))
 register_method("guidance", GuidanceConfig, build_guidance, weighted=False)
 register_method("none", SamplerConfig, build_none, weighted=False)
+register_method("mcgdiff", MCGdiffConfig, build_mcgdiff)
