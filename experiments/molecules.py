@@ -1,119 +1,250 @@
-r"""DW-4 temperature annealing with a learned equivariant prior (DriftLite Table 1, first row).
+r"""Particle systems with a learned equivariant prior: DriftLite Table 1 and FKC Table 3.
 
-Protocol (docs/molecules.md):
+Tasks (:data:`TASKS`): a prior learned at :math:`T_0 = 2` is steered to a colder target.
 
-1. **Data.** ``dw4`` at temperature T is :math:`e^{-U/T}` (``dw4_at(T)``: the pair energy
-   divided by T, same centre-of-mass term). :func:`smcdiff_targets.reference_samples` (our
-   replica-exchange HMC, split R-hat reported) draws ``2 n_ref`` configurations at T = 2 and at
-   T = 1; each set is split by chains into two independent halves: T = 2 training data (made
-   mean-free) and a T = 2 check set; the T = 1 reference and a T = 1 floor set (the metric's
-   value for ``n_particles`` exact draws).
-2. **Prior.** :class:`smcdiff.nets.EGNN` (DEM's DW-4 size: 3 layers x 128 in the full run),
-   eps-prediction, trained by :func:`smcdiff.train_score` under
-   ``MeanFree(GeometricVE(0.01, 5.0), 4, 2)`` (AdamW, cosine decay, EMA). Convergence checks:
-   the loss curve (first vs last 10% of iterations) and the untilted sampler (``none``) at
-   T = 2 against the T = 2 reference, beside its floor.
-3. **Annealing to T = 1** (:math:`p^\gamma`, :math:`\gamma = 2`): ``fkc`` and
-   ``driftlite-vcg`` with ``anneal=2`` (model scores only); ``fk`` with the reward
-   :math:`r = -U/2` on the *true* energy (target :math:`p_\theta e^{-U/2} \approx e^{-U}`);
-   each also ``+mala``: the weighted particles resampled, then ``n_moves`` MALA moves on the
-   true T = 1 density (step size adapted over the first half, an MCMC corrector on the true
-   energy). ``none`` (the T = 2 prior itself) is the baseline every method must beat.
-4. **Metrics** against the T = 1 reference, weighted where the method weights: W1 of the
-   energy histogram, W1 of the pooled interatomic distances; ESS/N, NFE, wall seconds; mean ±
-   std over ``seeds``. The paper's numbers (DriftLite Table 1; its ``W1-RDF`` is a W1 over
-   interatomic distances, its setting and network are not ours) are printed beside them.
+- ``dw4-anneal``: DW-4, :math:`p^\gamma` with :math:`\gamma = 2` (T = 1);
+- ``lj13-anneal``: LJ-13, :math:`\gamma = 2` (T = 1); ``lj13-anneal-2.5``: :math:`\gamma =
+  2.5` (T = 0.8, FKC Table 3's temperature and DriftLite's LJ-13 :math:`\gamma`);
+- ``dw4-reward`` / ``lj13-reward``: the reward tilt :math:`p\,e^{r}` with the true energy,
+  :math:`r = -U(1/T - 1/T_0) = -U/2` (target :math:`e^{-U}`, T = 1). DriftLite's reward is not
+  stated in a form we could check; this one has an exact target.
+
+Protocol, per system (docs/molecules.md):
+
+1. **Data.** :func:`smcdiff_targets.reference_samples` (our HMC; replica exchange for DW-4,
+   plain HMC for LJ-13; split R-hat from dispersed starts reported) draws configurations at
+   :math:`T_0` and at every target T, each set split by chains into two independent halves:
+   T0 training data and a T0 check set; a T reference and a T floor set (the metrics' value for
+   exact draws).
+2. **Prior.** :class:`smcdiff.nets.EGNN` eps-model under ``MeanFree(GeometricVE)`` trained by
+   :func:`smcdiff.train_score`; convergence: the loss curve and the untilted sampler (``none``)
+   at :math:`T_0` against the T0 check set, beside its floor.
+3. **Methods** (one :func:`smcdiff.steer` call with ``n_runs`` independent runs each):
+   ``none`` (the prior), ``fkc-target`` / ``fkc-tempered`` (FKC, ``noise="target"`` /
+   ``"tempered"``), ``driftlite-vcg`` / ``driftlite-ecg``, and on reward tasks ``fk``; anneal
+   tasks use model scores only (``anneal=gamma``), reward tasks the true energy. Each weighted
+   method also ``+mala``: its particles resampled, then ``n_moves`` MALA moves on the true
+   target :math:`e^{-U/T}` on the mean-free subspace
+   (:func:`smcdiff.processes.meanfree.subspace_corrector`: an MCMC corrector on the true energy).
+4. **Metrics** (:func:`metrics`) per run against the T reference, on the particles resampled to
+   equal weights: dNLL (mean energy difference / T: the NLL difference under the exact target,
+   whose unknown log Z cancels), MMD and sliced W2 of the sorted interatomic-distance vector,
+   W1 of the pooled interatomic distances, energy W1 / W2, and W2 (exact OT on the sorted
+   distance vectors); ESS/N, NFE, wall seconds; mean ± std over runs. The papers' numbers
+   (:data:`PAPER`) sit beside ours; their networks, data and metric details differ.
+
+Outputs go to ``out_dir`` after every method (``molecules.json``, ``molecules.md``), so a run
+cut short by ``time_budget_s`` (checked before each stage) or by a kill keeps what finished.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import math
 import time
 from pathlib import Path
 
 import torch
+from scipy.optimize import linear_sum_assignment
 from smcdiff_experiments.progress import run_bar
-from smcdiff_targets.particles import ParticleSystem, dw4, quartic_pair, reference_samples
+from smcdiff_targets.particles import ParticleSystem, dw4, lj13, reference_samples
 
 import smcdiff
-from smcdiff.mcmc import get_kernel, rm_gain, robbins_monro
 from smcdiff.nets import EGNN
 from smcdiff.processes import GeometricVE, MeanFree
-from smcdiff.processes.meanfree import center
+from smcdiff.processes.meanfree import center, subspace_corrector
 
-DESCRIPTION = "DW-4 annealing T=2 -> T=1 with a learned EGNN prior: FKC, DriftLite, FK, +MALA"
+DESCRIPTION = (
+    "DW-4 / LJ-13 annealing and reward tilts with a learned EGNN prior (FK, FKC, DriftLite)"
+)
 
-PAPER = {  # DriftLite Table 1, DW-4 annealing (T=2, gamma=2): W1-RDF / W1-energy
-    "G-SMC (paper)": (0.208, 0.190),
-    "VCG-SMC (paper)": (0.060, 0.031),
+SYSTEMS = {"dw4": dw4, "lj13": lj13}
+T_PRIOR = 2.0
+TASKS = {  # system, kind, gamma (target T = T_PRIOR / gamma)
+    "dw4-anneal": ("dw4", "anneal", 2.0),
+    "dw4-reward": ("dw4", "reward", 2.0),
+    "lj13-anneal": ("lj13", "anneal", 2.0),
+    "lj13-anneal-2.5": ("lj13", "anneal", 2.5),
+    "lj13-reward": ("lj13", "reward", 2.0),
 }
 METHODS = {
-    "none": {"method": "none"},
-    "fkc": {"method": "fkc", "anneal": 2.0},
-    "driftlite-vcg": {"method": "driftlite-vcg", "anneal": 2.0},
-    "fk-energy": {"method": "fk", "reward": "energy"},
+    "anneal": {
+        "none": {"method": "none"},
+        "fkc-target": {"method": "fkc", "noise": "target"},
+        "fkc-tempered": {"method": "fkc", "noise": "tempered"},
+        "driftlite-vcg": {"method": "driftlite-vcg"},
+        "driftlite-ecg": {"method": "driftlite-ecg", "basis": ("x",)},
+    },
+    "reward": {
+        "none": {"method": "none"},
+        "fk": {"method": "fk"},
+        "fkc-target": {"method": "fkc", "noise": "target"},
+        "fkc-tempered": {"method": "fkc", "noise": "tempered"},
+        "driftlite-vcg": {"method": "driftlite-vcg"},
+        "driftlite-ecg": {"method": "driftlite-ecg", "basis": ("reward", "x")},
+    },
 }
-WITH_MOVES = ("fkc", "fk-energy")
+METRICS = ("dnll", "mmd", "swd", "w1_dist", "w1_energy", "w2_energy", "w2")
+_DL = ("dnll", "mmd", "swd", "w1_dist", "w1_energy")
+
+
+def _paper(*vals, keys=_DL) -> dict:
+    return dict(zip(keys, vals, strict=True))
+
+
+PAPER = {  # DriftLite Table 1 (G-SMC / VCG-SMC) and FKC Table 3; DEM's LJ convention (2x pairs)
+    "dw4-anneal": {
+        "G-SMC (DriftLite)": _paper(0.038, 0.365, 1.012, 0.208, 0.190),
+        "VCG-SMC (DriftLite)": _paper(-0.032, 0.014, 0.035, 0.060, 0.031),
+    },
+    "lj13-anneal-2.5": {
+        "G-SMC (DriftLite)": _paper(13.64, 0.616, 0.523, 0.040, 13.48),
+        "VCG-SMC (DriftLite)": _paper(-0.699, 0.102, 0.098, 0.002, 0.286),
+        "target-score + FKC (FKC, T=0.8)": _paper(
+            0.048, 6.25, 6.36, keys=("w2", "w1_energy", "w2_energy")
+        ),
+    },
+    "dw4-reward": {
+        "G-SMC (DriftLite)": _paper(0.329, 0.087, 0.194, 0.118, 0.330),
+        "VCG-SMC (DriftLite)": _paper(0.296, 0.021, 0.048, 0.107, 0.296),
+    },
+    "lj13-reward": {
+        "G-SMC (DriftLite)": _paper(1.783, 0.081, 0.084, 0.023, 1.784),
+        "VCG-SMC (DriftLite)": _paper(1.734, 0.015, 0.015, 0.022, 1.735),
+    },
+}
+
+_DW4_REF = {"n_chains": 500, "n_warmup": 500, "thin": 25}
+_LJ_REF = {"n_chains": 1000, "n_warmup": 600, "thin": 50}
+PROFILES = {
+    # CI smoke: DW-4 annealing only, tiny sizes
+    "quick": dict(tasks=["dw4-anneal"], methods=["none", "fkc-tempered", "driftlite-vcg"],
+                  n_runs=2, n_moves=20, fkc_options={"divergence": "hutchinson"},
+                  dw4=dict(n_train=500, n_ref=500, hidden=32, depth=3, n_iters=300,
+                           batch_size=128, lr=2e-3, n_particles=256, n_steps=30,
+                           ref={"n_chains": 250, "n_warmup": 300, "thin": 20}),
+                  lj13=dict(n_train=256, n_ref=256, hidden=16, depth=2, n_iters=100,
+                            batch_size=64, lr=2e-3, n_particles=64, n_steps=20,
+                            ref={"n_chains": 128, "n_warmup": 200, "thin": 20})),
+    # 2 CPU cores: smaller nets and sets, 3 runs
+    "cpu": dict(tasks=list(TASKS), methods=None, n_runs=3, n_moves=50,
+                fkc_options={"divergence": "hutchinson"},
+                dw4=dict(n_train=2000, n_ref=1000, hidden=64, depth=3, n_iters=800,
+                         batch_size=128, lr=2e-3, n_particles=300, n_steps=40,
+                         ref={"n_chains": 250, "n_warmup": 400, "thin": 25}),
+                lj13=dict(n_train=2000, n_ref=1000, hidden=32, depth=3, n_iters=500,
+                          batch_size=64, lr=2e-3, n_particles=128, n_steps=30,
+                          ref={"n_chains": 250, "n_warmup": 500, "thin": 50})),
+    # one H200 in <= 8 min, training included: DEM's network sizes, 10 runs
+    "cuda": dict(tasks=list(TASKS), methods=None, n_runs=10, n_moves=100,
+                 dw4=dict(n_train=5000, n_ref=2000, hidden=128, depth=3, n_iters=3000,
+                          batch_size=512, lr=1e-3, n_particles=1000, n_steps=100, ref=_DW4_REF),
+                 lj13=dict(n_train=4000, n_ref=2000, hidden=128, depth=5, n_iters=3000,
+                           batch_size=256, lr=1e-3, n_particles=500, n_steps=100, ref=_LJ_REF)),
+}  # fmt: skip
+SIGMAS = {"dw4": (0.01, 5.0), "lj13": (0.01, 3.0)}  # GeometricVE (sigma_min, sigma_max) at T0
 
 
 def dw4_at(temperature: float) -> ParticleSystem:
-    """``dw4`` at ``temperature``: :math:`U/T` (the quartic pair energy's coefficients / T)."""
-    if temperature == 1.0:
-        return dw4()
-    base = dw4()
-    return ParticleSystem(
-        4,
-        2,
-        quartic_pair(0.9 / temperature, -4.0 / temperature, 4.0),
-        name=f"dw4_T{temperature:g}",
-        reference=base.reference,
-    )
+    """``dw4`` at ``temperature``: :math:`U/T`."""
+    return dw4().at_temperature(temperature)
 
 
-def settings(quick: bool, **over) -> dict:
-    """Sizes of the quick (CI smoke) and full runs; ``over`` replaces entries."""
-    if quick:
-        cfg = dict(n_ref=500, hidden=32, depth=3, n_iters=600, batch_size=128,
-                   lr=2e-3, n_particles=256, n_steps=40, seeds=[0, 1], n_moves=20)  # fmt: skip
-    else:
-        cfg = dict(n_ref=10_000, hidden=128, depth=3, n_iters=20_000,
-                   batch_size=512, lr=1e-3, n_particles=2000, n_steps=100, seeds=list(range(10)),
-                   n_moves=100)  # fmt: skip
-    # reference_samples overrides (quick: fewer chains and steps; R-hat still reported)
-    cfg.update(methods=list(METHODS), sigma_min=0.01, sigma_max=5.0, ref={"n_chains": 250, "n_warmup": 300, "thin": 20}
-               if quick else {})  # fmt: skip
-    cfg.update(over)
+def settings(profile: str, **over) -> dict:
+    """Sizes of a profile (``quick``, ``cpu``, ``cuda``); ``over`` replaces top-level entries,
+    and per-system entries given as ``dw4={...}`` / ``lj13={...}`` update them."""
+    cfg = json.loads(json.dumps(PROFILES[profile]))
+    for key, val in over.items():
+        if key in SYSTEMS and isinstance(val, dict):
+            cfg.setdefault(key, {}).update(val)
+        else:
+            cfg[key] = val
+    cfg["profile"] = profile
     return cfg
 
 
-def w1_1d(x: torch.Tensor, y: torch.Tensor, wx: torch.Tensor | None = None) -> float:
-    r"""Exact 1-D Wasserstein-1 :math:`\int|F_x - F_y|` between weighted draws ``x`` (weights
-    ``wx``, default equal) and equal-weight draws ``y``."""
-    x, y = x.double().reshape(-1), y.double().reshape(-1)
-    wx = torch.ones_like(x) if wx is None else wx.double().reshape(-1)
-    wx = wx / wx.sum()
-    grid, _ = torch.sort(torch.cat([x, y]))
-    xs, order = torch.sort(x)
-    cx = torch.cat([torch.zeros(1, dtype=x.dtype), torch.cumsum(wx[order], 0)])
-    fx = cx[torch.searchsorted(xs, grid, right=True)]
-    fy = torch.searchsorted(torch.sort(y).values, grid, right=True).double() / y.numel()
-    return float(((fx - fy).abs()[:-1] * torch.diff(grid)).sum())
+# ----------------------------------------------------------------------------- metrics
+def wp_1d(x: torch.Tensor, y: torch.Tensor, p: float = 1.0) -> torch.Tensor:
+    r"""Exact p-Wasserstein distance :math:`(\int_0^1 |F_x^{-1}(u) - F_y^{-1}(u)|^p du)^{1/p}`
+    between equal-weight samples ``x`` ``(n, L)`` and ``y`` ``(m, L)``, per column ``(L,)``
+    (1-D tensors give a 0-d result): the quantile functions are step functions, integrated
+    exactly over the merged breakpoints :math:`\{i/n\} \cup \{j/m\}`."""
+    flat = x.dim() == 1
+    xs = torch.sort(x.double().reshape(x.shape[0], -1), 0).values
+    ys = torch.sort(y.double().reshape(y.shape[0], -1), 0).values
+    n, m = xs.shape[0], ys.shape[0]
+    f64 = torch.float64
+    u = torch.cat([torch.arange(1, n + 1, dtype=f64) / n, torch.arange(1, m + 1, dtype=f64) / m])
+    u = torch.unique(u)
+    u = u.to(xs.device)
+    lo = torch.cat([u.new_zeros(1), u[:-1]])
+    mid = 0.5 * (lo + u)
+    qx = xs[(mid * n).long().clamp(max=n - 1)]
+    qy = ys[(mid * m).long().clamp(max=m - 1)]
+    out = ((u - lo)[:, None] * (qx - qy).abs().pow(p)).sum(0).pow(1.0 / p)
+    return out[0] if flat else out
 
 
-def metrics(x: torch.Tensor, w: torch.Tensor | None, ref: torch.Tensor, target) -> dict:
-    """Energy W1 and interatomic-distance W1 of weighted particles ``x`` ``(N, 4, 2)`` against
-    reference draws ``ref`` ``(M, 8)`` (energies of ``target``)."""
-    flat = x.reshape(x.shape[0], -1).double()
-    ref = ref.double()
-    dx, dr = target.interatomic_distances(flat), target.interatomic_distances(ref)
-    wd = None if w is None else w.double()[:, None].expand_as(dx)
+def invariant_features(x: torch.Tensor, system: ParticleSystem) -> torch.Tensor:
+    """Sorted interatomic distances ``(N, n_pairs)`` of particles ``(N, n, s)``: invariant to
+    rotations, reflections, translations and permutations."""
+    return system.interatomic_distances(x.reshape(x.shape[0], -1)).sort(-1).values.double()
+
+
+def mmd(a: torch.Tensor, b: torch.Tensor, bandwidth: float) -> float:
+    r"""Biased (V-statistic) MMD :math:`\sqrt{\max(0, \overline{k_{aa}} + \overline{k_{bb}} -
+    2\overline{k_{ab}})}` with the Gaussian kernel of ``bandwidth``."""
+
+    def k(u, v):
+        return torch.exp(-torch.cdist(u, v).square() / (2 * bandwidth**2)).mean()
+
+    return float((k(a, a) + k(b, b) - 2 * k(a, b)).clamp(min=0).sqrt())
+
+
+def exact_w2(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Exact W2 between two equal-size equal-weight sets ``(n, d)`` (Hungarian assignment)."""
+    cost = torch.cdist(a, b).square().cpu().numpy()
+    rows, cols = linear_sum_assignment(cost)
+    return float(cost[rows, cols].mean() ** 0.5)
+
+
+def metrics(x: torch.Tensor, ref: dict, system: ParticleSystem, temperature: float) -> dict:
+    """Every metric (module docstring) of equal-weight particles ``x`` ``(N, n, s)`` against the
+    reference ``ref`` (``x``, ``feat``, ``energy``, ``bandwidth``, ``dirs``); energies are
+    :math:`U` of ``system`` (T = 1)."""
+    flat = x.reshape(x.shape[0], -1).to(ref["x"].dtype)
+    feat, energy = invariant_features(x, system), system.energy(flat).double()
+    n_ot = min(feat.shape[0], ref["feat"].shape[0], 500)
     return {
-        "w1_energy": w1_1d(target.energy(flat), target.energy(ref), w),
-        "w1_dist": w1_1d(dx, dr, wd),
+        "dnll": float(energy.mean() - ref["energy"].mean()) / temperature,
+        "mmd": mmd(feat, ref["feat"], ref["bandwidth"]),
+        "swd": float(wp_1d(feat @ ref["dirs"], ref["feat"] @ ref["dirs"], 2).square().mean())
+        ** 0.5,
+        "w1_dist": float(wp_1d(feat.reshape(-1), ref["feat"].reshape(-1))),
+        "w1_energy": float(wp_1d(energy, ref["energy"])),
+        "w2_energy": float(wp_1d(energy, ref["energy"], 2)),
+        "w2": exact_w2(feat[:n_ot], ref["feat"][:n_ot]),
     }
 
 
+def reference_entry(x: torch.Tensor, system: ParticleSystem, n_slices: int = 64) -> dict:
+    """What :func:`metrics` needs of a reference set ``(M, dim)``: features, energies, the MMD
+    bandwidth (median pairwise feature distance of its first 500) and fixed slicing
+    directions."""
+    feat = invariant_features(x, system)
+    sub = feat[:500]
+    gen = torch.Generator().manual_seed(0)
+    dirs = torch.randn(feat.shape[1], n_slices, generator=gen, dtype=torch.float64)
+    return {
+        "x": x,
+        "feat": feat,
+        "energy": system.energy(x).double(),
+        "bandwidth": float(torch.cdist(sub, sub).median()),
+        "dirs": (dirs / dirs.norm(dim=0)).to(feat.device),
+    }
+
+
+# ----------------------------------------------------------------------------- data, prior
 def _split_chains(x: torch.Tensor, n_chains: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Split a reference set ``(draws * C, d)`` (draw-major rows) into the draws of the first
     and of the second half of its ``C`` independent chains: two independent sets."""
@@ -122,37 +253,26 @@ def _split_chains(x: torch.Tensor, n_chains: int) -> tuple[torch.Tensor, torch.T
     return chains[:, :half].reshape(-1, x.shape[-1]), chains[:, half:].reshape(-1, x.shape[-1])
 
 
-def reference_sets(cfg: dict, device: str) -> dict:
-    """Two replica-exchange reference sets of ``2 n_ref`` draws, at T = 2 and T = 1, each split
-    by chains into two independent halves: T = 2 training draws (mean-free, ``(n_ref, 4, 2)``)
-    and a T = 2 check set; the T = 1 reference and an independent T = 1 floor set."""
-    hot, cold = dw4_at(2.0), dw4()
-    n_chains = min(int(cfg["ref"].get("n_chains", hot.reference["n_chains"])), 2 * cfg["n_ref"])
-    if (2 * cfg["n_ref"]) % n_chains:
-        raise ValueError(f"molecules: 2 n_ref = {2 * cfg['n_ref']} must be a multiple of n_chains")
-    kw = {"device": device, **cfg["ref"], "n_chains": n_chains, "return_info": True}
-    x_hot, info_t = reference_samples(hot, 2 * cfg["n_ref"], seed=0, **kw)
-    x_cold, info_r = reference_samples(cold, 2 * cfg["n_ref"], seed=1, **kw)
-    train, hot_ref = _split_chains(x_hot, n_chains)
-    ref, floor = _split_chains(x_cold, n_chains)
+def two_sets(system: ParticleSystem, n: int, ref: dict, seed: int, device: str):
+    """``2 n`` reference draws of ``system`` split by chains into two independent halves, with
+    the sampler's summary (R-hat, acceptance, swap rate, seconds)."""
+    n_chains = min(int(ref.get("n_chains", system.reference["n_chains"])), 2 * n)
+    if (2 * n) % n_chains:
+        raise ValueError(f"molecules: 2 n = {2 * n} must be a multiple of n_chains = {n_chains}")
+    kw = {"device": device, **ref, "n_chains": n_chains, "return_info": True}
+    x, info = reference_samples(system, 2 * n, seed=seed, **kw)
     keep = ("rhat", "accept_rate", "swap_rate", "seconds", "draws_per_chain")
-    return {
-        "train": center(train.view(-1, 4, 2)),
-        "hot_ref": hot_ref,
-        "ref": ref,
-        "floor": floor[: cfg["n_particles"]],
-        "info": {
-            "T2": {k: info_t[k] for k in keep},
-            "T1": {k: info_r[k] for k in keep},
-        },
-    }
+    return *_split_chains(x, n_chains), {k: info[k] for k in keep}
 
 
-def train_prior(data: torch.Tensor, cfg: dict, device: str, progress: bool):
-    """The EGNN eps-model under ``MeanFree(GeometricVE)``, with its convergence summary."""
+def train_prior(name: str, data: torch.Tensor, cfg: dict, device: str, progress: bool):
+    """The EGNN eps-model of system ``name`` under ``MeanFree(GeometricVE)``, with its training
+    summary (loss of the first and last 10% of iterations, parameters, seconds)."""
     torch.manual_seed(0)
-    proc = MeanFree(GeometricVE(cfg["sigma_min"], cfg["sigma_max"]), 4, 2)
-    net = EGNN(4, 2, hidden=cfg["hidden"], depth=cfg["depth"])
+    base = SYSTEMS[name]()
+    n, s = base.n_particles, base.spatial_dim
+    proc = MeanFree(GeometricVE(*SIGMAS[name]), n, s)
+    net = EGNN(n, s, hidden=cfg["hidden"], depth=cfg["depth"])
     start = time.perf_counter()
     model = smcdiff.train_score(
         net, data.float(), proc, "eps", n_iters=cfg["n_iters"], batch_size=cfg["batch_size"],
@@ -161,80 +281,149 @@ def train_prior(data: torch.Tensor, cfg: dict, device: str, progress: bool):
     )  # fmt: skip
     losses = model.training.losses
     tenth = max(1, len(losses) // 10)
-    summary = {
+    return model, {
         "loss_first_10pct": float(losses[:tenth].mean()),
         "loss_last_10pct": float(losses[-tenth:].mean()),
         "seconds": time.perf_counter() - start,
         "n_params": sum(p.numel() for p in net.parameters()),
+        "sizes": f"{cfg['depth']}x{cfg['hidden']}, {cfg['n_iters']} it, {data.shape[0]} samples",
     }
-    return model, summary
 
 
-def mala_moves(x: torch.Tensor, target, n_moves: int, seed: int) -> tuple[torch.Tensor, float]:
-    """``n_moves`` MALA moves of ``x`` ``(N, 4, 2)`` on the true ``target`` (step size adapted by
-    Robbins–Monro over the first half, then frozen); returns the moved particles and the mean
-    acceptance of the second half."""
-    gen = torch.Generator(device=x.device).manual_seed(10_000 + seed)
-    factory = get_kernel("mala")
-    kernel = factory(target.log_prob)
-    state = kernel.init(center(x).reshape(x.shape[0], -1).double(), gen)
-    log_h = torch.full((x.shape[0],), math.log(0.05), dtype=torch.float64, device=x.device)
-    acc = []
-    for it in range(1, n_moves + 1):
-        state, info = kernel.step(state, log_h.exp(), gen)
-        if it <= n_moves // 2:
-            log_h = robbins_monro(
-                log_h, info.accept_prob, factory.default_target_accept, rm_gain(it)
-            )
-        else:
-            acc.append(info.accept_prob.mean())
-    rate = float(torch.stack(acc).mean()) if acc else float("nan")
-    return state.x.reshape(x.shape).to(x.dtype), rate
+def prepare_system(name: str, temps: list[float], cfg: dict, device: str, progress: bool):
+    """Reference sets (T0 training + check, and reference + floor at every target T), the
+    trained prior, the floors and the T0 model check's reference."""
+    base, c = SYSTEMS[name](), cfg[name]
+    n, s = base.n_particles, base.spatial_dim
+    train, check, info_hot = two_sets(base.at_temperature(T_PRIOR), c["n_train"], c["ref"], 0,
+                                      device)  # fmt: skip
+    prep = {"info": {f"T{T_PRIOR:g}": info_hot}, "refs": {}, "floors": {}}
+    for i, temp in enumerate(temps):
+        ref, floor, info = two_sets(base.at_temperature(temp), c["n_ref"], c["ref"], 1 + i, device)
+        prep["info"][f"T{temp:g}"] = info
+        prep["refs"][temp] = reference_entry(ref, base)
+        floor_x = floor[: c["n_particles"]].view(-1, n, s)
+        prep["floors"][temp] = metrics(floor_x, prep["refs"][temp], base, temp)
+    prep["refs"][T_PRIOR] = reference_entry(check, base)
+    prep["model"], prep["training"] = train_prior(name, center(train.view(-1, n, s)), c, device,
+                                                  progress)  # fmt: skip
+    floor_hot = train[: c["n_particles"]].view(-1, n, s)
+    prep["floors"][T_PRIOR] = metrics(floor_hot, prep["refs"][T_PRIOR], base, T_PRIOR)
+    return prep
 
 
-def run_method(model, name: str, cfg: dict, sets: dict, seed: int, device: str) -> list[dict]:
-    """One seed of one method (and its ``+mala`` variant): metrics against the T = 1 (and,
-    for ``none``, the T = 2) reference."""
-    opts = dict(METHODS[name])
-    cold = dw4()
-    if opts.pop("reward", None) == "energy":
-        opts["reward"] = lambda x: -0.5 * cold.energy(x.reshape(x.shape[0], -1))
-    start = time.perf_counter()
-    res = smcdiff.steer(model, n_particles=cfg["n_particles"], n_steps=cfg["n_steps"], seed=seed,
-                        device=device, progress=False, **opts)  # fmt: skip
-    wall = time.perf_counter() - start
-    x, w = res.particles.detach(), res.weights.detach()
-    base = {"method": name, "seed": seed, "nfe": res.info.get("nfe"), "wall_s": wall,
-            "ess_frac": float(res.final_ess) / cfg["n_particles"],
-            "min_ess_frac": float(res.min_ess) / cfg["n_particles"]}  # fmt: skip
-    rows = [{**base, **metrics(x, w, sets["ref"], cold)}]
+# ----------------------------------------------------------------------------- methods
+def method_options(task: str, name: str, fkc_options: dict | None = None) -> dict:
+    """``steer`` options of method ``name`` on ``task``: ``anneal=gamma`` (anneal tasks) or the
+    true-energy reward :math:`r = -U(1/T - 1/T_0)` (reward tasks); ``fkc_options`` (e.g.
+    ``divergence``) go to the FKC / DriftLite methods."""
+    fkc_options = fkc_options or {}
+    system, kind, gamma = TASKS[task]
+    opts = dict(METHODS[kind][name])
     if name == "none":
-        rows[0].update({f"{k}_T2": v for k, v in metrics(x, w, sets["hot_ref"], cold).items()})
-    if name in WITH_MOVES and cfg["n_moves"] > 0:
-        xr = res.resample(seed=seed)
-        moved, rate = mala_moves(xr, cold, cfg["n_moves"], seed)
-        rows.append({**base, "method": f"{name}+mala", "mala_accept": rate,
-                     "n_target_grads": cfg["n_moves"] * cfg["n_particles"],
-                     **metrics(moved, None, sets["ref"], cold)})  # fmt: skip
+        return opts
+    if opts["method"] != "fk":  # FKC / DriftLite: how divergences are computed (profile)
+        opts.update(fkc_options)
+    if kind == "anneal":
+        return {**opts, "anneal": gamma}
+    base = SYSTEMS[system]()
+    coef = (gamma - 1.0) / T_PRIOR
+
+    def reward(x: torch.Tensor) -> torch.Tensor:
+        return -coef * base.energy(x.reshape(x.shape[0], -1))
+
+    return {**opts, "reward": reward}
+
+
+def mala_on_target(x: torch.Tensor, system: ParticleSystem, n_moves: int, seed: int):
+    """``n_moves`` adapted MALA moves of equal-weight particles ``x`` ``(N, n, s)`` on the true
+    :math:`e^{-U_T}` (``system`` at T) on the mean-free subspace; returns the moved particles
+    and the mean acceptance."""
+    n, s = system.n_particles, system.spatial_dim
+    proc = MeanFree(GeometricVE(), n, s)
+
+    def log_target(k: int, y: torch.Tensor) -> torch.Tensor:
+        return -system.energy(y.reshape(y.shape[0], -1))
+
+    corr = subspace_corrector(proc, "mala", log_target, n_moves, 1e-3 if n > 4 else 1e-2)
+    gen = torch.Generator(device=x.device).manual_seed(10_000 + seed)
+    state, info = corr(0, {"x": center(x)}, gen)
+    return state["x"], float(info["accept"])
+
+
+def run_method(task: str, name: str, prep: dict, cfg: dict, device: str) -> list[dict]:
+    """One ``steer`` call (``n_runs`` runs) of ``name`` on ``task``, and its ``+mala`` variant:
+    one row per run with every metric."""
+    system, _, gamma = TASKS[task]
+    c, temp, base = cfg[system], T_PRIOR / gamma, SYSTEMS[system]()
+    n_runs, n_part = cfg["n_runs"], c["n_particles"]
+    start = time.perf_counter()
+    res = smcdiff.steer(prep["model"], n_particles=n_part, n_steps=c["n_steps"], n_runs=n_runs,
+                        seed=0, device=device, progress=False, **method_options(task, name, cfg.get("fkc_options")))  # fmt: skip
+    wall = time.perf_counter() - start
+    xs = res.resample(seed=0).detach()  # (R, N, n, s)
+    ess = (res.final_ess / n_part).reshape(-1).tolist()
+    min_ess = (res.min_ess / n_part).reshape(-1).tolist()
+    rows = []
+    for r in range(n_runs):
+        row = {"task": task, "method": name, "run": r, "nfe": res.info.get("nfe"),
+               "wall_s": wall / n_runs, "ess_frac": ess[r], "min_ess_frac": min_ess[r],
+               **metrics(xs[r], prep["refs"][temp], base, temp)}  # fmt: skip
+        if name == "none":
+            hot = metrics(xs[r], prep["refs"][T_PRIOR], base, T_PRIOR)
+            row.update({f"{k}_T0": v for k, v in hot.items()})
+        rows.append(row)
+    if name != "none" and cfg["n_moves"] > 0:
+        moved, acc = mala_on_target(xs.flatten(0, 1), base.at_temperature(temp), cfg["n_moves"], 0)
+        moved = moved.view(xs.shape)
+        for r in range(n_runs):
+            rows.append({"task": task, "method": f"{name}+mala", "run": r,
+                         "nfe": res.info.get("nfe"), "mala_accept": acc,
+                         "n_target_grads": cfg["n_moves"] * n_part,
+                         **metrics(moved[r], prep["refs"][temp], base, temp)})  # fmt: skip
     return rows
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Mean ± std over seeds of every numeric column, per method (first-seen order)."""
+    """Mean ± std over runs of every numeric column, per (task, method) in first-seen order."""
     out = []
-    for name in dict.fromkeys(r["method"] for r in rows):
-        group = [r for r in rows if r["method"] == name]
-        keys = [k for k, v in group[0].items() if isinstance(v, (int, float)) and k != "seed"]
-        entry = {"method": name, "n_seeds": len(group)}
-        for k in keys:
-            vals = torch.tensor(
-                [float(r[k]) for r in group if r.get(k) is not None], dtype=torch.float64
-            )
+    for key in dict.fromkeys((r["task"], r["method"]) for r in rows):
+        group = [r for r in rows if (r["task"], r["method"]) == key]
+        entry = {"task": key[0], "method": key[1], "n_runs": len(group)}
+        for k, v in group[0].items():
+            if k == "run" or not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            vals = torch.tensor([float(g[k]) for g in group if g.get(k) is not None])
             if vals.numel():
                 std = float(vals.std()) if vals.numel() > 1 else 0.0
                 entry[k] = [float(vals.mean()), std]
         out.append(entry)
     return out
+
+
+# ----------------------------------------------------------------------------- driver
+def _write(out: Path, blob: dict) -> list[dict]:
+    """Write ``molecules.json`` and ``molecules.md`` from ``blob`` (atomic replace); returns
+    the summary rows."""
+    blob["summary"] = summarise(blob["rows"])
+    for name, text in (
+        ("molecules.json", json.dumps(blob, indent=1, default=float) + "\n"),
+        ("molecules.md", format_table(blob["summary"], blob) + "\n"),
+    ):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / name)
+    return blob["summary"]
+
+
+def _plan(cfg: dict) -> dict:
+    """``{system: [task, ...]}`` of the configured tasks, systems in first-seen order."""
+    plan: dict = {}
+    for task in cfg["tasks"]:
+        if task not in TASKS:
+            raise ValueError(f"molecules: unknown task {task!r}; choose from {sorted(TASKS)}")
+        plan.setdefault(TASKS[task][0], []).append(task)
+    return plan
 
 
 def run(
@@ -243,83 +432,134 @@ def run(
     quick: bool = False,
     progress: bool = True,
     n_particles: int | None = None,
+    time_budget_s: float | None = None,
+    profile: str | None = None,
     **overrides,
 ) -> list[dict]:
-    """Reference sets, training, then every method x seed; writes ``molecules.json`` and
-    ``molecules.md`` into ``out_dir``; returns the summary rows (the ``none`` row also carries
-    the floors and the training summary, for :func:`format_table`)."""
+    """Every configured task: per system the reference sets and the prior, then every method;
+    writes ``molecules.json`` / ``molecules.md`` into ``out_dir`` after each method. ``profile``:
+    ``quick`` / ``cpu`` / ``cuda`` (default: ``quick`` when ``quick``, else from ``device``);
+    ``time_budget_s``: no new stage starts after it (skipped stages are listed in the JSON).
+    Returns the summary rows."""
+    t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    profile = profile or ("quick" if quick else "cuda" if str(device).startswith("cuda") else "cpu")
+    cfg = settings(profile, **overrides)
     if n_particles is not None:
-        overrides["n_particles"] = n_particles
-    cfg = settings(quick, **overrides)
-    sets = reference_sets(cfg, device)
-    model, training = train_prior(sets["train"], cfg, device, progress)
-    cold = dw4()
-    floor = metrics(sets["floor"].view(-1, 4, 2), None, sets["ref"], cold)
-    n = min(cfg["n_particles"], sets["train"].shape[0])
-    floor_t2 = metrics(sets["train"][:n], None, sets["hot_ref"], cold)
-    tick = run_bar(len(cfg["methods"]) * len(cfg["seeds"]), progress, "molecules")
-    rows = []
-    for name in cfg["methods"]:
-        for seed in cfg["seeds"]:
-            rows += run_method(model, name, cfg, sets, seed, device)
-            tick(f"{name} seed {seed}")
-    summary = summarise(rows)
-    for r in summary:
-        if r["method"] == "none":
-            r.update(floor_T1=floor, floor_T2=floor_t2, training=training)
-    blob = {"settings": cfg, "training": training, "references": sets["info"],
-            "floor_T1": floor, "floor_T2": floor_t2, "paper": PAPER, "rows": rows,
-            "summary": summary}  # fmt: skip
-    (out / "molecules.json").write_text(json.dumps(blob, indent=1, default=float) + "\n")
-    table = format_table(summary)
-    (out / "molecules.md").write_text(table + "\n")
-    return summary
+        for name in SYSTEMS:
+            cfg.get(name, {})["n_particles"] = n_particles
+    blob = {"settings": cfg, "device": str(device), "paper": PAPER, "systems": {}, "rows": [],
+            "skipped": []}  # fmt: skip
+    plan = _plan(cfg)
+    n_work = sum(len(_methods(cfg, t)) for tasks in plan.values() for t in tasks)
+    tick = run_bar(n_work, progress, "molecules")
+
+    def over() -> bool:
+        return time_budget_s is not None and time.perf_counter() - t0 > time_budget_s
+
+    for system, tasks in plan.items():
+        if over():
+            blob["skipped"] += tasks
+            continue
+        temps = sorted({T_PRIOR / TASKS[t][2] for t in tasks}, reverse=True)
+        prep = prepare_system(system, temps, cfg, device, progress)
+        blob["systems"][system] = {"references": prep["info"], "training": prep["training"],
+                                   "floors": {f"T{k:g}": v for k, v in prep["floors"].items()}}  # fmt: skip
+        _write(out, blob)
+        for task in tasks:
+            for name in _methods(cfg, task):
+                if over():
+                    blob["skipped"].append(f"{task}/{name}")
+                    continue
+                blob["rows"] += run_method(task, name, prep, cfg, device)
+                blob["elapsed_s"] = time.perf_counter() - t0
+                _write(out, blob)
+                tick(f"{task} {name}")
+    return _write(out, blob)
 
 
-def format_table(
-    rows: list[dict], floor: dict | None = None, floor_t2: dict | None = None, training=None
-) -> str:
-    """Markdown table of the summary rows, the floors, the paper's numbers and training (read
-    from the ``none`` row when not given)."""
-    base = next((r for r in rows if r["method"] == "none"), {})
-    floor = floor or base.get("floor_T1")
-    floor_t2 = floor_t2 or base.get("floor_T2")
-    training = training or base.get("training")
+def _methods(cfg: dict, task: str) -> list[str]:
+    """The configured methods that ``task``'s kind has (all of them when not configured)."""
+    names = list(METHODS[TASKS[task][1]])
+    return names if cfg.get("methods") is None else [m for m in names if m in cfg["methods"]]
 
-    def f(v, p=3):
-        return "-" if v is None else f"{v[0]:.{p}f} ± {v[1]:.{p}f}"
 
-    head = "| method | W1 distances | W1 energy | ESS/N (min) | NFE | s/run |"
-    lines = [head, "|" + "---|" * 6]
+# ----------------------------------------------------------------------------- tables
+def _cell(v, p: int = 3) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.{p}f}" if isinstance(v, (int, float)) else f"{v[0]:.{p}f} ± {v[1]:.{p}f}"
+
+
+def task_table(task: str, rows: list[dict], blob: dict | None = None) -> str:
+    """Markdown table of one task: our summary rows, the papers' rows, the floor and (for the
+    ``none`` row) the T0 model check."""
+    system, _, gamma = TASKS[task]
+    temp = T_PRIOR / gamma
+    cols = ("ΔNLL", "MMD", "SWD", "W1 dist", "W1 energy", "W2 energy", "W2", "ESS/N (min)",
+            "NFE", "s/run")  # fmt: skip
+    lines = [f"**{task}** ({system}, T0 = {T_PRIOR:g} → T = {temp:g}, γ = {gamma:g})", "",
+             "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]  # fmt: skip
     for r in rows:
-        ess = r.get("ess_frac")
-        ess_s = (
-            "-"
-            if r["method"].endswith("+mala") or ess is None
-            else (f"{ess[0]:.2f} ({r['min_ess_frac'][0]:.2f})")
-        )
-        lines.append(
-            f"| {r['method']} | {f(r.get('w1_dist'))} | {f(r.get('w1_energy'))} | {ess_s} | "
-            f"{f(r.get('nfe'), 0)} | {f(r.get('wall_s'), 1)} |"
-        )
-    for name, (rdf, energy) in PAPER.items():
-        lines.append(f"| {name} | {rdf:.3f} | {energy:.3f} | - | - | - |")
-    if floor:
-        lines.append(f"floor (independent T=1 reference draws): W1 distances "
-                     f"{floor['w1_dist']:.3f}, W1 energy {floor['w1_energy']:.3f}")  # fmt: skip
-    for r in rows:
-        if r["method"] == "none" and "w1_energy_T2" in r and floor_t2:
-            lines.append(
-                f"model check at T=2 (none vs T=2 reference): W1 distances "
-                f"{f(r['w1_dist_T2'])}, W1 energy {f(r['w1_energy_T2'])}; floor "
-                f"{floor_t2['w1_dist']:.3f} / {floor_t2['w1_energy']:.3f}"
-            )
-    if training:
-        lines.append(
-            f"training: loss {training['loss_first_10pct']:.3f} (first 10%) -> "
-            f"{training['loss_last_10pct']:.3f} (last 10%), {training['n_params']} parameters, "
-            f"{training['seconds']:.0f} s"
-        )
+        ess = "-" if "ess_frac" not in r else f"{r['ess_frac'][0]:.2f} ({r['min_ess_frac'][0]:.2f})"
+        cells = [_cell(r.get(k)) for k in METRICS]
+        cells += [ess, _cell(r.get("nfe"), 0), _cell(r.get("wall_s"), 1)]
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    for name, vals in PAPER.get(task, {}).items():
+        cells = [_cell(vals.get(k)) for k in METRICS] + ["-"] * 3
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    info = (blob or {}).get("systems", {}).get(system)
+    if info:
+        fl = info["floors"].get(f"T{temp:g}")
+        if fl:
+            lines.append("| floor (exact draws) | " + " | ".join(_cell(fl[k]) for k in METRICS)
+                         + " | - | - | - |")  # fmt: skip
+    none = next((r for r in rows if r["method"] == "none" and "w1_energy_T0" in r), None)
+    if none and info:
+        fh = info["floors"][f"T{T_PRIOR:g}"]
+        lines.append(f"\nmodel check at T0 (none vs T0 reference): W1 energy "
+                     f"{_cell(none['w1_energy_T0'])}, W1 dist {_cell(none['w1_dist_T0'])}, MMD "
+                     f"{_cell(none['mmd_T0'])}; floor {fh['w1_energy']:.3f} / "
+                     f"{fh['w1_dist']:.3f} / {fh['mmd']:.3f}")  # fmt: skip
     return "\n".join(lines)
+
+
+def format_table(rows: list[dict], blob: dict | None = None) -> str:
+    """Every task's table, then per system the training and reference-set summaries."""
+    parts = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        parts.append(task_table(task, [r for r in rows if r["task"] == task], blob))
+    for system, info in (blob or {}).get("systems", {}).items():
+        tr = info["training"]
+        rhat = {k: max(v["rhat"].values(), default=float("nan"))
+                for k, v in info["references"].items()}  # fmt: skip
+        parts.append(
+            f"{system}: training {tr['sizes']}: loss {tr['loss_first_10pct']:.3f} (first 10%) -> "
+            f"{tr['loss_last_10pct']:.3f} (last 10%), {tr['n_params']} parameters, "
+            f"{tr['seconds']:.0f} s; reference sets, worst split R-hat: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in rhat.items())
+        )
+    if (blob or {}).get("skipped"):
+        parts.append("skipped (time budget): " + ", ".join(blob["skipped"]))
+    return "\n\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m smcdiff_experiments.molecules --device cuda --time-budget 420 --out DIR``."""
+    ap = argparse.ArgumentParser(description=DESCRIPTION)
+    ap.add_argument("--out", default="results/molecules")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--profile", choices=sorted(PROFILES), default=None)
+    ap.add_argument("--time-budget", type=float, default=None, help="seconds")
+    ap.add_argument("--tasks", nargs="*", default=None, choices=sorted(TASKS))
+    ap.add_argument("--n-runs", type=int, default=None)
+    args = ap.parse_args(argv)
+    over = {k: v for k, v in (("tasks", args.tasks), ("n_runs", args.n_runs)) if v is not None}
+    rows = run(args.out, device=args.device, progress=True, time_budget_s=args.time_budget,
+               profile=args.profile, **over)  # fmt: skip
+    print(format_table(rows, json.loads((Path(args.out) / "molecules.json").read_text())))
+
+
+if __name__ == "__main__":
+    main()

@@ -161,6 +161,28 @@ class ParticleSystem:
         cached per device and dtype on first use)."""
         return self
 
+    def at_temperature(self, temperature: float) -> ParticleSystem:
+        r"""This system at temperature :math:`T`: energy :math:`U/T` (``pair_weight`` and
+        ``harmonic`` divided by :math:`T`; the pair energy, centre-of-mass law, soft floor and
+        reference settings kept), named ``{name}_T{T}``; ``self`` at :math:`T = 1`."""
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise SMCDiffError(
+                f"{self.name}: temperature must be finite and > 0, got {temperature}"
+            )
+        if temperature == 1.0:
+            return self
+        return ParticleSystem(
+            self.n_particles,
+            self.spatial_dim,
+            self.pair_energy,
+            pair_weight=self.pair_weight / temperature,
+            harmonic=self.harmonic / temperature,
+            com_std=self.com_std,
+            min_distance=self.min_distance,
+            name=f"{self.name}_T{temperature:g}",
+            reference=self.reference,
+        )
+
     # ----------------------------------------------------------------- geometry
     def _pair_matrix(self, like: torch.Tensor) -> torch.Tensor:
         """``(n_pairs, n)`` difference matrix, row ``(i, j)`` = :math:`e_i - e_j`, ``i < j``

@@ -1,49 +1,79 @@
-"""molecules experiment: dw4 at temperature T is e^{-U/T}, the weighted W1 is exact, and a tiny
-end-to-end run writes every method's metrics."""
+"""molecules experiment: a system at temperature T is e^{-U/T}, the metrics are exact (1-D
+Wasserstein against scipy and against the Hungarian W2, MMD in closed form, invariant
+features), and a tiny end-to-end run writes every method's rows incrementally."""
 
 import json
+import math
 
 import pytest
 import torch
 from smcdiff_experiments import molecules as mol
-from smcdiff_targets import dw4
+from smcdiff_targets import dw4, lj13
 
 F64 = torch.float64
 
 
-def test_dw4_at_temperature_divides_the_energy():
-    x = 2.0 * torch.randn(50, 8, generator=torch.Generator().manual_seed(0), dtype=F64)
-    base, hot = dw4(), mol.dw4_at(2.0)
-    torch.testing.assert_close(hot.energy(x), 0.5 * base.energy(x), rtol=1e-12, atol=1e-12)
-    assert mol.dw4_at(1.0).name == "dw4"
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
-def test_weighted_w1_matches_scipy():
+def test_at_temperature_divides_the_energy():
+    for system, dim in ((dw4(), 8), (lj13(), 39)):
+        x = 2.0 * torch.randn(50, dim, generator=_gen(0), dtype=F64)
+        hot = system.at_temperature(2.5)
+        torch.testing.assert_close(hot.energy(x), system.energy(x) / 2.5, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(hot.com_log_prob(x), system.com_log_prob(x))
+        assert system.at_temperature(1.0) is system and hot.name == f"{system.name}_T2.5"
+    assert mol.dw4_at(2.0).name == "dw4_T2"
+
+
+def test_wp_1d_is_exact():
     import scipy.stats as scipy_stats  # a core dependency
 
-    gen = torch.Generator().manual_seed(1)
-    x, y = (
-        torch.randn(300, generator=gen, dtype=F64),
-        1.3 + torch.randn(200, generator=gen, dtype=F64),
+    g = _gen(1)
+    x, y = torch.randn(30, generator=g, dtype=F64), 1.3 + torch.randn(20, generator=g, dtype=F64)
+    exact = scipy_stats.wasserstein_distance(x.numpy(), y.numpy())
+    assert abs(float(mol.wp_1d(x, y)) - exact) < 1e-12
+    # W2 for unequal sizes: replicate to equal sizes (each x 2 times, each y 3 times), Hungarian
+    w2 = mol.exact_w2(x.repeat_interleave(2)[:, None], y.repeat_interleave(3)[:, None])
+    assert abs(float(mol.wp_1d(x, y, 2)) - w2) < 1e-12
+    cols = mol.wp_1d(torch.stack([x, 2 * x], 1), torch.stack([y, 2 * y], 1), 2)
+    torch.testing.assert_close(cols, torch.tensor([w2, 2 * w2], dtype=F64))
+
+
+def test_mmd_closed_form_and_invariant_features():
+    u, v = torch.zeros(1, 3, dtype=F64), torch.tensor([[1.0, 2.0, 2.0]], dtype=F64)
+    assert abs(mol.mmd(u, v, 1.5) - math.sqrt(2 - 2 * math.exp(-9 / 4.5))) < 1e-12
+    system = lj13()
+    x = torch.randn(5, 13, 3, generator=_gen(2), dtype=F64)
+    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=_gen(3), dtype=F64))
+    moved = (x @ q.T + torch.randn(5, 1, 3, generator=_gen(4), dtype=F64))[:, torch.randperm(13)]
+    torch.testing.assert_close(
+        mol.invariant_features(moved, system), mol.invariant_features(x, system)
     )
-    w = torch.rand(300, generator=gen, dtype=F64)
-    exact = scipy_stats.wasserstein_distance(x.numpy(), y.numpy(), u_weights=w.numpy())
-    assert abs(mol.w1_1d(x, y, w) - exact) < 1e-12
-    assert abs(mol.w1_1d(x, y) - scipy_stats.wasserstein_distance(x.numpy(), y.numpy())) < 1e-12
 
 
 @pytest.mark.slow
-def test_tiny_run_writes_every_method(tmp_path, monkeypatch):
+def test_tiny_run_writes_every_method_and_respects_the_time_budget(tmp_path, monkeypatch):
     monkeypatch.setenv("SMCDIFF_CACHE", str(tmp_path / "cache"))
-    tiny = dict(n_ref=64, n_particles=32, n_iters=4, batch_size=16, hidden=8, seeds=[0],
-                n_steps=3, n_moves=2, methods=["none", "fkc", "fk-energy"],
-                ref={"n_chains": 16, "n_warmup": 10, "thin": 2})  # fmt: skip
+    size = dict(n_train=32, n_ref=32, n_particles=16, n_iters=3, batch_size=8, hidden=8,
+                depth=2, n_steps=3, ref={"n_chains": 32, "n_warmup": 5, "thin": 2})  # fmt: skip
+    tiny = dict(tasks=["dw4-anneal", "lj13-reward"], methods=["none", "fk", "fkc-tempered"],
+                n_moves=2, dw4=size, lj13=size, fkc_options={"step_control": "off"})  # fmt: skip
     summary = mol.run(tmp_path, quick=True, progress=False, **tiny)
-    names = {r["method"] for r in summary}
-    assert names == {"none", "fkc", "fk-energy", "fkc+mala", "fk-energy+mala"}
+    names = {(r["task"], r["method"]) for r in summary}
+    assert names == {("dw4-anneal", m) for m in ("none", "fkc-tempered", "fkc-tempered+mala")} | {
+        ("lj13-reward", m) for m in ("none", "fk", "fk+mala", "fkc-tempered", "fkc-tempered+mala")
+    }
     for r in summary:
-        assert all(torch.isfinite(torch.tensor(r[k][0])) for k in ("w1_energy", "w1_dist"))
+        assert r["n_runs"] == 2
+        assert all(math.isfinite(r[k][0]) for k in mol.METRICS), r
     blob = json.loads((tmp_path / "molecules.json").read_text())
-    assert {"training", "references", "floor_T1", "paper", "rows"} <= blob.keys()
-    assert "w1_energy_T2" in next(r for r in blob["rows"] if r["method"] == "none")
-    assert "| fkc+mala |" in (tmp_path / "molecules.md").read_text()
+    assert {"settings", "systems", "paper", "rows", "summary"} <= blob.keys()
+    assert set(blob["systems"]) == {"dw4", "lj13"} and not blob["skipped"]
+    assert "dnll_T0" in next(r for r in blob["rows"] if r["method"] == "none")
+    table = (tmp_path / "molecules.md").read_text()
+    assert "| fk+mala |" in table and "VCG-SMC (DriftLite)" in table
+    late = tmp_path / "late"
+    assert mol.run(late, quick=True, progress=False, time_budget_s=0.0, **tiny) == []
+    assert json.loads((late / "molecules.json").read_text())["skipped"] == tiny["tasks"]
