@@ -40,6 +40,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from smcdiff.checks import check_number, check_shape
@@ -48,6 +49,7 @@ __all__ = [
     "MOLAR_GAS_CONSTANT",
     "AlanineDipeptide",
     "dihedral",
+    "load_alanine_md",
     "load_alanine_parameters",
 ]
 
@@ -72,6 +74,25 @@ def load_alanine_checks() -> dict[str, Any]:
     """OpenMM's stored energies and forces on fixed configurations
     (``data/alanine_dipeptide_checks.json``; see ``data/alanine_export.py``)."""
     return _read("alanine_dipeptide_checks.json")
+
+
+def load_alanine_md(temperature: float = 300.0) -> dict[str, Any]:
+    """The shipped OpenMM MD reference at ``temperature`` (300 or 1000 K;
+    ``data/alanine_md_{T}K.npz``, written by ``experiments/alanine.py``): ``phi_psi`` ``(n, 2)``
+    rad and ``energy`` ``(n,)`` kJ/mol every 0.5 ps, ``block`` ``(n,)`` the 1 ns block of each
+    frame, ``configs`` ``(m, 22, 3)`` nm (thinned; float64 tensors), and ``meta`` (the run's
+    settings: integrator, time step, friction, length, wall time)."""
+    path = _DATA / f"alanine_md_{temperature:g}K.npz"
+    if not path.exists():
+        shipped = sorted(p.name for p in _DATA.glob("alanine_md_*K.npz"))
+        raise ValueError(f"load_alanine_md: no MD set at {temperature:g} K (shipped: {shipped})")
+    with np.load(path) as z:
+        out: dict[str, Any] = {
+            k: torch.from_numpy(z[k]).double() for k in ("phi_psi", "energy", "configs")
+        }
+        out["block"] = torch.from_numpy(z["block"]).long()
+        out["meta"] = json.loads(str(z["meta"]))
+    return out
 
 
 def dihedral(x: torch.Tensor, atoms: tuple[int, int, int, int]) -> torch.Tensor:
