@@ -13,5 +13,6 @@ EXPERIMENTS = {
     "gmm_inverse": "smcdiff_experiments.gmm_inverse",
     "digits": "smcdiff_experiments.digits",
     "molecules": "smcdiff_experiments.molecules",
+    "alanine": "smcdiff_experiments.alanine",
 }
 DEFAULT = "gmm2d"
