@@ -115,7 +115,9 @@ def steer(
     * ``"mcgdiff"`` (:class:`~smcdiff.steering.methods.MCGdiffConfig`): MCGdiff (Cardoso et al.
       2024) for a linear-Gaussian ``observation=LinearGaussianObservation(A, y, sigma)`` on a VP
       prior: SMC in the SVD basis of ``A``, exact as N grows (up to the ancestral sampler's
-      discretisation), with ``log_z``.
+      discretisation), with ``log_z``;
+    * ``"ddrm"`` (:class:`~smcdiff.steering.methods.DDRMConfig`): DDRM (Kawar et al. 2022) for
+      the same ``observation`` (``eta``, ``eta_b``): an unweighted baseline, not exact.
 
     ``path_correction`` (fk, tds; ``"auto"``: on when ``model`` has ``log_density``) also
     weights out the discretisation error of the sampler, so that the target is exact for any

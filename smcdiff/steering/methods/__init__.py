@@ -11,11 +11,13 @@ method              config (its options)         module
 ``guidance``        :class:`GuidanceConfig`      :mod:`smcdiff.steering.methods.guidance`
 ``none``            :class:`SamplerConfig`       :mod:`smcdiff.steering.methods.guidance`
 ``mcgdiff``         :class:`MCGdiffConfig`       :mod:`smcdiff.steering.methods.mcgdiff`
+``ddrm``            :class:`DDRMConfig`          :mod:`smcdiff.steering.methods.ddrm`
 =================== ============================ =========================================
 """
 
 from functools import partial
 
+from smcdiff.steering.methods.ddrm import DDRMConfig, build_ddrm
 from smcdiff.steering.methods.diffusion import SamplerConfig
 from smcdiff.steering.methods.fk import FKConfig, TDSConfig, build_fk, build_tds
 from smcdiff.steering.methods.fkc import DriftLiteConfig, FKCConfig, build_fkc
@@ -24,6 +26,7 @@ from smcdiff.steering.methods.mcgdiff import MCGdiffConfig, build_mcgdiff
 from smcdiff.steering.registry import register_method
 
 __all__ = [
+    "DDRMConfig",
     "DriftLiteConfig",
     "FKCConfig",
     "FKConfig",
@@ -41,3 +44,4 @@ register_method("driftlite-ecg", DriftLiteConfig, partial(build_fkc, control="ec
 register_method("guidance", GuidanceConfig, build_guidance, weighted=False)
 register_method("none", SamplerConfig, build_none, weighted=False)
 register_method("mcgdiff", MCGdiffConfig, build_mcgdiff)
+register_method("ddrm", DDRMConfig, build_ddrm, weighted=False)
