@@ -137,10 +137,13 @@ PROFILES = {
                           ref={"n_chains": 250, "n_warmup": 500, "thin": 50})),
     # one H200 in <= 8 min, training included: DEM's network sizes, 10 runs
     "cuda": dict(tasks=list(TASKS), methods=None, n_runs=10, n_moves=100,
+                 fkc_options={"max_substeps": 8},
                  dw4=dict(n_train=5000, n_ref=2000, hidden=128, depth=3, n_iters=3000,
-                          batch_size=512, lr=1e-3, n_particles=1000, n_steps=100, ref=_DW4_REF),
+                          batch_size=512, lr=1e-3, n_particles=1000, n_steps=100, ref=_DW4_REF,
+                          reserve_s=90),
                  lj13=dict(n_train=4000, n_ref=2000, hidden=128, depth=5, n_iters=3000,
-                           batch_size=256, lr=1e-3, n_particles=500, n_steps=100, ref=_LJ_REF)),
+                           batch_size=256, lr=1e-3, n_particles=500, n_steps=100, ref=_LJ_REF,
+                           reserve_s=150)),
 }  # fmt: skip
 SIGMAS = {"dw4": (0.01, 5.0), "lj13": (0.01, 3.0)}  # GeometricVE (sigma_min, sigma_max) at T0
 
@@ -235,13 +238,40 @@ def reference_entry(x: torch.Tensor, system: ParticleSystem, n_slices: int = 64)
     sub = feat[:500]
     gen = torch.Generator().manual_seed(0)
     dirs = torch.randn(feat.shape[1], n_slices, generator=gen, dtype=torch.float64)
-    return {
+    energy = system.energy(x).double()
+    lo, hi = torch.quantile(
+        energy, torch.tensor([0.0, 0.995], dtype=energy.dtype, device=energy.device)
+    )
+    span = float(hi - lo)
+    entry = {
         "x": x,
         "feat": feat,
-        "energy": system.energy(x).double(),
+        "energy": energy,
         "bandwidth": float(torch.cdist(sub, sub).median()),
         "dirs": (dirs / dirs.norm(dim=0)).to(feat.device),
+        "bins": {
+            "dist": torch.linspace(0.0, float(feat.max()) * 1.1, 61).tolist(),
+            "energy": torch.linspace(float(lo) - 0.1 * span, float(hi) + 0.3 * span, 61).tolist(),
+        },
     }
+    entry["hist"] = histograms(x, entry["bins"], system)
+    return entry
+
+
+def histograms(x: torch.Tensor, bins: dict, system: ParticleSystem) -> dict:
+    """Density histograms (lists) of the pooled interatomic distances and of the energies of
+    equal-weight particles ``x`` on ``bins`` (mass outside the bins is dropped)."""
+    flat = x.reshape(x.shape[0], -1)
+    out = {}
+    for key, vals in (
+        ("dist", system.interatomic_distances(flat)),
+        ("energy", system.energy(flat)),
+    ):
+        edges = torch.tensor(bins[key], dtype=torch.float64)
+        v = vals.detach().double().reshape(-1).cpu()
+        counts = torch.histogram(v, edges).hist
+        out[key] = (counts / (v.numel() * torch.diff(edges))).tolist()
+    return out
 
 
 # ----------------------------------------------------------------------------- data, prior
@@ -297,13 +327,15 @@ def prepare_system(name: str, temps: list[float], cfg: dict, device: str, progre
     n, s = base.n_particles, base.spatial_dim
     train, check, info_hot = two_sets(base.at_temperature(T_PRIOR), c["n_train"], c["ref"], 0,
                                       device)  # fmt: skip
-    prep = {"info": {f"T{T_PRIOR:g}": info_hot}, "refs": {}, "floors": {}}
+    prep = {"info": {f"T{T_PRIOR:g}": info_hot}, "refs": {}, "floors": {}, "hists": {}}
     for i, temp in enumerate(temps):
         ref, floor, info = two_sets(base.at_temperature(temp), c["n_ref"], c["ref"], 1 + i, device)
         prep["info"][f"T{temp:g}"] = info
         prep["refs"][temp] = reference_entry(ref, base)
         floor_x = floor[: c["n_particles"]].view(-1, n, s)
         prep["floors"][temp] = metrics(floor_x, prep["refs"][temp], base, temp)
+        prep["hists"][f"T{temp:g}"] = {"bins": prep["refs"][temp]["bins"],
+                                       "reference": prep["refs"][temp]["hist"]}  # fmt: skip
     prep["refs"][T_PRIOR] = reference_entry(check, base)
     prep["model"], prep["training"] = train_prior(name, center(train.view(-1, n, s)), c, device,
                                                   progress)  # fmt: skip
@@ -369,6 +401,8 @@ def run_method(task: str, name: str, prep: dict, cfg: dict, device: str) -> list
         row = {"task": task, "method": name, "run": r, "nfe": res.info.get("nfe"),
                "wall_s": wall / n_runs, "ess_frac": ess[r], "min_ess_frac": min_ess[r],
                **metrics(xs[r], prep["refs"][temp], base, temp)}  # fmt: skip
+        if r == 0:
+            row["hist"] = histograms(xs[r], prep["refs"][temp]["bins"], base)
         if name == "none":
             hot = metrics(xs[r], prep["refs"][T_PRIOR], base, T_PRIOR)
             row.update({f"{k}_T0": v for k, v in hot.items()})
@@ -381,6 +415,7 @@ def run_method(task: str, name: str, prep: dict, cfg: dict, device: str) -> list
                          "nfe": res.info.get("nfe"), "mala_accept": acc,
                          "n_target_grads": cfg["n_moves"] * n_part,
                          **metrics(moved[r], prep["refs"][temp], base, temp)})  # fmt: skip
+        rows[n_runs]["hist"] = histograms(moved[0], prep["refs"][temp]["bins"], base)
     return rows
 
 
@@ -437,9 +472,12 @@ def run(
     **overrides,
 ) -> list[dict]:
     """Every configured task: per system the reference sets and the prior, then every method;
-    writes ``molecules.json`` / ``molecules.md`` into ``out_dir`` after each method. ``profile``:
+    writes ``molecules.json`` / ``molecules.md`` into ``out_dir`` after each method, and
+    ``molecules_histograms.png`` at the end. ``profile``:
     ``quick`` / ``cpu`` / ``cuda`` (default: ``quick`` when ``quick``, else from ``device``);
-    ``time_budget_s``: no new stage starts after it (skipped stages are listed in the JSON).
+    ``time_budget_s``: a system starts only if its ``reserve_s`` (reference sets + training)
+    still fits, a method only if the longest method so far on its system does (skipped stages
+    are listed in the JSON).
     Returns the summary rows."""
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -452,31 +490,38 @@ def run(
     blob = {"settings": cfg, "device": str(device), "paper": PAPER, "systems": {}, "rows": [],
             "skipped": []}  # fmt: skip
     plan = _plan(cfg)
-    n_work = sum(len(_methods(cfg, t)) for tasks in plan.values() for t in tasks)
-    tick = run_bar(n_work, progress, "molecules")
+    tick = run_bar(sum(len(_methods(cfg, t)) for ts in plan.values() for t in ts), progress,
+                   "molecules")  # fmt: skip
 
-    def over() -> bool:
-        return time_budget_s is not None and time.perf_counter() - t0 > time_budget_s
+    def fits(need: float) -> bool:  # can a stage expected to take ``need`` s still start?
+        return time_budget_s is None or time.perf_counter() - t0 + need <= time_budget_s
 
     for system, tasks in plan.items():
-        if over():
+        if not fits(cfg[system].get("reserve_s", 0.0)):
             blob["skipped"] += tasks
             continue
         temps = sorted({T_PRIOR / TASKS[t][2] for t in tasks}, reverse=True)
         prep = prepare_system(system, temps, cfg, device, progress)
         blob["systems"][system] = {"references": prep["info"], "training": prep["training"],
-                                   "floors": {f"T{k:g}": v for k, v in prep["floors"].items()}}  # fmt: skip
+                                   "floors": {f"T{k:g}": v for k, v in prep["floors"].items()},
+                                   "hists": prep["hists"]}  # fmt: skip
         _write(out, blob)
+        longest = 0.0  # the longest method so far on this system: the next one's estimate
         for task in tasks:
             for name in _methods(cfg, task):
-                if over():
+                if not fits(longest):
                     blob["skipped"].append(f"{task}/{name}")
                     continue
+                start = time.perf_counter()
                 blob["rows"] += run_method(task, name, prep, cfg, device)
+                longest = max(longest, time.perf_counter() - start)
                 blob["elapsed_s"] = time.perf_counter() - t0
                 _write(out, blob)
                 tick(f"{task} {name}")
-    return _write(out, blob)
+    summary = _write(out, blob)
+    if blob["rows"]:
+        plot_histograms(blob, out / "molecules_histograms.png")
+    return summary
 
 
 def _methods(cfg: dict, task: str) -> list[str]:
@@ -543,6 +588,39 @@ def format_table(rows: list[dict], blob: dict | None = None) -> str:
     if (blob or {}).get("skipped"):
         parts.append("skipped (time budget): " + ", ".join(blob["skipped"]))
     return "\n\n".join(parts)
+
+
+def plot_histograms(blob: dict, path: str | Path, methods: tuple[str, ...] | None = None) -> None:
+    """One row per task: the interatomic-distance and energy histograms of run 0 of each
+    method (``methods``, default all) against the reference (grey), from ``blob`` (the JSON)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in blob["rows"]))
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(10, 2.8 * len(tasks)), squeeze=False)
+    for ax_row, task in zip(axes, tasks, strict=True):
+        system, _, gamma = TASKS[task]
+        hist = blob["systems"][system]["hists"][f"T{T_PRIOR / gamma:g}"]
+        rows = [r for r in blob["rows"] if r["task"] == task and "hist" in r
+                and (methods is None or r["method"] in methods)]  # fmt: skip
+        for ax, key, label in zip(ax_row, ("dist", "energy"), ("interatomic distance", "energy U"),
+                                  strict=True):  # fmt: skip
+            edges = torch.tensor(hist["bins"][key])
+            mids = 0.5 * (edges[1:] + edges[:-1])
+            ax.fill_between(
+                mids, hist["reference"][key], step="mid", color="0.8", label="reference"
+            )
+            for r in rows:
+                ls = "--" if r["method"].endswith("+mala") else "-"
+                ax.plot(mids, r["hist"][key], ls, drawstyle="steps-mid", lw=1, label=r["method"])
+            ax.set_xlabel(label)
+            ax.set_title(f"{task} (T = {T_PRIOR / gamma:g})", fontsize=9)
+        ax_row[1].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
