@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -60,7 +61,16 @@ from smcdiff.engine.smc import SMC, run_smc
 from smcdiff.engine.state import StepInfo
 from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.adapt import robbins_monro
-from smcdiff.mcmc.base import nan_to_neg_inf, row_sum
+from smcdiff.mcmc.base import (
+    MCMCState,
+    MoveInfo,
+    chain_step_size,
+    nan_to_neg_inf,
+    row_sum,
+    value_and_grad,
+)
+from smcdiff.mcmc.compiled import CompiledFunction, compile_transition, func_value_and_grad
+from smcdiff.mcmc.hmc import HMC, hmc_transition
 from smcdiff.mcmc.registry import get_kernel, kernel_name, resolve_target_accept
 from smcdiff.mcmc.runner import DivergenceWarning
 from smcdiff.resampling.policies import policy_from_threshold
@@ -74,7 +84,10 @@ __all__ = [
     "check_reached_target",
     "next_temperature",
     "pilot_schedule",
+    "reference_terms",
     "run_tempered",
+    "tempered_log_density",
+    "tempered_pair",
 ]
 
 MOVE_CHECKS = ("target log_prob in MCMC move", "target gradient in MCMC move")
@@ -94,6 +107,48 @@ class TemperingIncompleteError(SMCDiffError):
 
 _GRAPH_CACHE: dict[tuple, dict[str, Any]] = {}
 _GRAPH_CACHE_SIZE = 8
+_COMPILED: dict[tuple, tuple[Any, CompiledFunction]] = {}  # key -> (target kept alive, move)
+
+
+def reference_terms(
+    y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, log_norm: float | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r""":math:`\log\rho(y)` ``(N,)`` and its gradient (shape of ``y`` ``(N, *event_shape)``)
+    for :math:`\rho = N(\mu, \mathrm{diag}(\sigma^2))`: with :math:`z = (y - \mu)/\sigma`,
+    :math:`-\tfrac12 \|z\|^2 +` ``log_norm`` and :math:`-z / \sigma`."""
+    z = (y - mean) / std
+    return -0.5 * row_sum(z * z) + log_norm, -z / std
+
+
+def tempered_log_density(lp: torch.Tensor, ref: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    r""":math:`\log\pi_\lambda = \log\rho + \lambda(\log\tilde\pi - \log\rho)` ``(N,)``
+    from the target's ``lp``, the reference's ``ref`` and the temperatures ``lam`` (each
+    ``(N,)``): at :math:`\lambda = 0` the reference alone (``0 * -inf`` would be NaN), and a
+    NaN from ``-inf - (-inf)`` at a far-out point is a zero density (``-inf``), not a NaN of
+    the target (a NaN ``lp`` stays NaN: the moves report it)."""
+    out = ref + torch.where(lam > 0, lam * (lp - ref), torch.zeros_like(lp))
+    return torch.where(torch.isnan(out) & ~torch.isnan(lp), -torch.inf, out)
+
+
+def tempered_pair(
+    y: torch.Tensor,
+    lp: torch.Tensor,
+    grad: torch.Tensor,
+    lam: torch.Tensor,
+    ref: tuple[torch.Tensor, torch.Tensor, float | torch.Tensor],
+    nan_as_neg_inf: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The tempered density's value :func:`tempered_log_density` and gradient
+    :math:`\nabla\log\rho + \lambda(\nabla\log\tilde\pi - \nabla\log\rho)` (the
+    reference's alone at :math:`\lambda = 0`) at ``y`` from the target's value ``lp`` ``(N,)``
+    and gradient ``grad`` there; ``ref``: the reference's ``(mean, std, log_norm)``
+    (:func:`reference_terms`); ``nan_as_neg_inf``: a NaN ``lp`` is a zero density."""
+    if nan_as_neg_inf:
+        lp = torch.where(torch.isnan(lp), -torch.inf, lp)
+    ref_lp, g_ref = reference_terms(y, *ref)
+    on = (lam > 0).reshape(-1, *([1] * (y.dim() - 1)))
+    g = g_ref + torch.where(on, lam.reshape(on.shape) * (grad - g_ref), torch.zeros_like(grad))
+    return tempered_log_density(lp, ref_lp, lam), g
 
 
 def next_temperature(
@@ -220,6 +275,8 @@ class TemperedSMC(FeynmanKacModel):
         self._graph_gen: torch.Generator | None = None  # the CUDA graph's, once seeded
         self._graph_resume: torch.Tensor | None = None  # its state from a checkpoint
         self._reports_divergence = False
+        self.compile_moves = self._use_compile(on_cuda)
+        self.compile_status = "off" if not self.compile_moves else "not called"
         step_size = options.step_size
         if step_size is None:  # a fraction of the reference scale, shrinking with dimension
             s0 = float(std.min())
@@ -230,6 +287,17 @@ class TemperedSMC(FeynmanKacModel):
         self.step_size0 = float(step_size)
         self.n_steps = options.max_steps
         self._fixed(schedule, step_sizes)
+
+    def _use_compile(self, on_cuda: bool) -> bool:
+        """Whether the HMC moves run compiled: ``compile=True``, or ``"auto"`` on CUDA with the
+        HMC kernel. Raises for ``compile=True`` with another kernel."""
+        flag = self.options.compile
+        if flag is True and self.kernel_name != "hmc":
+            raise SMCDiffError(
+                f"tempered SMC: compile=True compiles HMC moves only, got kernel={self.kernel_name!r}"
+                " (use kernel='hmc' or compile=False)"
+            )
+        return self.kernel_name == "hmc" and (flag is True or (flag == "auto" and on_cuda))
 
     def _fixed(self, schedule: torch.Tensor | None, step_sizes: torch.Tensor | None) -> None:
         """Store a fixed temperature ``schedule`` (``(K,)`` or ``(K, G)``, float64, checked:
@@ -257,8 +325,7 @@ class TemperedSMC(FeynmanKacModel):
     # -- densities --
     def log_reference(self, x: torch.Tensor) -> torch.Tensor:
         """:math:`\\log\\rho(x)`, ``(N,)`` for ``x`` ``(N, *event_shape)``."""
-        z = (x - self.ref_mean) / self.ref_std
-        return -0.5 * row_sum(z * z) + self._ref_log_norm
+        return reference_terms(x, self.ref_mean, self.ref_std, self._ref_log_norm)[0]
 
     def _ell(self, x: torch.Tensor, where: str) -> tuple[torch.Tensor, dict]:
         with torch.no_grad():
@@ -395,6 +462,7 @@ class TemperedSMC(FeynmanKacModel):
             id(self.target), self.kernel_name, self.n_moves, repr(sorted(self.kernel_kwargs.items())),
             self.target_accept, self.gain, tuple(self.ref_mean.tolist()),
             tuple(self.ref_std.reshape(-1).tolist()), tuple(x.shape), G, x.dtype, str(x.device),
+            self.compile_moves,
         )  # fmt: skip
         g = _GRAPH_CACHE.get(key)
         if g is None:
@@ -449,23 +517,19 @@ class TemperedSMC(FeynmanKacModel):
 
         def log_prob(y: torch.Tensor) -> torch.Tensor:
             calls[0] += y.shape[0]
-            lp = self.target_log_prob(y)
-            ref = self.log_reference(y)
-            # lambda = 0: the reference alone (0 * -inf would be NaN)
-            out = ref + torch.where(lam_c > 0, lam_c * (lp - ref), torch.zeros_like(lp))
-            # -inf - (-inf) at a far-out point is a zero density, not a NaN of the target
-            return torch.where(torch.isnan(out) & ~torch.isnan(lp), -torch.inf, out)
+            return tempered_log_density(self.target_log_prob(y), self.log_reference(y), lam_c)
 
         if callable(getattr(self.target, "grad_log_prob", None)):  # used by value_and_grad
             log_prob.value_and_grad = self._analytic_pair(lam_c, calls)  # type: ignore[attr-defined]
         kern = self.factory(log_prob, **self.kernel_kwargs)
         s = kern.init(x, generator)
+        step = self._compiled_step(kern, lam_c, calls) if self.compile_moves else kern.step
         acc = []
         N = x.shape[0] // G
         bad = [torch.zeros(x.shape[0], dtype=torch.bool, device=x.device) for _ in range(3)]
         self._reports_divergence = False
         for _ in range(self.n_moves):
-            s, step_info = kern.step(s, log_h.exp(), generator)
+            s, step_info = step(s, log_h.exp(), generator)
             a = step_info.accept_prob.reshape(G, N).mean(-1)
             if self.target_accept is not None:
                 log_h = robbins_monro(log_h, a.repeat_interleave(N), self.target_accept, self.gain)
@@ -474,6 +538,64 @@ class TemperedSMC(FeynmanKacModel):
             bad = [b if m is None else b | m for b, m in zip(bad, masks, strict=True)]
             self._reports_divergence = masks[2] is not None
         return s.x.detach(), log_h, torch.stack(acc).mean(0), tuple(bad), calls[0]
+
+    def _compiled_step(
+        self, kern: HMC, lam_c: torch.Tensor, calls: list[int]
+    ) -> Callable[[MCMCState, torch.Tensor, torch.Generator], tuple[MCMCState, MoveInfo]]:
+        """``kern.step`` with the transition compiled (:mod:`smcdiff.mcmc.compiled`): the same
+        random numbers (:meth:`HMC.draws <smcdiff.mcmc.hmc.HMC.draws>`), the tempered density's
+        parameters passed as tensors, so one compiled function serves every step and run (cached
+        per target and settings). If compilation fails it warns once and runs ``kern``'s eager
+        transition on the same numbers. Counts the target calls as the eager path does."""
+        move = self._compiled_move()
+        log_norm = torch.tensor(self._ref_log_norm, dtype=self.dtype, device=self.device)
+        params = (lam_c, self.ref_mean, self.ref_std, log_norm)
+        eager_pair = partial(value_and_grad, kern.log_prob)
+
+        def eager(state: MCMCState, p, u, h, inv_m, _params) -> tuple[MCMCState, MoveInfo]:
+            return hmc_transition(eager_pair, state, p, u, h, inv_m, kern.n_leapfrog)
+
+        def step(
+            state: MCMCState, step_size: torch.Tensor, generator: torch.Generator
+        ) -> tuple[MCMCState, MoveInfo]:
+            p, u = kern.draws(state, generator)
+            h, inv_m = chain_step_size(step_size, state.x), kern.inv_mass_tensor(state.x)
+            out = move(state, p, u, h, inv_m, params, eager=eager)
+            self.compile_status = move.status
+            if move.status == "compiled":  # the eager path counts inside log_prob
+                calls[0] += kern.n_leapfrog * state.x.shape[0]
+            return out
+
+        return step
+
+    def _compiled_move(self) -> CompiledFunction:
+        """The compiled HMC transition of this target and settings (cached across runs): the
+        target's analytic ``grad_log_prob`` when present, else ``torch.func`` gradients of
+        its ``log_prob``, tempered by :func:`tempered_pair` / :func:`tempered_log_density`."""
+        analytic = callable(getattr(self.target, "grad_log_prob", None))
+        nan_inf, n_leapfrog = self.options.nan_as_neg_inf, self.kernel_kwargs.get("n_leapfrog", 10)
+        key = (id(self.target), analytic, nan_inf, n_leapfrog)
+        entry = _COMPILED.get(key)
+        if entry is None:
+            target, lp_fn = self.target, self.target_log_prob
+            if analytic:
+
+                def pair(y, lam, mean, std, log_norm):
+                    lp, g = target.grad_log_prob(y)
+                    return tempered_pair(y, lp, g, lam, (mean, std, log_norm), nan_inf)
+
+            else:
+
+                def density(y, lam, mean, std, log_norm):
+                    ref = reference_terms(y, mean, std, log_norm)[0]
+                    return tempered_log_density(lp_fn(y), ref, lam)
+
+                pair = func_value_and_grad(density)
+            move = compile_transition(hmc_transition, pair, "tempered SMC", n_leapfrog=n_leapfrog)
+            if len(_COMPILED) >= _GRAPH_CACHE_SIZE:
+                _COMPILED.pop(next(iter(_COMPILED)))
+            entry = _COMPILED[key] = (target, move)
+        return entry[1]
 
     def _analytic_pair(
         self, lam_c: torch.Tensor, calls: list[int]
@@ -490,17 +612,8 @@ class TemperedSMC(FeynmanKacModel):
             lp, g = self.target.grad_log_prob(y)
             check_shape("target grad_log_prob value", lp, (y.shape[0],), where="tempered SMC")
             check_shape("target grad_log_prob gradient", g, tuple(y.shape), where="tempered SMC")
-            if self.options.nan_as_neg_inf:
-                lp = torch.where(torch.isnan(lp), -torch.inf, lp)
-            z = (y - self.ref_mean) / self.ref_std
-            ref = -0.5 * row_sum(z * z) + self._ref_log_norm
-            g_ref = -z / self.ref_std
-            on = lam_c > 0
-            out = ref + torch.where(on, lam_c * (lp - ref), torch.zeros_like(lp))
-            col = on.reshape(-1, *([1] * (y.dim() - 1)))
-            lam_col = lam_c.reshape(col.shape)
-            grad = g_ref + torch.where(col, lam_col * (g - g_ref), torch.zeros_like(g))
-            out = torch.where(torch.isnan(out) & ~torch.isnan(lp), -torch.inf, out)
+            ref = (self.ref_mean, self.ref_std, self._ref_log_norm)
+            out, grad = tempered_pair(y, lp, g, lam_c, ref, self.options.nan_as_neg_inf)
             return out.detach(), grad.detach()
 
         return pair
@@ -536,6 +649,7 @@ def run_tempered(settings: RunSettings, options: TemperedOptions) -> SMCResult:
         "n_target_evals": int(run.trace["nfe"].sum()) + extra.pop("pilot_target_evals", 0),
         "n_grad_evals": int(run.trace["n_grad"].sum()) + extra.pop("pilot_grad_evals", 0),
         "n_resampled": int(run.trace["resampled"].sum()),
+        "compile": fk.compile_status,
         **extra,
     }
     return SMCResult.from_run(run, grouped=s.grouped, info=info)

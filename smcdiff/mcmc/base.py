@@ -195,10 +195,22 @@ def metropolis(
     :math:`\log u < \log\alpha`. ``nan_masks``: the step's :func:`nan_evaluations` (default:
     those of ``proposal``; HMC passes them over its whole trajectory).
     """
-    ok = finite_rows(proposal.log_prob, proposal.grad) & ~torch.isnan(log_alpha)
-    log_alpha = torch.where(ok, log_alpha, torch.full_like(log_alpha, -torch.inf))
     n = log_alpha.shape[0]
     u = torch.rand(n, generator=generator, dtype=log_alpha.dtype, device=log_alpha.device)
+    return metropolis_given(current, proposal, log_alpha, u, nan_masks)
+
+
+def metropolis_given(
+    current: MCMCState,
+    proposal: MCMCState,
+    log_alpha: torch.Tensor,
+    u: torch.Tensor,
+    nan_masks: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[MCMCState, MoveInfo]:
+    """:func:`metropolis` with its uniforms ``u`` ``(N,)`` drawn by the caller (a pure function
+    of tensors, e.g. for ``torch.compile``)."""
+    ok = finite_rows(proposal.log_prob, proposal.grad) & ~torch.isnan(log_alpha)
+    log_alpha = torch.where(ok, log_alpha, torch.full_like(log_alpha, -torch.inf))
     accepted = torch.log(u) < log_alpha
     if nan_masks is None:
         nan_masks = nan_evaluations(proposal.x, proposal.log_prob, proposal.grad, current.x)

@@ -2,6 +2,9 @@ r"""Hamiltonian Monte Carlo with a leapfrog integrator and an identity or diagon
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 
 from smcdiff.errors import SMCDiffError
@@ -12,13 +15,13 @@ from smcdiff.mcmc.base import (
     MoveInfo,
     chain_step_size,
     check_event_param,
-    metropolis,
+    metropolis_given,
     nan_evaluations,
     row_sum,
     value_and_grad,
 )
 
-__all__ = ["HMC"]
+__all__ = ["HMC", "hmc_transition"]
 
 
 class HMC(GradientKernel):
@@ -56,24 +59,56 @@ class HMC(GradientKernel):
     def step(
         self, state: MCMCState, step_size: float | torch.Tensor, generator: torch.Generator
     ) -> tuple[MCMCState, MoveInfo]:
-        x, lp, g = state.x, state.log_prob, state.grad
+        x = state.x
+        p, u = self.draws(state, generator)
         h = chain_step_size(step_size, x)
-        inv_m = (
-            torch.ones((), dtype=x.dtype, device=x.device)
-            if self.inv_mass is None
-            else torch.as_tensor(self.inv_mass, dtype=x.dtype, device=x.device)
-        )
+        pair = partial(value_and_grad, self.log_prob)
+        return hmc_transition(pair, state, p, u, h, self.inv_mass_tensor(x), self.n_leapfrog)
+
+    @staticmethod
+    def draws(state: MCMCState, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The random numbers of one transition from ``state``: ``p`` standard normal (shape of
+        ``x``) and ``u`` ``(N,)`` uniform in the dtype of log alpha, in this order."""
+        x = state.x
         p = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        p = p / inv_m.sqrt()
-        h0 = -lp + 0.5 * row_sum(inv_m * p * p)
-        p = p + 0.5 * h * g
-        bad_lp = bad_grad = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        for i in range(self.n_leapfrog):
-            x = x + h * inv_m * p
-            lp, g = value_and_grad(self.log_prob, x)
-            nan_lp, nan_grad = nan_evaluations(x, lp, g, state.x)  # anywhere on the path
-            bad_lp, bad_grad = bad_lp | nan_lp, bad_grad | nan_grad
-            p = p + (h if i < self.n_leapfrog - 1 else 0.5 * h) * g
-        h1 = -lp + 0.5 * row_sum(inv_m * p * p)
-        prop = MCMCState(x, lp, g)
-        return metropolis(state, prop, h0 - h1, generator, (bad_lp, bad_grad))
+        dtype = torch.promote_types(state.log_prob.dtype, x.dtype)
+        u = torch.rand(x.shape[0], generator=generator, dtype=dtype, device=x.device)
+        return p, u
+
+    def inv_mass_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """The diagonal of :math:`M^{-1}` as a tensor of ``x``'s dtype and device (a 0-d one
+        for the identity)."""
+        if self.inv_mass is None:
+            return torch.ones((), dtype=x.dtype, device=x.device)
+        return torch.as_tensor(self.inv_mass, dtype=x.dtype, device=x.device)
+
+
+def hmc_transition(
+    pair: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    state: MCMCState,
+    p: torch.Tensor,
+    u: torch.Tensor,
+    h: torch.Tensor,
+    inv_m: torch.Tensor,
+    n_leapfrog: int,
+) -> tuple[MCMCState, MoveInfo]:
+    r"""One HMC transition (:class:`HMC`) as a pure function of tensors, with its random numbers
+    drawn by the caller: ``p`` standard normal (shape of ``state.x``; the momentum is
+    :math:`M^{1/2} p`), ``u`` ``(N,)`` uniform for the accept step, ``h`` the step size
+    broadcasting against ``x`` (:func:`~smcdiff.mcmc.base.chain_step_size`), ``inv_m`` the
+    diagonal of :math:`M^{-1}`, ``pair(x) -> (log_prob (N,), grad)``. No host sync, no
+    branch on values: ``torch.compile`` can fuse it (:mod:`smcdiff.mcmc.compiled`)."""
+    x, lp, g = state.x, state.log_prob, state.grad
+    p = p / inv_m.sqrt()
+    h0 = -lp + 0.5 * row_sum(inv_m * p * p)
+    p = p + 0.5 * h * g
+    bad_lp = bad_grad = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    for i in range(n_leapfrog):
+        x = x + h * inv_m * p
+        lp, g = pair(x)
+        nan_lp, nan_grad = nan_evaluations(x, lp, g, state.x)  # anywhere on the path
+        bad_lp, bad_grad = bad_lp | nan_lp, bad_grad | nan_grad
+        p = p + (h if i < n_leapfrog - 1 else 0.5 * h) * g
+    h1 = -lp + 0.5 * row_sum(inv_m * p * p)
+    prop = MCMCState(x, lp, g)
+    return metropolis_given(state, prop, h0 - h1, u, (bad_lp, bad_grad))

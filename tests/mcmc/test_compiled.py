@@ -1,0 +1,119 @@
+"""Compiled HMC transitions (smcdiff.mcmc.compiled) against the eager ones on the same random
+numbers, inside tempered SMC (sample(compile=True)), and the reported eager fallback.
+
+The CPU tests compile with the ``aot_eager`` backend: dynamo and AOTAutograd trace the whole
+transition into one graph (the step that fails for an uncompilable target) without inductor's
+C++ code generation, which takes minutes on a busy 2-core machine. Inductor's kernels run in the
+H200 benchmark (experiments/bench_blackjax.py, variant ``fused+grad+compiled-moves``), which
+reports their log Z beside the eager variants'."""
+
+import math
+import warnings
+
+import pytest
+import torch
+
+import smcdiff
+from smcdiff.energy import sample
+from smcdiff.mcmc import compiled
+from smcdiff.mcmc.base import value_and_grad
+from smcdiff.mcmc.compiled import CompileFallbackWarning, compile_transition, func_value_and_grad
+from smcdiff.mcmc.hmc import HMC, hmc_transition
+
+MEAN, STD, LOG_C = torch.tensor([2.0, -1.0, 0.5]), 0.4, 1.5
+
+
+@pytest.fixture
+def aot_eager(monkeypatch):
+    monkeypatch.setattr(compiled, "BACKEND", "aot_eager")
+
+
+def gaussian_log_prob(x):
+    """Unnormalised N(MEAN, STD^2 I) times e^{LOG_C}: log Z = LOG_C."""
+    z = (x - MEAN.to(x)) / STD
+    return -0.5 * (z * z).sum(-1) - 3 * math.log(STD) - 1.5 * math.log(2 * math.pi) + LOG_C
+
+
+class AnalyticGaussian:
+    """The same target with an analytic ``grad_log_prob``."""
+
+    dim = 3
+
+    def log_prob(self, x):
+        return gaussian_log_prob(x)
+
+    def grad_log_prob(self, x):
+        return gaussian_log_prob(x), -(x - MEAN.to(x)) / STD**2
+
+
+def _sample(target, **kw):
+    base = dict(n_particles=40, n_runs=2, seed=3, n_moves=2, dtype=torch.float64, progress=False,
+                kernel_options={"n_leapfrog": 2})  # fmt: skip
+    return sample(target, **{**base, **kw})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("analytic", [False, True])
+def test_compiled_tempered_moves_equal_the_eager_ones(aot_eager, analytic):
+    """Same random numbers, same tempered density: the runs agree to rounding, temperatures,
+    counts and all (fails if the compiled pair drops the temperature or the draws reorder)."""
+    target = AnalyticGaussian() if analytic else smcdiff.as_target(gaussian_log_prob, 3, "g")
+    ref = _sample(target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileFallbackWarning)  # the compiled path must run
+        com = _sample(target, compile=True)
+    assert ref.info["compile"] == "off" and com.info["compile"] == "compiled"
+    assert ref.info["n_temperatures"] == com.info["n_temperatures"] >= 4
+    torch.testing.assert_close(com.particles, ref.particles, rtol=0, atol=1e-10)
+    torch.testing.assert_close(com.log_z, ref.log_z, rtol=0, atol=1e-10)
+    torch.testing.assert_close(com.trace["accept"], ref.trace["accept"], equal_nan=True)
+    for name in ("n_target_evals", "n_grad_evals", "n_resampled"):
+        assert com.info[name] == ref.info[name]
+
+
+@pytest.mark.slow
+def test_a_transition_that_cannot_compile_warns_and_runs_eagerly(aot_eager):
+    """A host sync (.tolist()) breaks the graph: one warning naming the reason, then the eager
+    transition on the same random numbers, so the run equals compile=False bit for bit."""
+
+    def log_prob(x):
+        scale = max((x[:1, 0] * 0 + 1).tolist())  # a host sync: no single graph
+        return gaussian_log_prob(x) * scale
+
+    target = smcdiff.as_target(log_prob, 3, "syncing")
+    ref = _sample(target, kernel_options={"n_leapfrog": 2})
+    with pytest.warns(CompileFallbackWarning, match=r"torch.compile .* failed \(\w+"):
+        com = _sample(target, compile=True, kernel_options={"n_leapfrog": 2})
+    assert com.info["compile"].startswith("eager (")
+    assert torch.equal(com.particles, ref.particles) and torch.equal(com.log_z, ref.log_z)
+    assert com.info["n_target_evals"] == ref.info["n_target_evals"]
+
+
+def test_func_pair_equals_autograd_and_the_move_is_hmc():
+    """Without compiling: the torch.func pair is autograd's, and the move function that gets
+    compiled is HMC.step on the same draws."""
+    kern = HMC(gaussian_log_prob, n_leapfrog=3)
+    x = torch.randn(20, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    lp, g = func_value_and_grad(lambda y, c: gaussian_log_prob(y) * c)(x, torch.tensor(2.0))
+    lp_ref, g_ref = value_and_grad(gaussian_log_prob, x)
+    torch.testing.assert_close(lp, 2 * lp_ref)
+    torch.testing.assert_close(g, 2 * g_ref)
+    state = kern.init(x)
+    ref, info_ref = kern.step(state, 0.2, torch.Generator().manual_seed(1))
+    p, u = kern.draws(state, torch.Generator().manual_seed(1))
+    pair = func_value_and_grad(lambda y, c: gaussian_log_prob(y) * c)
+    move = compile_transition(hmc_transition, pair, "test", n_leapfrog=3)
+    h = torch.full((20, 1), 0.2, dtype=torch.float64)
+    new, info = move.fn(state, p, u, h, kern.inv_mass_tensor(x), (torch.tensor(1.0),))
+    torch.testing.assert_close(new.x, ref.x)
+    assert torch.equal(info.accepted, info_ref.accepted)
+    assert move.status == "not called"
+
+
+def test_compile_option_is_checked():
+    target = smcdiff.as_target(gaussian_log_prob, 3, "g")
+    with pytest.raises(smcdiff.SMCDiffError, match="compile must be True, False or 'auto'"):
+        _sample(target, compile="yes")
+    with pytest.raises(smcdiff.SMCDiffError, match="HMC moves only"):
+        _sample(target, compile=True, kernel="mala", kernel_options={})
+    assert _sample(target, compile="auto", n_particles=10).info["compile"] == "off"  # CPU
