@@ -12,15 +12,26 @@ Runs, in one process on one GPU (about 5 minutes on an H200):
    steps of fixed size 0.2, 5 or 10 moves per temperature), in four variants: ``engine`` (the
    engine's loop, moves as CUDA graphs: the code before issue 12), ``fused`` (whole steps as
    CUDA graphs, :mod:`smcdiff.energy.tempered_fused`), ``fused+grad`` (and the analytic gradients
-   below) and ``fused+grad+compile`` (those gradients through ``torch.compile``); wall time is
-   the median of 3 runs after a warm-up run (graph capture, compilation) of ``smcdiff.sample``;
+   below), ``fused+grad+compile`` (those gradients through ``torch.compile``),
+   ``fused+compiled-moves`` and ``fused+grad+compiled-moves`` (``sample(compile=True)``: each
+   whole HMC move, all leapfrog steps and the accept step, one ``torch.compile``-d transition,
+   :mod:`smcdiff.mcmc.compiled`; autograd / analytic gradients inside); wall time is the median
+   of 3 runs after a warm-up run (graph capture, compilation: its time is ``warmup_s``) of
+   ``smcdiff.sample``;
 4. the FK-steering step timings of :mod:`smcdiff_experiments.bench_fk_step`;
 5. a CUDA profile (top kernels) of one fused run, where time is left.
 
-Writes ``bench_blackjax.json``, ``speed.md`` (the table for docs/speed.md) and ``profile.txt``
-to ``--out`` after every part, so a run cut short keeps what it measured.
+Writes ``bench_blackjax.json``, ``speed.md`` (the tables for docs/speed.md, including the
+compiled-moves comparison) and ``profile.txt`` to ``--out`` after every part, so a run cut
+short keeps what it measured.
 
     python -m smcdiff_experiments.bench_blackjax --out $OUT
+    # compiled moves against eager moves (and the peer), the tables in $OUT/speed.md:
+    python -m smcdiff_experiments.bench_blackjax --out $OUT --fk-sizes 1e4 --budget-s 220 \
+        --variants fused+grad,fused+grad+compiled-moves,fused+grad+compile
+    # a dry run on the CPU (no peer, tiny sizes):
+    python -m smcdiff_experiments.bench_blackjax --device cpu --skip-peer --sizes 300 \
+        --targets mw5 --fk-sizes "" --variants fused+grad,fused+grad+compiled-moves
 """
 
 from __future__ import annotations
@@ -51,7 +62,18 @@ SIZES = (10_000, 100_000)
 PEER_SCRIPT = Path(__file__).resolve().parent / "data" / "peer_blackjax_tempered.py.txt"
 if not PEER_SCRIPT.exists():  # an installed copy without the data: the repository's
     PEER_SCRIPT = Path.cwd() / "experiments" / "data" / "peer_blackjax_tempered.py.txt"
-VARIANTS = ("engine", "fused", "fused+grad", "fused+grad+compile")
+VARIANTS = (
+    "engine",
+    "fused",
+    "fused+grad",
+    "fused+grad+compile",
+    "fused+compiled-moves",
+    "fused+grad+compiled-moves",
+)
+COMPILED_PAIRS = (  # (eager moves, compiled moves): the comparison table of compile=True
+    ("fused", "fused+compiled-moves"),
+    ("fused+grad", "fused+grad+compiled-moves"),
+)
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -128,9 +150,9 @@ class AnalyticTarget:
         return -(q * q).sum(-1), -4.0 * x * q
 
 
-def make_target(name: str, device: torch.device, variant: str):
+def make_target(name: str, device: torch.device, variant: str, sizes=SIZES):
     """The peer target ``name`` on ``device``, wrapped with analytic gradients for the
-    ``+grad`` variants."""
+    ``+grad`` variants (compiled for the particle counts ``sizes`` in ``+compile``)."""
     from smcdiff_targets import TARGETS
 
     target = TARGETS[name][0]()
@@ -138,11 +160,11 @@ def make_target(name: str, device: torch.device, variant: str):
     if "grad" not in variant:
         return target
     wrapped = AnalyticTarget(name, target, device)
-    if "compile" in variant:
+    if variant.endswith("+compile"):
         gen = torch.Generator(device=device).manual_seed(0)
         sigma0 = PEER[name][1]
         wrapped.compile([sigma0 * torch.randn(n, wrapped.dim, device=device, generator=gen)
-                         for n in SIZES])  # fmt: skip
+                         for n in sizes])  # fmt: skip
     return wrapped
 
 
@@ -154,7 +176,7 @@ def sample_kwargs(name: str, n: int, variant: str, device: torch.device) -> dict
         method="tempered", n_particles=n, device=device, reference_std=sigma0, kernel="hmc",
         n_moves=moves, step_size=0.2, adapt_gain=0.0, kernel_options={"n_leapfrog": 10},
         target_ess=0.5, resampling="systematic", ess_threshold=1.0, progress=False,
-        fused=variant != "engine",
+        fused=variant != "engine", compile="compiled-moves" in variant,
     )  # fmt: skip
 
 
@@ -162,16 +184,20 @@ def time_ours(name: str, n: int, variant: str, target, device, repeats: int = 3)
     """Median wall time of ``smcdiff.sample`` over ``repeats`` runs after one warm-up run, the
     log Z error of the last run and the warnings raised (a capture that fell back says so)."""
     kw = sample_kwargs(name, n, variant, device)
-    walls, caught = [], []
+    walls, caught, log_zs = [], [], []
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
+        t0 = time.perf_counter()
         smcdiff.sample(target, seed=0, **kw)
+        sync(device)
+        warmup = time.perf_counter() - t0
         for seed in range(1, repeats + 1):
-            torch.cuda.synchronize(device)
+            sync(device)
             t0 = time.perf_counter()
             res = smcdiff.sample(target, seed=seed, **kw)
-            torch.cuda.synchronize(device)
+            sync(device)
             walls.append(time.perf_counter() - t0)
+            log_zs.append(float(res.log_z))
         caught = sorted({str(m.message).splitlines()[0][:300] for m in w})
     log_z_true = float(getattr(target, "log_z", 0.0))
     return {
@@ -180,19 +206,29 @@ def time_ours(name: str, n: int, variant: str, target, device, repeats: int = 3)
         "log_z_err": float(res.log_z) - log_z_true, "n_temps": n_lambdas(res),
         "n_steps": int(res.info["n_temperatures"]),
         "n_grad_evals": int(res.info["n_grad_evals"]), "warnings": caught,
-        "grad_mode": getattr(target, "mode", "autograd"),
+        "grad_mode": getattr(target, "mode", "autograd"), "warmup_s": warmup,
+        "compile": res.info.get("compile", "off"),
+        "log_z_abs_err_mean": statistics.fmean(abs(v - log_z_true) for v in log_zs),
     }  # fmt: skip
 
 
-def run_ours(device: torch.device, variants, results: dict, out: Path, deadline: float) -> None:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_ours(
+    device: torch.device, variants, results: dict, out: Path, deadline: float,
+    targets=tuple(PEER), sizes=SIZES,
+) -> None:  # fmt: skip
     for variant in variants:
-        for name in PEER:
+        for name in targets:
             if time.perf_counter() > deadline:
                 print(f"ours: out of time, skipping {variant} {name}", flush=True)
                 continue
             try:
-                target = make_target(name, device, variant)
-                for n in SIZES:
+                target = make_target(name, device, variant, sizes)
+                for n in sizes:
                     row = time_ours(name, n, variant, target, device)
                     results["ours"].append(row)
                     print(json.dumps(row), flush=True)
@@ -288,17 +324,25 @@ def bench_fk(device: torch.device, sizes, deadline: float) -> dict:
     return res
 
 
-def profile_one(device: torch.device, out: Path, name: str = "manywell32", n: int = 10_000) -> None:
-    """Top CUDA kernels of one fused run (autograd gradients) of ``name`` at ``n``."""
-    target = make_target(name, device, "fused")
-    kw = sample_kwargs(name, n, "fused", device)
+def profile_one(
+    device: torch.device, out: Path, variant: str = "fused", name: str = "manywell32",
+    n: int = 10_000,
+) -> None:  # fmt: skip
+    """Top CUDA kernels of one run of ``variant`` on ``name`` at ``n``, and the number of
+    kernels it ran (the cost compiled moves cut)."""
+    target = make_target(name, device, variant, (n,))
+    kw = sample_kwargs(name, n, variant, device)
     smcdiff.sample(target, seed=0, **kw)
     acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=acts) as prof:
         smcdiff.sample(target, seed=1, **kw)
         torch.cuda.synchronize(device)
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
-    (out / "profile.txt").write_text(f"fused run of {name}, N={n}\n{table}\n")
+    events = prof.key_averages()
+    kernels = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    table = events.table(sort_by="cuda_time_total", row_limit=25)
+    head = f"{variant} run of {name}, N={n}: {kernels} CUDA kernels"
+    print(head, flush=True)
+    (out / "profile.txt").write_text(f"{head}\n{table}\n")
 
 
 def n_lambdas(res) -> int:
@@ -339,8 +383,11 @@ def table(results: dict) -> str:
                      f"{r['log_z_err']:+.3f} / {perr} | {r['n_temps']} / {pt} |")  # fmt: skip
     lines += ["", "All variants, wall ms (median of 3 after a warm-up):", "",
               "| target | N | " + " | ".join(VARIANTS) + " |", "|---|---|" + "---|" * len(VARIANTS)]  # fmt: skip
+    sizes = sorted({r["n"] for r in ours}) or list(SIZES)
     for name in PEER:
-        for n in SIZES:
+        for n in sizes:
+            if not any((r["target"], r["n"]) == (name, n) for r in ours):
+                continue
             cells = []
             for v in VARIANTS:
                 r = next(
@@ -348,7 +395,35 @@ def table(results: dict) -> str:
                 )
                 cells.append(f"{r['wall_ms']:.1f}" if r else "-")
             lines.append(f"| {name} | {n:.0e} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + compile_table(ours)
+
+
+def compile_table(ours: list[dict]) -> str:
+    """Eager against compiled HMC moves (``sample(compile=True)``), same settings otherwise:
+    wall ms, speed-up, mean |log Z error| over the timed runs, the warm-up (compilation)
+    seconds and whether the moves really ran compiled; empty if no pair was run."""
+    rows = {(r["target"], r["n"], r["variant"]): r for r in ours}
+    lines = []
+    for name, n, plain in sorted({k for k in rows}, key=lambda k: (list(PEER).index(k[0]), k[1])):
+        for eager, comp in COMPILED_PAIRS:
+            a, b = rows.get((name, n, eager)), rows.get((name, n, comp))
+            if plain != eager or a is None or b is None:
+                continue
+            lines.append(
+                f"| {name} | {n:.0e} | {eager} | {a['wall_ms']:.1f} | {b['wall_ms']:.1f} | "
+                f"{a['wall_ms'] / b['wall_ms']:.2f}x | {a['log_z_abs_err_mean']:.3f} / "
+                f"{b['log_z_abs_err_mean']:.3f} | {a['n_temps']} / {b['n_temps']} | "
+                f"{b['warmup_s']:.1f} | {b['compile'][:60]} |"
+            )
+    if not lines:
+        return ""
+    head = [
+        "", "Compiled HMC moves (compile=True) against eager moves, wall ms (median of 3):", "",
+        "| target | N | eager variant | eager ms | compiled ms | speed-up | mean abs log Z err "
+        "eager / compiled | temperatures eager / compiled | compiled warm-up s | compile |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    return "\n".join(head + lines) + "\n"
 
 
 def write(results: dict, out: Path) -> None:
@@ -380,31 +455,41 @@ def main(argv=None) -> dict:
     p.add_argument("--fk-sizes", default="1e4,1e6,1e7,1e8")
     p.add_argument("--budget-s", type=float, default=450.0, help="stop starting parts after this")
     p.add_argument("--skip-peer", action="store_true")
+    p.add_argument("--sizes", default=",".join(str(n) for n in SIZES), help="N of our runs")
+    p.add_argument("--targets", default=",".join(PEER), help="a subset of " + ",".join(PEER))
+    p.add_argument("--skip-gather", action="store_true")
+    p.add_argument("--profile-variant", default="fused", help="the variant profiled (CUDA)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     deadline = t0 + args.budget_s
+    reserve = min(90.0, args.budget_s / 3)  # for the FK steps and the profile
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
-    results: dict = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__,
-                     "ours": [], "peer": {}, "gather": {}, "fk_step_ms": {}}  # fmt: skip
-    try:
-        results["gather"] = bench_gather(device)
-    except Exception as err:
-        results["gather"] = {"error": repr(err)}
-        print(f"gather FAILED: {err!r}", flush=True)
-    write(results, out)
-    torch.cuda.empty_cache()
+    cuda = device.type == "cuda"
+    results: dict = {"device": torch.cuda.get_device_name(device) if cuda else str(device),
+                     "torch": torch.__version__, "ours": [], "peer": {}, "gather": {},
+                     "fk_step_ms": {}}  # fmt: skip
+    if cuda and not args.skip_gather:
+        try:
+            results["gather"] = bench_gather(device)
+        except Exception as err:
+            results["gather"] = {"error": repr(err)}
+            print(f"gather FAILED: {err!r}", flush=True)
+        write(results, out)
+        torch.cuda.empty_cache()
     if not args.skip_peer:  # first: the comparison needs it
         results["peer"] = run_peer(out, 240.0)
         write(results, out)
-    run_ours(device, args.variants.split(","), results, out, deadline - 90.0)
-    sizes = [int(float(v)) for v in args.fk_sizes.split(",") if v]
-    results["fk_step_ms"] = bench_fk(device, sizes, deadline - 15.0)
+    targets = [t for t in args.targets.split(",") if t]
+    sizes = [int(float(v)) for v in args.sizes.split(",") if v]
+    run_ours(device, args.variants.split(","), results, out, deadline - reserve, targets, sizes)
+    fk_sizes = [int(float(v)) for v in args.fk_sizes.split(",") if v]
+    results["fk_step_ms"] = bench_fk(device, fk_sizes, deadline - reserve / 6)
     write(results, out)
-    if time.perf_counter() < deadline:
+    if cuda and time.perf_counter() < deadline:
         try:
-            profile_one(device, out)
+            profile_one(device, out, args.profile_variant)
         except Exception as err:
             print(f"profile FAILED: {err!r}", flush=True)
     results["total_s"] = time.perf_counter() - t0
