@@ -19,9 +19,11 @@ same problems. Tracks:
   for the learned net and for the exact score (the sampler's own floor).
 
 Methods: ``none`` (the prior, the baseline every method must beat), ``guidance`` (DPS-style,
-unweighted), ``fk`` and ``tds`` with adaptive tilting (``tilt_schedule="adaptive"``: more
-network evaluations when the exact score gives path correction) and, at the NFE of ``none``, ``fk-snr`` / ``tds-snr``
-(``tilt_schedule="snr"``). Metric: sliced Wasserstein (100 slices, p = 2) of the weighted particles
+unweighted), the papers' baselines ``mcgdiff`` (MCGdiff, weighted, with log Z) and ``ddrm`` (DDRM,
+unweighted), both given the observation as a :class:`smcdiff.LinearGaussianObservation`;
+``fk`` and ``tds`` with adaptive tilting (``tilt_schedule="adaptive"``: more network evaluations
+when the exact score gives path correction) and, at the NFE of ``none``, ``fk-snr`` /
+``tds-snr`` (``tilt_schedule="snr"``). Metric: sliced Wasserstein (100 slices, p = 2) of the weighted particles
 to ``n_ref`` exact posterior samples, mean ± 1.96 SE over problems, beside the floor (the same
 distance for ``n_particles`` exact samples); |log Z error| for the weighted methods.
 
@@ -41,11 +43,13 @@ import itertools
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 from smcdiff_experiments.progress import run_bar
 from smcdiff_experiments.runtools import (
+    LINEAR_METHODS,
     STEER_METHODS,
     Budget,
     fmt,
@@ -61,20 +65,27 @@ from smcdiff.diagnostics import sliced_wasserstein
 from smcdiff.errors import SMCDiffError
 from smcdiff.nets import MLP
 
-DESCRIPTION = "MCGdiff/DCPS GMM inverse problems: exact vs learned score, none/guidance/fk/tds"
+DESCRIPTION = (
+    "MCGdiff/DCPS GMM inverse problems: exact vs learned score, none/guidance/fk/tds/mcgdiff/ddrm"
+)
 
 F64 = torch.float64
-METHODS = {m: STEER_METHODS[m] for m in ("none", "guidance", "fk", "tds", "fk-snr", "tds-snr")}
-WEIGHTED = ("fk", "tds")
+METHODS = {
+    **{m: STEER_METHODS[m] for m in ("none", "guidance", "fk", "tds", "fk-snr", "tds-snr")},
+    **LINEAR_METHODS,
+}
+WEIGHTED = ("fk", "tds", "mcgdiff")
 N_SLICES = 100
-# No published numbers of this protocol could be read here (BENCHMARKS.md); the tables cite where
-# they are: MCGdiff (Cardoso et al., ICLR 2024, arXiv:2308.07983), Table 1; DCPS (Janati et al.,
-# NeurIPS 2024, arXiv:2403.11407), Table 1 (SW as median / mean ± std over 20 problems).
+# The published tables of this protocol could not be read here (BENCHMARKS.md): MCGdiff (Cardoso
+# et al., ICLR 2024, arXiv:2308.07983), Table 1; DCPS (Janati et al., NeurIPS 2024,
+# arXiv:2403.11407), Table 1. Their baselines are regenerated under our protocol instead.
 ANCHORS = (
     "Anchors: MCGdiff (Cardoso et al. 2024, arXiv:2308.07983, Table 1) and DCPS (Janati et al. "
-    "2024, arXiv:2403.11407, Table 1) report SW on this protocol (with DPS, DDRM, ...); their "
-    "values could not be read offline here (BENCHMARKS.md), so none are shown beside ours. "
-    "Our `none` (the prior) and `guidance` (DPS-style) rows are the regenerated baselines."
+    "2024, arXiv:2403.11407, Table 1) report SW on this protocol for DPS, DDRM, MCGdiff, ...; "
+    "their values could not be read offline here (BENCHMARKS.md). Their baselines are "
+    "regenerated under our protocol: `guidance` (DPS-style), `ddrm` (DDRM, eta = 0.85, "
+    "eta_b = 1) and `mcgdiff` (MCGdiff, with the paper's potentials; the absorption times are "
+    "not snapped to the grid), beside `none` (the prior)."
 )
 
 
@@ -161,8 +172,8 @@ def solve(model, problem, method, cfg, seed, device) -> dict:
     """One method on one problem: SW to the exact posterior, log Z error, NFE, wall time."""
     kw = METHODS[method]
     res, degenerate = steer_recording(
-        model, log_likelihood=log_likelihood_fn(problem, device), n_particles=cfg["n_particles"],
-        n_steps=cfg["n_steps"], seed=seed, device=device, progress=False, **kw,
+        model, n_particles=cfg["n_particles"], n_steps=cfg["n_steps"], seed=seed, device=device,
+        progress=False, **tilt_options(method, [problem], cfg["n_particles"], device), **kw,
     )  # fmt: skip
     weighted = kw["method"] in WEIGHTED
     x = res.particles.to(torch.float64).cpu()
@@ -206,13 +217,35 @@ def batched_log_likelihood(problems: list[dict], n: int, device):
     return log_lik
 
 
+def observation(problems: list[dict]) -> smcdiff.LinearGaussianObservation:
+    """The problems' ``y = A x + sigma_y e`` as one :class:`smcdiff.LinearGaussianObservation`
+    (batched, ``A`` ``(G, d_y, d)``, when there are several) for ``mcgdiff`` / ``ddrm``."""
+    if len(problems) == 1:
+        p = problems[0]
+        return smcdiff.LinearGaussianObservation(p["A"], p["y"], p["sigma_y"])
+    return smcdiff.LinearGaussianObservation(
+        torch.stack([p["A"] for p in problems]), torch.stack([p["y"] for p in problems]),
+        torch.tensor([p["sigma_y"] for p in problems], dtype=F64),
+    )  # fmt: skip
+
+
+def tilt_options(method: str, problems: list[dict], n: int, device) -> dict:
+    """``steer`` keywords that give ``method`` the problems (one run each, ``n`` particles):
+    ``observation=`` for the linear inverse-problem methods, else ``log_likelihood=``."""
+    if method in LINEAR_METHODS:
+        return {"observation": observation(problems)}
+    if len(problems) == 1:
+        return {"log_likelihood": log_likelihood_fn(problems[0], device)}
+    return {"log_likelihood": batched_log_likelihood(problems, n, device)}
+
+
 def solve_batch(model, problems: list[dict], method: str, cfg: dict, device) -> list[dict]:
     """One method on every problem of a cell in one ``steer(n_runs=len(problems))`` call: a row
     per problem (as :func:`solve`; ``wall_s`` is the batch's wall time / its problems)."""
     kw, n, g = METHODS[method], cfg["n_particles"], len(problems)
     res, degenerate = steer_recording(
-        model, log_likelihood=batched_log_likelihood(problems, n, device), n_particles=n,
-        n_runs=g, n_steps=cfg["n_steps"], seed=0, device=device, progress=False, **kw,
+        model, n_particles=n, n_runs=g, n_steps=cfg["n_steps"], seed=0, device=device,
+        progress=False, **tilt_options(method, problems, n, device), **kw,
     )  # fmt: skip
     weighted = kw["method"] in WEIGHTED
     x = res.particles.to(F64).cpu()
@@ -306,18 +339,27 @@ def run(
         raise_recompile_limit()
     bar = run_bar(_n_jobs(cfg), progress, "gmm_inverse")
     rec = {"rows": [], "priors": [], "training": [], "timing": [], "skipped": []}
+    save = partial(_save, out, cfg, rec, device, budget)
     for d in cfg["dims"]:
-        _run_dim(d, cfg, device, progress, budget, bar, rec)
-    summary = summarise(rec["rows"])
-    rec["wall_s"] = budget.elapsed()
-    _write(out, cfg, summary, rec, device)
+        _run_dim(d, cfg, device, progress, budget, bar, rec, save)
+    summary = save(complete=True)
     _figures(out, summary, rec["priors"])
     return summary
 
 
-def _run_dim(d, cfg, device, progress, budget, bar, rec) -> None:
-    """Train (learned track), measure the prior errors and timings, then every cell of ``d``;
-    nothing (all of ``d``'s jobs listed as skipped) when the budget is already spent."""
+def _save(out: Path, cfg, rec, device, budget, complete: bool = False) -> list[dict]:
+    """Write ``gmm_inverse.json`` / ``.md`` from what is finished (``complete=False``: after a
+    cell, so that a run stopped by a time limit keeps its cells); return the summary."""
+    summary = summarise(rec["rows"])
+    rec["wall_s"] = budget.elapsed()
+    _write(out, cfg, summary, rec, device, complete)
+    return summary
+
+
+def _run_dim(d, cfg, device, progress, budget, bar, rec, save) -> None:
+    """Train (learned track), measure the prior errors and timings, then every cell of ``d``
+    (``save()`` after each); nothing (all of ``d``'s jobs listed as skipped) when the budget is
+    already spent."""
     if not budget.left():
         for d_y, track, method in itertools.product(cfg["d_ys"], cfg["tracks"], cfg["methods"]):
             rec["skipped"].append({"track": track, "d": d, "d_y": d_y, "method": method})
@@ -346,6 +388,7 @@ def _run_dim(d, cfg, device, progress, budget, bar, rec) -> None:
                 for p, r in enumerate(solve_cell(model, problems, method, cfg, device)):
                     row = {**key, "problem": p, "sw_floor": problems[p]["floor"], **r}
                     rec["rows"].append(row)
+                save()
                 bar(f"d={d} d_y={d_y} {track} {method}")
     if "learned" in models:  # whether the runs used the compiled net, or why not
         rec["training"][-1]["compile_info"] = models["learned"].compile_info
@@ -431,8 +474,9 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _write(out: Path, cfg, summary, rec, device) -> None:
+def _write(out: Path, cfg, summary, rec, device, complete: bool = True) -> None:
     doc = {
+        "complete": complete,
         "settings": {
             k: ({str(a): b for a, b in v.items()} if isinstance(v, dict) else v)
             for k, v in cfg.items()
@@ -532,7 +576,12 @@ def format_report(doc: dict) -> str:
         f"# gmm_inverse on {doc['device_name']} (torch {doc['torch']})",
         f"d = {cfg['dims']}, d_y = {cfg['d_ys']}, {cfg['n_problems']} problems per cell, "
         f"N = {cfg['n_particles']} particles, K = {cfg['n_steps']} steps, {cfg['n_ref']} "
-        f"reference samples, compile = {cfg['compile']}; whole run {doc['wall_s']:.0f} s.",
+        f"reference samples, compile = {cfg['compile']}; whole run {doc['wall_s']:.0f} s."
+        + (
+            ""
+            if doc.get("complete", True)
+            else " **Partial**: written after each finished cell; the run had not ended."
+        ),
         "## Results\n\n" + format_table(doc["summary"], doc["prior_error"]),
         "## SMC error and model error\n\n" + model_error_table(doc["summary"]),
         "## Anchors\n\n" + ANCHORS,

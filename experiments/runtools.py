@@ -24,6 +24,13 @@ STEER_METHODS: dict[str, dict[str, str]] = {
 }
 """The experiments' method rows: a row name -> ``steer`` keywords."""
 
+LINEAR_METHODS: dict[str, dict[str, str]] = {
+    "mcgdiff": {"method": "mcgdiff"},
+    "ddrm": {"method": "ddrm"},
+}
+"""Rows of the linear inverse-problem methods: they take ``observation=`` (a
+:class:`smcdiff.LinearGaussianObservation`) in place of ``log_likelihood``."""
+
 
 def steer_recording(prior, **kw):
     """``smcdiff.steer(prior, **kw)`` and whether it warned that its weights degenerated (the
