@@ -409,11 +409,12 @@ def compile_table(ours: list[dict]) -> str:
             a, b = rows.get((name, n, eager)), rows.get((name, n, comp))
             if plain != eager or a is None or b is None:
                 continue
+            err_a, err_b = (r.get("log_z_abs_err_mean", abs(r["log_z_err"])) for r in (a, b))
             lines.append(
                 f"| {name} | {n:.0e} | {eager} | {a['wall_ms']:.1f} | {b['wall_ms']:.1f} | "
-                f"{a['wall_ms'] / b['wall_ms']:.2f}x | {a['log_z_abs_err_mean']:.3f} / "
-                f"{b['log_z_abs_err_mean']:.3f} | {a['n_temps']} / {b['n_temps']} | "
-                f"{b['warmup_s']:.1f} | {b['compile'][:60]} |"
+                f"{a['wall_ms'] / b['wall_ms']:.2f}x | {err_a:.3f} / {err_b:.3f} | "
+                f"{a['n_temps']} / {b['n_temps']} | {b.get('warmup_s', math.nan):.1f} | "
+                f"{b.get('compile', '?')[:60]} |"
             )
     if not lines:
         return ""

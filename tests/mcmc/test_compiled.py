@@ -117,3 +117,17 @@ def test_compile_option_is_checked():
     with pytest.raises(smcdiff.SMCDiffError, match="HMC moves only"):
         _sample(target, compile=True, kernel="mala", kernel_options={})
     assert _sample(target, compile="auto", n_particles=10).info["compile"] == "off"  # CPU
+
+
+def test_benchmark_table_pairs_eager_and_compiled_moves():
+    from smcdiff_experiments.bench_blackjax import table
+
+    row = dict(target="mw5", n=10_000, n_temps=7, log_z_err=0.1, log_z_abs_err_mean=0.05)
+    ours = [
+        {**row, "variant": "fused+grad", "wall_ms": 90.0},
+        {**row, "variant": "fused+grad+compiled-moves", "wall_ms": 30.0, "warmup_s": 41.0,
+         "compile": "compiled", "log_z_abs_err_mean": 0.04},
+    ]  # fmt: skip
+    text = table({"ours": ours, "peer": {}})
+    line = next(x for x in text.splitlines() if x.startswith("| mw5 | 1e+04 | fused+grad |"))
+    assert "| 90.0 | 30.0 | 3.00x | 0.050 / 0.040 | 7 / 7 | 41.0 | compiled |" in line
