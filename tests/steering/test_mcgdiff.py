@@ -85,6 +85,20 @@ def test_mixture_posterior_mode_weights_and_evidence(mixture_inverse_8d):
                       what="evidence")  # fmt: skip
 
 
+@pytest.mark.slow
+def test_discrete_vp_prior_from_a_diffusers_schedule():
+    """A ``DiscreteVP`` (a DDPM beta table, its scheduler's timesteps as the grid): the posterior
+    mean within the SEs plus a discretisation bias."""
+    proc = smcdiff.DiscreteVP.from_betas(torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
+    p = make_linear_gaussian(smcdiff.Gaussian(PRIOR_MEAN, PRIOR_COV), A3, Y3, 0.5, process=proc)
+    obs = smcdiff.LinearGaussianObservation(A3, Y3, 0.5)
+    res = smcdiff.steer(p.model, method="mcgdiff", observation=obs, n_particles=500,
+                        n_steps=40, n_runs=8, seed=0)  # fmt: skip
+    assert res.info["grid"] == "scheduler"
+    mean, _ = weighted_moments(res.particles, res.log_weights)
+    assert_unbiased(mean, p.posterior.mean(), n_se=5, bias=0.03, max_se=0.03, what="mean")
+
+
 def test_batched_problems_each_run_solves_its_own():
     """``A`` ``(R, d_y, d)``: run r targets problem r (posterior means far apart)."""
     prior = smcdiff.Gaussian(PRIOR_MEAN, PRIOR_COV)
