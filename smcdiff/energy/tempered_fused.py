@@ -38,7 +38,7 @@ from smcdiff.engine.smc import SMC, RunLoop
 from smcdiff.engine.state import SMCState, StepInfo
 from smcdiff.seeding import child_generator
 
-__all__ = ["FusedLoop", "flagged_step", "run_fused"]
+__all__ = ["FusedLoop", "clone_info", "flagged_step", "run_fused"]
 
 _CACHE: dict[tuple, dict[str, Any]] = {}
 _CACHE_SIZE = 8
@@ -55,7 +55,7 @@ def flagged_step(
     return new, info, torch.stack([stop, smc.model.done(state.step + 1, new.particles)])
 
 
-def _clone_info(info: StepInfo) -> StepInfo:
+def clone_info(info: StepInfo) -> StepInfo:
     """A copy of a replayed step's record (the graph overwrites its outputs)."""
     return info._replace(
         ess=info.ess.clone(),
@@ -167,7 +167,7 @@ def _graphed(
             log_weights=new.log_weights.clone(),
             log_z=new.log_z.clone(),
         )
-        return new, _clone_info(info), stop.clone()
+        return new, clone_info(info), stop.clone()
 
     return replay
 

@@ -1,0 +1,188 @@
+r"""FK-steering steps replayed from CUDA graphs: small N without the launch cost.
+
+At N = 10⁴ one FK step (the score call, the proposal, the tilt on Tweedie's :math:`\hat x_0`,
+the potentials and weights, the ESS and the resampling) is a few hundred kernels of a few
+microseconds each, launched one by one from Python: the launches, not the arithmetic, set the
+wall time. :class:`GraphedLoop` is the loop of :func:`smcdiff.run_smc` with each step
+:math:`k \ge 1` (:meth:`SMC.step <smcdiff.engine.SMC.step>`) captured as a CUDA graph the first
+time it runs and replayed from then on: one launch per step.
+
+**One graph per step, cached across runs.** A :class:`~smcdiff.diffusion_fk.DiffusionFK` step
+reads its time, its kernel's coefficients and its tilt strength as Python numbers of step k, so
+step k's graph is step k's alone; the K graphs are kept (like a jit cache) under
+``(graph_key, k)`` with the model that captured them, and replayed by every later run with the
+same key. The key must identify the model and its settings (e.g. ``id(fk)`` of a model kept
+alive by the caller): a replay runs the capturing model's kernels on the new run's particles.
+A run's first use of a graph costs a warm-up and a capture (about three steps' work). The graphs
+draw from one CUDA generator of their own, re-seeded before each replay of step k with
+:math:`s + k`, :math:`s` drawn once per run from the run's generator: a graphed run is
+reproducible by seed (the run that captures equals the later ones) but another draw than an
+eager run.
+
+**When it is used.** On CUDA with a ``graph_key``; steps that cannot be captured (a host sync in
+the model: adaptive tilts, MALA moves that decide on the host) make the capture fail: the run
+warns once and continues eagerly. Without a key (e.g. on the CPU) every step runs eagerly with
+the run's generator: the numbers of :func:`~smcdiff.run_smc` bit for bit.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from smcdiff.checks import check_n_particles
+from smcdiff.engine.model import FeynmanKacModel
+from smcdiff.engine.progress import Progress
+from smcdiff.engine.result import SMCRun
+from smcdiff.engine.smc import SMC, RunLoop
+from smcdiff.engine.state import SMCState, StepInfo
+from smcdiff.seeding import child_generator
+
+__all__ = ["GraphedLoop", "run_graphed"]
+
+_CACHE: dict[tuple, dict[str, Any]] = {}
+_CACHE_SIZE = 512  # step graphs (K per run setting)
+
+
+class GraphedLoop(RunLoop):
+    """The loop of :func:`smcdiff.run_smc` (records, finiteness checks, progress, partial
+    results) with step ``k >= 1`` replayed from its CUDA graph when ``graph_key`` is given
+    (module docstring), else run eagerly with the run's generator."""
+
+    def __init__(
+        self,
+        smc: SMC,
+        generator: torch.Generator,
+        check_every: int | None,
+        progress: bool | Callable[[int, StepInfo], None] | None,
+        graph_key: tuple | None = None,
+    ):
+        super().__init__(smc, generator, (), None, check_every, progress)
+        self.graph_key = graph_key
+        self.seed: int | None = None
+
+    def _steps(self, state: SMCState, tick: Progress) -> SMCState:
+        model, K = self.smc.model, self.smc.model.n_steps
+        for k in range(state.step + 1, K + 1):
+            state, info = self.one_step(state)
+            self.record(state, info)
+            stop = model.done(k, state.particles) if k < K else None
+            finished = k == K or (stop is not None and bool(stop))
+            if finished or k % self.check_every == 0:
+                self.guard.raise_if_bad()
+                self.good = self.parts.snapshot(state, self.generator, finished)
+            tick(k, info)
+            if finished:
+                break
+        return state
+
+    def one_step(self, state: SMCState) -> tuple[SMCState, StepInfo]:
+        """:meth:`SMC.step` from ``state``: replayed from the step's graph (captured on first
+        use) or, without a key or after a failed capture, eagerly."""
+        if self.graph_key is None:
+            return self.smc.step(state, self.generator)
+        key = (*self.graph_key, state.step + 1)
+        entry = _CACHE.get(key)
+        if entry is None:
+            try:
+                entry = capture_step(self.smc, state)
+            except Exception as err:  # a step that cannot be captured: the rest run eagerly
+                warnings.warn(
+                    f"FK steps: CUDA-graph capture of step {state.step + 1} failed ({err!r}); "
+                    "running the steps eagerly",
+                    stacklevel=4,
+                )
+                self.graph_key = None
+                return self.smc.step(state, self.generator)
+            if len(_CACHE) >= _CACHE_SIZE:
+                _CACHE.pop(next(iter(_CACHE)))
+            _CACHE[key] = entry
+        if self.seed is None:  # once per run, from the run's generator
+            self.seed = child_generator(self.generator, state.log_z.device).initial_seed()
+        entry["gen"].manual_seed((self.seed + state.step + 1) % 2**63)  # step k's own stream
+        return replay(entry, state)
+
+
+def _generator(device: torch.device) -> torch.Generator:
+    """The CUDA generator every step graph draws from (one per device)."""
+    key = ("generator", str(device))
+    if key not in _CACHE:
+        _CACHE[key] = {"gen": torch.Generator(device=device)}
+        _CACHE[key]["gen"].manual_seed(0)
+    return _CACHE[key]["gen"]
+
+
+def capture_step(smc: SMC, state: SMCState) -> dict[str, Any]:
+    """Capture :meth:`SMC.step` on static copies of ``state`` (warmed up once on a side
+    stream: allocator, lazy initialisation), drawing from the device's step-graph generator."""
+    device = state.log_z.device
+    gen = _generator(device)
+    static = state._replace(
+        particles={n: v.clone() for n, v in state.particles.items()},
+        log_weights=state.log_weights.clone(),
+        log_z=state.log_z.clone(),
+    )
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        smc.step(static, gen)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    graph.register_generator_state(gen)
+    with torch.cuda.graph(graph):
+        out = smc.step(static, gen)
+    return {"graph": graph, "static": static, "out": out, "gen": gen, "model": smc.model}
+
+
+def replay(entry: dict[str, Any], state: SMCState) -> tuple[SMCState, StepInfo]:
+    """Copy ``state`` into the graph's inputs, replay it, return copies of its outputs."""
+    from smcdiff.energy.tempered_fused import clone_info  # here: no import cycle at load
+
+    static = entry["static"]
+    if set(static.particles) != set(state.particles):
+        raise RuntimeError(
+            f"FK step graph: state keys {sorted(state.particles)} differ from the captured "
+            f"{sorted(static.particles)} (another model under the same graph_key?)"
+        )
+    for name, v in state.particles.items():
+        static.particles[name].copy_(v)
+    static.log_weights.copy_(state.log_weights)
+    static.log_z.copy_(state.log_z)
+    entry["graph"].replay()
+    new, info = entry["out"]
+    new = new._replace(
+        particles={n: v.clone() for n, v in new.particles.items()},
+        log_weights=new.log_weights.clone(),
+        log_z=new.log_z.clone(),
+    )
+    return new, clone_info(info)
+
+
+def run_graphed(
+    model: FeynmanKacModel,
+    n_particles: int,
+    *,
+    n_groups: int = 1,
+    resampling: Any = "systematic",
+    policy: Any = None,
+    generator: torch.Generator | None = None,
+    check_every: int | None = None,
+    progress: bool | Callable[[int, StepInfo], None] | None = None,
+    graph_key: tuple | None = None,
+) -> SMCRun:
+    """:func:`smcdiff.run_smc` (no correctors, collectors or checkpoints) with its steps
+    replayed from CUDA graphs cached under ``graph_key`` (module docstring; ``None``, or a
+    device other than CUDA: eager steps, the numbers of ``run_smc`` bit for bit)."""
+    check_n_particles(n_particles)
+    smc = SMC(model, resampling=resampling, policy=policy, where="run_graphed")
+    gen = generator
+    if gen is None:
+        gen = torch.Generator()
+        gen.seed()
+    on_cuda = torch.device(getattr(model, "device", "cpu")).type == "cuda"
+    key = graph_key if on_cuda else None
+    loop = GraphedLoop(smc, gen, check_every, progress, key)
+    return loop.run(loop.begin(n_particles, n_groups))

@@ -1,0 +1,103 @@
+"""Graphed FK steps (smcdiff.diffusion_fk.graphed) on the CPU: without a graph the loop gives
+run_smc's numbers bit for bit; with a stand-in graph (a "replay" that re-runs the captured step
+on the static buffers and writes into the captured outputs in place, as a CUDA graph does) the
+copy-in / copy-out and the per-step cache are exercised: a second run replaying the cached
+steps equals the first, capturing, run of the same seed. The CUDA capture itself runs in the
+H200 benchmark (experiments/bench_fk_step.py --graphed)."""
+
+import pytest
+import torch
+from smcdiff_experiments.bench_fk_step import make_problem
+
+from smcdiff.diffusion_fk import TiltTerm, build_diffusion_fk, graphed
+from smcdiff.engine import run_smc
+from smcdiff.processes.grids import time_grid
+from smcdiff.resampling import policy_from_threshold
+from smcdiff.seeding import child_generator
+
+
+def _fk(n_steps=6):
+    model, reward = make_problem(torch.device("cpu"), d=4, k=3)
+    times = time_grid(model.process, n_steps, "log_snr").tolist()
+    return build_diffusion_fk(model, times, tilt=(TiltTerm("reward", reward),),
+                              tilt_schedule="snr", device="cpu")  # fmt: skip
+
+
+def _run(fn, fk, seed, **kw):
+    gen = torch.Generator().manual_seed(seed)
+    return fn(fk, 200, policy=policy_from_threshold(0.5), generator=gen, progress=False, **kw)
+
+
+def _same(a, b):
+    return torch.equal(a.state["x"], b.state["x"]) and torch.equal(a.log_z, b.log_z)
+
+
+def test_graphed_loop_without_a_graph_is_run_smc():
+    fk = _fk()
+    ref, run = _run(run_smc, fk, 3), _run(graphed.run_graphed, fk, 3, graph_key=("cpu",))
+    assert _same(ref, run) and torch.equal(ref.log_weights, run.log_weights)
+    for name, col in ref.trace.items():
+        assert torch.equal(col.nan_to_num(-7.0), run.trace[name].nan_to_num(-7.0)), name
+
+
+class _StandInGraph:
+    """Replays the captured step on the static inputs into the captured outputs, in place."""
+
+    def __init__(self, smc, static, gen, out):
+        self.smc, self.static, self.gen, self.out = smc, static, gen, out
+
+    def replay(self):
+        new, info = self.smc.step(self.static, self.gen)
+        for name, v in new.particles.items():
+            self.out[0].particles[name].copy_(v)
+        self.out[0].log_weights.copy_(new.log_weights)
+        self.out[0].log_z.copy_(new.log_z)
+        for a, b in ((self.out[1].ess, info.ess), (self.out[1].ancestors, info.ancestors),
+                     (self.out[1].log_z_increment, info.log_z_increment),
+                     (self.out[1].resampled, info.resampled)):  # fmt: skip
+            a.copy_(b)
+
+
+def _stand_in_capture(smc, state):
+    gen = torch.Generator().manual_seed(0)
+    static = state._replace(
+        particles={n: v.clone() for n, v in state.particles.items()},
+        log_weights=state.log_weights.clone(), log_z=state.log_z.clone(),
+    )  # fmt: skip
+    out = smc.step(static, gen)
+    return {"graph": _StandInGraph(smc, static, gen, out), "static": static, "out": out,
+            "gen": gen, "model": smc.model}  # fmt: skip
+
+
+def test_cached_step_graphs_replay_the_same_run(monkeypatch):
+    monkeypatch.setattr(graphed, "capture_step", _stand_in_capture)
+    fk = _fk()
+
+    def run(seed):
+        gen = torch.Generator().manual_seed(seed)
+        smc = graphed.SMC(fk, resampling="systematic", policy=policy_from_threshold(0.5))
+        loop = graphed.GraphedLoop(smc, gen, None, False, graph_key=("stand-in", id(fk)))
+        return loop.run(loop.begin(200, 1))
+
+    first = run(5)  # captures steps 1..K
+    assert sum(1 for k in graphed._CACHE if k[:2] == ("stand-in", id(fk))) == fk.n_steps
+    again, other = run(5), run(6)  # replays
+    assert _same(first, again) and torch.equal(first.trace["ess"], again.trace["ess"])
+    assert not torch.equal(first.state["x"], other.state["x"])
+    assert bool(torch.isfinite(first.log_z).all()) and first.trace["resampled"].any()
+    # the replays (seed 6: not the capturing run's inputs) are the engine's steps on step k's
+    # stream, seeded s + k (s from the run's generator)
+    gen = torch.Generator().manual_seed(6)
+    smc = graphed.SMC(fk, resampling="systematic", policy=policy_from_threshold(0.5))
+    state, _ = smc.init(200, gen, 1)
+    s, step_gen = child_generator(gen, torch.device("cpu")).initial_seed(), torch.Generator()
+    for k in range(1, fk.n_steps + 1):
+        state, _ = smc.step(state, step_gen.manual_seed((s + k) % 2**63))
+    assert torch.equal(state.particles["x"], other.state["x"])
+    assert torch.equal(state.log_z, other.log_z)
+
+
+@pytest.mark.parametrize("n", [10])
+def test_run_graphed_checks_its_arguments(n):
+    with pytest.raises(Exception, match="n_particles"):
+        graphed.run_graphed(_fk(), 0)
