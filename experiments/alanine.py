@@ -211,9 +211,11 @@ def configurational_temperature(
     :math:`e^{-U/RT}` (integration by parts), whatever the basin populations. The Laplacian is
     exact: 66 Hessian-diagonal passes. Float64."""
     x = x.detach().double().requires_grad_(True)
-    w = torch.full((x.shape[0],), 1.0 / x.shape[0], dtype=torch.float64)
-    w = w if weights is None else weights.double().cpu() / weights.double().sum()
-    w = w.to(x.device)
+    if weights is None:
+        w = torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
+    else:
+        w = weights.detach().to(device=x.device, dtype=torch.float64)
+    w = w / w.sum()
     with torch.enable_grad():
         (g,) = torch.autograd.grad(mol.energy(x).sum(), x, create_graph=True)
         lap = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
@@ -400,14 +402,18 @@ def final_moves(cfg: dict, kernel: str) -> int:
 
 
 def _options(cfg: dict, kernel: str) -> TemperedOptions:
+    """HMC (``n_moves`` trajectories of ``n_leapfrog`` steps per temperature) or MALA (as many
+    steps as HMC has gradients). Eager moves (``cuda_graph=False``): the moves' CUDA-graph cache
+    key of ``TemperedSMC`` is not built for particles of shape (22, 3)."""
     if kernel == "hmc":
         return TemperedOptions(
             kernel="hmc", n_moves=cfg["n_moves"], target_ess=cfg["target_ess"],
             step_size=cfg["hmc_step"], kernel_options={"n_leapfrog": cfg["n_leapfrog"]},
+            cuda_graph=False,
         )  # fmt: skip
     return TemperedOptions(
         kernel=kernel, n_moves=cfg["n_moves"] * cfg["n_leapfrog"],
-        target_ess=cfg["target_ess"], step_size=cfg["mala_step"],
+        target_ess=cfg["target_ess"], step_size=cfg["mala_step"], cuda_graph=False,
     )  # fmt: skip
 
 
