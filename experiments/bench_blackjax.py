@@ -59,6 +59,7 @@ PEER = {  # our name: (peer's name, reference std sigma0, HMC moves per temperat
     "mw5": ("mw5", 2.5, 10),
 }
 SIZES = (10_000, 100_000)
+FK_GRAPHED_MAX = 100_000  # FK steps also timed as CUDA graphs (one per step) up to this N
 PEER_SCRIPT = Path(__file__).resolve().parent / "data" / "peer_blackjax_tempered.py.txt"
 if not PEER_SCRIPT.exists():  # an installed copy without the data: the repository's
     PEER_SCRIPT = Path.cwd() / "experiments" / "data" / "peer_blackjax_tempered.py.txt"
@@ -315,9 +316,11 @@ def bench_fk(device: torch.device, sizes, deadline: float) -> dict:
             continue
         try:
             few = {"k1": 2, "k2": 5, "repeats": 1} if n > 10**7 else {}  # 1e8: ~1 s a step
-            row = fk_step_point(n, device, False, **few)
+            row = fk_step_point(n, device, False, n <= FK_GRAPHED_MAX, **few)
             res[f"N={n:.0e}"] = row.get("ms", row.get("error"))
             res[f"N={n:.0e} peak GB"] = row.get("peak_GB")
+            if "graphed_ms" in row:  # the same steps replayed from CUDA graphs
+                res[f"N={n:.0e} graphed"] = row["graphed_ms"]
         except Exception as err:
             res[f"N={n:.0e}"] = f"failed: {type(err).__name__}: {str(err)[:300]}"
         print(f"FK step N={n:.0e}: {res[f'N={n:.0e}']}", flush=True)

@@ -27,6 +27,7 @@ import torch
 
 import smcdiff
 from smcdiff.diffusion_fk import TiltTerm, build_diffusion_fk
+from smcdiff.diffusion_fk.graphed import run_graphed
 from smcdiff.engine import run_smc
 from smcdiff.processes.grids import time_grid
 from smcdiff.resampling import gather_rows, policy_from_threshold, systematic
@@ -64,10 +65,14 @@ def make_problem(device, d: int = 16, k: int = 8, seed: int = 0):
     return smcdiff.exact_score(prior, smcdiff.VP()), reward
 
 
-def fk_step_time(n: int, device, path_correction: bool, k1=10, k2=30, repeats=3) -> float:
+def fk_step_time(
+    n: int, device, path_correction: bool, k1=10, k2=30, repeats=3, graphed: bool = False
+) -> float:
     """Seconds per FK step of the engine with steer()'s defaults (log-SNR grid, snr tilt,
     ancestral_upper under path correction, resampling at ESS < N/2): the difference of runs of
-    k2 and k1 steps, so set-up and the front door's end-of-run diagnostics do not count."""
+    k2 and k1 steps, so set-up and the front door's end-of-run diagnostics do not count.
+    ``graphed``: the steps replayed from CUDA graphs (:mod:`smcdiff.diffusion_fk.graphed`,
+    captured in the warm-up run; eager on the CPU)."""
     model, reward = make_problem(device)
     sampler = "ancestral_upper" if path_correction else "ancestral"
 
@@ -77,6 +82,10 @@ def fk_step_time(n: int, device, path_correction: bool, k1=10, k2=30, repeats=3)
                                 path_correction=path_correction, sampler=sampler,
                                 tilt_schedule="snr", device=device)  # fmt: skip
         policy = policy_from_threshold(0.5)
+        if graphed:
+            return lambda: run_graphed(fk, n, policy=policy, progress=False,
+                                       generator=torch.Generator(device=device).manual_seed(0),
+                                       graph_key=("bench_fk_step", id(fk), n))  # fmt: skip
         return lambda: run_smc(fk, n, policy=policy, progress=False,
                                generator=torch.Generator(device=device).manual_seed(0))  # fmt: skip
 
@@ -84,15 +93,21 @@ def fk_step_time(n: int, device, path_correction: bool, k1=10, k2=30, repeats=3)
     return (t2 - t1) / (k2 - k1)
 
 
-def fk_step_point(n: int, device, path_correction: bool = False, **steps) -> dict:
+def fk_step_point(
+    n: int, device, path_correction: bool = False, graphed: bool = False, **steps
+) -> dict:
     """:func:`fk_step_time` in ms (``steps``: its ``k1``, ``k2``, ``repeats``) with the peak
-    device memory (GB) of the measurement; an out-of-memory error is recorded, not raised."""
+    device memory (GB) of the measurement, and with ``graphed`` also ``graphed_ms`` (steps
+    replayed from CUDA graphs); an out-of-memory error is recorded, not raised."""
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     try:
         row: dict = {"ms": 1e3 * fk_step_time(n, device, path_correction, **steps)}
+        if graphed:  # the same steps replayed from CUDA graphs
+            row["graphed_ms"] = 1e3 * fk_step_time(n, device, path_correction, graphed=True,
+                                                   **steps)  # fmt: skip
     except torch.OutOfMemoryError as err:
         row = {"error": f"out of memory: {str(err).splitlines()[0][:200]}"}
     if cuda:
@@ -194,6 +209,8 @@ def main(argv=None) -> dict:
     p.add_argument("--sizes", default="1e4,1e6,1e7")
     p.add_argument("--out", default=None)
     p.add_argument("--profile", action="store_true", help="top kernels of 5 FK steps at max N")
+    p.add_argument("--graphed-max", type=float, default=1e5,
+                   help="also time CUDA-graphed steps up to this N (0: never)")  # fmt: skip
     args = p.parse_args(argv)
     device = torch.device(args.device)
     sizes = [int(float(s)) for s in args.sizes.split(",")]
@@ -203,10 +220,13 @@ def main(argv=None) -> dict:
     for n in sizes:
         for pc in (False, True):
             row = fk_step_point(
-                n, device, pc, **({"k1": 2, "k2": 5, "repeats": 1} if n > 10**7 else {})
-            )
+                n, device, pc, n <= args.graphed_max,
+                **({"k1": 2, "k2": 5, "repeats": 1} if n > 10**7 else {}),
+            )  # fmt: skip
             key = f"N={n:.0e} path_correction={pc}"
             res["fk_step_ms"][key] = row.get("ms", row.get("error"))
+            if "graphed_ms" in row:
+                res["fk_step_ms"][key + " graphed"] = row["graphed_ms"]
             res["fk_step_peak_GB"][key] = row.get("peak_GB")
             print(f"FK step  N={n:>11,}  path_correction={pc!s:<5}  {row}", flush=True)
     sizes = [n for n in sizes if n <= 10**7] or [10**7]  # resampling, gathers: up to 1e7
