@@ -21,7 +21,9 @@ Protocol, per system (docs/molecules.md):
    at :math:`T_0` against the T0 check set, beside its floor.
 3. **Methods** (one :func:`smcdiff.steer` call with ``n_runs`` independent runs each):
    ``none`` (the prior), ``fkc-target`` / ``fkc-tempered`` (FKC, ``noise="target"`` /
-   ``"tempered"``), ``driftlite-vcg`` / ``driftlite-ecg``, and on reward tasks ``fk``; anneal
+   ``"tempered"``; on reward tasks only the first, as tempered noise :math:`h^2 = g^2/\gamma`
+   is the target noise at :math:`\gamma = 1`), ``driftlite-vcg`` / ``driftlite-ecg``, and on
+   reward tasks ``fk``; anneal
    tasks use model scores only (``anneal=gamma``), reward tasks the true energy. Each weighted
    method also ``+mala``: its particles resampled, then ``n_moves`` MALA moves on the true
    target :math:`e^{-U/T}` on the mean-free subspace
@@ -50,6 +52,7 @@ from smcdiff_experiments.progress import run_bar
 from smcdiff_targets.particles import ParticleSystem, dw4, lj13, reference_samples
 
 import smcdiff
+from smcdiff.errors import SMCDiffError
 from smcdiff.nets import EGNN
 from smcdiff.processes import GeometricVE, MeanFree
 from smcdiff.processes.meanfree import center, subspace_corrector
@@ -78,8 +81,7 @@ METHODS = {
     "reward": {
         "none": {"method": "none"},
         "fk": {"method": "fk"},
-        "fkc-target": {"method": "fkc", "noise": "target"},
-        "fkc-tempered": {"method": "fkc", "noise": "tempered"},
+        "fkc-target": {"method": "fkc", "noise": "target"},  # = "tempered" here (h^2 = g^2 / 1)
         "driftlite-vcg": {"method": "driftlite-vcg"},
         "driftlite-ecg": {"method": "driftlite-ecg", "basis": ("reward", "x")},
     },
@@ -488,7 +490,7 @@ def run(
         for name in SYSTEMS:
             cfg.get(name, {})["n_particles"] = n_particles
     blob = {"settings": cfg, "device": str(device), "paper": PAPER, "systems": {}, "rows": [],
-            "skipped": []}  # fmt: skip
+            "skipped": [], "errors": {}}  # fmt: skip
     plan = _plan(cfg)
     tick = run_bar(sum(len(_methods(cfg, t)) for ts in plan.values() for t in ts), progress,
                    "molecules")  # fmt: skip
@@ -513,7 +515,10 @@ def run(
                     blob["skipped"].append(f"{task}/{name}")
                     continue
                 start = time.perf_counter()
-                blob["rows"] += run_method(task, name, prep, cfg, device)
+                try:  # one failing method (degenerate weights, out of memory) is reported
+                    blob["rows"] += run_method(task, name, prep, cfg, device)
+                except (SMCDiffError, RuntimeError) as err:
+                    blob["errors"][f"{task}/{name}"] = f"{type(err).__name__}: {err}"[:500]
                 longest = max(longest, time.perf_counter() - start)
                 blob["elapsed_s"] = time.perf_counter() - t0
                 _write(out, blob)
@@ -585,6 +590,8 @@ def format_table(rows: list[dict], blob: dict | None = None) -> str:
             f"{tr['seconds']:.0f} s; reference sets, worst split R-hat: "
             + ", ".join(f"{k} {v:.3f}" for k, v in rhat.items())
         )
+    for key, msg in (blob or {}).get("errors", {}).items():
+        parts.append(f"failed: {key}: {msg}")
     if (blob or {}).get("skipped"):
         parts.append("skipped (time budget): " + ", ".join(blob["skipped"]))
     return "\n\n".join(parts)

@@ -58,19 +58,20 @@ def test_tiny_run_writes_every_method_and_respects_the_time_budget(tmp_path, mon
     monkeypatch.setenv("SMCDIFF_CACHE", str(tmp_path / "cache"))
     size = dict(n_train=32, n_ref=32, n_particles=16, n_iters=3, batch_size=8, hidden=8,
                 depth=2, n_steps=3, ref={"n_chains": 32, "n_warmup": 5, "thin": 2})  # fmt: skip
-    tiny = dict(tasks=["dw4-anneal", "lj13-reward"], methods=["none", "fk", "fkc-tempered"],
+    tiny = dict(tasks=["dw4-anneal", "lj13-reward"], methods=["none", "fk", "fkc-target"],
                 n_moves=2, dw4=size, lj13=size, fkc_options={"step_control": "off"})  # fmt: skip
     summary = mol.run(tmp_path, quick=True, progress=False, **tiny)
     names = {(r["task"], r["method"]) for r in summary}
-    assert names == {("dw4-anneal", m) for m in ("none", "fkc-tempered", "fkc-tempered+mala")} | {
-        ("lj13-reward", m) for m in ("none", "fk", "fk+mala", "fkc-tempered", "fkc-tempered+mala")
+    with_moves = ("fkc-target", "fkc-target+mala")
+    assert names == {("dw4-anneal", m) for m in ("none", *with_moves)} | {
+        ("lj13-reward", m) for m in ("none", "fk", "fk+mala", *with_moves)
     }
     for r in summary:
         assert r["n_runs"] == 2
         assert all(math.isfinite(r[k][0]) for k in mol.METRICS), r
     blob = json.loads((tmp_path / "molecules.json").read_text())
     assert {"settings", "systems", "paper", "rows", "summary"} <= blob.keys()
-    assert set(blob["systems"]) == {"dw4", "lj13"} and not blob["skipped"]
+    assert set(blob["systems"]) == {"dw4", "lj13"} and not blob["skipped"] and not blob["errors"]
     assert "dnll_T0" in next(r for r in blob["rows"] if r["method"] == "none")
     table = (tmp_path / "molecules.md").read_text()
     assert "| fk+mala |" in table and "VCG-SMC (DriftLite)" in table
