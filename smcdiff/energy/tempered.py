@@ -261,6 +261,8 @@ class TemperedSMC(FeynmanKacModel):
             -torch.log(std).sum() * (1 if std.dim() >= 1 else self.dim)
             - 0.5 * self.dim * math.log(2 * math.pi)
         )
+        # a device tensor made here, not inside a CUDA-graph capture (a host copy there fails)
+        self._ref_log_norm_t = torch.tensor(self._ref_log_norm, dtype=dtype, device=self.device)
         lp = target.log_prob
         self.target_log_prob = nan_to_neg_inf(lp) if options.nan_as_neg_inf else lp
         self.factory = get_kernel(options.kernel)
@@ -548,8 +550,7 @@ class TemperedSMC(FeynmanKacModel):
         per target and settings). If compilation fails it warns once and runs ``kern``'s eager
         transition on the same numbers. Counts the target calls as the eager path does."""
         move = self._compiled_move()
-        log_norm = torch.tensor(self._ref_log_norm, dtype=self.dtype, device=self.device)
-        params = (lam_c, self.ref_mean, self.ref_std, log_norm)
+        params = (lam_c, self.ref_mean, self.ref_std, self._ref_log_norm_t)
         eager_pair = partial(value_and_grad, kern.log_prob)
 
         def eager(state: MCMCState, p, u, h, inv_m, _params) -> tuple[MCMCState, MoveInfo]:

@@ -73,7 +73,11 @@ class CompiledFunction:
         ``fallback``)."""
         if self.compiled is not None:
             try:
-                with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+                config = torch._dynamo.config  # imported by torch.compile in __init__
+                name = (
+                    "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+                )
+                with config.patch(**{name: RECOMPILE_LIMIT}):  # renamed in torch 2.7
                     out = self.compiled(*args)
             except Exception as err:  # reported below; the eager call re-raises a real error
                 self.fail(err)
