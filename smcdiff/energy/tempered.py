@@ -549,7 +549,7 @@ class TemperedSMC(FeynmanKacModel):
         parameters passed as tensors, so one compiled function serves every step and run (cached
         per target and settings). If compilation fails it warns once and runs ``kern``'s eager
         transition on the same numbers. Counts the target calls as the eager path does."""
-        move = self._compiled_move()
+        move = self._compiled_move(kern.n_leapfrog)
         params = (lam_c, self.ref_mean, self.ref_std, self._ref_log_norm_t)
         eager_pair = partial(value_and_grad, kern.log_prob)
 
@@ -569,12 +569,12 @@ class TemperedSMC(FeynmanKacModel):
 
         return step
 
-    def _compiled_move(self) -> CompiledFunction:
+    def _compiled_move(self, n_leapfrog: int) -> CompiledFunction:
         """The compiled HMC transition of this target and settings (cached across runs): the
         target's analytic ``grad_log_prob`` when present, else ``torch.func`` gradients of
         its ``log_prob``, tempered by :func:`tempered_pair` / :func:`tempered_log_density`."""
         analytic = callable(getattr(self.target, "grad_log_prob", None))
-        nan_inf, n_leapfrog = self.options.nan_as_neg_inf, self.kernel_kwargs.get("n_leapfrog", 10)
+        nan_inf = self.options.nan_as_neg_inf
         key = (id(self.target), analytic, nan_inf, n_leapfrog)
         entry = _COMPILED.get(key)
         if entry is None:
