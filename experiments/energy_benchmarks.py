@@ -69,6 +69,7 @@ def methods_for(name: str) -> dict[str, dict]:
         "diffusion-refined-adaptive": dict(ADAPTIVE),
         # 16x the importance draws (cheap next to the chains' gradients): the estimator's noise
         "diffusion-refined-draws512": {**REFINED, "n_mc": 512},
+        "diffusion-refined-adaptive-draws512": {**ADAPTIVE, "n_mc": 512},
         # tempered SMC at a budget nearer the refined sampler's (10x the moves)
         "tempered-mala-x10": {"method": "tempered", "kernel": "mala", "n_moves": 200},
     }
@@ -92,7 +93,7 @@ def reparameterised(target, kw: dict):
 
 ISSUE13_METHODS = (
     "tempered-mala", "tempered-mala-x10", "diffusion-refined", "diffusion-refined-adaptive",
-    "tempered-mala-noncentred", "diffusion-refined-noncentred",
+    "diffusion-refined-draws512", "tempered-mala-noncentred", "diffusion-refined-noncentred",
 )  # fmt: skip
 
 
