@@ -561,7 +561,8 @@ class TemperedSMC(FeynmanKacModel):
         ) -> tuple[MCMCState, MoveInfo]:
             p, u = kern.draws(state, generator)
             h, inv_m = chain_step_size(step_size, state.x), kern.inv_mass_tensor(state.x)
-            out = move(state, p, u, h, inv_m, params, eager=eager)
+            batch = (state.x, state.log_prob, state.grad, p, u, h, lam_c)
+            out = move(state, p, u, h, inv_m, params, eager=eager, batch=batch)
             self.compile_status = move.status
             if move.status == "compiled":  # the eager path counts inside log_prob
                 calls[0] += kern.n_leapfrog * state.x.shape[0]

@@ -5,18 +5,19 @@ per step (the target's gradient, the momentum and position updates, the finitene
 and as many again for the accept step: at N = 10⁴ those launches, each 1–4 µs of work, set
 the wall time even inside a CUDA graph. :func:`compile_transition` compiles a whole transition
 (:func:`~smcdiff.mcmc.hmc.hmc_transition`: all L steps unrolled, and the Metropolis step) with
-``torch.compile(fullgraph=True, dynamic=False)``; inductor fuses it into a handful of kernels
+``torch.compile(fullgraph=True)``; inductor fuses it into a handful of kernels
 (Triton on CUDA, C++ on the CPU), which :mod:`smcdiff.energy.tempered_fused` then captures in
 its CUDA graph.
 
 The random numbers are drawn outside the compiled function, by the caller, from the run's
 generator (:meth:`HMC.draws <smcdiff.mcmc.hmc.HMC.draws>`): compiled and eager transitions see
 the same numbers, and their results agree to floating-point rounding (not bit for bit: fused
-kernels sum in another order). The function is compiled once per input shape (``dynamic=False``)
-on its first call; a function that cannot be compiled (a host sync such as ``.item()``, a
-data-dependent shape, an op inductor lacks) is reported, not hidden: :class:`CompiledFunction`
-warns once with the reason (:class:`CompileFallbackWarning`) and runs eagerly from then on, on
-the same random numbers.
+kernels sum in another order). The function is compiled on its first call, with the number of
+chains N a symbolic size (the caller marks its per-chain arguments: one compilation serves
+every N; other sizes, e.g. the event shape, are specialised). A function that cannot be
+compiled (a host sync such as ``.tolist()``, a data-dependent shape, an op inductor lacks) is
+reported, not hidden: :class:`CompiledFunction` warns once with the reason
+(:class:`CompileFallbackWarning`) and runs eagerly from then on, on the same random numbers.
 
 Gradients inside the compiled function come from the target's analytic
 ``grad_log_prob`` when it has one, else from :func:`func_value_and_grad` (``torch.func``; the
@@ -26,7 +27,7 @@ eager path's ``torch.autograd.grad`` cannot be traced into one graph).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -53,7 +54,7 @@ class CompileFallbackWarning(UserWarning):
 
 
 class CompiledFunction:
-    """``fn`` through ``torch.compile(fullgraph=True, dynamic=False)``, or eagerly once that
+    """``fn`` through ``torch.compile(fullgraph=True)``, or eagerly once that
     failed. ``fallback``: called with the same arguments after a failure (default ``fn``);
     ``where``: names the caller in the warning. ``status``: ``"compiled"`` after a compiled
     call, ``"eager (<reason>)"`` after a failure, ``"not called"`` before the first call."""
@@ -64,15 +65,24 @@ class CompiledFunction:
         self.fn, self.where = fn, where
         self.fallback = fn if fallback is None else fallback
         self.compiled: Callable[..., Any] | None = torch.compile(
-            fn, fullgraph=True, dynamic=False, backend=BACKEND
+            fn, fullgraph=True, dynamic=None, backend=BACKEND
         )
         self.status = "not called"
 
-    def __call__(self, *args: Any, eager: Callable[..., Any] | None = None) -> Any:
+    def __call__(
+        self,
+        *args: Any,
+        eager: Callable[..., Any] | None = None,
+        batch: Sequence[torch.Tensor] = (),
+    ) -> Any:
         """``fn(*args)`` compiled, or after a failure ``eager(*args)`` (default: the
-        ``fallback``)."""
+        ``fallback``). ``batch``: the arguments whose first dimension is the number of chains,
+        compiled as a symbolic size (one compilation serves every N)."""
         if self.compiled is not None:
             try:
+                for t in batch:
+                    if t.shape[0] > 1:  # sizes 0 and 1 are always specialised
+                        torch._dynamo.mark_dynamic(t, 0)
                 config = torch._dynamo.config  # imported by torch.compile in __init__
                 name = (
                     "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"

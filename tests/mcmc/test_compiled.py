@@ -12,6 +12,7 @@ import warnings
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 import smcdiff
 from smcdiff.energy import sample
@@ -69,6 +70,12 @@ def test_compiled_tempered_moves_equal_the_eager_ones(aot_eager, analytic):
     torch.testing.assert_close(com.trace["accept"], ref.trace["accept"], equal_nan=True)
     for name in ("n_target_evals", "n_grad_evals", "n_resampled"):
         assert com.info[name] == ref.info[name]
+    if analytic:  # N is a symbolic size: another N runs the same compiled graph
+        graphs = counters["stats"]["unique_graphs"]
+        again = _sample(target, compile=True, n_particles=60)
+        assert again.info["compile"] == "compiled" and counters["stats"]["unique_graphs"] == graphs
+        ref60 = _sample(target, n_particles=60)
+        torch.testing.assert_close(again.log_z, ref60.log_z, rtol=0, atol=1e-10)
 
 
 @pytest.mark.slow
