@@ -36,9 +36,10 @@ steps, and every step that resamples locks in fresh estimator noise. ``relative=
 instead at ``cess`` times the CESS of :math:`\delta_{min}` (one more candidate a step): the
 path's own contribution to the weight variance is bounded and the noise-dominated stretches are
 crossed in as few steps as that allows, when the floor is worth :data:`MIN_FLOOR_ROWS`
-particles at least (the ratio of two CESS near 1/N is noise). The trace records per step ``t`` (the time reached),
-``cess`` (the chosen step's CESS fraction) and ``passes`` (estimator passes, in units of all
-particles).
+particles at least (the ratio of two CESS near 1/N is noise). What lowers the floor is a less
+noisy estimator (more importance draws: docs/energy-results.md). The trace records per step
+``t`` (the time reached), ``cess`` (the chosen step's CESS fraction) and ``passes`` (estimator
+passes, in units of all particles).
 
 **Exactness.** The time is a function of the current particles and, with ``search_fraction =
 1``, of the draws it then weights, through a population average in which each particle counts
