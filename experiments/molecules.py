@@ -441,7 +441,8 @@ def summarise(rows: list[dict]) -> list[dict]:
 # ----------------------------------------------------------------------------- driver
 def _write(out: Path, blob: dict) -> list[dict]:
     """Write ``molecules.json`` and ``molecules.md`` from ``blob`` (atomic replace); returns
-    the summary rows."""
+    the summary rows, each with a ``context`` (systems, skipped, errors) for
+    :func:`format_table`."""
     blob["summary"] = summarise(blob["rows"])
     for name, text in (
         ("molecules.json", json.dumps(blob, indent=1, default=float) + "\n"),
@@ -450,7 +451,10 @@ def _write(out: Path, blob: dict) -> list[dict]:
         tmp = out / f".{name}.tmp"
         tmp.write_text(text)
         tmp.replace(out / name)
-    return blob["summary"]
+    systems = {k: {n: v for n, v in info.items() if n != "hists"}
+               for k, info in blob["systems"].items()}  # fmt: skip
+    context = {"systems": systems, "skipped": blob["skipped"], "errors": blob["errors"]}
+    return [{**r, "context": context} for r in blob["summary"]]
 
 
 def _plan(cfg: dict) -> dict:
@@ -525,7 +529,10 @@ def run(
                 tick(f"{task} {name}")
     summary = _write(out, blob)
     if blob["rows"]:
-        plot_histograms(blob, out / "molecules_histograms.png")
+        try:
+            plot_histograms(blob, out / "molecules_histograms.png")
+        except ImportError as err:  # matplotlib is optional: the tables are written already
+            print(f"molecules: no histogram figure ({err})")
     return summary
 
 
@@ -576,7 +583,9 @@ def task_table(task: str, rows: list[dict], blob: dict | None = None) -> str:
 
 
 def format_table(rows: list[dict], blob: dict | None = None) -> str:
-    """Every task's table, then per system the training and reference-set summaries."""
+    """Every task's table, then per system the training and reference-set summaries (from
+    ``blob``, the JSON, or else from the rows' ``context``)."""
+    blob = blob or (rows[0].get("context") if rows else None)
     parts = []
     for task in dict.fromkeys(r["task"] for r in rows):
         parts.append(task_table(task, [r for r in rows if r["task"] == task], blob))

@@ -76,6 +76,7 @@ def test_tiny_run_writes_every_method_and_respects_the_time_budget(tmp_path, mon
     table = (tmp_path / "molecules.md").read_text()
     assert "| fk+mala |" in table and "VCG-SMC (DriftLite)" in table
     assert (tmp_path / "molecules_histograms.png").stat().st_size > 0
+    assert "floor (exact draws)" in mol.format_table(summary)  # the CLI prints this
     late = tmp_path / "late"
     assert mol.run(late, quick=True, progress=False, time_budget_s=0.0, **tiny) == []
     assert json.loads((late / "molecules.json").read_text())["skipped"] == tiny["tasks"]
