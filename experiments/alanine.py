@@ -390,7 +390,7 @@ def settings(quick: bool, device: str = "cpu", **over: Any) -> dict:
         cfg.update(n_particles=128, seeds=[0], kernels=["hmc"], n_moves=2, n_leapfrog=10,
                    target_ess=0.5, final_moves=10, n_tconf_md=200)  # fmt: skip
     elif torch.device(device).type == "cuda":
-        cfg.update(n_particles=20_000, seeds=[0, 1, 2, 3, 4], n_moves=5, final_moves=50)
+        cfg.update(n_particles=20_000, seeds=[0, 1, 2], n_moves=5, final_moves=50)
     cfg.update(over)
     return cfg
 
