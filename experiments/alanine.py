@@ -380,7 +380,7 @@ def _sync(device: str | torch.device) -> None:
 # ----------------------------------------------------------------------------- experiment
 def settings(quick: bool, device: str = "cpu", **over: Any) -> dict:
     """Sizes: ``quick`` (CPU smoke, < 60 s), the CPU default, and ``device="cuda"`` (larger
-    N, more moves, more seeds; < 3 min on an H200); ``over`` replaces entries."""
+    N, more moves, more seeds; estimated < 3 min on an H200); ``over`` replaces entries."""
     cfg = dict(
         n_particles=256, seeds=[0, 1], kernels=["hmc", "mala"], n_moves=3, n_leapfrog=40,
         target_ess=0.8, final_moves=25, hot=1000.0, cold=300.0, bins=24, dtype="float32",
