@@ -25,6 +25,7 @@ such a JSON.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import socket
@@ -49,32 +50,81 @@ ASSUMED = {  # used by the model unless measured; docs/distributed.md states the
 H200_STEP_MS = {1e4: 2.1, 1e6: 5.2, 1e7: 46.4}  # measured FK step, one H200 (docs/results.md)
 
 
-def step_point(n_total: int, device: torch.device, k1: int, k2: int, repeats: int) -> dict:
-    """Seconds per distributed FK step and the bytes this rank sent per step."""
-    model, reward = make_problem(device)
+class StepClock:
+    """``progress(k, info)`` hook that stamps every step: a CUDA event on the current stream
+    (no host sync, so the timed path keeps its own syncs) or ``perf_counter`` on the CPU.
+    ``median_ms()``: the median gap between consecutive steps' stamps, the step time without
+    any per-call cost (set-up, the final gather, diagnostics)."""
 
-    def run(k: int):
-        return smcdiff.steer(model, method="fk", reward=reward, n_particles=n_total, n_steps=k,
-                             ess_threshold=1.0, seed=0, device=device, distributed=True,
-                             progress=False)  # fmt: skip
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.stamps: list = []
 
-    def timed(k: int) -> tuple[float, smcdiff.SMCResult]:
-        dist.barrier()
+    def __call__(self, k: int, info=None) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.stamps.append(event)
+        else:
+            self.stamps.append(time.perf_counter())
+
+    def median_ms(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            gaps = [a.elapsed_time(b) for a, b in itertools.pairwise(self.stamps)]
+        else:
+            gaps = [1e3 * (b - a) for a, b in itertools.pairwise(self.stamps)]
+        return statistics.median(gaps) if gaps else float("nan")
+
+
+def timed_steps(run, device: torch.device, k1: int, k2: int, repeats: int) -> dict:
+    """``run(k, progress)`` timed two ways: ``step_ms`` = (T(k2) - T(k1)) / (k2 - k1) (medians
+    of ``repeats`` calls, so per-call set-up cancels) and ``step_ms_stamped``, the median gap
+    between consecutive steps inside the k2-step calls (:class:`StepClock`)."""
+
+    def timed(k: int, clock=False):
+        if dist.is_initialized():
+            dist.barrier()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        res = run(k)
+        res = run(k, clock)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - t0, res
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # degeneracy warnings of a benchmark workload
-        run(k1)  # warm-up
+        run(k1, False)  # warm-up
         t1 = statistics.median(timed(k1)[0] for _ in range(repeats))
-        runs = [timed(k2) for _ in range(repeats)]
+        clocks = [StepClock(device) for _ in range(repeats)]
+        runs = [timed(k2, clock) for clock in clocks]
     t2 = statistics.median(t for t, _ in runs)
-    sent = runs[-1][1].trace["comm_bytes"][1:].double()  # steps 1..k2
+    return {"step_ms": 1e3 * (t2 - t1) / (k2 - k1),
+            "step_ms_stamped": statistics.median(c.median_ms() for c in clocks),
+            "result": runs[-1][1]}  # fmt: skip
+
+
+def step_point(n_total: int, device: torch.device, k1: int, k2: int, repeats: int) -> dict:
+    """Milliseconds per distributed FK step, the same call's one-process step on the same
+    device (``one_process_*``; rank 0 alone runs it, the other ranks wait), and the bytes
+    this rank sent per step."""
+    model, reward = make_problem(device)
+
+    def steer(distributed: bool):
+        def run(k: int, progress):
+            return smcdiff.steer(model, method="fk", reward=reward, n_particles=n_total,
+                                 n_steps=k, ess_threshold=1.0, seed=0, device=device,
+                                 distributed=distributed, progress=progress)  # fmt: skip
+
+        return run
+
+    got = timed_steps(steer(True), device, k1, k2, repeats)
+    sent = got.pop("result").trace["comm_bytes"][1:].double()  # steps 1..k2
+    one = {"step_ms": float("nan"), "step_ms_stamped": float("nan")}
+    if dist.get_rank() == 0:  # the same problem in one process, on the same device
+        one = timed_steps(steer(False), device, k1, k2, repeats)
+    dist.barrier()
     per_rank = torch.tensor([float(sent.mean()), float(sent.max())], dtype=torch.float64,
                             device=device)  # NCCL gathers device tensors  # fmt: skip
     table = [torch.zeros_like(per_rank) for _ in range(dist.get_world_size())]
@@ -83,11 +133,51 @@ def step_point(n_total: int, device: torch.device, k1: int, k2: int, repeats: in
     return {
         "n_total": n_total,
         "world_size": dist.get_world_size(),
-        "step_ms": 1e3 * (t2 - t1) / (k2 - k1),
+        **got,
+        "one_process_step_ms": one["step_ms"],
+        "one_process_step_ms_stamped": one["step_ms_stamped"],
         "bytes_per_step_mean": float(table[:, 0].mean()),
         "bytes_per_step_max_rank": float(table[:, 0].max()),
         "bytes_one_step_max": float(table[:, 1].max()),
     }
+
+
+def profile_paths(n_total: int, device: torch.device, k: int, out: str | None) -> None:
+    """Rank 0: the top operators (self device time on CUDA, self CPU time otherwise) of one
+    ``k``-step call of each path, distributed and one-process, printed (and written to
+    ``out/profile_<path>.txt``) — where the distributed step's extra time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, reward = make_problem(device)
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    for distributed in (True, False):
+        if dist.get_rank() != 0 and not distributed:
+            continue
+
+        def run(distributed=distributed):
+            return smcdiff.steer(model, method="fk", reward=reward, n_particles=n_total,
+                                 n_steps=k, ess_threshold=1.0, seed=0, device=device,
+                                 distributed=distributed, progress=False)  # fmt: skip
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run()  # warm-up
+            with profile(activities=acts) as prof:
+                run()
+                if cuda:
+                    torch.cuda.synchronize(device)
+        if dist.get_rank() != 0:
+            continue
+        key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        table = prof.key_averages().table(sort_by=key, row_limit=25)
+        name = "distributed" if distributed else "one_process"
+        print(f"profile, {name}, N={n_total}, {k} steps:\n{table}", flush=True)
+        if out:
+            os.makedirs(out, exist_ok=True)
+            with open(os.path.join(out, f"profile_{name}.txt"), "w") as f:
+                f.write(table + "\n")
+    dist.barrier()
 
 
 def _worker(rank, world, port, out, points, args):
@@ -134,6 +224,8 @@ def torchrun_points(args) -> list[dict]:
     ]
     if backend == "nccl":
         rows = [{**r, "gpu": torch.cuda.get_device_name(device)} for r in rows]
+    if args.profile:
+        profile_paths(max(r["n_total"] for r in rows), device, args.profile, args.out)
     rank = dist.get_rank()
     dist.destroy_process_group()
     return rows if rank == 0 else []
@@ -183,11 +275,18 @@ def modelled(rows: list[dict], step_ms: dict[float, float], row: int) -> list[di
 
 
 def markdown(rows: list[dict], model: list[dict]) -> str:
-    lines = ["| scaling | ranks | N | step (ms) | bytes/step (mean rank) | bytes/step (busiest) |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    """The measured rows (step times of the distributed run and of the same call in one process,
+    both as differences of runs and as stamped per-step gaps) and the modelled GPUs."""
+    lines = ["| scaling | ranks | N | step (ms) | stamped (ms) | one process (ms) | stamped (ms) "
+             "| ratio | bytes/step (mean rank) | bytes/step (busiest) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    nan = float("nan")
     for r in rows:
+        one = r.get("one_process_step_ms", nan)
         lines.append(f"| {r['scaling']} | {r['world_size']} | {r['n_total']} | "
-                     f"{r['step_ms']:.2f} | {r['bytes_per_step_mean']:.0f} | "
+                     f"{r['step_ms']:.2f} | {r.get('step_ms_stamped', nan):.2f} | {one:.2f} | "
+                     f"{r.get('one_process_step_ms_stamped', nan):.2f} | "
+                     f"{r['step_ms'] / one:.2f} | {r['bytes_per_step_mean']:.0f} | "
                      f"{r['bytes_per_step_max_rank']:.0f} |")  # fmt: skip
     if model:
         lines += ["", "| GPUs | n per GPU | N | t1 (ms) | modelled step, typical (eff.) | "
@@ -209,6 +308,8 @@ def main() -> None:
     p.add_argument("--k1", type=int, default=5)
     p.add_argument("--k2", type=int, default=15)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--profile", type=int, default=0,
+                   help="torchrun: profile this many steps of each path at the largest size")  # fmt: skip
     p.add_argument("--out", default=None, help="directory for the JSON and markdown")
     p.add_argument("--model", default=None, help="a CPU JSON: print the GPU model from it")
     p.add_argument("--bytes-from", default="docs/data/bench_distributed_cpu.json",
