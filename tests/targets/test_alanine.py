@@ -20,6 +20,7 @@ from smcdiff_targets.alanine import (
     AlanineDipeptide,
     dihedral,
     load_alanine_checks,
+    load_alanine_md,
     load_alanine_parameters,
 )
 
@@ -186,3 +187,22 @@ def _numbers(tree) -> list[float]:
     if isinstance(tree, list):
         return [v for item in tree for v in _numbers(item)]
     return [float(tree)]
+
+
+# ----------------------------------------------------------------------------- MD reference
+@pytest.mark.parametrize("temperature", [300.0, 1000.0])
+def test_shipped_md_sets_are_of_this_energy(mol, temperature):
+    """The shipped OpenMM MD frames: their stored potential energies (OpenMM's) equal the torch
+    energy of the stored configurations, and their stored (phi, psi) equal ``phi_psi`` of them
+    (float32 storage: 1e-2 kJ/mol, 1e-5 rad). Configurations are every ``config_every``-th
+    saved frame."""
+    md = load_alanine_md(temperature)
+    meta = md["meta"]
+    every = round(meta["config_every_ps"] / meta["save_every_ps"])
+    x = md["configs"]
+    frames = torch.arange(x.shape[0]) * every
+    assert meta["n_blocks"] == int(md["block"].max()) + 1 and meta["dt_fs"] == 1.0
+    assert torch.allclose(mol.energy(x), md["energy"][frames], atol=1e-2, rtol=0)
+    assert torch.allclose(mol.phi_psi(x), md["phi_psi"][frames], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="shipped"):
+        load_alanine_md(450.0)
