@@ -17,12 +17,13 @@ Protocol (docs/alanine.md):
 3. **Sampler** (:class:`HotStartTempering`): tempered SMC on the torch energy along
    :math:`\pi_\beta \propto e^{-\beta U}`, :math:`\beta: \beta_{1000} \to \beta_{300}`, started
    from the shipped 1000 K MD configurations, HMC (or MALA) moves in Cartesian coordinates,
-   CESS-adaptive temperatures.
+   CESS-adaptive temperatures, then ``final_moves`` more moves at 300 K
+   (:func:`temper_from_pool`).
 4. **Metrics** (weighted): KL of the (φ, ψ) histogram against MD (:func:`kl_phi_psi`), beside
    its floor (the same KL for as many MD frames as particles), basin populations, the
    configurational temperature :math:`T_{\rm conf} = \langle|\nabla U|^2\rangle /
    (k_B\langle\nabla^2 U\rangle)` (exact for any Boltzmann law: it must read 300 K), energy
-   evaluations, wall seconds.
+   evaluations, wall and CPU seconds.
 """
 
 from __future__ import annotations
