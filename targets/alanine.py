@@ -3,7 +3,9 @@ r"""Alanine dipeptide (ACE-ALA-NME, 22 atoms) in vacuum, Amber ff96, as a batche
 The standard Boltzmann-generator molecule: the system of ``openmmtools.testsystems.
 AlanineDipeptideVacuum(constraints=None)`` (its prmtop, built by tleap with ``leaprc.ff96``, ships
 in ``data/``), its parameters exported once from OpenMM by ``data/alanine_export.py`` into
-``data/alanine_dipeptide.json``. OpenMM is needed only to regenerate that file.
+``data/alanine_dipeptide.json``. OpenMM is needed only to regenerate that file. OpenMM MD
+reference sets at 300 K (12 ns) and 1000 K (1 ns) ship as ``data/alanine_md_{300,1000}K.npz``
+(:func:`load_alanine_md`; made by ``experiments/alanine.py``, docs/alanine.md).
 
 Conventions: positions ``x`` ``(N, 22, 3)`` in nm, atoms in the prmtop's order (:attr:`atom_names`);
 energies in kJ/mol; :math:`\log\pi(x) = -U(x)/(k_B T)`, :math:`k_B T = R\,T` with
