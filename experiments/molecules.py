@@ -544,9 +544,15 @@ def _methods(cfg: dict, task: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- tables
 def _cell(v, p: int = 3) -> str:
+    """A number or ``[mean, std]`` with ``p`` decimals (3 significant digits from 1e4 on)."""
     if v is None:
         return "-"
-    return f"{v:.{p}f}" if isinstance(v, (int, float)) else f"{v[0]:.{p}f} ± {v[1]:.{p}f}"
+    mean, std = (v, None) if isinstance(v, (int, float)) else v
+
+    def f(x: float) -> str:
+        return f"{x:.3g}" if abs(x) >= 1e4 else f"{x:.{p}f}"
+
+    return f(mean) if std is None else f"{f(mean)} ± {f(std)}"
 
 
 def task_table(task: str, rows: list[dict], blob: dict | None = None) -> str:
