@@ -142,7 +142,7 @@ PROFILES = {
                  fkc_options={"max_substeps": 8},
                  dw4=dict(n_train=5000, n_ref=2000, hidden=128, depth=3, n_iters=3000,
                           batch_size=512, lr=1e-3, n_particles=1000, n_steps=100, ref=_DW4_REF,
-                          reserve_s=90),
+                          reserve_s=90, fkc_options={"max_substeps": 64}),
                  lj13=dict(n_train=4000, n_ref=2000, hidden=128, depth=5, n_iters=3000,
                            batch_size=256, lr=1e-3, n_particles=500, n_steps=100, ref=_LJ_REF,
                            reserve_s=200)),
@@ -157,7 +157,8 @@ def dw4_at(temperature: float) -> ParticleSystem:
 
 def settings(profile: str, **over) -> dict:
     """Sizes of a profile (``quick``, ``cpu``, ``cuda``); ``over`` replaces top-level entries,
-    and per-system entries given as ``dw4={...}`` / ``lj13={...}`` update them."""
+    and per-system entries given as ``dw4={...}`` / ``lj13={...}`` update them (a system's
+    ``fkc_options`` update the profile's for its tasks)."""
     cfg = json.loads(json.dumps(PROFILES[profile]))
     for key, val in over.items():
         if key in SYSTEMS and isinstance(val, dict):
@@ -392,8 +393,9 @@ def run_method(task: str, name: str, prep: dict, cfg: dict, device: str) -> list
     c, temp, base = cfg[system], T_PRIOR / gamma, SYSTEMS[system]()
     n_runs, n_part = cfg["n_runs"], c["n_particles"]
     start = time.perf_counter()
+    opts = method_options(task, name, {**cfg.get("fkc_options", {}), **c.get("fkc_options", {})})
     res = smcdiff.steer(prep["model"], n_particles=n_part, n_steps=c["n_steps"], n_runs=n_runs,
-                        seed=0, device=device, progress=False, **method_options(task, name, cfg.get("fkc_options")))  # fmt: skip
+                        seed=0, device=device, progress=False, **opts)  # fmt: skip
     wall = time.perf_counter() - start
     xs = res.resample(seed=0).detach()  # (R, N, n, s)
     ess = (res.final_ess / n_part).reshape(-1).tolist()
