@@ -80,7 +80,9 @@ class StepClock:
         return statistics.median(gaps) if gaps else float("nan")
 
 
-def timed_steps(run, device: torch.device, k1: int, k2: int, repeats: int) -> dict:
+def timed_steps(
+    run, device: torch.device, k1: int, k2: int, repeats: int, barrier: bool = True
+) -> dict:
     """``run(k, progress)`` timed two ways: ``step_ms``, the median gap between consecutive
     steps inside the k2-step calls (:class:`StepClock`): the step itself; ``call_ms_per_step``
     = (T(k2) - T(k1)) / (k2 - k1) (medians of ``repeats`` whole calls): the step plus every
@@ -89,7 +91,7 @@ def timed_steps(run, device: torch.device, k1: int, k2: int, repeats: int) -> di
     O(N log N) per such step (about 1 s at N = 1e7) and made this number 17x the step."""
 
     def timed(k: int, clock=False):
-        if dist.is_initialized():
+        if barrier:  # every rank starts the timed call together
             dist.barrier()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -129,7 +131,7 @@ def step_point(n_total: int, device: torch.device, k1: int, k2: int, repeats: in
     sent = got.pop("result").trace["comm_bytes"][1:].double()  # steps 1..k2
     one = {"step_ms": float("nan"), "call_ms_per_step": float("nan")}
     if dist.get_rank() == 0:  # the same problem in one process, on the same device
-        one = timed_steps(steer(False), device, k1, k2, repeats)
+        one = timed_steps(steer(False), device, k1, k2, repeats, barrier=False)
     dist.barrier()
     per_rank = torch.tensor([float(sent.mean()), float(sent.max())], dtype=torch.float64,
                             device=device)  # NCCL gathers device tensors  # fmt: skip
