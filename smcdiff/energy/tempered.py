@@ -462,7 +462,7 @@ class TemperedSMC(FeynmanKacModel):
         seed. Replays draw fresh numbers because the registered generator's offset advances."""
         key = (
             id(self.target), self.kernel_name, self.n_moves, repr(sorted(self.kernel_kwargs.items())),
-            self.target_accept, self.gain, tuple(self.ref_mean.tolist()),
+            self.target_accept, self.gain, tuple(self.ref_mean.reshape(-1).tolist()),
             tuple(self.ref_std.reshape(-1).tolist()), tuple(x.shape), G, x.dtype, str(x.device),
             self.compile_moves,
         )  # fmt: skip
