@@ -106,7 +106,8 @@ class TemperedOptions:
     checking for the end every ``fused_chunk`` steps (``None``: on for CUDA with an adaptive
     schedule; :mod:`smcdiff.energy.tempered_fused`); ``compile``: HMC moves as one
     ``torch.compile``-d transition each (a few fused kernels instead of dozens per leapfrog
-    step; :mod:`smcdiff.mcmc.compiled`), ``True``, ``False`` or ``"auto"`` (on CUDA devices);
+    step; :mod:`smcdiff.mcmc.compiled`), ``True``, ``False`` or ``"auto"`` (the default: on CUDA
+    devices, with the HMC kernel);
     a transition that cannot be compiled runs eagerly with a warning.
     """
 
@@ -124,7 +125,7 @@ class TemperedOptions:
     unbiased: bool = False
     fused: bool | None = None
     fused_chunk: int = 1
-    compile: bool | str = False
+    compile: bool | str = "auto"
 
     def __post_init__(self) -> None:
         where = "tempered SMC"
