@@ -120,11 +120,9 @@ def capture_step(smc: SMC, state: SMCState) -> dict[str, Any]:
     stream: allocator, lazy initialisation), drawing from the device's step-graph generator."""
     device = state.log_z.device
     gen = _generator(device)
-    static = state._replace(
-        particles={n: v.clone() for n, v in state.particles.items()},
-        log_weights=state.log_weights.clone(),
-        log_z=state.log_z.clone(),
-    )
+    from smcdiff.energy.tempered_fused import static_copy  # here: no import cycle at load
+
+    static = static_copy(state)
     side = torch.cuda.Stream(device=device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):

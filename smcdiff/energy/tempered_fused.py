@@ -38,7 +38,7 @@ from smcdiff.engine.smc import SMC, RunLoop
 from smcdiff.engine.state import SMCState, StepInfo
 from smcdiff.seeding import child_generator
 
-__all__ = ["FusedLoop", "clone_info", "flagged_step", "run_fused"]
+__all__ = ["FusedLoop", "clone_info", "flagged_step", "run_fused", "static_copy"]
 
 _CACHE: dict[tuple, dict[str, Any]] = {}
 _CACHE_SIZE = 8
@@ -178,11 +178,7 @@ def _capture(smc: SMC, state: SMCState) -> dict[str, Any]:
     device = state.log_z.device
     gen = torch.Generator(device=device)
     gen.manual_seed(0)
-    static = state._replace(
-        particles={n: v.clone() for n, v in state.particles.items()},
-        log_weights=state.log_weights.clone(),
-        log_z=state.log_z.clone(),
-    )
+    static = static_copy(state)
     side = torch.cuda.Stream(device=device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
@@ -193,6 +189,15 @@ def _capture(smc: SMC, state: SMCState) -> dict[str, Any]:
     with torch.cuda.graph(graph):
         out = flagged_step(smc, static, gen)
     return {"graph": graph, "static": static, "out": out, "gen": gen, "smc": smc}
+
+
+def static_copy(state: SMCState) -> SMCState:
+    """``state`` with its tensors cloned: the static buffers a captured graph reads and writes."""
+    return state._replace(
+        particles={n: v.clone() for n, v in state.particles.items()},
+        log_weights=state.log_weights.clone(),
+        log_z=state.log_z.clone(),
+    )
 
 
 def run_fused(
