@@ -34,7 +34,6 @@ import torch
 
 from smcdiff.checks import check_number, nonfinite_rows
 from smcdiff.engine.model import ParticleState, StepOutput
-from smcdiff.scores.base import model_time
 from smcdiff.steering.methods.mcgdiff import MCGdiffConfig, MCGdiffModel, linear_problem
 from smcdiff.steering.registry import CommonConfig, MethodPlan
 
@@ -88,13 +87,8 @@ class DDRMModel(MCGdiffModel):
     def step(self, k: int, state: ParticleState, generator: torch.Generator,
              log_weights: torch.Tensor) -> StepOutput:  # fmt: skip
         """:math:`t_{k-1} \\to t_k`: the DDRM update of every coordinate (module docstring)."""
-        x = state["x"]
-        n, t = x.shape[0], self.times[k - 1]
-        score = self.model.score(x, model_time(self.model, t, x)).reshape(n, -1)
-        a_hi, s_hi, a_lo = self.alpha[k - 1], self.sig[k - 1], self.alpha[k]
-        flat = x.reshape(n, -1)
-        u = self._rotate(flat / a_hi)
-        x0 = self._rotate((flat + s_hi**2 * score) / a_hi)
+        x, score, u, x0 = self.rotated(k, state)
+        n, a_lo = x.shape[0], self.alpha[k]
         sd_lo, sd_hi = math.sqrt(self.v[k]), math.sqrt(self.v[k - 1])
         keep, fresh = math.sqrt(1.0 - self.eta**2) * sd_lo, self.eta * sd_lo
         z = self._noise(n, generator)

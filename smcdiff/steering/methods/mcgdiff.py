@@ -162,6 +162,21 @@ class MCGdiffModel(FeynmanKacModel):
         self.log_jac = -log_s - self.d_y * math.log(a_m)  # (G,)
         self.ref_std = float(self.process.prior_std)
 
+    def rotated(
+        self, k: int, state: ParticleState
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x, score, u, x0)`` at the start of step ``k``: the particles, the flat score,
+        ``u = x / alpha`` and
+        Tweedie's ``x0 = (x + sigma^2 score) / alpha`` in the SVD basis, each ``(n, d)``
+        (one score evaluation)."""
+        x = state["x"]
+        n, t = x.shape[0], self.times[k - 1]
+        score = self.model.score(x, model_time(self.model, t, x)).reshape(n, -1)
+        a_hi, s_hi = self.alpha[k - 1], self.sig[k - 1]
+        flat = x.reshape(n, -1)
+        u = self._rotate(flat / a_hi)
+        return x, score, u, self._rotate((flat + s_hi**2 * score) / a_hi)
+
     def _rotate(self, x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
         """``(G N, d)`` -> ``(G, N, d)``: :math:`V^\top x` per run (``transpose``: :math:`V x`)."""
         xg = x.reshape(self.G, -1, self.V.shape[-1])
@@ -194,13 +209,8 @@ class MCGdiffModel(FeynmanKacModel):
              log_weights: torch.Tensor) -> StepOutput:  # fmt: skip
         """:math:`t_{k-1} \\to t_k`: one score evaluation, the DDPM bridge, the observed
         coordinates from their exact conditional (module docstring)."""
-        x = state["x"]
-        n, t = x.shape[0], self.times[k - 1]
-        score = self.model.score(x, model_time(self.model, t, x)).reshape(n, -1)
-        a_hi, s_hi, a_lo = self.alpha[k - 1], self.sig[k - 1], self.alpha[k]
-        flat = x.reshape(n, -1)
-        u = self._rotate(flat / a_hi)
-        x0 = self._rotate((flat + s_hi**2 * score) / a_hi)
+        x, score, u, x0 = self.rotated(k, state)
+        n, a_lo = x.shape[0], self.alpha[k]
         v_hi, v_lo = self.v[k - 1], self.v[k]
         mu = x0 + (v_lo / v_hi) * (u - x0)
         c2 = v_lo * (v_hi - v_lo) / v_hi
