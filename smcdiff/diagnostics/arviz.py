@@ -2,7 +2,7 @@ r"""Export an :class:`~smcdiff.result.SMCResult` to ArviZ.
 
 The groups are built as plain :class:`xarray.Dataset` objects (the same for every ArviZ version);
 only the container differs, and that choice lives in :func:`_container` (with
-:func:`import_arviz`, which :mod:`smcdiff.diagnostics.pareto` also uses):
+:func:`import_arviz`):
 
 - ArviZ 0.x: an ``arviz.InferenceData``; the two smcdiff groups are attached with
   ``InferenceData.add_groups``, which warns about groups outside the ArviZ schema unless told not

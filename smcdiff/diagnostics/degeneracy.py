@@ -216,18 +216,17 @@ class DegeneracyReport:
         return f"step {step} (t={float(t[step]):.3g})"
 
 
-def step_pareto_k(
-    tails: dict, where: np.ndarray | None = None, chunk: int = 10_000_000
-) -> np.ndarray:
+def step_pareto_k(tails: dict, where: np.ndarray | None = None) -> np.ndarray:
     r"""PSIS :math:`\hat k` of every step's weights from a
     :class:`~smcdiff.engine.collectors.WeightTails` record -> ``(K+1, G)`` float64, NaN where
     undefined (fewer than 25 particles, or fewer than the tail size with non-zero weight) and
     where the bool mask ``where`` ``(K+1, G)`` (default: everywhere) is false.
 
-    Each row is rebuilt as N values: the kept largest ones and the smallest kept one repeated
-    (PSIS reads only the tail and the value just below it, so :math:`\hat k` is exact).
+    The fit reads only the kept largest log-weights (:func:`~smcdiff.diagnostics.pareto.
+    tail_pareto_k`, all PSIS uses, so :math:`\hat k` is exact): :math:`O(\sqrt N)` values per
+    step, whatever N.
     """
-    from smcdiff.diagnostics.pareto import pareto_k
+    from smcdiff.diagnostics.pareto import tail_pareto_k
 
     top, N = tails["top"], int(tails["n_particles"])
     K1, G, m = top.shape
@@ -237,12 +236,8 @@ def step_pareto_k(
     if where is not None:
         ok &= np.asarray(where, dtype=bool).reshape(K1 * G)
     idx = np.flatnonzero(ok)
-    step = max(1, chunk // max(N, 1))
-    for s in range(0, idx.size, step):
-        sel = torch.as_tensor(idx[s : s + step])
-        r = rows[sel]
-        full = torch.cat([r, r[:, -1:].expand(-1, N - m)], dim=1)
-        k[idx[s : s + step]] = pareto_k(full).numpy()
+    if idx.size:
+        k[idx] = tail_pareto_k(rows[torch.as_tensor(idx)], N)
     return k.reshape(K1, G)
 
 
