@@ -33,6 +33,7 @@ from smcdiff.errors import (
     DiscretisationWarning,
     NonFiniteError,
     SMCDiffError,
+    StiffDriftWarning,
 )
 from smcdiff.processes import VE, VP, DiscreteVP, Flow, NoiseProcess, time_grid
 from smcdiff.result import SMCResult
@@ -99,6 +100,7 @@ __all__ = [
     "ScoreModel",
     "StepInfo",
     "StepOutput",
+    "StiffDriftWarning",
     "Target",
     "TemperedOptions",
     "WeightTails",

@@ -17,6 +17,7 @@ __all__ = [
     "DiscretisationWarning",
     "NonFiniteError",
     "SMCDiffError",
+    "StiffDriftWarning",
 ]
 
 
@@ -59,3 +60,10 @@ class DiscretisationWarning(UserWarning):
     step control at its shortest sub-step, :mod:`smcdiff.steering.fkc.stepping`), so ``log_z``
     and the weights carry discretisation error there. The message names the step and the
     numbers; the trace keeps the per-step record."""
+
+
+class StiffDriftWarning(DiscretisationWarning):
+    """A drift moved particles by far more than the noise scale in one step (its explicit part
+    above ``max_move`` noise scales :math:`g_t\\sqrt{\\delta d}`, e.g. the gradient of a stiff
+    reward): the step is too long for that drift, so those particles were tamed (or, untamed,
+    thrown far from the target). The message names the step, the time and the fraction."""
