@@ -132,6 +132,10 @@ class DiffusionFK(FeynmanKacModel):
         self._alpha_sigma = [
             (float(self.process.alpha(t)), float(self.process.sigma(t))) for t in self.grid
         ]
+        # the prior's per-time constants (an exact mixture's noised factors) built once for the
+        # grid and held here: a step does no factorisation, and captured graphs read them
+        precompute = getattr(model, "precompute", None)
+        self._per_time = precompute(self.grid) if callable(precompute) else None
         # phi at intermediate steps: for potentials that read it and for guided proposals
         self._phi_inside = bool(self.tilt) and (
             self.proposal.guided or (weighted and self.potential.intermediate)

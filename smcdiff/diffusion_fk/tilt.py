@@ -14,6 +14,7 @@ The last step always uses :math:`\lambda_K = 1`, so the final target is the same
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -141,8 +142,11 @@ class Tilt:
         r""":math:`\phi_{\lambda, h_k}` ``(N,)`` float64 at step ``k`` (class docstring);
         ``lam``: a float or ``(N,)`` tensor, default the schedule's ``lam[k]``."""
         lam = self.lam[min(k, self.last)] if lam is None else lam
-        penalty = torch.log1p(-torch.as_tensor(self.hardness(k, lam), dtype=torch.float64,
-                                                device=value.f.device))  # fmt: skip
+        h = self.hardness(k, lam)
+        if isinstance(h, torch.Tensor):
+            penalty = torch.log1p(-h.to(torch.float64))
+        else:  # a Python number: no host-to-device copy (the step stays capturable)
+            penalty = -math.inf if h >= 1.0 else math.log1p(-h)
         return lam * value.f + torch.where(value.hard, penalty, torch.zeros_like(value.f))
 
     def log_value(

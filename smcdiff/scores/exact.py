@@ -8,6 +8,8 @@ For :math:`p_0 = \sum_k w_k\mathcal N(m_k, \Sigma_k)` and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from smcdiff.checks import check_shape
@@ -38,6 +40,7 @@ class ExactScore:
         self.process = process
         self.dim = dist.dim
         self.event_shape: tuple[int, ...] = (int(dist.dim),)
+        self._fixed: dict[float, GaussianMixture] = {}  # precompute()'s marginals by time
 
     @property
     def device(self) -> torch.device:
@@ -48,8 +51,28 @@ class ExactScore:
         return self.dist.dtype
 
     def marginal(self, t: float | torch.Tensor) -> GaussianMixture:
-        """:math:`p_t` as a :class:`GaussianMixture` (cached by the mixture for repeated ``t``)."""
+        """:math:`p_t` as a :class:`GaussianMixture`: a lookup at a time given to
+        :meth:`precompute`, else built (and cached by the mixture for repeated ``t``)."""
+        if isinstance(t, float) and t in self._fixed:
+            return self._fixed[t]
         return self.dist.noised(self.process, t)
+
+    def precompute(self, times: Sequence[float]) -> list[GaussianMixture]:
+        """Build :math:`p_t` at each of ``times`` (a fixed time grid) now and keep them, so that
+        :meth:`score` at those times does no factorisation (Cholesky, triangular solve) and no
+        host work: a step stays capturable as a CUDA graph. Returns them in order; a caller that
+        replays captured kernels reading their tensors holds the list (this cache keeps at most
+        :data:`FIXED_BYTES` of them, dropping the oldest)."""
+        out = []
+        k, d = self.dist.n_components, self.dist.dim
+        limit = max(64, FIXED_BYTES // (32 * k * d * (d + 2)))  # ~ bytes of one p_t's tensors
+        for t in (float(t) for t in times):
+            if t not in self._fixed:
+                while len(self._fixed) >= limit:
+                    del self._fixed[next(iter(self._fixed))]
+                self._fixed[t] = self.dist.noised(self.process, t)
+            out.append(self._fixed[t])
+        return out
 
     def _check(self, x: torch.Tensor, where: str) -> None:
         check_shape("x", x, (None, self.dim), where=where)
@@ -89,6 +112,9 @@ class ExactScore:
     def __repr__(self) -> str:
         return f"ExactScore(dist={self.dist!r}, process={self.process!r})"
 
+
+FIXED_BYTES = 2**30
+"""The most device memory :meth:`ExactScore.precompute` keeps in noised mixtures (at least 64)."""
 
 CHUNK_ELEMENTS = 2**28
 """Rows per chunk of the mixture's per-component temporaries: ``rows * K * d`` at most this
