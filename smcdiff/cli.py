@@ -47,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-particles", type=int, default=None, help="particles per run (experiments that take it)"
     )
     run_p.add_argument(
+        "--time-budget", dest="time_budget_s", type=float, default=None,
+        help="seconds: skip runs that would not fit, listed as skipped (experiments that take it)",
+    )  # fmt: skip
+    run_p.add_argument(
+        "--profile",
+        default=None,
+        help="size profile, e.g. quick, cpu, cuda (experiments that take it)",
+    )
+    run_p.add_argument(
         "--compile",
         nargs="?",
         const="default",
@@ -84,12 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     mod = importlib.import_module(EXPERIMENTS[args.experiment])
     t0, started = time.perf_counter(), time.time()
     progress = resolve_progress(args.progress)
-    extra = {k: v for k, v in (("n_particles", args.n_particles), ("compile", args.compile))
-             if v is not None}  # fmt: skip
+    given = (("n_particles", args.n_particles), ("compile", args.compile),
+             ("time_budget_s", args.time_budget_s), ("profile", args.profile))  # fmt: skip
+    extra = {k: v for k, v in given if v is not None}
     takes = inspect.signature(mod.run).parameters
     refused = [k for k in extra if k not in takes]
     if refused:
-        flags = ", ".join("--" + k.replace("_", "-") for k in refused)
+        flags = ", ".join("--" + k.replace("_", "-").removesuffix("-s") for k in refused)
         build_parser().error(f"experiment {args.experiment} does not take {flags}")
     rows = mod.run(args.out, device=args.device, quick=args.quick, progress=progress, **extra)
     print(mod.format_table(rows))
