@@ -103,8 +103,9 @@ class TemperedOptions:
     an adaptive pilot and then a run on its temperatures and step sizes, whose :math:`\hat Z`
     is unbiased (the adaptive run's is a little biased at small N); ``fused``: run each whole
     SMC step (resampling, moves, temperature search, reweighting) as one replayed CUDA graph,
-    checking for the end every ``fused_chunk`` steps (``None``: on for CUDA with an adaptive
-    schedule; :mod:`smcdiff.energy.tempered_fused`); ``compile``: HMC moves as one
+    the host reading a step's end flags after queueing the next ``fused_chunk`` steps (1: the
+    GPU never waits for the host and no step after the end runs) (``None``: on for CUDA with an
+    adaptive schedule; :mod:`smcdiff.energy.tempered_fused`); ``compile``: HMC moves as one
     ``torch.compile``-d transition each (a few fused kernels instead of dozens per leapfrog
     step; :mod:`smcdiff.mcmc.compiled`), ``True``, ``False`` or ``"auto"`` (the default: on CUDA
     devices, with the HMC kernel);

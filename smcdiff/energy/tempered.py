@@ -405,6 +405,11 @@ class TemperedSMC(FeynmanKacModel):
         """True after the step whose moves ran at :math:`\\lambda = 1` in every group."""
         return (state["lam_start"] >= 1.0).all()
 
+    def next_is_last(self, state: ParticleState) -> torch.Tensor:
+        """True if the step after ``state``'s will be the last (:meth:`done`): every group
+        reached :math:`\\lambda = 1` (the fused loop queues no step after it)."""
+        return (state["lam"] >= 1.0).all()
+
     def state_dict(self) -> dict[str, Any]:
         """For checkpoints: the CUDA-graph switch and the graph generator's state (the
         temperatures and step sizes live in the particles)."""

@@ -1,33 +1,41 @@
-r"""Adaptive tempered SMC with each whole step replayed as one CUDA graph.
+r"""Adaptive tempered SMC with whole steps replayed as CUDA graphs, the host one step behind.
 
 The engine's loop (:func:`smcdiff.run_smc`) launches every kernel of a step from Python: the
 resampling decision and the resampling, the MCMC moves, the target evaluation, the temperature
 search (:func:`~smcdiff.energy.tempered.next_temperature`) and the reweighting; at small N those
-launches, not the arithmetic, set the wall time. Every step :math:`k \ge 2` of an adaptive run
-computes the same function of the same tensors (no Python branch on values, no host sync), so
-:class:`FusedLoop` captures :meth:`SMC.step <smcdiff.engine.SMC.step>` once and replays it.
+launches, not the arithmetic, set the wall time. :class:`FusedLoop` captures two CUDA graphs
+and replays them: the **first** (:meth:`SMC.init <smcdiff.engine.SMC.init>` and step 1, which
+has no moves: the particles are exact draws of the reference), and the **step** graph
+(:meth:`SMC.step <smcdiff.engine.SMC.step>` for any :math:`k \ge 2`: every such step computes
+the same function of the same tensors, with no Python branch on values and no host sync).
 
-**The end without a sync per step.** Each replay also computes, on the device, the engine's
-stopping rule (:meth:`TemperedSMC.done <smcdiff.energy.tempered.TemperedSMC.done>`: every
-group's moves ran at :math:`\lambda = 1`) before and after the step. ``chunk`` steps are queued
-between host checks (each step's outputs copied out of the graph); the host reads the
-``chunk`` flag pairs in one transfer, keeps the steps up to the last one and drops those after
-it (their outputs are discarded; the state returned is the last step's). The estimator, the
-trace and the stopping step are the engine's: on the CPU (no graph, the run's generator) the
-numbers are the engine's bit for bit; on CUDA the graph draws from its own generator (seeded
-once per run from the run's generator), so a fused run is another draw of the same estimator.
+**The end without waiting for the host.** Each step also computes, on the device, two flags
+(:func:`flagged_step`): the engine's stopping rule (:meth:`TemperedSMC.done
+<smcdiff.energy.tempered.TemperedSMC.done>`: this step's moves ran at :math:`\lambda = 1` in
+every group) and whether the *next* step will be the last (every group reached
+:math:`\lambda = 1`: :meth:`~smcdiff.energy.tempered.TemperedSMC.next_is_last`). The flags go
+to pinned host memory by a non-blocking copy; the host reads those of step k only after it has
+queued step :math:`k + c` (``chunk`` :math:`= c`, default 1), so the GPU never waits for the
+host while it reads. Because step k's second flag says whether step k+1 ends the run, with
+``chunk = 1`` no step after the end is ever queued; with a larger ``chunk`` up to ``chunk - 1``
+steps after the end are computed and dropped. A run's host work is then: one replay per step
+(a few copies in and out of the graph's buffers), one event wait per step that overlaps the
+next step, and the result.
 
-Steps 0 and 1 run eagerly (at step 1 the particles are exact draws of the reference and no
-moves run); a run whose capture fails runs its steps eagerly (one warning line); fixed
-schedules (the step index selects the temperature) and checkpoints stay on the engine's loop
-(:func:`smcdiff.run_smc`).
-Graphs are cached across runs like a jit cache, keyed by the target, the options, the shapes and
-the resampling settings.
+The estimator, the trace and the stopping step are the engine's: on the CPU (no graph, the
+run's generator) the numbers are the engine's bit for bit; on CUDA the graphs draw from their
+own generators (seeded once per run from the run's generator), so a fused run is another draw
+of the same estimator. A run whose capture fails runs its steps eagerly (one warning line);
+fixed schedules (the step index selects the temperature) and checkpoints stay on the engine's
+loop (:func:`smcdiff.run_smc`). Graphs are cached across runs like a jit cache, keyed by the
+target, the options, the shapes and the resampling settings; the capturing model's
+``compile_status`` (whether its moves ran compiled) is reported to the models that replay them.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -43,16 +51,28 @@ __all__ = ["FusedLoop", "clone_info", "flagged_step", "run_fused", "static_copy"
 _CACHE: dict[tuple, dict[str, Any]] = {}
 _CACHE_SIZE = 8
 
+Flagged = tuple[SMCState, StepInfo, torch.Tensor]
 
-def flagged_step(
-    smc: SMC, state: SMCState, generator: torch.Generator
-) -> tuple[SMCState, StepInfo, torch.Tensor]:
+
+def flagged_step(smc: SMC, state: SMCState, generator: torch.Generator) -> Flagged:
     """:meth:`SMC.step` and its end flags: ``(state', info, flags)`` with ``flags`` a ``(2,)``
-    device bool, ``model.done`` of the incoming ``state`` (the run had ended: the step is to be
-    dropped) and of ``state'`` (this step was the last one)."""
-    stop = smc.model.done(state.step, state.particles)
+    device bool: ``model.done`` of ``state'`` (this step was the last one) and
+    ``model.next_is_last(state')`` (the next step will be the last; ``False`` for a model
+    without that method)."""
     new, info = smc.step(state, generator)
-    return new, info, torch.stack([stop, smc.model.done(state.step + 1, new.particles)])
+    end = smc.model.done(state.step + 1, new.particles)
+    ahead = getattr(smc.model, "next_is_last", None)
+    nxt = torch.zeros_like(end) if ahead is None else ahead(new.particles)
+    return new, info, torch.stack([end, nxt])
+
+
+def first_steps(
+    smc: SMC, n_particles: int, n_groups: int, generator: torch.Generator
+) -> tuple[SMCState, StepInfo, SMCState, StepInfo, torch.Tensor]:
+    """Step 0 (:meth:`SMC.init`) and step 1 (:func:`flagged_step`) in one call:
+    ``(state0, info0, state1, info1, flags1)``."""
+    s0, i0 = smc.init(n_particles, generator, n_groups)
+    return (s0, i0, *flagged_step(smc, s0, generator))
 
 
 def clone_info(info: StepInfo) -> StepInfo:
@@ -67,10 +87,32 @@ def clone_info(info: StepInfo) -> StepInfo:
     )
 
 
+class HostFlags:
+    """A step's ``(2,)`` device flags on their way to the host: a non-blocking copy to pinned
+    memory and a CUDA event (on the CPU: the tensor itself). :meth:`read` waits for that
+    event only, not for the steps queued after it."""
+
+    def __init__(self, flags: torch.Tensor):
+        self.event = None
+        self.host = flags
+        if flags.is_cuda:
+            self.host = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=True)
+            self.host.copy_(flags, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def read(self) -> tuple[bool, bool]:
+        if self.event is not None:
+            self.event.synchronize()
+        end, nxt = self.host.tolist()
+        return bool(end), bool(nxt)
+
+
 class FusedLoop(RunLoop):
-    """The loop of :func:`smcdiff.run_smc` with steps ``k >= 2`` run ``chunk`` at a time by
+    """The loop of :func:`smcdiff.run_smc` with steps run by :func:`first_steps` and
     :func:`flagged_step` (replayed CUDA graphs when ``graph_key`` is given, else eagerly with
-    the run's generator). Records, finiteness checks, progress and partial results as in
+    the run's generator), ``chunk`` steps queued ahead of the host's read of a step's flags.
+    Records, finiteness checks, progress and partial results as in
     :class:`~smcdiff.engine.smc.RunLoop`."""
 
     def __init__(
@@ -84,110 +126,161 @@ class FusedLoop(RunLoop):
     ):
         super().__init__(smc, generator, (), None, check_every, progress)
         self.chunk, self.graph_key = chunk, graph_key
-        self.replay: Callable[[SMCState], tuple] | None = None
+        self.replay: Callable[[SMCState], Flagged] | None = None
+        self.pending: deque[tuple[SMCState, StepInfo, HostFlags]] = deque()
+        self.queued: SMCState | None = None  # the state of the last step queued
+        self.last = smc.model.n_steps  # the last step to run (known early: next_is_last)
+
+    def begin(self, n_particles: int, n_groups: int) -> SMCState:
+        """Steps 0 and 1 (one graph replay when graphed), step 0 recorded, step 1 queued (and
+        step 2, so the step-0 check overlaps it)."""
+        first = None
+        if self.graph_key is not None:
+            first = _graphed(self, ("first", n_particles, n_groups), None)
+        if first is None:
+            s0, i0, *one = first_steps(self.smc, n_particles, n_groups, self.generator)
+        else:
+            s0, i0, *one = first()
+        self._setup(s0)
+        self.record(s0, i0)
+        if self.last >= 1:
+            self._push(*one)
+            self._fill()
+        return s0
+
+    def _push(self, state: SMCState, info: StepInfo, flags: torch.Tensor) -> None:
+        self.pending.append((state, info, HostFlags(flags)))
+        self.queued = state
+
+    def _fill(self) -> None:
+        """Queue steps until ``chunk`` are ahead of the oldest unread one (none past the last)."""
+        while len(self.pending) <= self.chunk and self.queued.step < self.last:
+            self._push(*self._one(self.queued))
 
     def _steps(self, state: SMCState, tick: Progress) -> SMCState:
-        K = self.smc.model.n_steps
-        finished = False
-        while not finished and state.step < K:
-            if state.step == 0:  # no moves at step 1: the engine's step, eagerly
-                state, info = self.smc.step(state, self.generator)
-                runs = [(state, info)]
-                stop = self.smc.model.done(1, state.particles)
-                finished = state.step == K or bool(stop)
+        while self.pending:
+            st, info, flags = self.pending.popleft()
+            end, nxt = flags.read()  # waits for this step only: the next ones are queued
+            if nxt:
+                self.last = min(self.last, st.step + 1)
+            finished = end or st.step >= self.last
+            if finished:
+                self.pending.clear()  # steps after the end (chunk > 1): dropped
             else:
-                runs, finished = self._chunk(state, min(self.chunk, K - state.step))
-                state = runs[-1][0]
-                finished = finished or state.step == K
-            before = runs[0][0].step - 1 if runs else state.step
-            for st, info in runs:
-                self.record(st, info)
-                tick(st.step, info)
-            if finished or state.step // self.check_every > before // self.check_every:
+                self._fill()
+            state = st
+            self.record(st, info)
+            if finished or st.step % self.check_every == 0:
                 self.guard.raise_if_bad()
-                self.good = self.parts.snapshot(state, self.generator, finished)
+                self.good = self.parts.snapshot(st, self.generator, finished)
+            tick(st.step, info)
         return state
 
-    def _chunk(self, state: SMCState, n: int) -> tuple[list[tuple[SMCState, StepInfo]], bool]:
-        """``n`` steps from ``state`` (not final); the real ones ``[(state, info)]`` (at
-        least one) and whether the run ended. One host read of the ``n`` steps' flags."""
-        outs, stops = [], []
-        for _ in range(n):
-            k = state.step + 1
-            new, info, stop = self._one(state)
-            new = new._replace(step=k)
-            outs.append((new, info._replace(step=k)))
-            stops.append(stop)
-            state = new
-        flags = torch.stack(stops).cpu().tolist()  # the chunk's one sync: [[stop, end], ...]
-        real = sum(1 for stop, _ in flags if not stop)  # no-op steps come last
-        return outs[:real], real < n or bool(flags[real - 1][1])
-
-    def _one(self, state: SMCState) -> tuple[SMCState, StepInfo, torch.Tensor]:
+    def _one(self, state: SMCState) -> Flagged:
         if self.graph_key is not None and self.replay is None:
-            self.replay = _graphed(self.smc, state, self.generator, self.graph_key)
-            self.graph_key = None if self.replay is None else self.graph_key
-        if self.replay is not None:
-            return self.replay(state)
-        return flagged_step(self.smc, state, self.generator)
+            self.replay = _graphed(self, ("step",), state)
+        if self.replay is None:
+            return flagged_step(self.smc, state, self.generator)
+        new, info, flags = self.replay(state)  # the graph's step index is the captured one
+        k = state.step + 1
+        return new._replace(step=k), info._replace(step=k), flags
 
 
-def _graphed(
-    smc: SMC, state: SMCState, generator: torch.Generator, key: tuple
-) -> Callable[[SMCState], tuple[SMCState, StepInfo, torch.Tensor]] | None:
-    """A replay function of :func:`flagged_step` captured as a CUDA graph (cached under ``key``)
-    whose generator is seeded from one draw of ``generator``; ``None`` (with a warning) if the
-    capture fails."""
+def _graphed(loop: FusedLoop, part: tuple, state: SMCState | None) -> Callable | None:
+    """A replay function of :func:`first_steps` (``state`` ``None``; ``part`` names the sizes)
+    or :func:`flagged_step` (from static copies of ``state``), captured as a CUDA graph cached
+    under ``loop.graph_key + part``, whose generator is seeded from one draw of the run's
+    generator. ``None`` (with a warning, and ``loop.graph_key`` cleared) if the capture fails."""
+    smc, key = loop.smc, (*loop.graph_key, *part)
     entry = _CACHE.get(key)
     if entry is None:
         try:
-            entry = _capture(smc, state)
+            entry = _capture(smc, state, part)
         except Exception as err:  # a target that cannot be captured: the caller runs eagerly
             warnings.warn(
                 f"tempered SMC: CUDA-graph capture of the whole step failed ({err!r}); "
                 "running the steps eagerly (fused=False skips the attempt)",
-                stacklevel=5,
+                stacklevel=6,
             )
+            loop.graph_key = None
             return None
         if len(_CACHE) >= _CACHE_SIZE:
             _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = entry
-    entry["gen"].manual_seed(child_generator(generator, state.log_z.device).initial_seed())
+    entry["gen"].manual_seed(child_generator(loop.generator, _device(smc, state)).initial_seed())
+    status = getattr(entry["smc"].model, "compile_status", None)
+    if status is not None:  # the replayed kernels are the capturing model's moves
+        smc.model.compile_status = status
+    return partial_replay(entry)
+
+
+def partial_replay(entry: dict[str, Any]) -> Callable:
+    """The replay function of a cache entry: copy the inputs into the graph's static state
+    (if it has one), replay, return copies of the outputs."""
     static, graph = entry["static"], entry["graph"]
 
-    def replay(st: SMCState) -> tuple[SMCState, StepInfo, torch.Tensor]:
-        for name, v in st.particles.items():
-            static.particles[name].copy_(v)
-        static.log_weights.copy_(st.log_weights)
-        static.log_z.copy_(st.log_z)
+    def replay(*st: SMCState) -> Any:
+        if static is not None:
+            _copy_state(static, st[0])
         graph.replay()
-        new, info, stop = entry["out"]
-        new = new._replace(
-            particles={n: v.clone() for n, v in new.particles.items()},
-            log_weights=new.log_weights.clone(),
-            log_z=new.log_z.clone(),
-        )
-        return new, clone_info(info), stop.clone()
+        return tuple(_clone(v) for v in entry["out"])
 
     return replay
 
 
-def _capture(smc: SMC, state: SMCState) -> dict[str, Any]:
-    """Capture :func:`flagged_step` on static copies of ``state`` with a generator of its own
-    (warmed up once on a side stream: allocator, autograd, lazy initialisation)."""
-    device = state.log_z.device
+def _copy_state(dst: SMCState, src: SMCState) -> None:
+    for name, v in src.particles.items():
+        dst.particles[name].copy_(v)
+    dst.log_weights.copy_(src.log_weights)
+    dst.log_z.copy_(src.log_z)
+
+
+def _clone(v: Any) -> Any:
+    if isinstance(v, SMCState):
+        return static_copy(v)
+    if isinstance(v, StepInfo):
+        return clone_info(v)
+    return v.clone()
+
+
+def _device(smc: SMC, state: SMCState | None) -> torch.device:
+    """The device of the graph: the state's, or (first steps) the model's."""
+    return state.log_z.device if state is not None else torch.device(smc.model.device)
+
+
+def captured_call(fn: Callable[[torch.Generator], Any], gen: torch.Generator) -> Any:
+    """``fn(gen)``: the call a graph captures (a seam: the CPU tests replay it)."""
+    return fn(gen)
+
+
+def _capture(smc: SMC, state: SMCState | None, part: tuple) -> dict[str, Any]:
+    """Capture :func:`first_steps` (``state`` ``None``, sizes in ``part``) or
+    :func:`flagged_step` on static copies of ``state``, with a generator of its own (warmed
+    up once on a side stream: allocator, autograd, compilation, lazy initialisation)."""
+    device = _device(smc, state)
+    if state is None:
+        _, n, g = part
+        static = None
+
+        def fn(gen: torch.Generator) -> Any:
+            return first_steps(smc, n, g, gen)
+    else:
+        static = static_copy(state)
+
+        def fn(gen: torch.Generator) -> Any:
+            return flagged_step(smc, static, gen)
+
     gen = torch.Generator(device=device)
     gen.manual_seed(0)
-    static = static_copy(state)
     side = torch.cuda.Stream(device=device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
-        flagged_step(smc, static, gen)
+        fn(gen)
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     graph.register_generator_state(gen)
     with torch.cuda.graph(graph):
-        out = flagged_step(smc, static, gen)
+        out = captured_call(fn, gen)
     return {"graph": graph, "static": static, "out": out, "gen": gen, "smc": smc}
 
 
@@ -212,7 +305,8 @@ def run_fused(
     graph_key: tuple | None = None,
 ) -> Any:
     """Run ``smc`` (a tempered model) with :class:`FusedLoop`: returns the engine's
-    :class:`~smcdiff.engine.result.SMCRun`. ``graph_key``: the cache key of the step's CUDA
-    graph (``None``: eager steps, e.g. on the CPU)."""
+    :class:`~smcdiff.engine.result.SMCRun`. ``graph_key``: the cache key of the CUDA graphs
+    (``None``: eager steps, e.g. on the CPU); ``chunk``: steps queued ahead of the host's read
+    of a step's end flags."""
     loop = FusedLoop(smc, generator, check_every, progress, chunk, graph_key)
     return loop.run(loop.begin(n_particles, n_groups))

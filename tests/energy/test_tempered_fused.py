@@ -8,6 +8,7 @@ import torch
 
 import smcdiff
 from smcdiff.energy import sample
+from smcdiff.energy import tempered_fused as tf
 from smcdiff.errors import NonFiniteError
 from tests.stats import assert_z_unbiased
 
@@ -152,14 +153,16 @@ class _FakeGraph:
         """A no-op: the stand-in replays with the generator it captured."""
 
     def replay(self):
-        fn, args = self.call
-        fresh = fn(*args)
+        fn, gen = self.call
+        fresh = fn(gen)
         _copy_into(self.out, fresh)
         self.n_replays += 1
 
 
 def _copy_into(dst, src):
-    if isinstance(dst, torch.Tensor):
+    if isinstance(dst, torch.Tensor) and 0 in dst.stride():  # an expanded constant (arange)
+        assert torch.equal(dst, src)
+    elif isinstance(dst, torch.Tensor):
         dst.copy_(src)
     elif isinstance(dst, dict):
         for k in dst:
@@ -169,25 +172,16 @@ def _copy_into(dst, src):
             _copy_into(a, b)
 
 
-@pytest.mark.slow
-def test_graph_replay_plumbing_with_a_cpu_stand_in_for_cuda_graphs(monkeypatch):
-    """The CUDA-graph path (static inputs copied in, outputs overwritten by each replay and
-    copied out, the graph cached and re-seeded per run) run on the CPU with a stand-in graph:
-    runs repeat by seed, the graph is captured once, and log Z of a Gaussian is unbiased
-    (stale outputs or inputs would stall the temperatures or repeat a step)."""
+@pytest.fixture
+def fake_graphs(monkeypatch):
+    """CUDA graphs replaced by :class:`_FakeGraph` on the CPU; yields the list of graphs."""
     import contextlib
 
-    from smcdiff.energy import tempered_fused as tf
+    graphs = []
 
-    real_step, graphs = tf.flagged_step, []
-
-    def recording_step(smc, state, gen):
-        out = real_step(smc, state, gen)
-        if _FakeGraph.capturing is not None:
-            _FakeGraph.capturing.call, _FakeGraph.capturing.out = (
-                (real_step, (smc, state, gen)),
-                out,
-            )
+    def recording_call(fn, gen):
+        out = fn(gen)
+        _FakeGraph.capturing.call, _FakeGraph.capturing.out = (fn, gen), out
         return out
 
     @contextlib.contextmanager
@@ -206,7 +200,7 @@ def test_graph_replay_plumbing_with_a_cpu_stand_in_for_cuda_graphs(monkeypatch):
         def wait_stream(self, other):
             self.waited.append(other)
 
-    monkeypatch.setattr(tf, "flagged_step", recording_step)
+    monkeypatch.setattr(tf, "captured_call", recording_call)
     monkeypatch.setattr(torch.cuda, "Stream", _Stream)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: _Stream())
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
@@ -214,19 +208,57 @@ def test_graph_replay_plumbing_with_a_cpu_stand_in_for_cuda_graphs(monkeypatch):
     monkeypatch.setattr(torch.cuda, "graph", fake_capture)
     monkeypatch.setattr(tf, "_CACHE", {})
 
+    yield graphs
+
+
+@pytest.mark.slow
+def test_graph_replay_plumbing_with_a_cpu_stand_in_for_cuda_graphs(fake_graphs):
+    """The CUDA-graph path (static inputs copied in, outputs overwritten by each replay and
+    copied out, the graph cached and re-seeded per run) run on the CPU with a stand-in graph:
+    runs repeat by seed, the graph is captured once, and log Z of a Gaussian is unbiased
+    (stale outputs or inputs would stall the temperatures or repeat a step)."""
+    graphs = fake_graphs
     target = gaussian_target(torch.tensor([2.0, -1.0, 0.5, 0.0]), 0.5, 3.0)
     opts = smcdiff.energy.options.TemperedOptions(n_moves=2)
 
-    def run(seed):
+    def run(seed, chunk):
         fk = smcdiff.energy.TemperedSMC(target, opts, dtype=torch.float64)
         smc = tf.SMC(fk, resampling="systematic")
         gen = torch.Generator().manual_seed(seed)
-        return tf.run_fused(smc, 300, 24, gen, chunk=2, graph_key=("fake",))
+        return tf.run_fused(smc, 300, 24, gen, chunk=chunk, graph_key=("fake",))
 
-    a, b, c = run(0), run(0), run(1)
-    assert len(graphs) == 1 and graphs[0].n_replays > 0  # captured once, cached
+    a, b, c = run(0, 1), run(0, 1), run(1, 2)
+    assert len(graphs) == 2  # init + step 1, and step k >= 2: each captured once, cached
+    assert graphs[0].n_replays == 3  # one replay of the first graph per run
+    # the host reads step k's flags after queueing step k+1: with chunk=1 no step after the
+    # end is queued (step k's flags say whether k+1 is the last); chunk=2 may queue one more
+    exact = a.completed_steps - 1 + b.completed_steps - 1
+    assert graphs[1].n_replays - exact - (c.completed_steps - 1) in (0, 1)
     assert torch.equal(a.log_z, b.log_z) and not torch.equal(a.log_z, c.log_z)
     temps = a.trace["temperature"]
     assert bool((temps[-1] == 1.0).all()) and bool((temps.diff(dim=0) >= 0).all())
     assert bool((temps.diff(dim=0)[1:-1] > 0).all())  # every step but the last moves on
     assert_z_unbiased(torch.cat([a.log_z, c.log_z]), 3.0, n_se=4.5, max_se=0.08)
+
+
+@pytest.mark.slow
+def test_replayed_compiled_moves_report_compiled(fake_graphs, monkeypatch):
+    """A run replaying cached graphs captured by an earlier run's model reports the moves'
+    compile status of the capture ("compiled"), not "not called" (its own wrapper never runs);
+    the aot_eager backend as in tests/mcmc/test_compiled.py."""
+    from smcdiff.mcmc import compiled
+
+    monkeypatch.setattr(compiled, "BACKEND", "aot_eager")
+    monkeypatch.setattr(smcdiff.energy.tempered, "_COMPILED", {})
+    target = gaussian_target(torch.tensor([2.0, -1.0]), 0.5, 0.0)
+    opts = smcdiff.energy.options.TemperedOptions(
+        n_moves=1, compile=True, kernel="hmc", kernel_options={"n_leapfrog": 2}
+    )
+    models = []
+    for seed in (0, 1):
+        fk = smcdiff.energy.TemperedSMC(target, opts, dtype=torch.float64)
+        gen = torch.Generator().manual_seed(seed)
+        tf.run_fused(tf.SMC(fk), 50, 1, gen, graph_key=("fake-compiled",))
+        models.append(fk)
+    assert len(fake_graphs) == 2 and fake_graphs[1].n_replays > 0
+    assert [m.compile_status for m in models] == ["compiled", "compiled"]
