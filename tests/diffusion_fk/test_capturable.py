@@ -12,11 +12,14 @@ makes none (the CUDA capture itself runs in experiments/bench_fk_step.py).
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
 
 import pytest
 import torch
 from smcdiff_experiments.bench_fk_step import make_problem
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
 
 from smcdiff.diffusion_fk import TiltTerm, build_diffusion_fk
 from smcdiff.engine import SMC
@@ -28,57 +31,77 @@ class HostSyncError(RuntimeError):
     """A call inside :func:`host_sync_detector` that a CUDA graph cannot capture."""
 
 
-_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy", "nonzero")
-_SHAPES = ("nonzero", "masked_select", "unique", "unique_consecutive", "argwhere")
-_SYNCING = ("cholesky", "inv", "solve", "eigh")  # torch.linalg ops that check info on the host
+_READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy"}
+_SHAPES = {"nonzero", "masked_select", "unique", "unique_consecutive", "argwhere"}
+# torch.linalg solvers that check their result on the host (the *_ex forms report on the device)
+_HOST_CHECKED = {"linalg_cholesky", "linalg_inv", "linalg_solve", "linalg_eigh", "cholesky"}
+_FROM_DATA = {"tensor", "as_tensor", "asarray"}
+_MOVES = {"to", "cuda"}
 
 
-def _raiser(name: str):
-    def fail(*args, **kwargs):
-        raise HostSyncError(f"{name} inside a capturable step")
-
-    return fail
+def _tensors(tree) -> list[torch.Tensor]:
+    return [v for v in pytree.tree_leaves(tree) if isinstance(v, torch.Tensor)]
 
 
-def _no_host_data(name: str, fn):
-    def guarded(data, *args, **kwargs):
-        if not isinstance(data, torch.Tensor):
-            raise HostSyncError(f"{name}(<{type(data).__name__}>): host data copied to the device")
-        return fn(data, *args, **kwargs)
-
-    return guarded
+def _names_a_device(args, kwargs) -> bool:
+    given = [*args, kwargs.get("device")]
+    return any(isinstance(v, (torch.device, str)) for v in given)
 
 
-def _no_bool_index(getitem):
-    def guarded(self, key):
-        keys = key if isinstance(key, tuple) else (key,)
-        if any(isinstance(k, torch.Tensor) and k.dtype == torch.bool for k in keys):
-            raise HostSyncError("boolean-mask indexing (a data-dependent shape)")
-        return getitem(self, key)
+class _Detector(TorchFunctionMode):
+    """Tracks the *host* tensors: made from Python data without a device, or computed from host
+    tensors only (e.g. a process's ``alpha(t)`` at a float ``t``, which on CUDA is a CPU
+    tensor: reading it back costs no device sync). Everything else counts as device data."""
 
-    return guarded
+    def __init__(self):
+        super().__init__()
+        self.host: dict[int, weakref.ref] = {}  # id -> weak reference (ids get reused)
+
+    def is_host(self, t: torch.Tensor) -> bool:
+        ref = self.host.get(id(t))
+        return ref is not None and ref() is t
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        inputs = _tensors((args, kwargs))
+        on_host = bool(inputs) and all(self.is_host(t) for t in inputs)
+        if name in _READS and not on_host:
+            raise HostSyncError(f"Tensor.{name} of device data (a host sync)")
+        if name in _SHAPES and not on_host:
+            raise HostSyncError(f"{name} of device data (a data-dependent shape)")
+        if name == "__getitem__" and any(t.dtype == torch.bool for t in inputs[1:]) and not on_host:
+            raise HostSyncError("boolean-mask indexing of device data (a data-dependent shape)")
+        if name in _HOST_CHECKED:
+            raise HostSyncError(f"{name} checks its result on the host (use the *_ex form)")
+        to_device = _names_a_device(args[1:] if name in _MOVES else (), kwargs)
+        if name in _FROM_DATA and (not inputs or on_host) and kwargs.get("device") is not None:
+            raise HostSyncError(f"torch.{name}(<host data>, device=...): a host-to-device copy")
+        if name in _MOVES and on_host and (to_device or name == "cuda"):
+            raise HostSyncError(
+                f"Tensor.{name} of a host tensor to a device: a host-to-device copy"
+            )
+        out = func(*args, **kwargs)
+        if on_host or (name in _FROM_DATA and not inputs) or (not inputs and not to_device):
+            for t in _tensors(out):
+                self.host[id(t)] = weakref.ref(t)
+        return out
 
 
 @contextlib.contextmanager
 def host_sync_detector() -> Iterator[None]:
-    """Inside the block, raise :class:`HostSyncError` on host reads of tensors, host-to-device
-    copies of Python data, data-dependent shapes and the host-checked ``torch.linalg`` solvers
-    (``linalg.cholesky_ex`` / ``solve_triangular`` are allowed: they report on the device)."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name in _READS:
-            mp.setattr(torch.Tensor, name, _raiser(f"Tensor.{name}"))
-        for name in _SHAPES:
-            mp.setattr(torch, name, _raiser(f"torch.{name}"))
-        for name in _SYNCING:
-            mp.setattr(torch.linalg, name, _raiser(f"torch.linalg.{name}"))
-        for name in ("tensor", "as_tensor"):
-            mp.setattr(torch, name, _no_host_data(f"torch.{name}", getattr(torch, name)))
-        mp.setattr(torch.Tensor, "__getitem__", _no_bool_index(torch.Tensor.__getitem__))
+    """Inside the block, raise :class:`HostSyncError` on a host read of device data
+    (``.item()``, ``bool``, ``float``, ``.tolist()``, ``.cpu()``), a host-to-device copy of
+    host data (``torch.tensor(x, device=...)``, ``host.to(device)``), a data-dependent shape
+    (``nonzero``, boolean-mask indexing) or a ``torch.linalg`` solver that checks on the host.
+    On the CPU every tensor lives on the host, so *device data* means: not made from Python
+    data without a device, nor computed from such tensors alone (:class:`_Detector`)."""
+    with _Detector():
         yield
 
 
 def test_the_detector_catches_each_kind_of_host_sync():
-    x = torch.ones(3)
+    x = torch.ones(3) * 2.0  # device data (computed, not made from Python data)
     bad = [
         lambda: x.sum().item(),
         lambda: bool(x.sum() > 0),
@@ -86,7 +109,8 @@ def test_the_detector_catches_each_kind_of_host_sync():
         lambda: x.tolist(),
         lambda: x.cpu(),
         lambda: torch.as_tensor(0.5, device=x.device),
-        lambda: torch.tensor([1.0, 2.0]),
+        lambda: torch.tensor([1.0, 2.0], device=x.device),
+        lambda: torch.as_tensor(0.5, dtype=torch.float64).to(x.device),
         lambda: x[x > 0],
         lambda: torch.nonzero(x),
         lambda: torch.linalg.cholesky(torch.eye(2)),
@@ -95,12 +119,12 @@ def test_the_detector_catches_each_kind_of_host_sync():
         for fn in bad:
             with pytest.raises(HostSyncError):
                 fn()
-        # device-side equivalents pass
-        torch.where(x > 0, x, 0.0).sum()
-        torch.as_tensor(x, dtype=torch.float64)
-        torch.linalg.cholesky_ex(torch.eye(2))
-        x[1] + x[torch.arange(2)].sum()
-    assert x.sum().item() == 3.0  # restored on exit
+        # device-side equivalents, and host scalars read on the host, pass
+        torch.where(x > 0, x, 0.0).sum() + x[1] + x[torch.arange(2, device=x.device)].sum()
+        torch.linalg.cholesky_ex(torch.eye(2, device=x.device))
+        t = torch.as_tensor(0.3, dtype=torch.float64)  # a host scalar (e.g. a process's time)
+        assert float(torch.exp(-t) / 2.0) > 0 and (x * torch.exp(t)).shape == (3,)
+    assert x.sum().item() == 6.0  # restored on exit
 
 
 def _fk(n_steps=5, **kw):
@@ -117,6 +141,7 @@ def _fk(n_steps=5, **kw):
         {"tilt_schedule": "constant"},  # steer()'s default schedule
         {"guided": True},
         {"potential": "max", "threshold": 1.0},  # resampling at every step
+        {"path_correction": True, "sampler": "ancestral_upper"},  # the benchmark's other row
     ],
 )
 def test_a_diffusion_fk_step_makes_no_host_sync(options):
@@ -136,3 +161,24 @@ def test_a_diffusion_fk_step_makes_no_host_sync(options):
         resampled.append(info.resampled)
     assert info.step == fk.n_steps and bool(torch.isfinite(state.log_z).all())
     assert bool(torch.cat(resampled).any())  # the resampling branch ran, on the device
+
+
+def test_steps_do_no_factorisation(monkeypatch):
+    """The exact prior's noised mixtures at the grid times are built with the model: a step
+    only looks them up (no Cholesky, no triangular solve per step)."""
+    fk = _fk(n_steps=4, path_correction=True, sampler="ancestral_upper")
+    smc = SMC(fk, policy=policy_from_threshold(0.5))
+    gen = torch.Generator().manual_seed(0)
+    state, _ = smc.init(32, gen)
+    for name in ("cholesky_ex", "solve_triangular"):
+        monkeypatch.setattr(torch.linalg, name, _refuse(name))
+    for _ in range(fk.n_steps):
+        state, _ = smc.step(state, gen)
+    assert bool(torch.isfinite(state.log_z).all())
+
+
+def _refuse(name):
+    def fail(*args, **kwargs):
+        raise AssertionError(f"torch.linalg.{name} inside a step")
+
+    return fail
