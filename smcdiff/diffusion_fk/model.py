@@ -323,12 +323,11 @@ class DiffusionFK(FeynmanKacModel):
             checks = {**self._range_check(x_new), **checks}
         log_g = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         if self.path is not None:
-            log_g = log_g + self.path.step(
-                self.process, ker, x, x_new, z, ev["logp"], state["logp"]
-            )
+            args = (self.process, ker, x, x_new, z, ev["logp"], state["logp"])
             if last:  # p_{t_min} -> the exact end density
-                where = f"step {k}/{self.K}"
-                log_g = self.path.finish(x_new, log_g, ev["logp"], checks, where)
+                log_g = log_g + self.path.finish(*args, checks, f"step {k}/{self.K}")
+            else:
+                log_g = log_g + self.path.step(*args)
         elif self.weighted:
             ratio = self.proposal.log_ratio(z, shift, ker.var)
             if ratio is not None:

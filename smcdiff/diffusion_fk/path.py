@@ -9,9 +9,9 @@ with :math:`q` the proposal actually used (shifted or not), and at the start
 :math:`\log p_{t_{max}}(x) - \log \mathcal N(x; 0, \sigma_{ref}^2 I)`. The weighted particles then
 target :math:`p(x) e^{\phi(x)}` and ``log_z`` estimates :math:`\log \mathbb E_p[e^{\phi}]` without
 bias from the step count. ``end_log_prob`` (an unnormalised :math:`\log\tilde\pi`) replaces
-:math:`\log p_{t_{min}}` at the last step by :math:`\log\tilde\pi(x)`: the path weights then
-telescope to :math:`\tilde\pi` (the energy-target sampler, where :math:`p_t` is estimated and
-the estimate at the last step cancels exactly). All terms sum over every event dim; for a
+:math:`\log p_{t_{min}}` at the last step by :math:`\log\tilde\pi(x)` (:meth:`PathCorrection.
+finish`): the path weights then telescope to :math:`\tilde\pi` (the energy-target sampler, where
+:math:`p_t` is estimated and the estimate at the last step is no part of the weight). All terms sum over every event dim; for a
 :class:`~smcdiff.processes.MeanFree` process every Gaussian is the one of its subspace.
 """
 
@@ -64,20 +64,30 @@ class PathCorrection:
 
     def finish(
         self,
+        process: NoiseProcess,
+        ker: ReverseStep,
         x: torch.Tensor,
-        log_g: torch.Tensor,
+        x_new: torch.Tensor,
+        z: torch.Tensor,
         logp: torch.Tensor,
+        prev_logp: torch.Tensor,
         checks: dict[str, torch.Tensor],
         where: str,
     ) -> torch.Tensor:
-        r"""At the last step: ``log_g`` with :math:`\log p_{t_{min}}` replaced by
-        ``end_log_prob`` (unchanged without one); NaN / +inf end values go into ``checks``."""
+        r"""The last step's weight (arguments of :meth:`step`): :meth:`step` with
+        ``end_log_prob(x_new)`` in place of :math:`\log p_{t_{min}}` = ``logp`` (unchanged without
+        one); NaN / +inf end values go into ``checks`` under ``"end log_prob"``.
+
+        With ``end_log_prob`` the estimate :math:`\log\hat p_{t_{min}}` is no part of the weight
+        (the path weights telescope to :math:`\tilde\pi`), so a ``-inf`` there, an estimate with
+        no mass where the end density has some, is not an error and gives the weight of the end
+        density; an end density of ``-inf`` gives weight 0."""
         if self.end_log_prob is None:
-            return log_g
-        end = self.end_log_prob(x)
-        check_shape("end log_prob", end, (x.shape[0],), where=where)
+            return self.step(process, ker, x, x_new, z, logp, prev_logp)
+        end = self.end_log_prob(x_new)
+        check_shape("end log_prob", end, (x_new.shape[0],), where=where)
         checks["end log_prob"] = nan_or_posinf(end.detach())
-        return log_g + end.detach().double() - logp
+        return self.step(process, ker, x, x_new, z, end.detach().double(), prev_logp)
 
     def __repr__(self) -> str:
         return f"PathCorrection(end_log_prob={self.end_log_prob!r})"

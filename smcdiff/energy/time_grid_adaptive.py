@@ -184,9 +184,11 @@ class AdaptiveTimeFK(FeynmanKacModel):
         x, score, logp = state["x"][rows], state["score"][rows], state["logp"][rows]
         x_new = ker.mean(x, score) + ker.std * z[rows]
         ev, checks = self._evaluate(x_new, s)
-        log_g = self.path.step(self.process, ker, x, x_new, z[rows], ev["logp"], logp)
+        args = (self.process, ker, x, x_new, z[rows], ev["logp"], logp)
         if s <= self.t_min:  # p_{t_min} -> the exact end density
-            log_g = self.path.finish(x_new, log_g, ev["logp"], checks, f"t_min={s:.4g}")
+            log_g = self.path.finish(*args, checks, f"t_min={s:.4g}")
+        else:
+            log_g = self.path.step(*args)
         return _Move({"x": x_new, **ev}, log_g, checks)
 
     def step(
