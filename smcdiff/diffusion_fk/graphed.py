@@ -19,10 +19,18 @@ draw from one CUDA generator of their own, re-seeded before each replay of step 
 reproducible by seed (the run that captures equals the later ones) but another draw than an
 eager run.
 
+**Memory.** The steps of one key read and write one set of state buffers (the graph copies its
+new state into them), and every graph allocates from one shared memory pool: the K graphs hold
+one step's temporaries and their small per-step records, not K copies of the state (N = 10⁷ in
+d = 16 fits). Safe because a replay's outputs are copied out before the next replay.
+:func:`release` frees a key's graphs; :func:`cached_steps` counts them.
+
 **When it is used.** On CUDA with a ``graph_key``; steps that cannot be captured (a host sync in
 the model: adaptive tilts, MALA moves that decide on the host) make the capture fail: the run
-warns once and continues eagerly. Without a key (e.g. on the CPU) every step runs eagerly with
-the run's generator: the numbers of :func:`~smcdiff.run_smc` bit for bit.
+warns once (:class:`GraphCaptureWarning`) and continues eagerly. Without a key (e.g. on the CPU)
+every step runs eagerly with the run's generator: the numbers of :func:`~smcdiff.run_smc` bit
+for bit. A step is capture-safe when it passes tests/diffusion_fk/test_capturable.py's host-sync
+detector.
 """
 
 from __future__ import annotations
@@ -41,16 +49,28 @@ from smcdiff.engine.smc import SMC, RunLoop
 from smcdiff.engine.state import SMCState, StepInfo
 from smcdiff.seeding import child_generator
 
-__all__ = ["GraphedLoop", "run_graphed"]
+__all__ = [
+    "GraphCaptureWarning",
+    "GraphedLoop",
+    "cached_steps",
+    "release",
+    "run_graphed",
+    "step_in_place",
+]
 
 _CACHE: dict[tuple, dict[str, Any]] = {}
 _CACHE_SIZE = 512  # step graphs (K per run setting)
 
 
+class GraphCaptureWarning(UserWarning):
+    """A step could not be captured as a CUDA graph: the run continues with eager steps."""
+
+
 class GraphedLoop(RunLoop):
     """The loop of :func:`smcdiff.run_smc` (records, finiteness checks, progress, partial
     results) with step ``k >= 1`` replayed from its CUDA graph when ``graph_key`` is given
-    (module docstring), else run eagerly with the run's generator."""
+    (module docstring), else run eagerly with the run's generator. ``replayed`` counts the
+    steps replayed from graphs; ``capture_error`` says why a capture failed (else ``None``)."""
 
     def __init__(
         self,
@@ -63,6 +83,7 @@ class GraphedLoop(RunLoop):
         super().__init__(smc, generator, (), None, check_every, progress)
         self.graph_key = graph_key
         self.seed: int | None = None
+        self.replayed, self.capture_error = 0, None
 
     def _steps(self, state: SMCState, tick: Progress) -> SMCState:
         model, K = self.smc.model, self.smc.model.n_steps
@@ -88,11 +109,13 @@ class GraphedLoop(RunLoop):
         entry = _CACHE.get(key)
         if entry is None:
             try:
-                entry = capture_step(self.smc, state)
+                entry = capture_step(self.smc, state, _shared_static(self.graph_key, state))
             except Exception as err:  # a step that cannot be captured: the rest run eagerly
+                self.capture_error = f"step {state.step + 1}: {err!r}"
                 warnings.warn(
                     f"FK steps: CUDA-graph capture of step {state.step + 1} failed ({err!r}); "
                     "running the steps eagerly",
+                    GraphCaptureWarning,
                     stacklevel=4,
                 )
                 self.graph_key = None
@@ -103,40 +126,88 @@ class GraphedLoop(RunLoop):
         if self.seed is None:  # once per run, from the run's generator
             self.seed = child_generator(self.generator, state.log_z.device).initial_seed()
         entry["gen"].manual_seed((self.seed + state.step + 1) % 2**63)  # step k's own stream
+        self.replayed += 1
         return replay(entry, state)
+
+
+def _device_object(kind: str, device: torch.device, make: Callable[[], Any]) -> Any:
+    """One object per device kept in the cache (the step graphs' generator, memory pool)."""
+    key = (kind, str(device))
+    if key not in _CACHE:
+        _CACHE[key] = {"value": make()}
+    return _CACHE[key]["value"]
 
 
 def _generator(device: torch.device) -> torch.Generator:
     """The CUDA generator every step graph draws from (one per device)."""
-    key = ("generator", str(device))
-    if key not in _CACHE:
-        _CACHE[key] = {"gen": torch.Generator(device=device)}
-        _CACHE[key]["gen"].manual_seed(0)
-    return _CACHE[key]["gen"]
+    return _device_object("generator", device, lambda: torch.Generator(device=device))
 
 
-def capture_step(smc: SMC, state: SMCState) -> dict[str, Any]:
-    """Capture :meth:`SMC.step` on static copies of ``state`` (warmed up once on a side
-    stream: allocator, lazy initialisation), drawing from the device's step-graph generator."""
-    device = state.log_z.device
-    gen = _generator(device)
+def _layout(state: SMCState) -> tuple:
+    parts = sorted((n, tuple(v.shape), v.dtype) for n, v in state.particles.items())
+    return (tuple(parts), tuple(state.log_weights.shape), tuple(state.log_z.shape))
+
+
+def _shared_static(graph_key: tuple, state: SMCState) -> SMCState | None:
+    """The state buffers the steps of ``graph_key`` share (made from ``state`` on first use),
+    or ``None`` if ``state`` has another layout (names, shapes, dtypes): then the step gets
+    buffers of its own."""
     from smcdiff.energy.tempered_fused import static_copy  # here: no import cycle at load
 
-    static = static_copy(state)
+    key = ("static", *graph_key)
+    if key not in _CACHE:
+        _CACHE[key] = {"static": static_copy(state), "layout": _layout(state)}
+    entry = _CACHE[key]
+    return entry["static"] if entry["layout"] == _layout(state) else None
+
+
+def step_in_place(smc: SMC, static: SMCState, gen: torch.Generator) -> tuple[list, dict, Any]:
+    """The body of a step graph: :meth:`SMC.step` from ``static``, its new state copied into
+    ``static``'s buffers (those of the same name, shape and dtype; the others are returned).
+    Returns the new state's names, the entries kept apart, and the step's record."""
+    new, info = smc.step(static, gen)
+    ptrs = {v.data_ptr(): n for n, v in static.particles.items()}
+    apart, copies = {}, []
+    for name, v in new.particles.items():
+        dst = static.particles.get(name)
+        if dst is None or dst.shape != v.shape or dst.dtype != v.dtype:
+            apart[name] = v
+            continue
+        alias = ptrs.get(v.data_ptr(), name) != name  # another input's buffer: copy it first
+        copies.append((dst, v.clone() if alias else v))
+    for dst, v in copies:
+        if dst.data_ptr() != v.data_ptr():
+            dst.copy_(v)
+    static.log_weights.copy_(new.log_weights)
+    static.log_z.copy_(new.log_z)
+    return list(new.particles), apart, info
+
+
+def capture_step(smc: SMC, state: SMCState, static: SMCState | None = None) -> dict[str, Any]:
+    """Capture :meth:`SMC.step` writing its new state into ``static`` (shared buffers; default
+    copies of ``state``), warmed up once on a side stream (allocator, lazy initialisation),
+    drawing from the device's step-graph generator and allocating from its shared pool."""
+    from smcdiff.energy.tempered_fused import static_copy  # here: no import cycle at load
+
+    device = state.log_z.device
+    gen = _generator(device)
+    pool = _device_object("pool", device, torch.cuda.graph_pool_handle)
+    static = static_copy(state) if static is None else static._replace(step=state.step)
     side = torch.cuda.Stream(device=device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
-        smc.step(static, gen)
+        step_in_place(smc, static, gen)
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     graph.register_generator_state(gen)
-    with torch.cuda.graph(graph):
-        out = smc.step(static, gen)
-    return {"graph": graph, "static": static, "out": out, "gen": gen, "model": smc.model}
+    with torch.cuda.graph(graph, pool=pool):
+        names, apart, info = step_in_place(smc, static, gen)
+    return {"graph": graph, "static": static, "names": names, "apart": apart, "info": info,
+            "gen": gen, "model": smc.model}  # fmt: skip
 
 
 def replay(entry: dict[str, Any], state: SMCState) -> tuple[SMCState, StepInfo]:
-    """Copy ``state`` into the graph's inputs, replay it, return copies of its outputs."""
+    """Copy ``state`` into the graph's buffers, replay it, return copies of its outputs."""
     from smcdiff.energy.tempered_fused import clone_info  # here: no import cycle at load
 
     static = entry["static"]
@@ -146,17 +217,32 @@ def replay(entry: dict[str, Any], state: SMCState) -> tuple[SMCState, StepInfo]:
             f"{sorted(static.particles)} (another model under the same graph_key?)"
         )
     for name, v in state.particles.items():
-        static.particles[name].copy_(v)
+        if v.data_ptr() != static.particles[name].data_ptr():
+            static.particles[name].copy_(v)
     static.log_weights.copy_(state.log_weights)
     static.log_z.copy_(state.log_z)
     entry["graph"].replay()
-    new, info = entry["out"]
-    new = new._replace(
-        particles={n: v.clone() for n, v in new.particles.items()},
-        log_weights=new.log_weights.clone(),
-        log_z=new.log_z.clone(),
-    )
-    return new, clone_info(info)
+    apart = entry["apart"]
+    particles = {n: (apart[n] if n in apart else static.particles[n]).clone()
+                 for n in entry["names"]}  # fmt: skip
+    new = state._replace(particles=particles, log_weights=static.log_weights.clone(),
+                         log_z=static.log_z.clone(), step=state.step + 1)  # fmt: skip
+    return new, clone_info(entry["info"])
+
+
+def cached_steps(graph_key: tuple) -> int:
+    """How many step graphs are cached under ``graph_key``."""
+    n = len(graph_key)
+    return sum(1 for k, e in _CACHE.items() if k[:n] == graph_key and "graph" in e)
+
+
+def release(graph_key: tuple) -> None:
+    """Drop the step graphs and state buffers of ``graph_key`` (their memory returns to the
+    shared pool; ``torch.cuda.empty_cache()`` gives it back to the device)."""
+    n = len(graph_key)
+    steps = [k for k in _CACHE if len(k) == n + 1 and k[:n] == graph_key]
+    for key in [*steps, ("static", *graph_key)]:
+        _CACHE.pop(key, None)
 
 
 def run_graphed(

@@ -41,32 +41,36 @@ def test_graphed_loop_without_a_graph_is_run_smc():
 
 
 class _StandInGraph:
-    """Replays the captured step on the static inputs into the captured outputs, in place."""
+    """Re-runs the captured step body on the shared buffers, writing the step's record into
+    the captured outputs in place (as a CUDA graph replay does)."""
 
-    def __init__(self, smc, static, gen, out):
-        self.smc, self.static, self.gen, self.out = smc, static, gen, out
+    def __init__(self, smc, static, gen, entry):
+        self.smc, self.static, self.gen, self.entry = smc, static, gen, entry
 
     def replay(self):
-        new, info = self.smc.step(self.static, self.gen)
-        for name, v in new.particles.items():
-            self.out[0].particles[name].copy_(v)
-        self.out[0].log_weights.copy_(new.log_weights)
-        self.out[0].log_z.copy_(new.log_z)
-        for a, b in ((self.out[1].ess, info.ess), (self.out[1].ancestors, info.ancestors),
-                     (self.out[1].log_z_increment, info.log_z_increment),
-                     (self.out[1].resampled, info.resampled)):  # fmt: skip
+        _, apart, info = graphed.step_in_place(self.smc, self.static, self.gen)
+        for name, v in apart.items():
+            self.entry["apart"][name].copy_(v)
+        out = self.entry["info"]
+        for a, b in ((out.ess, info.ess), (out.ancestors, info.ancestors),
+                     (out.log_z_increment, info.log_z_increment),
+                     (out.resampled, info.resampled)):  # fmt: skip
             a.copy_(b)
 
 
-def _stand_in_capture(smc, state):
+def _stand_in_capture(smc, state, static=None):
     gen = torch.Generator().manual_seed(0)
-    static = state._replace(
-        particles={n: v.clone() for n, v in state.particles.items()},
-        log_weights=state.log_weights.clone(), log_z=state.log_z.clone(),
-    )  # fmt: skip
-    out = smc.step(static, gen)
-    return {"graph": _StandInGraph(smc, static, gen, out), "static": static, "out": out,
-            "gen": gen, "model": smc.model}  # fmt: skip
+    if static is None:
+        static = state._replace(
+            particles={n: v.clone() for n, v in state.particles.items()},
+            log_weights=state.log_weights.clone(), log_z=state.log_z.clone(),
+        )  # fmt: skip
+    static = static._replace(step=state.step)
+    names, apart, info = graphed.step_in_place(smc, static, gen)
+    entry = {"static": static, "names": names, "apart": apart, "info": info, "gen": gen,
+             "model": smc.model}  # fmt: skip
+    entry["graph"] = _StandInGraph(smc, static, gen, entry)
+    return entry
 
 
 def test_cached_step_graphs_replay_the_same_run(monkeypatch):
@@ -80,7 +84,11 @@ def test_cached_step_graphs_replay_the_same_run(monkeypatch):
         return loop.run(loop.begin(200, 1))
 
     first = run(5)  # captures steps 1..K
-    assert sum(1 for k in graphed._CACHE if k[:2] == ("stand-in", id(fk))) == fk.n_steps
+    key = ("stand-in", id(fk))
+    assert graphed.cached_steps(key) == fk.n_steps
+    # the steps share one set of state buffers (the last, unguided step has the same layout)
+    buffers = {id(graphed._CACHE[(*key, k)]["static"].particles["x"]) for k in range(1, 7)}
+    assert len(buffers) == 1
     again, other = run(5), run(6)  # replays
     assert _same(first, again) and torch.equal(first.trace["ess"], again.trace["ess"])
     assert not torch.equal(first.state["x"], other.state["x"])
@@ -95,6 +103,8 @@ def test_cached_step_graphs_replay_the_same_run(monkeypatch):
         state, _ = smc.step(state, step_gen.manual_seed((s + k) % 2**63))
     assert torch.equal(state.particles["x"], other.state["x"])
     assert torch.equal(state.log_z, other.log_z)
+    graphed.release(key)
+    assert graphed.cached_steps(key) == 0 and ("static", *key) not in graphed._CACHE
 
 
 @pytest.mark.parametrize("n", [10])
