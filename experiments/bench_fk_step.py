@@ -3,15 +3,25 @@
 One FK step = exact 8-component GMM score (and log-density, for path correction) in d = 16, a
 reward on Tweedie's x0, potentials and weights, ESS, systematic resampling and the gather of the
 particle state. Its time is (T(K2 steps) - T(K1 steps)) / (K2 - K1), so set-up and the final
-trace copy cancel. Resampling alone: systematic ancestors from float64 log-weights plus the
-gather of (N, d) float32 particles, beside a naive float32 torch version and a device copy of
-the same bytes (the memory-bandwidth floor).
+trace copy cancel. Per size and path-correction setting a row holds (ms per step):
+
+* ``ms``: eager steps (``run_smc``); ``busy_ms`` / ``kernels``: the GPU-busy time (the union of
+  the kernels' intervals, from the profiler) and the kernels per step;
+* ``ex_score_ms`` (``ex_score_busy_ms``): the same step with the score replaced by a lookup
+  (``TableScore``): the step *excluding the score*; ``score_ms``: the score alone;
+* ``graphed_ms``, ``graphed_ex_score_ms`` (``--graphed-max``): the steps replayed from CUDA
+  graphs (``smcdiff.diffusion_fk.graphed``), reported only when every step replayed; else
+  ``graphed_error`` holds the capture's warning;
+* ``peak_GB``: the peak device memory of the row; an out-of-memory error is recorded.
+
+Resampling alone: systematic ancestors from float64 log-weights plus the gather of (N, d)
+float32 particles, beside a naive float32 torch version and a device copy of the same bytes
+(the memory-bandwidth floor).
 
     python -m smcdiff_experiments.bench_fk_step [--device cuda] [--out results/bench.json]
-        [--sizes 1e4,1e6,1e7,1e8]
+        [--sizes 1e4,1e6,1e7,1e8] [--graphed-max 1e7] [--budget-s 110] [--fk-only]
 
-Each FK size reports its peak device memory; an out-of-memory error is recorded, not raised
-(N = 1e8 at d = 16 needs the chunked mixture score of docs/speed.md).
+The JSON (``--out``) is rewritten after every FK row; ``--budget-s``: no new row past it.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import torch
 
 import smcdiff
 from smcdiff.diffusion_fk import TiltTerm, build_diffusion_fk
+from smcdiff.diffusion_fk import graphed as graphed_mod
 from smcdiff.diffusion_fk.graphed import run_graphed
 from smcdiff.engine import run_smc
 from smcdiff.processes.grids import time_grid
@@ -65,15 +76,36 @@ def make_problem(device, d: int = 16, k: int = 8, seed: int = 0):
     return smcdiff.exact_score(prior, smcdiff.VP()), reward
 
 
-def fk_step_time(
-    n: int, device, path_correction: bool, k1=10, k2=30, repeats=3, graphed: bool = False
-) -> float:
-    """Seconds per FK step of the engine with steer()'s defaults (log-SNR grid, snr tilt,
-    ancestral_upper under path correction, resampling at ESS < N/2): the difference of runs of
-    k2 and k1 steps, so set-up and the front door's end-of-run diagnostics do not count.
-    ``graphed``: the steps replayed from CUDA graphs (:mod:`smcdiff.diffusion_fk.graphed`,
-    captured in the warm-up run; eager on the CPU)."""
+class TableScore:
+    """``model`` with its score replaced by a lookup (for the step time *excluding the score*):
+    ``score(x, t)`` returns one ``(n, d)`` table (the exact score of ``n`` draws of
+    :math:`p_{0.5}`), ``score_and_log_density`` the table and the draws' log-density, whatever
+    ``x`` and ``t``. The particles then move with wrong scores: a timing device, not a sampler."""
+
+    scalar_time = True
+
+    def __init__(self, model, n: int, device):
+        self.process, self.dim, self.event_shape = model.process, model.dim, model.event_shape
+        gen = torch.Generator(device=device).manual_seed(1)
+        x = model.sample_marginal(n, 0.5, gen)
+        self.table, self.logp = model.score_and_log_density(x, 0.5)
+
+    def score(self, x, t):
+        return self.table
+
+    def log_density(self, x, t):
+        return self.logp
+
+    def score_and_log_density(self, x, t):
+        return self.table, self.logp
+
+
+def _runner(n: int, device, path_correction: bool, graphed: bool, score: str, seen: dict):
+    """``run(k)`` -> a function running k FK steps (a model built once per k; with ``graphed``
+    its steps replay from graphs under their own key, recorded in ``seen["keys"]``)."""
     model, reward = make_problem(device)
+    if score == "table":
+        model = TableScore(model, n, device)
     sampler = "ancestral_upper" if path_correction else "ancestral"
 
     def run(k):
@@ -81,15 +113,75 @@ def fk_step_time(
         fk = build_diffusion_fk(model, times, tilt=(TiltTerm("reward", reward),),
                                 path_correction=path_correction, sampler=sampler,
                                 tilt_schedule="snr", device=device)  # fmt: skip
-        policy = policy_from_threshold(0.5)
+        policy, key = policy_from_threshold(0.5), ("bench_fk_step", id(fk), n)
+        seen.setdefault("models", []).append(fk)  # alive while its graphs are cached
         if graphed:
+            seen.setdefault("keys", []).append((key, fk.n_steps))
             return lambda: run_graphed(fk, n, policy=policy, progress=False,
                                        generator=torch.Generator(device=device).manual_seed(0),
-                                       graph_key=("bench_fk_step", id(fk), n))  # fmt: skip
+                                       graph_key=key)  # fmt: skip
         return lambda: run_smc(fk, n, policy=policy, progress=False,
                                generator=torch.Generator(device=device).manual_seed(0))  # fmt: skip
 
-    t1, t2 = _timed(run(k1), device, repeats), _timed(run(k2), device, repeats)
+    return run
+
+
+def busy(prof) -> tuple[int, float]:
+    """Kernels and GPU-busy ms (the union of the kernels' time intervals) of a profile."""
+    iv = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                if e.device_type == torch.autograd.DeviceType.CUDA)  # fmt: skip
+    total, cur = 0.0, None
+    for a, b in iv:
+        if cur is None or a > cur[1]:
+            total += 0.0 if cur is None else cur[1] - cur[0]
+            cur = [a, b]
+        else:
+            cur[1] = max(cur[1], b)
+    total += 0.0 if cur is None else cur[1] - cur[0]
+    return len(iv), total / 1e3
+
+
+def _profiled(fn) -> tuple[int, float]:
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return busy(prof)
+
+
+def fk_step_time(
+    n: int, device, path_correction: bool, k1=10, k2=30, repeats=3, graphed: bool = False,
+    score: str = "exact", details: dict | None = None,
+) -> float:  # fmt: skip
+    """Seconds per FK step of the engine with steer()'s defaults (log-SNR grid, snr tilt,
+    ancestral_upper under path correction, resampling at ESS < N/2): the difference of runs of
+    k2 and k1 steps, so set-up and the front door's end-of-run diagnostics do not count.
+    ``graphed``: the steps replayed from CUDA graphs (:mod:`smcdiff.diffusion_fk.graphed`,
+    captured in the warm-up run; eager on the CPU). ``score="table"``: the exact score replaced
+    by a lookup (:class:`TableScore`). ``details`` (a dict) receives ``replayed`` (every step
+    of both runs came from a graph), ``capture_warning`` (the capture's warning, if any) and,
+    on CUDA, ``busy_ms`` / ``kernels`` per step (profiled runs, same difference of k2 and k1)."""
+    seen: dict = {}
+    run = _runner(n, device, path_correction, graphed, score, seen)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", graphed_mod.GraphCaptureWarning)
+        f1, f2 = run(k1), run(k2)
+        t1, t2 = _timed(f1, device, repeats), _timed(f2, device, repeats)
+        if details is not None and device.type == "cuda":
+            (c1, b1), (c2, b2) = _profiled(f1), _profiled(f2)
+            details["busy_ms"] = (b2 - b1) / (k2 - k1)
+            details["kernels"] = (c2 - c1) / (k2 - k1)
+    if details is not None:
+        capture = [str(w.message) for w in caught if w.category is graphed_mod.GraphCaptureWarning]
+        details["capture_warning"] = capture[0][:400] if capture else None
+        keys = seen.get("keys", [])
+        details["replayed"] = (
+            bool(keys)
+            and not capture
+            and all(graphed_mod.cached_steps(key) == k for key, k in keys)
+        )
+    for key, _ in seen.get("keys", []):
+        graphed_mod.release(key)
     return (t2 - t1) / (k2 - k1)
 
 
@@ -97,23 +189,46 @@ def fk_step_point(
     n: int, device, path_correction: bool = False, graphed: bool = False, **steps
 ) -> dict:
     """:func:`fk_step_time` in ms (``steps``: its ``k1``, ``k2``, ``repeats``) with the peak
-    device memory (GB) of the measurement, and with ``graphed`` also ``graphed_ms`` (steps
-    replayed from CUDA graphs); an out-of-memory error is recorded, not raised."""
+    device memory (GB) of the measurement, the GPU-busy ms and kernels per step (CUDA), the
+    same step with the score replaced by a lookup (``ex_score_ms``, ``ex_score_busy_ms``), and
+    with ``graphed`` the steps replayed from CUDA graphs: ``graphed_ms`` (and
+    ``graphed_ex_score_ms``) only when every step replayed, else ``graphed_error`` with the
+    capture's warning. An out-of-memory error is recorded, not raised."""
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    row: dict = {}
     try:
-        row: dict = {"ms": 1e3 * fk_step_time(n, device, path_correction, **steps)}
-        if graphed:  # the same steps replayed from CUDA graphs
-            row["graphed_ms"] = 1e3 * fk_step_time(n, device, path_correction, graphed=True,
-                                                   **steps)  # fmt: skip
+        for score, suffix in (("exact", ""), ("table", "ex_score_")):
+            for g in (False, True) if graphed else (False,):
+                info: dict = {}
+                ms = 1e3 * fk_step_time(n, device, path_correction, graphed=g, score=score,
+                                        details=info, **steps)  # fmt: skip
+                name = ("graphed_" if g else "") + suffix
+                if g and not info["replayed"]:
+                    row[name + "error"] = info["capture_warning"] or "steps did not replay"
+                    continue
+                row[name + "ms"] = ms
+                for extra in ("busy_ms", "kernels"):
+                    if extra in info:
+                        row[name + extra] = info[extra]
     except torch.OutOfMemoryError as err:
-        row = {"error": f"out of memory: {str(err).splitlines()[0][:200]}"}
+        row["error"] = f"out of memory: {str(err).splitlines()[0][:200]}"
     if cuda:
         row["peak_GB"] = torch.cuda.max_memory_allocated(device) / 1e9
         torch.cuda.empty_cache()
     return row
+
+
+def score_ms(n: int, device, path_correction: bool, repeats: int = 10) -> float:
+    """The exact mixture score (with the log-density under path correction) alone at N = n,
+    t = 0.5, ms (a marginal precomputed, as in a step)."""
+    model, _ = make_problem(device)
+    model.precompute([0.5])
+    x = model.sample_marginal(n, 0.5, torch.Generator(device=device).manual_seed(0))
+    fn = model.score_and_log_density if path_correction else model.score
+    return 1e3 * _timed(lambda: fn(x, 0.5), device, repeats)
 
 
 def resampling_times(n: int, d: int, device, repeats=20) -> dict[str, float]:
@@ -203,32 +318,56 @@ def syncs_inside_steps(device) -> int:
     return len(stacks)
 
 
+def _save(res: dict, path: str | None) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(res, f, indent=2)
+
+
+def fk_rows(res: dict, sizes, device, args, deadline: float) -> None:
+    """The FK-step rows into ``res`` (saved after each), skipped past the deadline."""
+    for n in sizes:
+        for pc in (False, True):
+            key = f"N={n:.0e} path_correction={pc}"
+            if time.perf_counter() > deadline:
+                res["fk_step"][key] = {"error": "skipped (time budget)"}
+                print(f"FK step  {key}  skipped (time budget)", flush=True)
+                continue
+            few = {"k1": 2, "k2": 5, "repeats": 1} if n > 10**7 else {"repeats": 2}
+            few = {"k1": 4, "k2": 12, "repeats": 1} if 10**6 < n <= 10**7 else few
+            row = fk_step_point(n, device, pc, n <= args.graphed_max, **few)
+            if "error" not in row:
+                row["score_ms"] = score_ms(n, device, pc, repeats=3 if n > 10**6 else 10)
+            res["fk_step"][key] = row
+            res["fk_step_ms"][key] = row.get("ms", row.get("error"))
+            if "graphed_ms" in row:
+                res["fk_step_ms"][key + " graphed"] = row["graphed_ms"]
+            res["fk_step_peak_GB"][key] = row.get("peak_GB")
+            print(f"FK step  N={n:>11,}  path_correction={pc!s:<5}  {row}", flush=True)
+            _save(res, args.out)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sizes", default="1e4,1e6,1e7")
     p.add_argument("--out", default=None)
     p.add_argument("--profile", action="store_true", help="top kernels of 5 FK steps at max N")
-    p.add_argument("--graphed-max", type=float, default=1e5,
+    p.add_argument("--graphed-max", type=float, default=1e7,
                    help="also time CUDA-graphed steps up to this N (0: never)")  # fmt: skip
+    p.add_argument("--budget-s", type=float, default=float("inf"),
+                   help="no new FK row, nor the parts after them, past this many seconds")  # fmt: skip
+    p.add_argument("--fk-only", action="store_true", help="FK-step rows only")
     args = p.parse_args(argv)
+    deadline = time.perf_counter() + args.budget_s
     device = torch.device(args.device)
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    res: dict = {"device": name, "torch": torch.__version__, "fk_step_ms": {}, "resampling_ms": {}}
-    res["fk_step_peak_GB"] = {}
-    for n in sizes:
-        for pc in (False, True):
-            row = fk_step_point(
-                n, device, pc, n <= args.graphed_max,
-                **({"k1": 2, "k2": 5, "repeats": 1} if n > 10**7 else {}),
-            )  # fmt: skip
-            key = f"N={n:.0e} path_correction={pc}"
-            res["fk_step_ms"][key] = row.get("ms", row.get("error"))
-            if "graphed_ms" in row:
-                res["fk_step_ms"][key + " graphed"] = row["graphed_ms"]
-            res["fk_step_peak_GB"][key] = row.get("peak_GB")
-            print(f"FK step  N={n:>11,}  path_correction={pc!s:<5}  {row}", flush=True)
+    res: dict = {"device": name, "torch": torch.__version__, "fk_step": {}, "fk_step_ms": {},
+                 "resampling_ms": {}, "fk_step_peak_GB": {}}  # fmt: skip
+    fk_rows(res, sizes, device, args, deadline)
+    if args.fk_only or time.perf_counter() > deadline:
+        return res
     sizes = [n for n in sizes if n <= 10**7] or [10**7]  # resampling, gathers: up to 1e7
     n_res = max(sizes)
     for name_, s in resampling_times(n_res, 32, device).items():
@@ -246,9 +385,7 @@ def main(argv=None) -> dict:
         print(f"gather   N={max(sizes):,} d=16  {name_:<24} {1e3 * s:8.3f} ms", flush=True)
     res["syncs_inside_steps"] = syncs_inside_steps(device)
     print(f"host-device syncs inside 17 FK steps (cuda only): {res['syncs_inside_steps']}")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=2)
+    _save(res, args.out)
     return res
 
 
