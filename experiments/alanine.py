@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from smcdiff_experiments.molecules import wp_1d
 from smcdiff_experiments.progress import run_bar
 from smcdiff_targets.alanine import MOLAR_GAS_CONSTANT, AlanineDipeptide, load_alanine_md
 
@@ -342,7 +343,7 @@ def temper_from_pool(
     seconds."""
     fk = HotStartTempering(target, pool, exponent, options, device=device, dtype=dtype)
     generator, _ = make_generator(seed, torch.device(device))
-    _sync(device)
+    sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
     run = run_smc(
         fk, n_particles, policy=policy_from_threshold(ess_threshold), generator=generator,
@@ -367,32 +368,61 @@ def temper_from_pool(
         info["n_grad_evals"] += final_moves * per_move
         info["n_target_evals"] += final_moves * per_move
         info["final_accept"] = float(acc) / final_moves
-    _sync(device)
+    sync(device)
     wall = time.perf_counter() - t0
     info["cpu_s"] = time.process_time() - c0
     return SMCResult.from_run(run, grouped=False, info=info), wall
 
 
-def _sync(device: str | torch.device) -> None:
+def sync(device: str | torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so wall times measure it."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
 
 
 # ----------------------------------------------------------------------------- experiment
-def settings(quick: bool, device: str = "cpu", **over: Any) -> dict:
-    """Sizes: ``quick`` (CPU smoke, < 60 s), the CPU default, and ``device="cuda"`` (larger
-    N, more moves, more seeds; estimated < 3 min on an H200); ``over`` replaces entries."""
+PROFILES: dict[str, dict] = {
+    "quick": dict(n_particles=128, seeds=[0], kernels=["hmc"], n_moves=2, n_leapfrog=10,
+                  target_ess=0.5, final_moves=10, n_tconf_md=200),
+    "cpu": {},
+    "cuda": dict(n_particles=10_000, seeds=[0, 1, 2], n_moves=5, final_moves=50),
+}  # fmt: skip
+"""Tempered sizes per profile, over the CPU defaults of :func:`settings`."""
+PRIOR_PROFILES: dict[str, dict] = {
+    "quick": dict(hidden=16, depth=2, n_iters=150, batch_size=32, lr=2e-3, n_particles=64,
+                  n_steps=10, corrector_moves=10, reserve_s=20.0,
+                  fkc_options={"divergence": "hutchinson", "max_substeps": 4}),
+    "cpu": dict(hidden=32, depth=3, n_iters=600, batch_size=64, lr=2e-3, n_particles=128,
+                n_steps=40, corrector_moves=100, reserve_s=150.0,
+                fkc_options={"divergence": "hutchinson", "max_substeps": 8}),
+    "cuda": dict(hidden=64, depth=4, n_iters=4000, batch_size=256, lr=1e-3, n_particles=5000,
+                 n_steps=100, corrector_moves=500, reserve_s=90.0,
+                 fkc_options={"max_substeps": 8}),
+}  # fmt: skip
+"""Learned-prior sizes per profile (:mod:`smcdiff_experiments.alanine_prior`): the EGNN
+(``depth`` x ``hidden``, ``n_iters`` of ``batch_size``), particles and grid steps per
+``steer`` run, MALA corrector moves; ``reserve_s`` is the time budget's estimate for training."""
+
+
+def settings(quick: bool, device: str = "cpu", profile: str | None = None, **over: Any) -> dict:
+    """Sizes of ``profile`` (default ``quick`` when ``quick``, else ``cuda`` on a CUDA device,
+    else ``cpu``): ``quick`` (CPU smoke, < 60 s), ``cpu``, ``cuda`` (about 4 min on one H200 with
+    the learned prior's training); ``over`` replaces entries (``prior={...}`` updates the
+    learned-prior entries). ``prior_methods=[]`` or ``kernels=[]`` drops a route."""
+    if profile is None:
+        profile = "quick" if quick else "cuda" if torch.device(device).type == "cuda" else "cpu"
+    if profile not in PROFILES:
+        raise SMCDiffError(f"alanine: unknown profile {profile!r}; choose from {sorted(PROFILES)}")
     cfg = dict(
         n_particles=256, seeds=[0, 1], kernels=["hmc", "mala"], n_moves=3, n_leapfrog=40,
         target_ess=0.8, final_moves=25, hot=1000.0, cold=300.0, bins=24, dtype="float32",
         hmc_step=0.002, mala_step=1.5e-6, figure=True, n_tconf_md=1000,
+        prior_methods=["none", "fk", "fkc-target", "driftlite-vcg"],
     )  # fmt: skip
-    if quick:
-        cfg.update(n_particles=128, seeds=[0], kernels=["hmc"], n_moves=2, n_leapfrog=10,
-                   target_ess=0.5, final_moves=10, n_tconf_md=200)  # fmt: skip
-    elif torch.device(device).type == "cuda":
-        cfg.update(n_particles=20_000, seeds=[0, 1, 2], n_moves=5, final_moves=50)
-    cfg.update(over)
+    cfg.update(PROFILES[profile])
+    prior = dict(sigmas=[0.01, 5.0], mala_step=1e-4, **PRIOR_PROFILES[profile])
+    prior.update(over.pop("prior", {}))
+    cfg.update(over, prior=prior, profile=profile)
     return cfg
 
 
@@ -418,30 +448,54 @@ def _options(cfg: dict, kernel: str) -> TemperedOptions:
     )  # fmt: skip
 
 
+def sample_metrics(
+    x_nm: torch.Tensor, w: torch.Tensor | None, ref: dict, temperature: float, bins: int,
+    seed: int = 0,
+) -> dict:  # fmt: skip
+    """Metrics of weighted configurations ``x_nm`` ``(N, 22, 3)`` (nm) against an MD set ``ref``
+    (``phi_psi``, ``energy``) at ``temperature``: the weighted KL (:func:`kl_phi_psi`), basin
+    populations and T_conf; the energy W1 (:func:`~smcdiff_experiments.molecules.wp_1d`) on
+    ``N`` equal-weight multinomial draws (non-finite energies left out and counted)."""
+    mol = AlanineDipeptide(temperature)
+    x = x_nm.detach().double()
+    n = x.shape[0]
+    uniform = torch.full((n,), 1.0 / n, dtype=torch.float64, device=x.device)
+    wt = uniform if w is None else w.detach().double().to(x.device)
+    pp, w_cpu = mol.phi_psi(x).cpu(), wt.cpu()
+    if w is not None:
+        gen = torch.Generator(device=x.device).manual_seed(seed)
+        x_eq = x[torch.multinomial(wt, n, replacement=True, generator=gen)]
+    energies = mol.energy(x if w is None else x_eq).cpu()
+    finite = energies.isfinite()
+    return {
+        "kl": kl_phi_psi(ref["phi_psi"], pp, w_cpu, bins),
+        "populations": basin_populations(pp, w_cpu).tolist(),
+        "T_conf": configurational_temperature(mol, x, wt),
+        "w1_energy": float(wp_1d(energies[finite], ref["energy"].double())),
+        "nonfinite_energy_frac": float(1.0 - finite.double().mean()),
+        "median_energy": float(energies.median()),
+    }
+
+
 def sampler_row(
     kernel: str, seed: int, cfg: dict, md: dict, pool: torch.Tensor, device: str
 ) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """One tempered run and its metrics against the MD reference ``md``; also returns the
-    particles' (φ, ψ) and weights (CPU) for the figure."""
+    """One tempered run and its metrics (:func:`sample_metrics`) against the MD reference
+    ``md``; also returns the particles' (φ, ψ) and weights (CPU) for the figure."""
     mol = AlanineDipeptide(cfg["cold"])
     dtype = getattr(torch, cfg["dtype"])
     res, wall = temper_from_pool(
         mol, pool, cfg["cold"] / cfg["hot"], cfg["n_particles"], _options(cfg, kernel),
         seed=seed, device=device, dtype=dtype, final_moves=final_moves(cfg, kernel),
     )  # fmt: skip
-    x = res.particles.double()
-    w = res.weights.double()
-    pp = mol.phi_psi(x).cpu()
-    w_cpu = w.cpu()
+    x, w = res.particles.double(), res.weights.double()
     row = {
         "method": f"tempered-{kernel}", "seed": seed, "n_particles": cfg["n_particles"],
-        "kl": kl_phi_psi(md["phi_psi"], pp, w_cpu, cfg["bins"]),
-        "populations": basin_populations(pp, w_cpu).tolist(),
-        "T_conf": configurational_temperature(mol, x, w),
+        **sample_metrics(x, w, md, cfg["cold"], cfg["bins"], seed),
         "ess_min_frac": float(res.ess.min()) / cfg["n_particles"],
         "log_z": float(res.log_z), "wall_s": wall, **res.info,
     }  # fmt: skip
-    return row, pp, w_cpu
+    return row, mol.phi_psi(x).cpu(), w.cpu()
 
 
 def spread(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -466,19 +520,32 @@ def reference_rows(cfg: dict, md: dict, hot: dict) -> list[dict]:
     }  # fmt: skip
     ref = {
         "method": f"MD {cfg['cold']:g} K (reference)", "seed": None, "n_particles": int(n_md),
-        "kl": 0.0, "populations": basin_populations(md["phi_psi"]).tolist(),
+        "kl": 0.0, "populations": basin_populations(md["phi_psi"]).tolist(), "w1_energy": 0.0,
         "T_conf": configurational_temperature(mol, spread(md["configs"], m)),
     }  # fmt: skip
+    start["w1_energy"] = float(wp_1d(hot["energy"], md["energy"]))
     rows = [ref, start]
-    if 4 * n <= n_md:
-        floor = kl_floor(md["phi_psi"], n, cfg["bins"])
-        name = f"MD {cfg['cold']:g} K, N frames (floor)"
-        rows.insert(1, {"method": name, "seed": None, "n_particles": n, "kl": floor})
+    sizes = dict.fromkeys(([n] if cfg["kernels"] else [])
+                          + ([cfg["prior"]["n_particles"]] if cfg["prior_methods"] else []))  # fmt: skip
+    for k, size in enumerate(s for s in sizes if 4 * s <= n_md):
+        rows.insert(1 + k, floor_row(md, size, cfg))
     return rows
 
 
+def floor_row(md: dict, n: int, cfg: dict) -> dict:
+    """What an exact sampler of ``n`` particles scores: the KL (:func:`kl_floor`) and energy W1
+    of ``n`` evenly spaced MD frames against the whole MD set."""
+    idx = torch.linspace(0, md["energy"].shape[0] - 1, n).long()
+    return {
+        "method": f"MD {cfg['cold']:g} K, {n} frames (floor)", "seed": None, "n_particles": n,
+        "kl": kl_floor(md["phi_psi"], n, cfg["bins"]),
+        "w1_energy": float(wp_1d(md["energy"][idx], md["energy"])),
+    }  # fmt: skip
+
+
 def summarise(rows: list[dict]) -> list[dict]:
-    """Mean and standard deviation over seeds of each method's numbers (MD rows as they are)."""
+    """Mean and standard deviation over seeds of every numeric entry of each method's rows, and
+    of the basin populations (``populations_sd``); MD rows (``seed`` None) as they are."""
     out = []
     for name in dict.fromkeys(r["method"] for r in rows):
         group = [r for r in rows if r["method"] == name]
@@ -487,9 +554,14 @@ def summarise(rows: list[dict]) -> list[dict]:
             continue
         entry: dict[str, Any] = {"method": name, "n_seeds": len(group),
                                  "n_particles": group[0]["n_particles"]}  # fmt: skip
-        for k in ("kl", "T_conf", "ess_min_frac", "log_z", "wall_s", "cpu_s", "n_target_evals",
-                  "n_grad_evals", "n_temperatures"):  # fmt: skip
-            v = torch.tensor([float(r[k]) for r in group], dtype=torch.float64)
+        for k, v in group[0].items():
+            if (
+                k in ("seed", "n_particles")
+                or isinstance(v, bool)
+                or not isinstance(v, int | float)
+            ):
+                continue
+            v = torch.tensor([float(r.get(k, math.nan)) for r in group], dtype=torch.float64)
             entry[k] = [float(v.mean()), float(v.std()) if v.numel() > 1 else 0.0]
         pops = torch.tensor([r["populations"] for r in group], dtype=torch.float64)
         entry["populations"] = pops.mean(0).tolist()
@@ -498,53 +570,137 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
+def stages(cfg: dict) -> list[tuple[str, str, int]]:
+    """The runs in order, ``(kind, name, seed)``: per seed, the first tempered kernel, the
+    learned-prior methods (the prior trained once, before the first), the other kernels, so a
+    run cut short by its time budget has each route's first seed."""
+    kernels, methods = list(cfg["kernels"]), list(cfg["prior_methods"])
+    out: list[tuple[str, str, int]] = []
+    for seed in cfg["seeds"]:
+        out += [("tempered", k, seed) for k in kernels[:1]]
+        if methods and not out.count(("train", "prior", 0)):
+            out.append(("train", "prior", 0))
+        out += [("prior", m, seed) for m in methods]
+        out += [("tempered", k, seed) for k in kernels[1:]]
+    return out
+
+
+def write_outputs(out: Path, blob: dict) -> list[dict]:
+    """Write ``alanine.json`` and ``alanine.md`` from ``blob`` (atomic replace); returns the
+    summary rows, the first carrying the MD statistics and the run's context (training,
+    skipped, errors) for :func:`format_table`."""
+    summary = summarise(blob["rows"])
+    context = {k: blob.get(k) for k in ("training", "skipped", "errors", "elapsed_s")}
+    summary[0] = {**summary[0], "md": blob["md"], "context": context}
+    blob["summary"] = summary
+    for name, text in (("alanine.json", json.dumps(blob, indent=1, default=float) + "\n"),
+                       ("alanine.md", format_table(summary) + "\n")):  # fmt: skip
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / name)
+    return summary
+
+
+def run_stage(
+    stage: tuple[str, str, int], cfg: dict, data: dict, blob: dict, device: str, progress: bool
+) -> None:
+    """Run one stage of :func:`stages`, appending its rows to ``blob`` (training: its summary,
+    and the model into ``data["prior"]``); keeps the first tempered and the first corrected
+    ``fk`` particles in ``data["shown"]`` for the figure."""
+    from smcdiff_experiments import alanine_prior as ap
+
+    kind, name, seed = stage
+    md, hot = data["md"], data["hot"]
+    if kind == "tempered":
+        row, pp, w = sampler_row(name, seed, cfg, md, hot["configs"], device)
+        blob["rows"].append(row)
+        data["shown"].setdefault("tempered", (row["method"], pp, w))
+    elif kind == "train":
+        model, info = ap.train_alanine_prior(hot["configs"], cfg["prior"], device, progress)
+        data["prior"], blob["training"] = {"model": model}, info
+    else:
+        rows, shown = ap.prior_rows(name, seed, data["prior"], cfg, md, hot, device)
+        blob["rows"] += rows
+        if name == "fk":
+            data["shown"].setdefault("prior", shown)
+
+
 def run(
     out_dir: str | Path, device: str = "cpu", quick: bool = False, progress: bool = True,
-    n_particles: int | None = None, **overrides: Any,
+    n_particles: int | None = None, time_budget_s: float | None = None,
+    profile: str | None = None, **overrides: Any,
 ) -> list[dict]:  # fmt: skip
-    """MD statistics, then every kernel x seed of tempered SMC 1000 K -> 300 K; writes
-    ``alanine.json``, ``alanine.md`` and ``alanine_ramachandran.png`` into ``out_dir``;
-    returns the summary rows (the first carries the MD block statistics)."""
+    """MD statistics, then the runs of :func:`stages` (tempered SMC 1000 K -> 300 K, and the
+    learned prior annealed by FK / FKC / DriftLite, :mod:`smcdiff_experiments.alanine_prior`).
+    ``alanine.json`` / ``alanine.md`` are rewritten after every run, so a run cut short keeps
+    what finished; ``time_budget_s``: a run starts only if the longest run of its kind so far
+    (training: the profile's ``reserve_s``) still fits, else it is listed as skipped; a failing
+    run is listed with its error. ``alanine_ramachandran.png`` at the end. Returns the summary
+    rows (the first carries the MD block statistics)."""
+    t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if n_particles is not None:
         overrides["n_particles"] = n_particles
-    cfg = settings(quick, device, **overrides)
+    cfg = settings(quick, device, profile, **overrides)
     md, hot = load_alanine_md(cfg["cold"]), load_alanine_md(cfg["hot"])
-    stats = md_summary(md, cfg["cold"], cfg["bins"])
-    rows = reference_rows(cfg, md, hot)
-    tick = run_bar(len(cfg["kernels"]) * len(cfg["seeds"]), progress, "alanine")
-    shown = None
-    for kernel in cfg["kernels"]:
-        for seed in cfg["seeds"]:
-            row, pp, w = sampler_row(kernel, seed, cfg, md, hot["configs"], device)
-            rows.append(row)
-            shown = shown or (row["method"], pp, w)
-            tick(f"{kernel} seed {seed}")
-    summary = summarise(rows)
-    summary[0]["md"] = {**stats, "meta": md["meta"], "hot_meta": hot["meta"]}
-    blob = {"settings": cfg, "device": str(device), "md": summary[0]["md"], "rows": rows,
-            "summary": summary}  # fmt: skip
-    (out / "alanine.json").write_text(json.dumps(blob, indent=1, default=float) + "\n")
-    (out / "alanine.md").write_text(format_table(summary) + "\n")
-    if cfg["figure"] and shown is not None:
-        ramachandran_figure(md, hot, shown, out / "alanine_ramachandran.png", cfg["bins"])
+    blob: dict[str, Any] = {
+        "settings": cfg, "device": str(device), "time_budget_s": time_budget_s,
+        "md": {**md_summary(md, cfg["cold"], cfg["bins"]), "meta": md["meta"],
+               "hot_meta": hot["meta"]},
+        "rows": reference_rows(cfg, md, hot), "training": None, "skipped": [], "errors": {},
+    }  # fmt: skip
+    summary = write_outputs(out, blob)
+    plan = stages(cfg)
+    tick = run_bar(len(plan), progress, "alanine")
+    data: dict[str, Any] = {"md": md, "hot": hot, "shown": {}, "prior": None}
+    longest: dict[str, float] = {"train": float(cfg["prior"]["reserve_s"])}
+    for stage in plan:
+        label = f"{stage[0]} {stage[1]} seed {stage[2]}"
+        need = longest.get(f"{stage[0]} {stage[1]}", longest.get(stage[0], 0.0))
+        if stage[0] == "prior" and data["prior"] is None:
+            blob["skipped"].append(f"{label} (no prior)")
+        elif time_budget_s is not None and time.perf_counter() - t0 + need > time_budget_s:
+            blob["skipped"].append(label)
+        else:
+            start = time.perf_counter()
+            try:  # a failing run (non-finite particles, out of memory) is reported, not fatal
+                run_stage(stage, cfg, data, blob, device, progress)
+            except (SMCDiffError, RuntimeError) as err:
+                blob["errors"][label] = f"{type(err).__name__}: {err}"[:500]
+            took = time.perf_counter() - start
+            for key in (stage[0], f"{stage[0]} {stage[1]}"):
+                longest[key] = max(longest.get(key, 0.0), took)
+        blob["elapsed_s"] = time.perf_counter() - t0
+        summary = write_outputs(out, blob)
+        tick(label)
+    if cfg["figure"] and data["shown"]:
+        ramachandran_figure(md, hot, list(data["shown"].values()),
+                            out / "alanine_ramachandran.png", cfg["bins"])  # fmt: skip
     return summary
 
 
 def _pm(v: Any, p: int = 3) -> str:
+    """``[mean, sd]`` with ``p`` decimals (3 significant digits from 1e5 on)."""
     if v is None:
         return "-"
-    return f"{v[0]:.{p}f} ± {v[1]:.{p}f}" if v[1] else f"{v[0]:.{p}f}"
+
+    def f(x: float) -> str:
+        return f"{x:.3g}" if abs(x) >= 1e5 and p > 0 else f"{x:.{p}f}"
+
+    return f"{f(v[0])} ± {f(v[1])}" if v[1] else f(v[0])
 
 
 def format_table(rows: list[dict]) -> str:
-    """Markdown: the sampler table (KL vs MD, basin populations, T_conf, ESS, evaluations, wall
-    time) and, from the first row's ``md`` entry, the MD block statistics and ΔF table."""
+    """Markdown: the sampler table (KL vs MD, basin populations, T_conf, energy W1, ESS,
+    network and energy evaluations, wall time), the learned prior's model check and training,
+    skipped and failed runs, and, from the first row's ``md`` entry, the MD block statistics and
+    ΔF table."""
     names = list(BASINS)
     head = ("| method | N | KL(MD‖q) | " + " | ".join(f"p({b})" for b in names)
-            + " | T_conf (K) | energy evals | temps | wall s | CPU s |")  # fmt: skip
-    lines = [head, "|" + "---|" * (len(names) + 7)]
+            + " | T_conf (K) | energy W1 (kJ/mol) | min ESS/N | net evals | energy evals "
+            "| temps | wall s | CPU s |")  # fmt: skip
+    lines = [head, "|" + "---|" * (len(names) + 10)]
     for r in rows:
         pops = r.get("populations")
         sd = r.get("populations_sd") or [0.0] * len(names)
@@ -554,14 +710,40 @@ def format_table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['method']} | {r['n_particles']} | {_pm(r.get('kl'))} | "
             + " | ".join(cells)
-            + f" | {_pm(r.get('T_conf'), 1)} | {_pm(r.get('n_target_evals'), 0)} | "
-            f"{_pm(r.get('n_temperatures'), 1)} | {_pm(r.get('wall_s'), 1)} | "
-            f"{_pm(r.get('cpu_s'), 1)} |"
+            + f" | {_pm(r.get('T_conf'), 1)} | {_pm(r.get('w1_energy'), 1)} | "
+            f"{_pm(r.get('ess_min_frac'), 2)} | {_pm(r.get('net_evals'), 0)} | "
+            f"{_pm(r.get('n_target_evals'), 0)} | {_pm(r.get('n_temperatures'), 1)} | "
+            f"{_pm(r.get('wall_s'), 1)} | {_pm(r.get('cpu_s'), 1)} |"
         )
+    lines += context_lines(rows)
     md = rows[0].get("md") if rows else None
     if md:
         lines += ["", md_table(md)]
     return "\n".join(lines)
+
+
+def context_lines(rows: list[dict]) -> list[str]:
+    """The learned prior's model check (``prior none`` against the 1000 K MD, beside the floor
+    when there is one), its training, and the skipped and failed runs (from the first row's
+    ``context``)."""
+    ctx = (rows[0].get("context") if rows else None) or {}
+    out = []
+    none = next((r for r in rows if r["method"] == "prior none" and "kl_T0" in r), None)
+    if none:
+        floor = f" (floor {none['kl_floor_T0'][0]:.3f})" if "kl_floor_T0" in none else ""
+        out.append(f"\nmodel check, prior at 1000 K against the 1000 K MD: KL {_pm(none['kl_T0'])}"
+                   f"{floor}, energy W1 {_pm(none['w1_energy_T0'], 1)} kJ/mol, T_conf "
+                   f"{_pm(none['T_conf_T0'], 1)} K")  # fmt: skip
+    tr = ctx.get("training")
+    if tr:
+        out.append(f"\nprior training ({tr['sizes']}): loss {tr['loss_first_10pct']:.3f} (first "
+                   f"10%) -> {tr['loss_last_10pct']:.3f} (last 10%), {tr['n_params']} "
+                   f"parameters, {tr['seconds']:.1f} s")  # fmt: skip
+    for key, msg in (ctx.get("errors") or {}).items():
+        out.append(f"\nfailed: {key}: {msg}")
+    if ctx.get("skipped"):
+        out.append("\nskipped (time budget): " + ", ".join(ctx["skipped"]))
+    return out
 
 
 def md_table(md: dict) -> str:
@@ -593,19 +775,21 @@ def _basin_lines(ax: Any) -> None:
 
 
 def ramachandran_figure(
-    md: dict, hot: dict, shown: tuple[str, torch.Tensor, torch.Tensor], path: Path, bins: int
-) -> None:
-    """Three panels of :math:`-\\ln p(\\phi, \\psi)` (in k_BT, empty bins blank): the 1000 K
-    start, the sampler's weighted 300 K particles, the 300 K MD reference; basin boxes."""
+    md: dict, hot: dict, shown: list[tuple[str, torch.Tensor, torch.Tensor]], path: Path,
+    bins: int,
+) -> None:  # fmt: skip
+    """Panels of :math:`-\\ln p(\\phi, \\psi)` (in k_BT, empty bins blank): the 1000 K start,
+    each sampler's weighted 300 K particles (``shown``: name, (φ, ψ), weights), the 300 K MD
+    reference; basin boxes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    name, pp, w = shown
-    panels = [("MD 1000 K (start)", hot["phi_psi"], None), (f"{name}, 300 K", pp, w),
+    panels = [("MD 1000 K (start)", hot["phi_psi"], None),
+              *((f"{name}, 300 K", pp, w) for name, pp, w in shown),
               ("MD 300 K (reference)", md["phi_psi"], None)]  # fmt: skip
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.9), sharey=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.9), sharey=True)
     fine = 2 * bins
     for ax, (title, ang, wt) in zip(axes, panels, strict=True):
         h = histogram(ang, wt, fine)

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from smcdiff_experiments import alanine as ala
+from smcdiff_experiments import alanine_prior as ap
 from smcdiff_targets.alanine import AlanineDipeptide, load_alanine_md
 
 from smcdiff.energy.options import TemperedOptions
@@ -98,10 +99,134 @@ def test_kl_is_zero_on_itself_and_free_energies():
     assert_within(df, -2.0 * torch.log(pops / 0.5), torch.full((4,), 1e-12), n_se=1.0)
 
 
-def test_tiny_run_writes_results(tmp_path):
-    rows = ala.run(tmp_path, quick=True, progress=False, n_particles=24, n_moves=1,
-                   n_leapfrog=2, final_moves=1, n_tconf_md=16, figure=False)  # fmt: skip
+TINY = dict(n_particles=24, n_moves=1, n_leapfrog=2, final_moves=1, n_tconf_md=16,
+            figure=False)  # fmt: skip
+TINY_PRIOR = dict(hidden=8, depth=2, n_iters=10, batch_size=16, n_particles=16, n_steps=3,
+                  corrector_moves=2)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("profile", ["quick", "cuda"])
+def test_tiny_run_writes_every_route(tmp_path, profile):
+    """``--quick``'s code path, and the ``cuda`` profile's (its FKC options, one seed of its
+    three) at tiny sizes on the CPU: every tempered and learned-prior row is written, with
+    finite KL and populations summing to 1."""
+    rows = ala.run(tmp_path, quick=profile == "quick", profile=profile, progress=False,
+                   seeds=[0], prior=TINY_PRIOR, **TINY)  # fmt: skip
     blob = json.loads((tmp_path / "alanine.json").read_text())
-    assert [r["method"] for r in rows][-1] == "tempered-hmc"
-    assert blob["md"]["n_blocks"] >= 4
-    assert "C7eq" in (tmp_path / "alanine.md").read_text()
+    methods = [r["method"] for r in rows]
+    prior = [f"prior {m}{c}" for m in ap.PRIOR_METHODS for c in ("", "+mala")]
+    assert set(prior) <= set(methods) and "tempered-hmc" in methods, (methods, blob["errors"])
+    assert not blob["errors"] and not blob["skipped"]
+    assert blob["md"]["n_blocks"] >= 4 and blob["training"]["n_params"] > 0
+    for r in blob["rows"]:
+        if r["seed"] is not None:
+            assert math.isfinite(r["kl"]) and abs(sum(r["populations"]) - 1) < 1e-9
+    text = (tmp_path / "alanine.md").read_text()
+    assert "C7eq" in text and "model check, prior at 1000 K" in text
+
+
+def test_outputs_survive_an_interrupted_run(tmp_path, monkeypatch):
+    """Rows are written as each run finishes: a run killed in its second stage leaves the first
+    stage's row in ``alanine.json``."""
+    calls = []
+    real = ala.sampler_row
+
+    def once(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ala, "sampler_row", once)
+    with pytest.raises(KeyboardInterrupt):
+        ala.run(tmp_path, quick=True, progress=False, seeds=[0], kernels=["hmc", "mala"],
+                prior_methods=[], **TINY)  # fmt: skip
+    blob = json.loads((tmp_path / "alanine.json").read_text())
+    assert [r["method"] for r in blob["rows"]][-1] == "tempered-hmc"
+
+
+def test_time_budget_skips_what_does_not_fit(tmp_path):
+    """A budget shorter than the prior's training reserve: the tempered run (no estimate yet)
+    runs, the training is skipped and so is every prior run (no prior), all listed; the tables
+    are still written."""
+    ala.run(tmp_path, quick=True, progress=False, seeds=[0], time_budget_s=30.0,
+            prior={"reserve_s": 1e6}, **TINY)  # fmt: skip
+    blob = json.loads((tmp_path / "alanine.json").read_text())
+    assert [r["method"] for r in blob["rows"]][-1] == "tempered-hmc"
+    assert blob["skipped"] == ["train prior seed 0"] + [
+        f"prior {m} seed 0 (no prior)" for m in ap.PRIOR_METHODS
+    ]
+    assert "skipped (time budget): train prior seed 0" in (tmp_path / "alanine.md").read_text()
+
+
+@pytest.mark.slow
+def test_metrics_of_md_frames_against_md():
+    """:func:`sample_metrics` on 200 evenly spaced stored 300 K configurations (a subset of the
+    reference frames): the KL is at most its floor for 200 evenly spaced frames, the energy W1
+    is that of 200 frames, T_conf reads 300 K (SE ~ 10 K at 200 configurations); weighted
+    populations are those of :func:`basin_populations`."""
+    md = load_alanine_md(300.0)
+    x = ala.spread(md["configs"], 200)
+    got = ala.sample_metrics(x, None, md, 300.0, 24)
+    assert got["kl"] <= ala.kl_floor(md["phi_psi"], 200) + 0.05
+    assert got["w1_energy"] < 3.0 and got["nonfinite_energy_frac"] == 0.0
+    assert abs(got["T_conf"] - 300.0) < 45.0
+    weights = torch.rand(200, generator=torch.Generator().manual_seed(0), dtype=F64)
+    pops = ala.sample_metrics(x, weights, md, 300.0, 24)["populations"]
+    want = ala.basin_populations(AlanineDipeptide().phi_psi(x), weights).tolist()
+    assert pops == pytest.approx(want, abs=1e-12)
+
+
+def test_fk_reward_turns_the_hot_law_into_the_cold_one():
+    """log pi_1000(x) + r(x) = log pi_300(x) exactly for FK's reward r = -U (1/kT - 1/kT0), on
+    model coordinates (Å) of MD configurations; FKC / DriftLite anneal by gamma = T0 / T."""
+    cfg = ala.settings(True)
+    x = load_alanine_md(1000.0)["configs"][:50]
+    energy = ap.EnergyCounter(AlanineDipeptide(300.0))
+    opts = ap.steer_options("fk", cfg, energy)
+    got = AlanineDipeptide(1000.0).log_prob(x) + opts["reward"](ap.to_model(x))
+    assert torch.allclose(got, AlanineDipeptide(300.0).log_prob(x), rtol=1e-12, atol=1e-9)
+    assert energy.rows == 50
+    assert ap.steer_options("fkc-target", cfg, energy)["anneal"] == pytest.approx(1000 / 300)
+
+
+def test_chirality_fold_is_a_symmetry():
+    """U(-x) = U(x) (the fold's premise) up to the prmtop's rounding of 180 deg to 3.141594 rad:
+    cos(n phi - p) - cos(n phi + p) = -2 sin(n phi) sin(p - pi), so |U(-x) - U(x)| <= 2 |p - pi|
+    sum_k k (5e-4 kJ/mol, 2e-4 kT at 300 K); bonds, angles, nonbonded exactly. Every MD frame
+    is L (chirality +1), a reflected frame is D and the fold maps it back exactly; (phi, psi)
+    of -x is -(phi, psi)."""
+    mol = AlanineDipeptide(300.0)
+    x = load_alanine_md(300.0)["configs"][::40]
+    tors = mol.parameters["torsions"]
+    flat = [(k, ph) for k, ph in zip(tors["k"], tors["phase"], strict=True) if ph > 1]
+    bound = 2 * sum(abs(k) * abs(math.sin(ph - math.pi)) for k, ph in flat)
+    assert 0 < bound < 1e-3
+    terms, reflected = mol.energy_terms(x), mol.energy_terms(-x)
+    for name in ("bonds", "angles", "nonbonded"):
+        assert torch.allclose(terms[name], reflected[name], rtol=1e-12, atol=1e-10)
+    assert float((terms["torsions"] - reflected["torsions"]).abs().max()) <= bound * (1 + 1e-9)
+    assert bool((ap.chirality(x) > 0).all()) and bool((ap.chirality(-x) < 0).all())
+    mixed = torch.where((torch.arange(x.shape[0]) % 2 == 0)[:, None, None], -x, x)
+    assert torch.equal(ap.fold_chirality(mixed), x)
+    pp, pp_reflected = mol.phi_psi(x), mol.phi_psi(-x)
+    assert torch.allclose(torch.sin(pp_reflected), -torch.sin(pp), atol=1e-12)
+
+
+def test_atom_egnn_is_e3_equivariant_but_tells_atoms_apart():
+    """Rotations and reflections map the output, translations leave it; permuting two atoms does
+    not permute it (the atom embedding), unlike the plain EGNN; the output is mean-free."""
+    torch.manual_seed(0)
+    net = ap.AtomEGNN(22, hidden=8, depth=2).double()
+    with torch.no_grad():
+        net.layers[0].atom_embedding.mul_(10.0)
+    x, t = torch.randn(3, 22, 3, dtype=F64), torch.rand(3, dtype=F64)
+    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=F64))
+    out = net(x, t)
+    assert torch.allclose(net(x @ q.T + 1.5, t), out @ q.T, atol=1e-10)
+    assert torch.allclose(net(-x, t), -out, atol=1e-10)
+    assert torch.allclose(out.mean(1), torch.zeros(3, 3, dtype=F64), atol=1e-12)
+    perm = torch.arange(22)
+    perm[[0, 5]] = perm[[5, 0]]
+    assert not torch.allclose(net(x[:, perm], t), out[:, perm], atol=1e-6)
