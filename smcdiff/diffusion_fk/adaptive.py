@@ -38,8 +38,9 @@ a cost. Measured on the examples of ``docs/weight-degeneracy.md`` (CPU, N = 1000
 schedule (5 MALA moves per step).
 
 Every :math:`\lambda` is a function of the particles, as in adaptive tempering: the weighted
-particles stay consistent and :math:`\hat Z` keeps a bias of order :math:`1/N`. The search is a
-bisection on the device (no host sync); ending the sub-steps costs one sync per sub-step.
+particles stay consistent and :math:`\hat Z` keeps a bias of order :math:`1/N`. The search is
+:func:`smcdiff.weights.largest_keeping_cess` (a grid then a bisection, on the device: no host
+sync); ending the sub-steps costs one sync per sub-step.
 """
 
 from __future__ import annotations
@@ -53,57 +54,12 @@ import torch
 from smcdiff.checks import check_int, check_number
 from smcdiff.mcmc.adapt import robbins_monro
 from smcdiff.mcmc.langevin import MALA
+from smcdiff.weights import cess_fraction, largest_keeping_cess
 
-__all__ = ["AdaptiveTilt", "cess_fraction", "largest_strength"]
+__all__ = ["AdaptiveTilt"]
 
 WHERE = "adaptive tilt"
 MALA_ACCEPT = 0.574
-
-
-def cess_fraction(log_w: torch.Tensor, log_g: torch.Tensor) -> torch.Tensor:
-    r""":math:`\mathrm{CESS}/N` ``(G,)`` of incremental log-weights ``log_g`` ``(G, N)`` under
-    normalised log-weights ``log_w`` ``(G, N)``; 0 where every increment is ``-inf``."""
-    a = torch.logsumexp(log_w + log_g, dim=-1)
-    b = torch.logsumexp(log_w + 2.0 * log_g, dim=-1)
-    frac = torch.exp(2.0 * a - b)
-    return torch.where(torch.isfinite(a), frac, torch.zeros_like(frac))
-
-
-def largest_strength(
-    frac_of: Callable[[torch.Tensor], torch.Tensor],
-    lo: torch.Tensor,
-    hi: torch.Tensor,
-    target: float,
-    iters: int = 30,
-    n_grid: int = 0,
-) -> torch.Tensor:
-    r"""Per group, the largest strength in ``[lo, hi]`` whose :math:`\mathrm{CESS}/N` reaches
-    ``target``, to the search's resolution. ``frac_of(lam)`` maps strengths ``(G,)`` to CESS
-    fractions ``(G,)`` (:func:`cess_fraction`); ``lo``, ``hi`` ``(G,)`` float64.
-
-    ``n_grid = 0``: the CESS must fall with the strength (a reweighting
-    :math:`e^{(\lambda'-\lambda)\phi}` at fixed particles): ``iters`` halvings from
-    ``[lo, hi]`` (``lo`` itself when even ``lo`` falls short). ``n_grid > 0``: no monotonicity
-    assumed: ``n_grid`` equally spaced candidates, the largest one that keeps the CESS (or, if none
-    does, the one with the largest CESS), then ``iters`` halvings toward the next candidate."""
-    a, b = lo.clone(), hi.clone()
-    if n_grid > 0:
-        steps = torch.linspace(0.0, 1.0, n_grid, dtype=torch.float64, device=lo.device)
-        cands = lo.unsqueeze(-1) + (hi - lo).unsqueeze(-1) * steps  # (G, J)
-        frac = torch.stack([frac_of(c) for c in cands.unbind(-1)], -1)
-        ok = frac >= target
-        last_ok = torch.where(ok, steps, -1.0).argmax(-1)  # the largest candidate that keeps it
-        j = torch.where(ok.any(-1), last_ok, frac.argmax(-1))
-        nxt = torch.where(ok.any(-1), (j + 1).clamp(max=n_grid - 1), j)
-        a, b = cands.gather(-1, j[:, None])[:, 0], cands.gather(-1, nxt[:, None])[:, 0]
-    for _ in range(iters):
-        m = 0.5 * (a + b)
-        ok = frac_of(m) >= target
-        a, b = torch.where(ok, m, a), torch.where(ok, b, m)
-    if n_grid > 0:
-        return a
-    reach = frac_of(hi) >= target
-    return torch.where(reach, hi, a)
 
 
 @dataclass(frozen=True)
@@ -119,7 +75,7 @@ class AdaptiveTilt:
     diversity that resampling under a sharp tilt removes); ``max_substeps``: at most this many sub-steps (the last one
     goes to :math:`\lambda = 1` whatever its CESS; the run's degeneracy diagnostics then report
     a collapse); ``n_grid``, ``iters``: candidates and halvings of the search
-    (:func:`largest_strength`).
+    (:func:`~smcdiff.weights.largest_keeping_cess`).
     """
 
     cess: float = 0.9
@@ -147,7 +103,8 @@ class AdaptiveTilt:
     ) -> torch.Tensor:
         """Strengths per particle row ``(G*N,)`` (constant within a group): the largest in
         ``[lo, hi]`` at which every one of ``increments`` keeps the CESS fraction
-        (:func:`largest_strength`; ``monotone``: the CESS falls with the strength, else a grid of
+        (:func:`~smcdiff.weights.largest_keeping_cess`; ``monotone``: the CESS falls with the
+        strength, else a grid of
         ``n_grid`` candidates first). Each of ``increments`` maps row strengths ``(G*N,)`` to row
         log-increments ``(G*N,)``; ``lo``, ``hi``: rows ``(G*N,)``."""
         G, N = log_w.shape
@@ -158,7 +115,7 @@ class AdaptiveTilt:
             fracs = [cess_fraction(log_w, inc(rows).reshape(G, N)) for inc in increments]
             return torch.stack(fracs).amin(0)
 
-        lam = largest_strength(
+        lam = largest_keeping_cess(
             frac_of, lo.reshape(G, N)[:, 0].double(), hi.reshape(G, N)[:, 0].double(),
             self.cess, self.iters, 0 if monotone else self.n_grid,
         )  # fmt: skip

@@ -9,8 +9,8 @@ weights). From :math:`t_k` the next time is :math:`t_{k+1} = t(\lambda_{t_k} + \
     {\sum_i W_i G_i(\delta)^2} \ge \rho^\star
 
 (Zhou, Johansen & Aston 2016; the same rule as tempering's temperatures, through
-:func:`~smcdiff.diffusion_fk.adaptive.cess_fraction` and the bisection of
-:func:`~smcdiff.diffusion_fk.adaptive.largest_strength` that adaptive tilting uses).
+:func:`~smcdiff.weights.cess_fraction` and the bisection of
+:func:`~smcdiff.weights.largest_keeping_cess` that adaptive tilting uses).
 :math:`G_i(\delta)` is the path-corrected weight of the move to :math:`s = t_{k+1}`: the reverse
 kernel's draw (one standard normal per particle, shared by every candidate) and a fresh
 estimate :math:`\hat p_s` there. **Each candidate costs one estimator pass** over the particles
@@ -58,12 +58,12 @@ from typing import Any
 import torch
 
 from smcdiff.checks import check_int, check_number, nan_or_posinf, nonfinite_rows
-from smcdiff.diffusion_fk.adaptive import cess_fraction, largest_strength
 from smcdiff.diffusion_fk.path import PathCorrection
 from smcdiff.engine.model import FeynmanKacModel, ParticleState, StepOutput
 from smcdiff.errors import SMCDiffError
 from smcdiff.samplers.kernels import reverse_step, standard_noise
 from smcdiff.scores.base import ScoreModel, event_shape_of, model_time
+from smcdiff.weights import cess_fraction, largest_keeping_cess
 
 __all__ = ["AdaptiveGrid", "AdaptiveTimeFK"]
 
@@ -240,9 +240,8 @@ class AdaptiveTimeFK(FeynmanKacModel):
         if self.opts.relative:  # a floor under MIN_FLOOR_ROWS particles measures nothing
             floor = float(frac_of(lo)[0])
             target = target * floor if floor * n_rows >= MIN_FLOOR_ROWS else target
-        if bool(frac_of(bound)[0] >= target):
-            return hi
-        return float(largest_strength(frac_of, lo, bound, target, self.opts.iters)[0])
+        u = largest_keeping_cess(frac_of, lo, bound, target, self.opts.iters, hi_first=True)
+        return float(u[0])
 
     def done(self, k: int, state: ParticleState) -> torch.Tensor | None:
         """``True`` once the grid reached ``t_min`` (a host value: no device sync)."""

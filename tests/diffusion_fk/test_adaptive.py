@@ -14,7 +14,8 @@ import torch
 from scipy.stats import norm
 
 import smcdiff
-from smcdiff.diffusion_fk.adaptive import AdaptiveTilt, cess_fraction, largest_strength
+from smcdiff.diffusion_fk.adaptive import AdaptiveTilt
+from smcdiff.weights import cess_fraction, conditional_ess, largest_keeping_cess
 
 F64 = torch.float64
 
@@ -28,10 +29,13 @@ def test_cess_fraction_matches_its_formula() -> None:
     torch.testing.assert_close(cess_fraction(log_w, log_g), expected)
     dead = torch.full((1, 4), -math.inf, dtype=F64)
     assert cess_fraction(log_w[:1, :4], dead).item() == 0.0
+    # conditional_ess is the same number times N, from unnormalised weights
+    cess = conditional_ess(log_w + 3.0, log_g)
+    torch.testing.assert_close(cess, 50 * expected)
 
 
 @pytest.mark.parametrize("n_grid", [0, 17])
-def test_largest_strength_finds_the_cess_crossing(n_grid: int) -> None:
+def test_largest_keeping_cess_finds_the_cess_crossing(n_grid: int) -> None:
     """For increments lam * f under uniform weights the CESS falls with lam; the search returns
     the crossing (CESS = target there, below it just above)."""
     f = torch.linspace(-3.0, 3.0, 400, dtype=F64)[None]
@@ -41,12 +45,24 @@ def test_largest_strength_finds_the_cess_crossing(n_grid: int) -> None:
         return cess_fraction(log_w, lam[:, None] * f)
 
     lo, hi = torch.zeros(1, dtype=F64), torch.ones(1, dtype=F64)
-    lam = largest_strength(frac_of, lo, hi, 0.5, iters=40, n_grid=n_grid)
+    lam = largest_keeping_cess(frac_of, lo, hi, 0.5, iters=40, n_grid=n_grid)
     assert frac_of(lam).item() >= 0.5
     assert frac_of(lam + 1e-6).item() < 0.5
     assert 0.05 < lam.item() < 1.0
-    # a target already met at hi returns hi
-    assert largest_strength(frac_of, lo, hi, 1e-6, n_grid=n_grid).item() == 1.0
+    # scoring hi first (the adaptive time grid's way) changes nothing but the calls made
+    calls = []
+
+    def counted(lam: torch.Tensor) -> torch.Tensor:
+        calls.append(lam.clone())
+        return frac_of(lam)
+
+    first = largest_keeping_cess(counted, lo, hi, 0.5, iters=40, n_grid=n_grid, hi_first=True)
+    assert torch.equal(first, lam) and calls[0].item() == 1.0
+    # a target already met at hi returns hi (with hi_first: after that one call)
+    assert largest_keeping_cess(frac_of, lo, hi, 1e-6, n_grid=n_grid).item() == 1.0
+    calls.clear()
+    met = largest_keeping_cess(counted, lo, hi, 1e-6, n_grid=n_grid, hi_first=True)
+    assert met.item() == 1.0 and len(calls) == 1
 
 
 def test_adaptive_options_are_checked() -> None:
