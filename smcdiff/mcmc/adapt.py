@@ -7,7 +7,10 @@ Per chain, after a step with acceptance probability :math:`\alpha_t` (:math:`t =
 with :math:`\eta_0 = 1`, :math:`\kappa = 0.6` during :func:`~smcdiff.mcmc.run_chain`'s warm-up
 (:math:`\sum\eta_t = \infty`, :math:`\sum\eta_t^2 < \infty`: each chain's :math:`h_t` converges to
 the root of :math:`E[\alpha(h)] = \alpha^*`); the last iterate is then frozen. The SMC corrector,
-whose target moves between calls, uses a constant gain on the particle-mean acceptance.
+whose target moves between calls, uses a constant gain on the particle-mean acceptance, or, with
+``per_particle=True``, this decaying gain on each particle's own acceptance within a call (its
+step sizes then depend on its past, so its moves are exact only as the gain vanishes; see
+:func:`~smcdiff.mcmc.mcmc_corrector`).
 
 Per-chain dual averaging (Hoffman & Gelman 2014) was tried and dropped: with one chain's noisy
 :math:`\alpha_t` its averaged iterate settled below HMC's stability cliff on the test Gaussian

@@ -11,7 +11,7 @@ import torch
 from smcdiff.checks import check_int, check_number
 from smcdiff.engine.model import ParticleState
 from smcdiff.errors import NonFiniteError, SMCDiffError
-from smcdiff.mcmc.adapt import robbins_monro
+from smcdiff.mcmc.adapt import rm_gain, robbins_monro
 from smcdiff.mcmc.base import Kernel, MoveInfo
 from smcdiff.mcmc.registry import (
     check_kernel_options,
@@ -32,6 +32,7 @@ def mcmc_corrector(
     *,
     adapt: bool = True,
     gain: float = 0.5,
+    per_particle: bool = False,
     **kernel_kwargs: Any,
 ) -> Callable[[int, ParticleState, torch.Generator], tuple[ParticleState, dict]]:
     r"""``corrector(k, state, generator) -> (state, info)`` applying ``n_moves`` steps of
@@ -39,17 +40,34 @@ def mcmc_corrector(
     against the options it takes) to ``state["x"]`` ``(G*N, *event_shape)``, invariant for
     :math:`\pi_k \propto \exp(\text{log\_target}(k, x))`.
 
-    One step size :math:`h` is shared by all particles (resampling reshuffles them, so a
-    per-particle value would not follow its chain). It lives in the closure as a device tensor
-    and, when ``adapt`` and the kernel has a target acceptance (``target_accept`` or the kernel's
-    default), is updated after every move by Robbins–Monro,
+    **Shared step size** (default). One step size :math:`h` for all particles lives in the
+    closure as a device tensor and, when ``adapt`` and the kernel has a target acceptance
+    (``target_accept`` or the kernel's default), is updated after every move by Robbins–Monro,
     :math:`\log h \leftarrow \log h + \eta(\bar\alpha - \alpha^*)` with :math:`\bar\alpha` the
     mean acceptance probability over particles and :math:`\eta` = ``gain``, on the device.
+    Particles that cannot accept at any reasonable :math:`h` (overlapping atoms, far tails)
+    pull :math:`\bar\alpha` down, and with it every particle's step size.
+
+    **Per-particle step sizes** (``per_particle=True``, with ``adapt``). Each call starts every
+    particle at the population's step size :math:`h` and adapts each on its own acceptance,
+    :math:`\log h_i \leftarrow \log h_i + \eta_t(\alpha_{i,t} - \alpha^*)`, with the
+    decaying gain :math:`\eta_t = \text{gain}\cdot t^{-0.6}` (:func:`~smcdiff.mcmc.adapt.rm_gain`;
+    :math:`t` = the move within the call). At the end of the call the population's :math:`h`
+    becomes the median of the :math:`h_i` (robust to a few stuck particles). The step size
+    of a move is fixed before the move, so every move is exactly :math:`\pi_k`-invariant
+    given it. But :math:`h_i` depends on particle :math:`i`'s own past, so it is correlated
+    with its position: the chain is adaptive MCMC, exact as the gain vanishes (hence the
+    decay). Measured on :math:`N(0, I_3)`, 200 000 exact starting draws, 50 moves from
+    :math:`h = 0.1`, gain 0.5: the variance is 1.0011 (SE 0.0018) and
+    :math:`E x^4` 3.019 (SE 0.013); with gain 1.0, 0.9952 and 2.973 (2.6 and 2.2 SE low);
+    with a constant gain of 0.5 instead, 0.980 (11 SE low). Resampling reshuffles particles between calls, so per-particle values do not carry
+    over; only the population's :math:`h` does.
 
     Returns ``{**state, "x": new_x}``: other entries of the state are passed through unchanged,
     so a model whose state caches functions of ``x`` (scores, rewards) must recompute them at
     its next step. ``info``: ``"accept"`` (mean acceptance probability over particles and
-    moves) and ``"step_size"`` (after this call's adaptation), scalar tensors. Each call starts
+    moves) and ``"step_size"`` (the population's, after this call's adaptation), scalar tensors;
+    with ``per_particle`` also ``"step_size_min"`` / ``"step_size_max"`` over particles. Each call starts
     the kernel afresh from ``x`` (a kinetic kernel redraws its velocity); the adapted step size
     carries over between calls, and between runs if the corrector is reused. The returned
     function has ``state_dict()`` / ``load_state_dict(state)`` (the adapted :math:`\log h`), so
@@ -65,13 +83,15 @@ def mcmc_corrector(
     check_kernel_options(kernel, kernel_kwargs, where=where)
     if not callable(log_target):
         raise SMCDiffError(f"{where}: log_target must be callable (k, x) -> (N,)")
-    if not isinstance(adapt, bool):
-        raise SMCDiffError(f"{where}: adapt must be True or False, got {adapt!r}")
+    for name, flag in (("adapt", adapt), ("per_particle", per_particle)):
+        if not isinstance(flag, bool):
+            raise SMCDiffError(f"{where}: {name} must be True or False, got {flag!r}")
     n_moves = check_int("n_moves", n_moves, 1, where=where)
     step_size = check_number("step_size", step_size, minimum=0.0, strict_min=True, where=where)
     gain = check_number("gain", gain, minimum=0.0, where=where)
     target = resolve_target_accept(factory, target_accept)
     adapting = adapt and target is not None
+    own = adapting and per_particle
     box: dict[str, Any] = {"k": 0}
     kern = factory(lambda y: log_target(box["k"], y), **kernel_kwargs)  # validated once, here
 
@@ -83,20 +103,25 @@ def mcmc_corrector(
             box["log_h"] = torch.tensor(math.log(step_size), dtype=x.dtype, device=x.device)
         box["k"] = k
         s = kern.init(x, generator)
+        if own:  # (N,) per-particle log step sizes, from the population's
+            log_h = box["log_h"].expand(x.shape[0]).clone()
         accept = []
         bad = torch.zeros(2, x.shape[0], dtype=torch.bool, device=x.device)
-        for _ in range(n_moves):
-            s, info = kern.step(s, box["log_h"].exp(), generator)
+        for t in range(1, n_moves + 1):  # each move's step size is fixed before the move
+            s, info = kern.step(s, (log_h if own else box["log_h"]).exp(), generator)
             a = info.accept_prob.mean()
-            if adapting:
+            if own:
+                log_h = robbins_monro(log_h, info.accept_prob, target, rm_gain(t, gain))
+            elif adapting:
                 box["log_h"] = robbins_monro(box["log_h"], a, target, gain)
             accept.append(a)
             bad = _fold_nan(bad, info)
         _raise_if_nan(bad, k, kernel_name(kernel))
-        return {**state, "x": s.x}, {
-            "accept": torch.stack(accept).mean(),
-            "step_size": box["log_h"].exp(),
-        }
+        out = {"accept": torch.stack(accept).mean()}
+        if own:
+            box["log_h"] = log_h.median()
+            out.update(step_size_min=log_h.min().exp(), step_size_max=log_h.max().exp())
+        return {**state, "x": s.x}, {**out, "step_size": box["log_h"].exp()}
 
     def load_state_dict(state: dict) -> None:
         if state.get("log_h") is not None:

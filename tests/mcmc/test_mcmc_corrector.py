@@ -8,7 +8,7 @@ import torch
 from smcdiff.diagnostics import weighted_moments
 from smcdiff.engine import FeynmanKacModel, StepOutput, run_smc
 from smcdiff.mcmc import mcmc_corrector
-from tests.stats import assert_within, replicate_se
+from tests.stats import assert_gaussian_moments, assert_within, replicate_se
 
 G, N, K = 16, 500, 10
 
@@ -62,3 +62,52 @@ def test_mala_corrector_in_engine(gauss):
     ]:
         se = torch.maximum(replicate_se(est), se_iid)
         assert_within(est.mean(0), truth, se, n_se=6, what=what)
+
+
+# ------------------------------------------------------------------ per-particle step sizes
+D, S_PIT, FRAC = 4, 0.02, 0.45
+PIT = torch.tensor([20.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+
+
+def pit_mixture(k, y):
+    """(1 - FRAC) N(0, I_4) + FRAC N(PIT, S_PIT^2 I_4): a wide mode and a narrow "pit" 20 away
+    (1e-88 of the wide mode's mass reaches the pit's region x_0 > 10)."""
+    wide = -0.5 * (y * y).sum(-1) + math.log(1 - FRAC)
+    pit = -0.5 * ((y - PIT) ** 2).sum(-1) / S_PIT**2 - D * math.log(S_PIT) + math.log(FRAC)
+    return torch.logaddexp(wide, pit)
+
+
+def run_pit(per_particle, n=4000):
+    """Exact draws of the mixture (the first FRAC * n in the pit), 60 adapted MALA moves from
+    h = 1, then 10 moves at the adapted (population) step size; returns the start, the state
+    after the first call, the end and the first call's info."""
+    gen = torch.Generator().manual_seed(3)
+    n_pit = int(FRAC * n)
+    x = torch.randn(n, D, generator=gen, dtype=torch.float64)
+    x[:n_pit] = PIT + S_PIT * x[:n_pit]
+    adapt = mcmc_corrector("mala", pit_mixture, 60, 1.0, gain=1.0, per_particle=per_particle)
+    mid, info = adapt(0, {"x": x}, gen)
+    frozen = mcmc_corrector("mala", pit_mixture, 10, 1.0, adapt=False)
+    frozen.load_state_dict(adapt.state_dict())
+    end, _ = frozen(1, mid, gen)
+    return x, mid["x"], end["x"], info
+
+
+def test_per_particle_step_sizes_exact_and_no_stall():
+    """Particles in a narrow pit (45% of them) accept nothing at the wide mode's step size. With
+    one shared step size adapted on the mean acceptance they drag it down for everyone; with
+    per-particle step sizes the wide mode's particles keep theirs, and both modes stay exact."""
+    x0, mid, end, info = run_pit(per_particle=True)
+    pit = end[:, 0] > 10
+    assert pit.sum() == int(FRAC * x0.shape[0])  # no particle changed mode
+    assert_gaussian_moments(end[~pit], torch.zeros(D), torch.eye(D))
+    assert_gaussian_moments((end[pit] - PIT) / S_PIT, torch.zeros(D), torch.eye(D))  # the pit
+    assert info["step_size_min"] < 0.01 < 0.5 < info["step_size_max"]  # adapted apart
+    # the wide mode's particles: movement over the 10 frozen moves, per-particle vs shared
+    wide = ~pit
+    jump = ((end - mid)[wide] ** 2).sum(-1).mean()
+    _, mid_s, end_s, info_s = run_pit(per_particle=False)
+    jump_shared = ((end_s - mid_s)[wide] ** 2).sum(-1).mean()
+    assert info_s["step_size"] < 0.1 < 0.5 < info["step_size"]  # shared: dragged down
+    assert jump > 0.75 * 2 * D  # ~ two independent draws of N(0, I_4): E|x - y|^2 = 2D
+    assert jump > 2 * jump_shared
