@@ -48,6 +48,7 @@ __all__ = [
     "check_times",
     "make_integrator",
     "make_weight_rule",
+    "tame",
 ]
 
 
@@ -191,12 +192,44 @@ class FittedExponential(ExponentialIntegrator):
         cov = (w * xc * (dg - (w * dg).sum(1, keepdim=True))).sum(1, keepdim=True)
         ok = var > 1e-12 * (var + mean_x * mean_x) + 1e-300
         default = self.linear(process, t, c, total_weight)
-        kappa = torch.where(ok, -cov / torch.where(ok, var, 1.0), default)
+        kappa = torch.where(ok, (-cov / torch.where(ok, var, 1.0)).clamp(min=0.0), default)
         lam = f + kappa
         a, b, v = torch.exp(-lam * dtau), _phi_t(lam, dtau), h2 * _phi_t(2.0 * lam, dtau)
         shape = (g, n, xg.shape[-1])
         a, b, kappa, v = (u.expand(shape).reshape(x.shape).to(x.dtype) for u in (a, b, kappa, v))
         return MoveCoefficients(a, b, kappa, v)
+
+
+def tame(
+    step: torch.Tensor, scale: float, max_move: float | None, n_groups: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Tamed explicit displacement: each particle's ``step`` :math:`B\,D(x_n)` ``(G*N, *E)``
+    (the explicit part of the move) is scaled down to at most ``max_move`` noise scales,
+
+    .. math::
+        \rho_n = |B\,D(x_n)| / s, \qquad B\,D(x_n) \leftarrow B\,D(x_n)\,\min(1, m/\rho_n),
+
+    with ``scale`` :math:`s = g_t\sqrt{\delta\,d}` (the norm of the forward noise over the
+    step) and :math:`m` = ``max_move`` (``None``: no taming, particles above 10 only counted).
+    A step below the cap is unchanged; one above it is a step far too long for its drift (an
+    explicit step of a superlinear drift, e.g. the cubic gradient of a quartic energy, throws
+    the particle to where the drift is larger still: Euler diverges, Hutzenthaler, Jentzen &
+    Kloeden 2011), and the cap keeps it a bounded move (a hard-threshold variant of their tamed
+    Euler scheme, consistent as :math:`\delta \to 0` since the cap grows as
+    :math:`\delta^{-1/2}`). Returns the tamed step, the fraction of each group's particles
+    above the cap ``(G,)`` and the largest :math:`\rho_n` per group ``(G,)`` (float64, on the
+    device, no sync). ``scale <= 0`` (no forward noise): unchanged, zero counts."""
+    ratio = step.detach().double().flatten(1).norm(dim=1)
+    cap = 10.0 if max_move is None else max_move
+    if not scale > 0.0:
+        ratio = torch.zeros_like(ratio)
+    else:
+        ratio = ratio / scale
+        if max_move is not None:
+            factor = torch.where(ratio > cap, cap / ratio, 1.0).to(step.dtype)
+            step = step * factor.reshape(-1, *([1] * (step.dim() - 1)))
+    per_group = ratio.reshape(n_groups, -1)
+    return step, (per_group > cap).double().mean(1), per_group.amax(1)
 
 
 def _phi_t(rate: torch.Tensor, dtau: float) -> torch.Tensor:

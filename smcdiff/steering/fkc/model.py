@@ -76,8 +76,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from smcdiff.checks import check_number
 from smcdiff.engine.model import FeynmanKacModel, ParticleState, StepOutput
-from smcdiff.errors import DiscretisationWarning, SMCDiffError
+from smcdiff.errors import DiscretisationWarning, SMCDiffError, StiffDriftWarning
 from smcdiff.processes.meanfree import MeanFree
 from smcdiff.samplers.kernels import gaussian_log_prob, standard_noise, support_dim
 from smcdiff.scores.base import ScoreModel, event_shape_of, has_log_density, model_time
@@ -96,6 +97,7 @@ from smcdiff.steering.fkc.integrator import (
     WeightRule,
     make_integrator,
     make_weight_rule,
+    tame,
 )
 from smcdiff.steering.fkc.point import FKCPoint, PointEvaluator
 from smcdiff.steering.fkc.schedules import BetaSchedule, beta_grid, make_beta_schedule
@@ -111,6 +113,9 @@ from smcdiff.steering.fkc.stepping import (
 __all__ = ["FKCModel"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+WARN_FRACTION = 1e-3
+"""A run warns (:class:`~smcdiff.errors.StiffDriftWarning`) when, at some grid step, more than
+this fraction of a group's particles had an explicit displacement above ``max_move``."""
 
 
 class FKCModel(FeynmanKacModel):
@@ -151,6 +156,10 @@ class FKCModel(FeynmanKacModel):
             estimate exceeds ``tol``, default 0.005, down to the grid step / ``max_substeps``,
             default 64; one host sync per sub-step) or ``"off"`` (one move per grid step, no
             sync), or a :class:`~smcdiff.steering.fkc.stepping.StepControl`.
+        max_move: the cap on a particle's explicit displacement in one (sub-)step, in noise
+            scales :math:`g_t\sqrt{\delta d}` (:func:`~smcdiff.steering.fkc.integrator.tame`,
+            default 10; ``None``: no taming, only the count). A step that needs it is far too
+            long for its drift (a stiff reward's gradient, a large control).
         device, dtype: of the particles (must match the score models).
 
     Step info (trace): ``weight_var`` ``(G,)``, the weighted variance of the log-weight increment
@@ -160,7 +169,11 @@ class FKCModel(FeynmanKacModel):
     ``substeps_rejected``, ``step_error`` ``(G,)`` (the summed error estimates) and
     ``step_unresolved`` (sub-steps above ``10 tol`` at the shortest length; a
     :class:`~smcdiff.errors.DiscretisationWarning` names the first such step and, at the end, the
-    count). NFE counts every attempted sub-step. The next sub-step length is the state column
+    count). Always: ``move_capped`` ``(G,)``, the fraction of particles whose explicit
+    displacement exceeded ``max_move`` noise scales (tamed), and ``move_ratio`` ``(G,)``, the
+    largest displacement in noise scales (both the largest over the sub-steps); kept on the
+    device and read once at the last step, which warns (:class:`~smcdiff.errors.StiffDriftWarning`)
+    naming the first step where more than :data:`WARN_FRACTION` of a group was capped. NFE counts every attempted sub-step. The next sub-step length is the state column
     ``"substep"`` (so it resamples and checkpoints with the particles); ``self._unresolved``
     only feeds the warnings.
     """
@@ -185,12 +198,16 @@ class FKCModel(FeynmanKacModel):
         step_control: str | StepControl = "auto",
         tol: float | None = None,
         max_substeps: int | None = None,
+        max_move: float | None = 10.0,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ):
         where = "FKCModel"
         self.step_control = make_step_control(step_control, tol, max_substeps, where=where)
         self._unresolved: list[tuple[int, float]] = []
+        self.max_move = check_number("max_move", max_move, minimum=0.0, strict_min=True,
+                                     where=where, allow_none=True)  # fmt: skip
+        self._moves: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.target = _as_geometric(model, where)
         self.process = self.target.process
         self.event_shape = event_shape_of(self.target)
@@ -294,7 +311,7 @@ class FKCModel(FeynmanKacModel):
             state.pop("logq", None)
         if self.step_control.on:
             state["substep"] = self._hint(x, self.times[0] - self.times[1])
-        self._unresolved = []
+        self._unresolved, self._moves = [], []
         return StepOutput(state, log_g, checks, nfe=nfe, n_grad=n_grad)
 
     def _hint(self, x: torch.Tensor, length: float) -> torch.Tensor:
@@ -348,6 +365,8 @@ class FKCModel(FeynmanKacModel):
         }
         if tot.theta is not None:
             info["theta"] = tot.theta
+        info["move_capped"], info["move_ratio"] = tot.capped, tot.ratio
+        self._check_moves(k, tot.capped, tot.ratio)
         new = tot.state
         if self.step_control.on:
             new = {**new, "substep": self._hint(new["x"], tot.next_length)}
@@ -376,7 +395,9 @@ class FKCModel(FeynmanKacModel):
             move = self.grid.move(pa, t_b)
         drift = explicit + move.lin * x
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_b = move.apply(x, drift, z)
+        scale = math.sqrt(max(pa.g2, 0.0) * (t_a - t_b) * self.ref_dim)
+        step, capped, ratio = tame(move.b * drift, scale, self.max_move, log_weights.shape[0])
+        x_b = move.a * x + step + move.var**0.5 * z
         if self.mean_free:  # the SDE's increments lie in the subspace; per-coordinate fits need not
             x_b = self.process.project(x_b)
         new, checks, nfe, n_grad = self._evaluate(x_b, pb, beta_b, generator, self._where(k, t_b))
@@ -389,7 +410,7 @@ class FKCModel(FeynmanKacModel):
             left = _potential(LeftPoint(), const, parts, theta_p is not None)[1]
             err = log_z_gap(log_weights, trap, left)
             err = err + self._move_error(pa, pb, move, drift, new, theta_p, log_weights)
-        return SubStep(new, log_g, inc, err, checks, nfe, n_grad, theta)
+        return SubStep(new, log_g, inc, err, checks, nfe, n_grad, theta, capped, ratio)
 
     def _move_error(
         self, pa: TimePoint, pb: TimePoint, move: MoveCoefficients, drift_a: torch.Tensor,
@@ -472,6 +493,33 @@ class FKCModel(FeynmanKacModel):
             "step_error": tot.error,
             "step_unresolved": torch.tensor(float(tot.unresolved)),
         }
+
+    def _check_moves(self, k: int, capped: torch.Tensor, ratio: torch.Tensor) -> None:
+        """Keep step k's move sizes (device tensors ``(G,)``); at the last step read them all
+        (one host sync per run) and warn at the first step where more than
+        :data:`WARN_FRACTION` of a group's particles were above ``max_move``."""
+        self._moves.append((capped, ratio))
+        if k != self.n_steps:
+            return
+        caps, ratios = (torch.stack(v).amax(1).cpu() for v in zip(*self._moves, strict=True))
+        bad = torch.nonzero(caps > WARN_FRACTION).flatten()
+        if bad.numel() == 0:
+            return
+        i = int(bad[0])
+        first = self.n_steps - len(self._moves) + 1 + i  # _moves starts at the run's first step
+        cap = 10.0 if self.max_move is None else self.max_move
+        done = "were tamed to" if self.max_move is not None else "were not tamed (max_move=None)"
+        warnings.warn(
+            f"{self._where(first, self.times[first])}: the drift moved {float(caps[i]):.1%}"
+            f" of the particles by more than {cap:g} noise scales g_t sqrt(dt d) in one "
+            f"sub-step (largest {float(ratios.max()):.3g}); they {done} that; {bad.numel()} of "
+            f"{self.n_steps} grid steps had more than {WARN_FRACTION:.1%} above it. The steps "
+            "are far too long for the drift (a stiff reward's gradient or the control): the "
+            "particles and weights there carry large discretisation error. Raise n_steps or "
+            "max_substeps, or soften the reward; per-step record in the trace ('move_capped', "
+            "'move_ratio').",
+            StiffDriftWarning, stacklevel=5,
+        )  # fmt: skip
 
     @staticmethod
     def _warn(what: str) -> None:

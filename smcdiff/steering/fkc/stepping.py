@@ -145,7 +145,10 @@ class SubStep(NamedTuple):
     """One move from ``t_from`` to ``t_to``: the new ``state``, its log-potential ``log_g`` and
     the same without the control term ``inc`` (float64 ``(G*N,)``), the error estimate ``err``
     ``(G,)`` (``None`` when not asked for), finiteness ``checks``, NFE and gradient passes, and
-    the control coefficients ``theta`` ``(G, J)`` (or ``None``)."""
+    the control coefficients ``theta`` ``(G, J)`` (or ``None``), and the move's size
+    (:func:`~smcdiff.steering.fkc.integrator.tame`): the fraction of particles whose explicit
+    displacement was above the cap, ``capped`` ``(G,)``, and the largest in noise scales,
+    ``ratio`` ``(G,)`` (``None`` when not measured)."""
 
     state: ParticleState
     log_g: torch.Tensor
@@ -155,6 +158,8 @@ class SubStep(NamedTuple):
     nfe: int
     n_grad: int
     theta: torch.Tensor | None
+    capped: torch.Tensor | None = None
+    ratio: torch.Tensor | None = None
 
 
 SubStepFn = Callable[[float, float, ParticleState, torch.Tensor, bool], SubStep]
@@ -167,7 +172,8 @@ class StepTotals:
     (rejected ones included), ``theta`` averaged over the sub-steps by their lengths, and the
     step control's record: accepted ``substeps``, ``rejected`` attempts, ``error`` (the summed
     estimates, ``(G,)``), ``unresolved`` sub-steps (estimate above tol at the shortest length),
-    ``worst`` (the largest estimate accepted) and the ``next_length`` proposed."""
+    ``worst`` (the largest estimate accepted) and the ``next_length`` proposed; ``capped`` and
+    ``ratio`` ``(G,)``: the largest over the accepted sub-steps (see :class:`SubStep`)."""
 
     state: ParticleState
     log_g: torch.Tensor
@@ -182,6 +188,8 @@ class StepTotals:
     unresolved: int = 0
     worst: float = 0.0
     next_length: float = math.nan
+    capped: torch.Tensor | None = None
+    ratio: torch.Tensor | None = None
 
     def add(self, sub: SubStep, length: float, span: float) -> None:
         """Accept ``sub`` (``length`` of the grid step's ``span``)."""
@@ -194,6 +202,14 @@ class StepTotals:
             self.theta = part if self.theta is None else self.theta + part
         if sub.err is not None:
             self.error = sub.err if self.error is None else self.error + sub.err
+        if sub.capped is not None:
+            self.capped = _larger(self.capped, sub.capped)
+            self.ratio = _larger(self.ratio, sub.ratio)
+
+
+def _larger(a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
+    """Elementwise max of ``a`` and ``b`` (``b`` when ``a`` is ``None``; NaN propagates)."""
+    return b if a is None else torch.maximum(a, b)
 
 
 def normalise(log_weights: torch.Tensor, log_g: torch.Tensor) -> torch.Tensor:

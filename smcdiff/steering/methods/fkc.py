@@ -56,6 +56,10 @@ class FKCConfig:
     each grid step is split into sub-steps while the estimated log Z error of a sub-step exceeds
     ``tol`` (:mod:`smcdiff.steering.fkc.stepping`; a
     :class:`~smcdiff.errors.DiscretisationWarning` when ``max_substeps`` do not suffice).
+    ``max_move`` (default 10; ``None``: no taming): a particle's explicit displacement in one
+    sub-step is tamed to at most this many noise scales :math:`g_t\sqrt{\delta d}`
+    (:func:`smcdiff.steering.fkc.integrator.tame`); a run where more than 0.1 % of the
+    particles needed it at some step warns (:class:`~smcdiff.errors.StiffDriftWarning`).
     """
 
     anneal: float | None = None
@@ -67,6 +71,7 @@ class FKCConfig:
     step_control: str = "auto"
     tol: float | None = None
     max_substeps: int | None = None
+    max_move: float | None = 10.0
 
     def __post_init__(self) -> None:
         anneal = check_number("anneal", self.anneal, minimum=0.0, strict_min=True, where=WHERE,
@@ -91,6 +96,9 @@ class FKCConfig:
         object.__setattr__(self, "tol", tol)
         subs = check_int("max_substeps", self.max_substeps, 1, where=WHERE, allow_none=True)
         object.__setattr__(self, "max_substeps", subs)
+        move = check_number("max_move", self.max_move, minimum=0.0, strict_min=True, where=WHERE,
+                            allow_none=True)  # fmt: skip
+        object.__setattr__(self, "max_move", move)
         if self.step_control == "off" and (tol is not None or subs is not None):
             raise SMCDiffError(f"{WHERE}: tol / max_substeps are for step_control='auto'")
 
@@ -144,7 +152,7 @@ def build_fkc(common: CommonConfig, config: FKCConfig, control: str | None = Non
         n_probes=1 if config.n_probes is None else config.n_probes, control=control,
         basis=getattr(config, "basis", None), integrator=config.integrator,
         step_control=config.step_control, tol=config.tol,
-        max_substeps=config.max_substeps, device=common.device, dtype=common.dtype,
+        max_substeps=config.max_substeps, max_move=config.max_move, device=common.device, dtype=common.dtype,
     )  # fmt: skip
     named = isinstance(config.beta_schedule, str)
     settings = {
@@ -156,5 +164,6 @@ def build_fkc(common: CommonConfig, config: FKCConfig, control: str | None = Non
         "step_control": fk.step_control.mode,
         "tol": fk.step_control.tol if fk.step_control.on else None,
         "max_substeps": fk.step_control.max_substeps if fk.step_control.on else None,
+        "max_move": config.max_move,
     }
     return MethodPlan(fk, settings)
