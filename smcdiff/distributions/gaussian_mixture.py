@@ -264,6 +264,17 @@ class GaussianMixture:
             )
         return x.reshape(-1, self.dim)
 
+    def whitening(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        r"""``(W, c, log_norm)`` in the mixture's dtype: the whitening matrices
+        :math:`W_k = L_k^{-1}` ``(K, d, d)`` (diagonal ones expanded), :math:`c_k = -W_k m_k`
+        ``(K, d)`` and :math:`\log w_k - \tfrac d2\log 2\pi - \log|L_k|` ``(K,)``: with
+        :math:`z_k = W_k x + c_k`, :math:`\log w_k\mathcal N(x; m_k, \Sigma_k) =
+        \text{log\_norm}_k - \tfrac12\lVert z_k\rVert^2`."""
+        k, d = self.n_components, self.dim
+        if self._diag:
+            return torch.diag_embed(self._inv_std), self._neg_c, self._log_norm
+        return self._w_stack.view(k, d, d), self._neg_c.view(k, d), self._log_norm
+
     def _whitened(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (N, d) -> component log-terms ``(N, K)`` (with log weights), ``z`` (N, K, d)."""
         n, k, d = x.shape[0], self.n_components, self.dim

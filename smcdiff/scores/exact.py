@@ -12,8 +12,9 @@ from collections.abc import Sequence
 
 import torch
 
-from smcdiff.checks import check_shape
+from smcdiff.checks import check_choice, check_shape
 from smcdiff.distributions.gaussian_mixture import GaussianMixture
+from smcdiff.distributions.gaussian_mixture_fused import fused_applies, fused_score_and_log_prob
 from smcdiff.errors import SMCDiffError
 from smcdiff.processes.schedules import NoiseProcess
 
@@ -27,11 +28,17 @@ class ExactScore:
     ``x`` is ``(N, d)`` on the device and in the dtype of ``dist``; ``t`` a float or 0-d tensor
     in [0, 1] (``scalar_time``: the closed form is for one common time; callers get the float from
     :func:`~smcdiff.scores.base.model_time`). Outputs are differentiable in ``x``.
+
+    ``fused``: ``"auto"`` (default) evaluates CUDA float32 inputs with no gradient wanted in one
+    Triton kernel that never forms the ``(N, K, d)`` residuals
+    (:mod:`~smcdiff.distributions.gaussian_mixture_fused`; the same numbers to float32
+    rounding, one warning and the eager path if it fails); ``"off"``: always the mixture's
+    eager path, in row chunks (:func:`in_row_chunks`).
     """
 
     scalar_time = True
 
-    def __init__(self, dist: GaussianMixture, process: NoiseProcess):
+    def __init__(self, dist: GaussianMixture, process: NoiseProcess, *, fused: str = "auto"):
         if not isinstance(dist, GaussianMixture):
             raise SMCDiffError(f"exact_score: dist must be a GaussianMixture, got {type(dist)}")
         if not isinstance(process, NoiseProcess):
@@ -41,6 +48,7 @@ class ExactScore:
         self.dim = dist.dim
         self.event_shape: tuple[int, ...] = (int(dist.dim),)
         self._fixed: dict[float, GaussianMixture] = {}  # precompute()'s marginals by time
+        self.fused = check_choice("fused", fused, ("auto", "off"), where="exact_score")
 
     @property
     def device(self) -> torch.device:
@@ -86,22 +94,35 @@ class ExactScore:
                 f"{where}: x has dtype {x.dtype} but the distribution has {self.dist.dtype}"
             )
 
+    def _fused(self, p: GaussianMixture, x: torch.Tensor, want_score: bool):
+        """The fused kernel's ``(score, log_p)`` where it applies and is switched on, else
+        ``None`` (the eager path)."""
+        if self.fused == "off" or not fused_applies(x, self.dim):
+            return None
+        return fused_score_and_log_prob(p.whitening(), x, want_score)
+
     def score(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         r""":math:`\nabla_x\log p_t(x)`: ``(N, d)`` -> ``(N, d)``."""
         self._check(x, "ExactScore.score")
-        return in_row_chunks(self.marginal(t).score, x, self.dist.n_components)
+        p = self.marginal(t)
+        out = self._fused(p, x, True)
+        return out[0] if out is not None else in_row_chunks(p.score, x, self.dist.n_components)
 
     def log_density(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         r""":math:`\log p_t(x)` (normalised): ``(N, d)`` -> ``(N,)``."""
         self._check(x, "ExactScore.log_density")
-        return in_row_chunks(self.marginal(t).log_prob, x, self.dist.n_components)
+        p = self.marginal(t)
+        out = self._fused(p, x, False)
+        return out[1] if out is not None else in_row_chunks(p.log_prob, x, self.dist.n_components)
 
     def score_and_log_density(
         self, x: torch.Tensor, t: float | torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         r"""``(score(x, t), log_density(x, t))`` from one pass: ``(N, d)``, ``(N,)``."""
         self._check(x, "ExactScore.score_and_log_density")
-        return in_row_chunks(self.marginal(t).score_and_log_prob, x, self.dist.n_components)
+        p = self.marginal(t)
+        out = self._fused(p, x, True)
+        return out if out is not None else in_row_chunks(p.score_and_log_prob, x, p.n_components)
 
     def sample_marginal(
         self, n: int, t: float | torch.Tensor, generator: torch.Generator | None = None
@@ -134,6 +155,7 @@ def in_row_chunks(fn, x: torch.Tensor, n_components: int):
     return torch.cat(parts)
 
 
-def exact_score(dist: GaussianMixture, process: NoiseProcess) -> ExactScore:
-    """The exact noised score model of ``dist`` under ``process``."""
-    return ExactScore(dist, process)
+def exact_score(dist: GaussianMixture, process: NoiseProcess, *, fused: str = "auto") -> ExactScore:
+    """The exact noised score model of ``dist`` under ``process`` (``fused``: see
+    :class:`ExactScore`)."""
+    return ExactScore(dist, process, fused=fused)

@@ -1,0 +1,126 @@
+r"""A Gaussian mixture's score and log-density in one Triton kernel: no ``(N, K, d)`` temporaries.
+
+:meth:`GaussianMixture.score_and_log_prob <smcdiff.distributions.GaussianMixture.score_and_log_prob>`
+forms the whitened residuals :math:`z_{nk} = W_k x_n + c_k` of every row and component, ``(N, K,
+d)``, and two more tensors of that size: at N = 10⁷, K = 8, d = 16 that is 5 GB each, and the
+score is bound by moving them through memory. :func:`fused_score_and_log_prob` keeps a block of
+rows in registers and runs over the components with an online log-sum-exp (as flash attention
+does over keys): per component two small matrix products,
+
+.. math::
+    z = x W_k^\top + c_k,\quad \ell_k = \log\text{norm}_k - \tfrac12\lVert z\rVert^2,\quad
+    u_k = z W_k = (W_k^\top z)^\top,
+
+    m \leftarrow \max(m, \ell_k),\quad s \leftarrow s\,e^{m_{old} - m} + e^{\ell_k - m},\quad
+    a \leftarrow a\,e^{m_{old} - m} + e^{\ell_k - m} u_k,
+
+and at the end :math:`\log p = m + \log s`, :math:`\nabla\log p = -a/s` — the formulas of the
+mixture's eager path, :math:`-\sum_k r_k W_k^\top z_k` with :math:`r = \operatorname{softmax}_k
+\ell`, summed in another order (float32 products in IEEE precision, no TF32). The kernel reads
+``x`` and writes the score and the log-density: memory traffic of ``(N, d)`` twice.
+
+It runs on CUDA float32 inputs with ``1 <= d <= 64`` (full or diagonal covariances) when no
+gradient through ``x`` is needed (the kernel has no backward: a guided proposal's autograd takes
+the eager path); Triton's CPU interpreter runs it too (``TRITON_INTERPRET=1``, the tests). If
+the kernel fails to compile or launch, one warning line is printed and every later call takes
+the eager path.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+__all__ = ["fused_applies", "fused_score_and_log_prob"]
+
+try:  # Triton is optional: CUDA builds of torch ship it, CPU builds do not
+    import triton
+    import triton.language as tl
+except Exception:  # ImportError, or a broken install
+    triton = None
+
+_STATE = {"failed": False}
+MAX_DIM = 64
+"""The largest dimension the fused kernel takes (a row block's residuals live in registers)."""
+
+
+if triton is not None:
+
+    @triton.jit
+    def _mixture_kernel(
+        x_ptr, w_ptr, c_ptr, lnorm_ptr, score_ptr, logp_ptr, N, D, K,
+        WANT_SCORE: tl.constexpr, BLOCK_N: tl.constexpr, DP: tl.constexpr,
+    ):  # fmt: skip
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = tl.arange(0, DP)
+        in_rows, in_cols = rows < N, cols < D
+        offs = rows.to(tl.int64)[:, None] * D + cols[None, :]
+        xmask = in_rows[:, None] & in_cols[None, :]
+        x = tl.load(x_ptr + offs, mask=xmask, other=0.0)
+        wmask = in_cols[:, None] & in_cols[None, :]
+        m = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+        s = tl.zeros((BLOCK_N,), tl.float32)
+        acc = tl.zeros((BLOCK_N, DP), tl.float32)
+        for k in range(K):
+            w = tl.load(w_ptr + k * D * D + cols[:, None] * D + cols[None, :], mask=wmask,
+                        other=0.0)  # fmt: skip
+            c = tl.load(c_ptr + k * D + cols, mask=in_cols, other=0.0)
+            z = tl.dot(x, tl.trans(w), input_precision="ieee") + c[None, :]
+            ell = tl.load(lnorm_ptr + k) - 0.5 * tl.sum(z * z, axis=1)
+            m_new = tl.maximum(m, ell)
+            scale = tl.exp(m - m_new)
+            p = tl.exp(ell - m_new)
+            s = s * scale + p
+            if WANT_SCORE:
+                u = tl.dot(z, w, input_precision="ieee")
+                acc = acc * scale[:, None] + p[:, None] * u
+            m = m_new
+        tl.store(logp_ptr + rows, m + tl.log(s), mask=in_rows)
+        if WANT_SCORE:
+            tl.store(score_ptr + offs, -acc / s[:, None], mask=xmask)
+
+
+def fused_applies(x: torch.Tensor, dim: int) -> bool:
+    """Whether :func:`fused_score_and_log_prob` takes ``x`` ``(N, dim)`` on the fast path: Triton
+    present and not failed, a CUDA float32 ``x``, ``dim <= MAX_DIM``, and no gradient wanted
+    through ``x``."""
+    return (
+        triton is not None
+        and not _STATE["failed"]
+        and x.is_cuda
+        and x.dtype == torch.float32
+        and 1 <= dim <= MAX_DIM
+        and not (torch.is_grad_enabled() and x.requires_grad)
+    )
+
+
+def fused_score_and_log_prob(
+    whitening: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    x: torch.Tensor,
+    want_score: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor] | None:
+    """``(score (N, d) or None, log_p (N,))`` of the mixture given by ``whitening`` = ``(W (K,
+    d, d), c (K, d), log_norm (K,))`` (:meth:`GaussianMixture.whitening`) at ``x`` ``(N, d)``
+    float32, from the kernel (module docstring); ``None`` if it failed (warned once; every
+    later call returns ``None``: the caller's eager path)."""
+    w, c, log_norm = (v.contiguous() for v in whitening)
+    x = x.contiguous()
+    n, d = x.shape
+    if n == 0:
+        return (torch.empty_like(x) if want_score else None), x.new_empty(0)
+    dp = max(16, triton.next_power_of_2(d))
+    block = 128 if dp <= 16 else (64 if dp <= 32 else 32)
+    log_p = torch.empty(n, dtype=x.dtype, device=x.device)
+    score = torch.empty_like(x) if want_score else log_p  # a placeholder pointer
+    try:
+        _mixture_kernel[(triton.cdiv(n, block),)](
+            x, w, c, log_norm, score, log_p, n, d, w.shape[0],
+            WANT_SCORE=want_score, BLOCK_N=block, DP=dp, num_warps=4,
+        )  # fmt: skip
+    except Exception as err:  # compilation or launch failed: the eager path from now on
+        _STATE["failed"] = True
+        warnings.warn(f"GaussianMixture: the fused Triton score kernel failed ({err!r}); "
+                      "using the eager path from now on", stacklevel=3)  # fmt: skip
+        return None
+    return (score if want_score else None), log_p

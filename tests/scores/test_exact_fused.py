@@ -1,0 +1,96 @@
+"""The fused Triton mixture score (smcdiff.distributions.gaussian_mixture_fused) against the
+mixture's eager closed form and a float64 reference, under Triton's CPU interpreter (the CUDA
+kernel itself runs in experiments/bench_fk_step.py); and ExactScore's ``fused`` switch."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import smcdiff
+from smcdiff.errors import SMCDiffError
+
+INTERPRETED = """
+import torch
+import smcdiff
+from smcdiff.distributions.gaussian_mixture_fused import fused_score_and_log_prob
+
+def rel(a, b):
+    return ((a.double() - b).abs() / (b.abs() + 1)).max().item()
+
+n = 0
+for d, k, diag in [(16, 8, False), (3, 2, False), (5, 4, True), (33, 3, False), (16, 1, False)]:
+    g = torch.Generator().manual_seed(d)
+    means = 3 * torch.randn(k, d, generator=g)
+    a = torch.randn(k, d, d, generator=g) / d**0.5
+    covs = (torch.rand(k, d, generator=g) + 0.3) if diag else a @ a.mT + 0.5 * torch.eye(d)
+    prior = smcdiff.GaussianMixture(torch.rand(k, generator=g) + 0.5, means, covs)
+    mix = prior.noised(smcdiff.VP(), 0.3)
+    x = 4 * torch.randn(300, d, generator=g)
+    x[0] = 60.0  # far out: one component's responsibility, a very negative log-density
+    x[1, 0] = float("nan")
+    score, log_p = fused_score_and_log_prob(mix.whitening(), x)
+    none, log_p2 = fused_score_and_log_prob(mix.whitening(), x, want_score=False)
+    assert none is None and torch.allclose(log_p, log_p2, rtol=0, atol=0, equal_nan=True)
+    eager = mix.score_and_log_prob(x)
+    m64 = smcdiff.GaussianMixture(mix.weights.double(), mix.means.double(), mix.covs.double())
+    s64, l64 = m64.score_and_log_prob(x.double())
+    assert score.isnan()[1].all() and log_p.isnan()[1], "a NaN row must stay NaN"
+    ok = torch.ones(300, dtype=torch.bool)
+    ok[1] = False
+    # the eager float32 path's own error against float64 sets the scale of "float rounding"
+    tol_s = 2 * rel(eager[0][ok], s64[ok]) + 1e-6
+    tol_l = 2 * rel(eager[1][ok], l64[ok]) + 1e-6
+    assert rel(score[ok], s64[ok]) <= tol_s, (d, k, rel(score[ok], s64[ok]), tol_s)
+    assert rel(log_p[ok], l64[ok]) <= tol_l, (d, k, rel(log_p[ok], l64[ok]), tol_l)
+    assert rel(score[ok], eager[0][ok].double()) < 1e-4
+    n += 1
+print("checked", n)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None,
+    reason="the fused kernel needs triton (ships with CUDA torch; its CPU interpreter runs it here)",
+)
+def test_fused_kernel_under_the_cpu_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(INTERPRETED)], env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "checked 5" in out.stdout, out.stdout
+
+
+def _model(fused="auto"):
+    g = torch.Generator().manual_seed(0)
+    prior = smcdiff.GaussianMixture(
+        torch.rand(3, generator=g) + 0.5,
+        torch.randn(3, 4, generator=g),
+        torch.eye(4).repeat(3, 1, 1),
+    ).to(device="cuda" if torch.cuda.is_available() else "cpu")
+    return smcdiff.exact_score(prior, smcdiff.VP(), fused=fused)
+
+
+def test_fused_switch_is_checked():
+    with pytest.raises(SMCDiffError, match="fused"):
+        _model(fused="yes")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused kernel runs on CUDA")
+def test_fused_on_cuda_equals_the_eager_path():
+    on, off = _model(), _model("off")
+    x = 2 * torch.randn(10_000, 4, device="cuda")
+    for t in (0.05, 0.5):
+        s1, l1 = on.score_and_log_density(x, t)
+        s0, l0 = off.score_and_log_density(x, t)
+        torch.testing.assert_close(s1, s0, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(on.score(x, t), s1, rtol=0, atol=0)
+    xg = x[:100].clone().requires_grad_(True)  # a gradient wanted: the eager, differentiable path
+    (g,) = torch.autograd.grad(on.log_density(xg, 0.5).sum(), xg)
+    torch.testing.assert_close(g, off.score(x[:100], 0.5), rtol=1e-4, atol=1e-4)
