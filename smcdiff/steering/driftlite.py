@@ -32,7 +32,12 @@ gradient. Two ways to pick :math:`\theta` from the current weighted particles (w
 
 Both are solved per group, batched, in float64, without a host sync; the ridge is relative,
 :math:`\lambda = \text{ridge}\cdot\operatorname{tr}(A)/J` (plus a tiny floor), so it does not
-depend on the scale of the features. Shapes: ``G`` groups, ``N`` particles, ``J`` basis functions,
+depend on a common scale of the features — but it is set by the largest: features of very
+different scales make :math:`A` ill-conditioned (DW-4 reward tilt at t = 1: score feature variance
+0.02, reward feature 2.5e7, condition number 2e9, correlation 0.67) and the ridge then shrinks the
+small feature's coefficient hard (there :math:`\lambda` = 555 times its variance:
+:math:`\theta_{score}` 164 instead of the unregularised 1.7e5, a linear drift that would collapse
+the cloud in one step). The solve itself stays finite (float64 Cholesky). Shapes: ``G`` groups, ``N`` particles, ``J`` basis functions,
 ``E`` the event shape of one particle (fields are compared over its flattened dims).
 
 The solvers as objects (:class:`VCG`, :class:`ECG`, by name in :data:`CONTROLS`) read what they

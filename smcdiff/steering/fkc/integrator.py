@@ -170,9 +170,13 @@ class FittedExponential(ExponentialIntegrator):
     Exact moves when the target is Gaussian with a diagonal precision (a quadratic reward on a
     Gaussian prior: where ``"exp"``'s :math:`cW/\nu` misses the reward's curvature
     :math:`c\beta_t\nabla^2 r`, which makes its explicit part stiff); any :math:`\kappa` leaves
-    the SDE, and so the weights, unchanged. Vectorised, no host sync; where
-    :math:`\operatorname{Var}_W(x_j)` vanishes (one particle per group, a constant coordinate)
-    it falls back to ``"exp"``'s :math:`cW/\nu`."""
+    the SDE, and so the weights, unchanged. Only contracting slopes are integrated exactly:
+    :math:`\kappa_j = \max(0, \cdot)`, so :math:`A \le e^{-f\delta}`. An expanding slope
+    (a repulsive drift, or a fit to a near-degenerate weighted set: :math:`\kappa = -10^4`
+    on the DW-4 reward tilt, :math:`A = 10^{15}`) stays in the explicit part, where
+    :func:`tame` bounds it. Vectorised, no host sync; where :math:`\operatorname{Var}_W(x_j)`
+    vanishes (one particle per group, a constant coordinate) it falls back to ``"exp"``'s
+    :math:`cW/\nu`."""
 
     name = "exp-fit"
     fitted = True
@@ -215,8 +219,8 @@ def tame(
     explicit step of a superlinear drift, e.g. the cubic gradient of a quartic energy, throws
     the particle to where the drift is larger still: Euler diverges, Hutzenthaler, Jentzen &
     Kloeden 2011), and the cap keeps it a bounded move (a hard-threshold variant of their tamed
-    Euler scheme, consistent as :math:`\delta \to 0` since the cap grows as
-    :math:`\delta^{-1/2}`). Returns the tamed step, the fraction of each group's particles
+    Euler scheme, consistent as :math:`\delta \to 0` since the cap on the drift itself,
+    :math:`m\,g_t\sqrt{d/\delta}`, grows as :math:`\delta^{-1/2}`). Returns the tamed step, the fraction of each group's particles
     above the cap ``(G,)`` and the largest :math:`\rho_n` per group ``(G,)`` (float64, on the
     device, no sync). ``scale <= 0`` (no forward noise): unchanged, zero counts."""
     ratio = step.detach().double().flatten(1).norm(dim=1)
