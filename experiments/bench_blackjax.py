@@ -19,7 +19,9 @@ Runs, in one process on one GPU (about 5 minutes on an H200):
    of 3 runs after a warm-up run (graph capture, compilation: its time is ``warmup_s``) of
    ``smcdiff.sample``;
 4. the FK-steering step timings of :mod:`smcdiff_experiments.bench_fk_step`;
-5. a CUDA profile (top kernels) of one fused run, where time is left.
+5. CUDA profiles of one run per ``--profile-variant`` x target x N, where time is left: the
+   number of GPU kernels, the GPU-busy ms (kernel intervals merged) against the span (the
+   difference: the GPU waiting for the host) and the top kernels (``profile.txt``).
 
 Writes ``bench_blackjax.json``, ``speed.md`` (the tables for docs/speed.md, including the
 compiled-moves comparison) and ``profile.txt`` to ``--out`` after every part, so a run cut
@@ -71,10 +73,12 @@ VARIANTS = (
     "fused+grad+compile",
     "fused+compiled-moves",
     "fused+grad+compiled-moves",
+    "fused+grad+compiled-moves-static",
 )
 COMPILED_PAIRS = (  # (eager moves, compiled moves): the comparison table of compile=True
     ("fused", "fused+compiled-moves"),
     ("fused+grad", "fused+grad+compiled-moves"),
+    ("fused+grad", "fused+grad+compiled-moves-static"),
 )
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -178,8 +182,16 @@ def sample_kwargs(name: str, n: int, variant: str, device: torch.device) -> dict
         method="tempered", n_particles=n, device=device, reference_std=sigma0, kernel="hmc",
         n_moves=moves, step_size=0.2, adapt_gain=0.0, kernel_options={"n_leapfrog": 10},
         target_ess=0.5, resampling="systematic", ess_threshold=1.0, progress=False,
-        fused=variant != "engine", compile="compiled-moves" in variant,
+        fused=variant != "engine", compile=compile_option(variant),
     )  # fmt: skip
+
+
+def compile_option(variant: str) -> bool | str:
+    """``sample(compile=...)`` of a variant: ``"static"`` (one compilation per N),
+    ``True`` (moves and temperature search compiled with a symbolic N) or ``False``."""
+    if variant.endswith("compiled-moves-static"):
+        return "static"
+    return "compiled-moves" in variant
 
 
 def time_ours(name: str, n: int, variant: str, target, device, repeats: int = 3) -> dict:
@@ -332,25 +344,75 @@ def bench_fk(device: torch.device, sizes, deadline: float) -> dict:
     return res
 
 
+def gpu_busy(prof) -> tuple[int, float, float]:
+    """``(kernels, busy ms, span ms)`` of a profile: the number of GPU activities (kernels and
+    copies), the time the GPU ran any of them (their intervals merged) and first start to last
+    end. ``span - busy``: time the GPU sat idle (waiting for the host)."""
+    iv = sorted(
+        (e.time_range.start, e.time_range.end)
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA
+    )
+    total, cur = 0.0, None
+    for start, end in iv:
+        if cur is None or start > cur[1]:
+            total += 0.0 if cur is None else cur[1] - cur[0]
+            cur = [start, end]
+        else:
+            cur[1] = max(cur[1], end)
+    total += 0.0 if cur is None else cur[1] - cur[0]
+    span = iv[-1][1] - iv[0][0] if iv else 0.0
+    return len(iv), total / 1e3, span / 1e3
+
+
 def profile_one(
     device: torch.device, out: Path, variant: str = "fused", name: str = "manywell32",
-    n: int = 10_000,
-) -> None:  # fmt: skip
-    """Top CUDA kernels of one run of ``variant`` on ``name`` at ``n``, and the number of
-    kernels it ran (the cost compiled moves cut)."""
+    n: int = 10_000, results: dict | None = None,
+) -> dict:  # fmt: skip
+    """Profile one run of ``variant`` on ``name`` at ``n`` (after a warm-up run): its wall ms
+    (under the profiler), GPU kernels, GPU-busy ms (:func:`gpu_busy`) and the top CUDA kernels,
+    appended to ``profile.txt`` (and the row to ``results["profile"]``)."""
     target = _BUILT.get((name, str(device), variant)) or make_target(name, device, variant, (n,))
+    _BUILT[(name, str(device), variant)] = target
     kw = sample_kwargs(name, n, variant, device)
     smcdiff.sample(target, seed=0, **kw)
+    sync(device)
     acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=acts) as prof:
-        smcdiff.sample(target, seed=1, **kw)
-        torch.cuda.synchronize(device)
-    events = prof.key_averages()
-    kernels = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
-    table = events.table(sort_by="cuda_time_total", row_limit=25)
-    head = f"{variant} run of {name}, N={n}: {kernels} CUDA kernels"
+        t0 = time.perf_counter()
+        res = smcdiff.sample(target, seed=1, **kw)
+        sync(device)
+        wall = 1e3 * (time.perf_counter() - t0)
+    kernels, busy, span = gpu_busy(prof)
+    row = {"target": name, "n": n, "variant": variant, "wall_ms_profiled": wall,
+           "kernels": kernels, "gpu_busy_ms": busy, "gpu_span_ms": span,
+           "n_steps": int(res.info["n_temperatures"]), "compile": res.info.get("compile")}  # fmt: skip
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+    head = (f"{variant} run of {name}, N={n}: {kernels} GPU kernels and copies, GPU busy "
+            f"{busy:.1f} ms of a {span:.1f} ms span (idle {span - busy:.1f} ms), wall "
+            f"{wall:.1f} ms under the profiler, {row['n_steps']} steps")  # fmt: skip
     print(head, flush=True)
-    (out / "profile.txt").write_text(f"{head}\n{table}\n")
+    with open(out / "profile.txt", "a") as f:
+        f.write(f"{head}\n{table}\n\n")
+    if results is not None:
+        results.setdefault("profile", []).append(row)
+        write(results, out)
+    return row
+
+
+def profile_all(device, out: Path, variants, targets, sizes, results: dict, deadline: float):
+    """:func:`profile_one` for every variant x target x N, until ``deadline``."""
+    (out / "profile.txt").write_text("")
+    for variant in variants:
+        for name in targets:
+            for n in sizes:
+                if time.perf_counter() > deadline:
+                    print(f"profile: out of time, skipping {variant} {name} {n}", flush=True)
+                    continue
+                try:
+                    profile_one(device, out, variant, name, n, results)
+                except Exception as err:
+                    print(f"profile {variant} {name} {n} FAILED: {err!r}", flush=True)
 
 
 def n_lambdas(res) -> int:
@@ -453,6 +515,16 @@ def write(results: dict, out: Path) -> None:
             )
             + "\n"
         )
+    prof = results.get("profile") or []
+    if prof:
+        text += ("\nProfiled runs (profile.txt: the top kernels of each): GPU kernels and copies, "
+                 "GPU-busy ms (merged intervals), span ms, wall ms under the profiler:\n\n"
+                 "| target | N | variant | steps | kernels | GPU busy ms | GPU span ms | wall ms |\n"
+                 "|---|---|---|---|---|---|---|---|\n")  # fmt: skip
+        for r in prof:
+            text += (f"| {r['target']} | {r['n']:.0e} | {r['variant']} | {r['n_steps']} | "
+                     f"{r['kernels']} | {r['gpu_busy_ms']:.1f} | {r['gpu_span_ms']:.1f} | "
+                     f"{r['wall_ms_profiled']:.1f} |\n")  # fmt: skip
     (out / "speed.md").write_text(text)
 
 
@@ -467,7 +539,10 @@ def main(argv=None) -> dict:
     p.add_argument("--sizes", default=",".join(str(n) for n in SIZES), help="N of our runs")
     p.add_argument("--targets", default=",".join(PEER), help="a subset of " + ",".join(PEER))
     p.add_argument("--skip-gather", action="store_true")
-    p.add_argument("--profile-variant", default="fused", help="the variant profiled (CUDA)")
+    p.add_argument("--profile-variant", default="fused",
+                   help="the variants profiled (CUDA), comma-separated")  # fmt: skip
+    p.add_argument("--profile-targets", default="",
+                   help="the targets profiled at every N (default: those run)")  # fmt: skip
     p.add_argument("--reserve-s", type=float, default=None,
                    help="of the budget, kept for the FK steps and the profile "
                    "(default: min(90, budget / 3))")  # fmt: skip
@@ -499,11 +574,10 @@ def main(argv=None) -> dict:
     fk_sizes = [int(float(v)) for v in args.fk_sizes.split(",") if v]
     results["fk_step_ms"] = bench_fk(device, fk_sizes, deadline - reserve / 6)
     write(results, out)
-    if cuda and time.perf_counter() < deadline:
-        try:
-            profile_one(device, out, args.profile_variant)
-        except Exception as err:
-            print(f"profile FAILED: {err!r}", flush=True)
+    if cuda:
+        prof_targets = [t for t in args.profile_targets.split(",") if t] or targets
+        profile_all(device, out, args.profile_variant.split(","), prof_targets, sizes, results,
+                    deadline)  # fmt: skip
     results["total_s"] = time.perf_counter() - t0
     write(results, out)
     print(table(results), flush=True)

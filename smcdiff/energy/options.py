@@ -107,9 +107,11 @@ class TemperedOptions:
     GPU never waits for the host and no step after the end runs) (``None``: on for CUDA with an
     adaptive schedule; :mod:`smcdiff.energy.tempered_fused`); ``compile``: HMC moves as one
     ``torch.compile``-d transition each (a few fused kernels instead of dozens per leapfrog
-    step; :mod:`smcdiff.mcmc.compiled`), ``True``, ``False`` or ``"auto"`` (the default: on CUDA
-    devices, with the HMC kernel);
-    a transition that cannot be compiled runs eagerly with a warning.
+    step; :mod:`smcdiff.mcmc.compiled`) and the temperature search as one compiled function,
+    ``True``, ``False``, ``"auto"`` (the default: on CUDA devices, with the HMC kernel) or
+    ``"static"`` (as ``True``, with static shapes: compiled once per number of particles,
+    kernels specialised to it, instead of once for every N);
+    a function that cannot be compiled runs eagerly with a warning.
     """
 
     kernel: str | Callable[..., Kernel] = "hmc"
@@ -130,8 +132,8 @@ class TemperedOptions:
 
     def __post_init__(self) -> None:
         where = "tempered SMC"
-        if not (isinstance(self.compile, bool) or self.compile == "auto"):
-            msg = f"compile must be True, False or 'auto', got {self.compile!r}"
+        if not (isinstance(self.compile, bool) or self.compile in ("auto", "static")):
+            msg = f"compile must be True, False, 'auto' or 'static', got {self.compile!r}"
             raise SMCDiffError(f"{where}: {msg}")
         if self.fused is not None and not isinstance(self.fused, bool):
             raise SMCDiffError(f"{where}: fused must be True, False or None")

@@ -294,12 +294,15 @@ class TemperedSMC(FeynmanKacModel):
         """Whether the HMC moves run compiled: ``compile=True``, or ``"auto"`` on CUDA with the
         HMC kernel. Raises for ``compile=True`` with another kernel."""
         flag = self.options.compile
-        if flag is True and self.kernel_name != "hmc":
+        if flag in (True, "static") and self.kernel_name != "hmc":
             raise SMCDiffError(
                 f"tempered SMC: compile=True compiles HMC moves only, got kernel={self.kernel_name!r}"
                 " (use kernel='hmc' or compile=False)"
             )
-        return self.kernel_name == "hmc" and (flag is True or (flag == "auto" and on_cuda))
+        self.compile_static = flag == "static"
+        return self.kernel_name == "hmc" and (
+            flag is True or self.compile_static or (flag == "auto" and on_cuda)
+        )
 
     def _fixed(self, schedule: torch.Tensor | None, step_sizes: torch.Tensor | None) -> None:
         """Store a fixed temperature ``schedule`` (``(K,)`` or ``(K, G)``, float64, checked:
@@ -395,11 +398,29 @@ class TemperedSMC(FeynmanKacModel):
         """``(delta, new temperature)``, each ``(G,)``: from the CESS (:func:`next_temperature`)
         or, with a fixed schedule, its row ``k - 1`` (1 after its end)."""
         if self.schedule is None:
-            delta = next_temperature(log_weights, ell, lam, self.target_ess)
+            search = self._search()
+            delta = search(log_weights, ell, lam)
             return delta, torch.where(delta >= 1.0 - lam, torch.ones_like(lam), lam + delta)
         row = self.schedule[min(k, self.schedule.shape[0]) - 1]
         new = row.expand(lam.shape[0]).to(lam)
         return new - lam, new
+
+    def _search(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        """:func:`next_temperature` at this target ESS: compiled with the moves (one function
+        for every target, cached; eager, with a warning, if compilation fails), else eager."""
+        if not self.compile_moves:
+            return partial(next_temperature, target_ess=self.target_ess)
+        key = ("search", self.target_ess, self.compile_static)
+        if key not in _COMPILED:
+            fn = partial(next_temperature, target_ess=self.target_ess)
+            what = "the temperature search"
+            search = CompiledFunction(fn, "tempered SMC", dynamic=not self.compile_static,
+                                      what=what, batch_dim=1)  # fmt: skip
+            _COMPILED[key] = (None, search)
+        search = _COMPILED[key][1]
+        # lam: a strided view of the per-particle temperatures; contiguous, or its stride (N)
+        # would be a guard of the compiled graph (one compilation per N)
+        return lambda log_w, ell, lam: search(log_w, ell, lam.contiguous(), batch=(log_w, ell))
 
     def done(self, k: int, state: ParticleState) -> torch.Tensor:
         """True after the step whose moves ran at :math:`\\lambda = 1` in every group."""
@@ -581,7 +602,7 @@ class TemperedSMC(FeynmanKacModel):
         its ``log_prob``, tempered by :func:`tempered_pair` / :func:`tempered_log_density`."""
         analytic = callable(getattr(self.target, "grad_log_prob", None))
         nan_inf = self.options.nan_as_neg_inf
-        key = (id(self.target), analytic, nan_inf, n_leapfrog)
+        key = (id(self.target), analytic, nan_inf, n_leapfrog, self.compile_static)
         entry = _COMPILED.get(key)
         if entry is None:
             target, lp_fn = self.target, self.target_log_prob
@@ -598,7 +619,10 @@ class TemperedSMC(FeynmanKacModel):
                     return tempered_log_density(lp_fn(y), ref, lam)
 
                 pair = func_value_and_grad(density)
-            move = compile_transition(hmc_transition, pair, "tempered SMC", n_leapfrog=n_leapfrog)
+            move = compile_transition(
+                hmc_transition, pair, "tempered SMC", dynamic=not self.compile_static,
+                n_leapfrog=n_leapfrog,
+            )  # fmt: skip
             if len(_COMPILED) >= _GRAPH_CACHE_SIZE:
                 _COMPILED.pop(next(iter(_COMPILED)))
             entry = _COMPILED[key] = (target, move)

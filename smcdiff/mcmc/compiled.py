@@ -56,16 +56,26 @@ class CompileFallbackWarning(UserWarning):
 class CompiledFunction:
     """``fn`` through ``torch.compile(fullgraph=True)``, or eagerly once that
     failed. ``fallback``: called with the same arguments after a failure (default ``fn``);
-    ``where``: names the caller in the warning. ``status``: ``"compiled"`` after a compiled
+    ``where`` and ``what``: name the caller and the function in the warning; ``dynamic``: the
+    ``batch`` arguments' dimension ``batch_dim`` (default the first) a symbolic size (one
+    compilation for every N), else static shapes (one compilation per N, kernels specialised
+    to it). ``status``: ``"compiled"`` after a compiled
     call, ``"eager (<reason>)"`` after a failure, ``"not called"`` before the first call."""
 
     def __init__(
-        self, fn: Callable[..., Any], where: str, fallback: Callable[..., Any] | None = None
+        self,
+        fn: Callable[..., Any],
+        where: str,
+        fallback: Callable[..., Any] | None = None,
+        dynamic: bool = True,
+        what: str = "the MCMC transition",
+        batch_dim: int = 0,
     ):
-        self.fn, self.where = fn, where
+        self.fn, self.where, self.dynamic, self.what = fn, where, dynamic, what
+        self.batch_dim = batch_dim
         self.fallback = fn if fallback is None else fallback
         self.compiled: Callable[..., Any] | None = torch.compile(
-            fn, fullgraph=True, dynamic=None, backend=BACKEND
+            fn, fullgraph=True, dynamic=None if dynamic else False, backend=BACKEND
         )
         self.status = "not called"
 
@@ -80,9 +90,9 @@ class CompiledFunction:
         compiled as a symbolic size (one compilation serves every N)."""
         if self.compiled is not None:
             try:
-                for t in batch:
-                    if t.shape[0] > 1:  # sizes 0 and 1 are always specialised
-                        torch._dynamo.mark_dynamic(t, 0)
+                for t in batch if self.dynamic else ():
+                    if t.shape[self.batch_dim] > 1:  # sizes 0 and 1 are always specialised
+                        torch._dynamo.mark_dynamic(t, self.batch_dim)
                 config = torch._dynamo.config  # imported by torch.compile in __init__
                 name = (
                     "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
@@ -103,7 +113,7 @@ class CompiledFunction:
         )
         self.compiled, self.status = None, f"eager ({reason})"
         warnings.warn(
-            f"{self.where}: torch.compile of the MCMC transition failed ({reason}); running it "
+            f"{self.where}: torch.compile of {self.what} failed ({reason}); running it "
             "eagerly on the same random numbers (compile=False skips the attempt)",
             CompileFallbackWarning,
             stacklevel=4,
@@ -135,6 +145,7 @@ def compile_transition(
     pair: Callable[..., tuple[torch.Tensor, torch.Tensor]],
     where: str,
     fallback: Callable[..., Any] | None = None,
+    dynamic: bool = True,
     **static: Any,
 ) -> CompiledFunction:
     """A :class:`CompiledFunction` of ``move(state, *randoms_and_params, params)``:
@@ -142,10 +153,10 @@ def compile_transition(
     pair(y, *params)``; ``params`` a tuple of tensors (e.g. temperatures, reference mean and
     scale) passed at each call, so one compiled function serves every step of a run and every
     run with these ``static`` settings (e.g. ``n_leapfrog``). ``fallback``: the eager move (same
-    arguments) after a failure."""
+    arguments) after a failure; ``dynamic``: as in :class:`CompiledFunction`."""
 
     def move(state: Any, *args: Any) -> Any:
         *rest, params = args
         return transition(lambda y: pair(y, *params), state, *rest, **static)
 
-    return CompiledFunction(move, where, fallback)
+    return CompiledFunction(move, where, fallback, dynamic)

@@ -7,6 +7,7 @@ C++ code generation, which takes minutes on a busy 2-core machine. Inductor's ke
 H200 benchmark (experiments/bench_blackjax.py, variant ``fused+grad+compiled-moves``), which
 reports their log Z beside the eager variants'."""
 
+import functools
 import math
 import warnings
 
@@ -15,10 +16,15 @@ import torch
 from torch._dynamo.utils import counters
 
 import smcdiff
-from smcdiff.energy import sample
+from smcdiff.energy import next_temperature, sample, tempered
 from smcdiff.mcmc import compiled
 from smcdiff.mcmc.base import value_and_grad
-from smcdiff.mcmc.compiled import CompileFallbackWarning, compile_transition, func_value_and_grad
+from smcdiff.mcmc.compiled import (
+    CompiledFunction,
+    CompileFallbackWarning,
+    compile_transition,
+    func_value_and_grad,
+)
 from smcdiff.mcmc.hmc import HMC, hmc_transition
 
 MEAN, STD, LOG_C = torch.tensor([2.0, -1.0, 0.5]), 0.4, 1.5
@@ -70,6 +76,8 @@ def test_compiled_tempered_moves_equal_the_eager_ones(aot_eager, analytic):
     torch.testing.assert_close(com.trace["accept"], ref.trace["accept"], equal_nan=True)
     for name in ("n_target_evals", "n_grad_evals", "n_resampled"):
         assert com.info[name] == ref.info[name]
+    searches = [v[1] for k, v in tempered._COMPILED.items() if k[0] == "search"]
+    assert searches and all(s.status == "compiled" for s in searches)  # compiled with the moves
     if analytic:  # N is a symbolic size: another N runs the same compiled graph
         graphs = counters["stats"]["unique_graphs"]
         again = _sample(target, compile=True, n_particles=60)
@@ -119,7 +127,9 @@ def test_func_pair_equals_autograd_and_the_move_is_hmc():
 
 def test_compile_option_is_checked():
     target = smcdiff.as_target(gaussian_log_prob, 3, "g")
-    with pytest.raises(smcdiff.SMCDiffError, match="compile must be True, False or 'auto'"):
+    with pytest.raises(
+        smcdiff.SMCDiffError, match="compile must be True, False, 'auto' or 'static'"
+    ):
         _sample(target, compile="yes")
     with pytest.raises(smcdiff.SMCDiffError, match="HMC moves only"):
         _sample(target, compile=True, kernel="mala", kernel_options={})
@@ -138,3 +148,67 @@ def test_benchmark_table_pairs_eager_and_compiled_moves():
     text = table({"ours": ours, "peer": {}})
     line = next(x for x in text.splitlines() if x.startswith("| mw5 | 1e+04 | fused+grad |"))
     assert "| 90.0 | 30.0 | 3.00x | 0.050 / 0.040 | 7 / 7 | 41.0 | compiled |" in line
+
+
+def _cess(log_w, ell, delta):
+    """Conditional ESS fraction of the increments ``delta`` (G,), computed directly."""
+    g = torch.where(ell == -math.inf, ell, delta[:, None] * ell)
+    a, b = torch.logsumexp(log_w + g, -1), torch.logsumexp(log_w + 2 * g, -1)
+    return torch.exp(2 * a - b)
+
+
+@pytest.mark.slow
+def test_compiled_temperature_search_equals_the_eager_one(aot_eager):
+    """The compiled search (traced whole) gives the eager search's increments, and both are
+    the CESS root: CESS(delta) >= 0.5 N > CESS(delta (1 + 1e-5)) (or delta = 1 - lam)."""
+    gen = torch.Generator().manual_seed(0)
+    G, N = 3, 400
+    ell = 4.0 * torch.randn(G, N, generator=gen, dtype=torch.float64)
+    ell[0, :9] = -math.inf  # zero-density particles
+    log_w = torch.log_softmax(torch.randn(G, N, generator=gen, dtype=torch.float64), -1)
+    lam = torch.tensor([0.0, 0.3, 0.9999], dtype=torch.float64)
+    fn = functools.partial(next_temperature, target_ess=0.5)
+    search = CompiledFunction(fn, "test", what="the search", batch_dim=1)
+    got = search(log_w, ell, lam, batch=(log_w, ell))
+    assert search.status == "compiled"
+    ref = next_temperature(log_w, ell, lam, 0.5)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=0)
+    assert bool((_cess(log_w, ell, got) >= 0.5).all())
+    inner = got < 1.0 - lam
+    assert bool(inner[:2].all()) and not bool(inner[2])  # the last group reaches 1
+    assert bool((_cess(log_w, ell, got * (1 + 1e-5))[inner] < 0.5).all())
+
+
+def test_benchmark_writes_profiled_rows_and_the_static_variant(tmp_path):
+    from smcdiff_experiments.bench_blackjax import compile_option, write
+
+    assert compile_option("fused+grad+compiled-moves-static") == "static"
+    assert compile_option("fused+grad+compiled-moves") is True
+    assert compile_option("fused+grad") is False
+    prof = dict(target="mw5", n=100_000, variant="fused+grad+compiled-moves", n_steps=8,
+                kernels=4321, gpu_busy_ms=30.25, gpu_span_ms=41.0, wall_ms_profiled=55.5)  # fmt: skip
+    write({"ours": [], "peer": {}, "profile": [prof]}, tmp_path)
+    text = (tmp_path / "speed.md").read_text()
+    assert "| mw5 | 1e+05 | fused+grad+compiled-moves | 8 | 4321 | 30.2 | 41.0 | 55.5 |" in text
+
+
+@pytest.mark.slow
+def test_static_shapes_compile_once_per_n_and_agree(aot_eager):
+    """``dynamic=False`` (``compile="static"``): one compiled graph per number of chains (the
+    symbolic-N default compiles one for every N: the tempered test above), each giving the
+    eager transition's numbers."""
+    dynamic = False
+    pair = func_value_and_grad(lambda y, c: gaussian_log_prob(y) * c)
+    move = compile_transition(hmc_transition, pair, "test", dynamic=dynamic, n_leapfrog=1)
+    kern = HMC(gaussian_log_prob, n_leapfrog=1)
+    before = counters["stats"]["unique_graphs"]
+    for n in (20, 30):
+        state = kern.init(torch.randn(n, 3, dtype=torch.float64))
+        p, u = kern.draws(state, torch.Generator().manual_seed(n))
+        h = torch.full((n, 1), 0.1, dtype=torch.float64)
+        args = (state, p, u, h, kern.inv_mass_tensor(state.x), (torch.tensor(1.0),))
+        new, _ = move(*args, batch=(state.x, state.log_prob, state.grad, p, u, h))
+        ref, _ = move.fn(*args)
+        torch.testing.assert_close(new.x, ref.x, rtol=0, atol=1e-12)
+    assert move.status == "compiled"
+    assert counters["stats"]["unique_graphs"] - before == (1 if dynamic else 2)
