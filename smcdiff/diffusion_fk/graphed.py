@@ -36,6 +36,7 @@ detector.
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -109,7 +110,7 @@ class GraphedLoop(RunLoop):
         entry = _CACHE.get(key)
         if entry is None:
             try:
-                entry = capture_step(self.smc, state, _shared_static(self.graph_key, state))
+                entry = capture_step(self.smc, state, _shared_buffers(self.graph_key, state))
             except Exception as err:  # a step that cannot be captured: the rest run eagerly
                 self.capture_error = f"step {state.step + 1}: {err!r}"
                 warnings.warn(
@@ -148,17 +149,18 @@ def _layout(state: SMCState) -> tuple:
     return (tuple(parts), tuple(state.log_weights.shape), tuple(state.log_z.shape))
 
 
-def _shared_static(graph_key: tuple, state: SMCState) -> SMCState | None:
-    """The state buffers the steps of ``graph_key`` share (made from ``state`` on first use),
-    or ``None`` if ``state`` has another layout (names, shapes, dtypes): then the step gets
-    buffers of its own."""
+def _shared_buffers(graph_key: tuple, state: SMCState) -> dict[str, Any] | None:
+    """The state buffers the steps of ``graph_key`` share (made from ``state`` on first use)
+    with their ``mirror`` (name -> weak reference to the copy last made of that buffer, still
+    equal to it: the next replay need not copy it back), or ``None`` if ``state`` has another
+    layout (names, shapes, dtypes): then the step gets buffers of its own."""
     from smcdiff.energy.tempered_fused import static_copy  # here: no import cycle at load
 
     key = ("static", *graph_key)
     if key not in _CACHE:
-        _CACHE[key] = {"static": static_copy(state), "layout": _layout(state)}
+        _CACHE[key] = {"static": static_copy(state), "layout": _layout(state), "mirror": {}}
     entry = _CACHE[key]
-    return entry["static"] if entry["layout"] == _layout(state) else None
+    return entry if entry["layout"] == _layout(state) else None
 
 
 def step_in_place(smc: SMC, static: SMCState, gen: torch.Generator) -> tuple[list, dict, Any]:
@@ -183,31 +185,36 @@ def step_in_place(smc: SMC, static: SMCState, gen: torch.Generator) -> tuple[lis
     return list(new.particles), apart, info
 
 
-def capture_step(smc: SMC, state: SMCState, static: SMCState | None = None) -> dict[str, Any]:
-    """Capture :meth:`SMC.step` writing its new state into ``static`` (shared buffers; default
-    copies of ``state``), warmed up once on a side stream (allocator, lazy initialisation),
-    drawing from the device's step-graph generator and allocating from its shared pool."""
+def capture_step(smc: SMC, state: SMCState, shared: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Capture :meth:`SMC.step` writing its new state into the buffers of ``shared``
+    (:func:`_shared_buffers`; default: copies of ``state`` of its own), warmed up once on a side
+    stream (allocator, lazy initialisation), drawing from the device's step-graph generator and
+    allocating from its shared pool."""
     from smcdiff.energy.tempered_fused import static_copy  # here: no import cycle at load
 
     device = state.log_z.device
     gen = _generator(device)
     pool = _device_object("pool", device, torch.cuda.graph_pool_handle)
-    static = static_copy(state) if static is None else static._replace(step=state.step)
+    if shared is None:
+        shared = {"static": static_copy(state), "mirror": {}}
+    static, mirror = shared["static"]._replace(step=state.step), shared["mirror"]
     side = torch.cuda.Stream(device=device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
         step_in_place(smc, static, gen)
+    mirror.clear()  # the warm-up wrote into the buffers
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     graph.register_generator_state(gen)
     with torch.cuda.graph(graph, pool=pool):
         names, apart, info = step_in_place(smc, static, gen)
     return {"graph": graph, "static": static, "names": names, "apart": apart, "info": info,
-            "gen": gen, "model": smc.model}  # fmt: skip
+            "gen": gen, "model": smc.model, "mirror": mirror}  # fmt: skip
 
 
 def replay(entry: dict[str, Any], state: SMCState) -> tuple[SMCState, StepInfo]:
-    """Copy ``state`` into the graph's buffers, replay it, return copies of its outputs."""
+    """Copy ``state`` into the graph's buffers (what is not there already: the copies the
+    previous replay returned), replay it, return copies of its outputs."""
     from smcdiff.energy.tempered_fused import clone_info  # here: no import cycle at load
 
     static = entry["static"]
@@ -216,8 +223,10 @@ def replay(entry: dict[str, Any], state: SMCState) -> tuple[SMCState, StepInfo]:
             f"FK step graph: state keys {sorted(state.particles)} differ from the captured "
             f"{sorted(static.particles)} (another model under the same graph_key?)"
         )
+    mirror = entry["mirror"]
     for name, v in state.particles.items():
-        if v.data_ptr() != static.particles[name].data_ptr():
+        ref = mirror.get(name)
+        if (ref is None or ref() is not v) and v.data_ptr() != static.particles[name].data_ptr():
             static.particles[name].copy_(v)
     static.log_weights.copy_(state.log_weights)
     static.log_z.copy_(state.log_z)
@@ -225,6 +234,8 @@ def replay(entry: dict[str, Any], state: SMCState) -> tuple[SMCState, StepInfo]:
     apart = entry["apart"]
     particles = {n: (apart[n] if n in apart else static.particles[n]).clone()
                  for n in entry["names"]}  # fmt: skip
+    mirror.clear()
+    mirror.update({n: weakref.ref(v) for n, v in particles.items() if n not in apart})
     new = state._replace(particles=particles, log_weights=static.log_weights.clone(),
                          log_z=static.log_z.clone(), step=state.step + 1)  # fmt: skip
     return new, clone_info(entry["info"])

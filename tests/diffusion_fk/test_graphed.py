@@ -10,6 +10,7 @@ import torch
 from smcdiff_experiments.bench_fk_step import make_problem
 
 from smcdiff.diffusion_fk import TiltTerm, build_diffusion_fk, graphed
+from smcdiff.energy.tempered_fused import static_copy
 from smcdiff.engine import run_smc
 from smcdiff.processes.grids import time_grid
 from smcdiff.resampling import policy_from_threshold
@@ -58,17 +59,15 @@ class _StandInGraph:
             a.copy_(b)
 
 
-def _stand_in_capture(smc, state, static=None):
+def _stand_in_capture(smc, state, shared=None):
     gen = torch.Generator().manual_seed(0)
-    if static is None:
-        static = state._replace(
-            particles={n: v.clone() for n, v in state.particles.items()},
-            log_weights=state.log_weights.clone(), log_z=state.log_z.clone(),
-        )  # fmt: skip
-    static = static._replace(step=state.step)
+    if shared is None:
+        shared = {"static": static_copy(state), "mirror": {}}
+    static = shared["static"]._replace(step=state.step)
     names, apart, info = graphed.step_in_place(smc, static, gen)
+    shared["mirror"].clear()  # the "capture" wrote into the buffers
     entry = {"static": static, "names": names, "apart": apart, "info": info, "gen": gen,
-             "model": smc.model}  # fmt: skip
+             "model": smc.model, "mirror": shared["mirror"]}  # fmt: skip
     entry["graph"] = _StandInGraph(smc, static, gen, entry)
     return entry
 
