@@ -160,14 +160,15 @@ def fk_step_time(
     captured in the warm-up run; eager on the CPU). ``score="table"``: the exact score replaced
     by a lookup (:class:`TableScore`). ``details`` (a dict) receives ``replayed`` (every step
     of both runs came from a graph), ``capture_warning`` (the capture's warning, if any) and,
-    on CUDA, ``busy_ms`` / ``kernels`` per step (profiled runs, same difference of k2 and k1)."""
+    on CUDA and eager, ``busy_ms`` / ``kernels`` per step (profiled runs, same difference of k2
+    and k1; a graph replays the same kernels)."""
     seen: dict = {}
     run = _runner(n, device, path_correction, graphed, score, seen)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", graphed_mod.GraphCaptureWarning)
         f1, f2 = run(k1), run(k2)
         t1, t2 = _timed(f1, device, repeats), _timed(f2, device, repeats)
-        if details is not None and device.type == "cuda":
+        if details is not None and device.type == "cuda" and not graphed:  # same GPU work
             (c1, b1), (c2, b2) = _profiled(f1), _profiled(f2)
             details["busy_ms"] = (b2 - b1) / (k2 - k1)
             details["kernels"] = (c2 - c1) / (k2 - k1)
