@@ -16,8 +16,9 @@ the weights scaled by the largest, the exceedances are :math:`y_j = w_{(j)} - u`
 :math:`u = \max(w_{(M+1)}, \text{tiny})`, for the :math:`L \le M` weights strictly above
 :math:`u`, and :math:`\hat k` is the empirical-Bayes estimate of Zhang & Stephens (2009,
 Technometrics 51) with ``loo``'s weak prior toward 0.5: on the grid
-:math:`\theta_j = 1/y_{max} + (1 - \sqrt{m/(j - 1/2)}) / (3 y_{\lfloor L/4 + 1/2\rfloor})`,
-:math:`j = 1..m`, :math:`m = 30 + \lfloor\sqrt L\rfloor`,
+:math:`\theta_j = 1/y_{max} + (1 - \sqrt{m/(j - 1/2)}) / (3 y_q)`, :math:`j = 1..m`,
+:math:`m = 30 + \lfloor\sqrt L\rfloor`, with :math:`y_q` the
+:math:`\lfloor L/4 + 1/2\rfloor`-th smallest exceedance (a lower quartile),
 
 .. math::
     k(\theta) = \frac1L \sum_i \log(1 - \theta y_i), \quad
