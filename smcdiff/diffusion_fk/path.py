@@ -53,10 +53,13 @@ class PathCorrection:
         logp: torch.Tensor,
         prev_logp: torch.Tensor,
     ) -> torch.Tensor:
-        """The step weight from ``x`` (time ``ker.t``, density ``prev_logp``) to ``x_new`` (time
+        r"""The step weight from ``x`` (time ``ker.t``, density ``prev_logp``) to ``x_new`` (time
         ``ker.s``, density ``logp``) drawn with standard normal ``z``; ``(N,)`` float64. A
         density of ``-inf`` (an estimate with no mass there) gives weight 0, and a particle
-        whose previous density was ``-inf`` keeps weight 0 (not ``-inf - (-inf)``)."""
+        whose previous density was ``-inf`` keeps weight 0 (not ``-inf - (-inf)``). That is the
+        weight for the intermediate target the estimate defines; where the exact :math:`p_t`
+        has mass, the estimates no longer cancel along that path and :math:`\hat Z` of the end
+        target is biased low (an estimator that underflows is the thing to fix)."""
         a, v = (float(c) for c in process.transition(ker.s, ker.t))
         log_q = noise_log_prob(z, ker.var, process)
         log_g = logp - prev_logp + gaussian_log_prob(x, a * x_new, v, process) - log_q
