@@ -21,6 +21,7 @@ from smcdiff_experiments.bench_fk_step import make_problem
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
+import smcdiff
 from smcdiff.diffusion_fk import TiltTerm, build_diffusion_fk
 from smcdiff.engine import SMC
 from smcdiff.processes.grids import time_grid
@@ -182,3 +183,23 @@ def _refuse(name):
         raise AssertionError(f"torch.linalg.{name} inside a step")
 
     return fail
+
+
+@pytest.mark.slow  # the first steer() call imports the front door's diagnostics (~3 s)
+@pytest.mark.parametrize("options", [{}, {"tilt_schedule": "constant", "path_correction": True}])
+def test_steer_default_steps_make_no_host_sync(monkeypatch, options):
+    """The steps of ``smcdiff.steer`` with its defaults (fixed tilt schedules) run clean under
+    the detector (the front door's set-up and end-of-run diagnostics are outside the steps)."""
+    step, detected = SMC.step, []
+
+    def step_under_detector(self, state, generator):
+        with host_sync_detector():
+            out = step(self, state, generator)
+        detected.append(out[1].step)
+        return out
+
+    monkeypatch.setattr(SMC, "step", step_under_detector)
+    model, reward = make_problem(torch.device("cpu"), d=4, k=3)
+    smcdiff.steer(model, reward=reward, n_particles=64, n_steps=4, seed=0, progress=False,
+                  **options)  # fmt: skip
+    assert detected == [1, 2, 3, 4]
