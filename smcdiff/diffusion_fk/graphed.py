@@ -198,11 +198,11 @@ def capture_step(smc: SMC, state: SMCState, shared: dict[str, Any] | None = None
     if shared is None:
         shared = {"static": static_copy(state), "mirror": {}}
     static, mirror = shared["static"]._replace(step=state.step), shared["mirror"]
+    mirror.clear()  # the warm-up writes into the buffers
     side = torch.cuda.Stream(device=device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
         step_in_place(smc, static, gen)
-    mirror.clear()  # the warm-up wrote into the buffers
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     graph.register_generator_state(gen)
