@@ -114,6 +114,7 @@ def test_untamed_moves_that_throw_particles_far_are_reported():
 
 
 @pytest.mark.parametrize("method", ["fkc", "driftlite-vcg"])
+@pytest.mark.slow
 def test_an_exact_gaussian_tilt_stays_far_below_the_cap_and_does_not_warn(method):
     model, reward, exact, log_norm = reward_problem()
     with warnings.catch_warnings():
