@@ -63,7 +63,6 @@ from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.adapt import robbins_monro
 from smcdiff.mcmc.base import (
     MCMCState,
-    MoveInfo,
     chain_step_size,
     nan_to_neg_inf,
     row_sum,
@@ -86,6 +85,7 @@ __all__ = [
     "pilot_schedule",
     "reference_terms",
     "run_tempered",
+    "tempered_hmc_move",
     "tempered_log_density",
     "tempered_pair",
 ]
@@ -149,6 +149,37 @@ def tempered_pair(
     on = (lam > 0).reshape(-1, *([1] * (y.dim() - 1)))
     g = g_ref + torch.where(on, lam.reshape(on.shape) * (grad - g_ref), torch.zeros_like(grad))
     return tempered_log_density(lp, ref_lp, lam), g
+
+
+def tempered_hmc_move(
+    pair: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    state: MCMCState,
+    p: torch.Tensor,
+    u: torch.Tensor,
+    log_h: torch.Tensor,
+    inv_m: torch.Tensor,
+    bad_lp: torch.Tensor,
+    bad_grad: torch.Tensor,
+    *,
+    n_leapfrog: int,
+    n_groups: int,
+    target_accept: float | None,
+    gain: float,
+) -> tuple[MCMCState, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""One tempered HMC move with its bookkeeping, a pure function of tensors (compiled whole
+    by :mod:`smcdiff.mcmc.compiled`): :func:`~smcdiff.mcmc.hmc.hmc_transition` at step sizes
+    :math:`e^{\log h}` (``log_h`` ``(G*N,)``) on the draws ``p``, ``u``; the mean acceptance
+    :math:`\bar a_g` ``(G,)`` of each of the ``n_groups`` groups; the Robbins–Monro update
+    :math:`\log h \mathrel{+}= \eta(\bar a_g - a^\star)` (none if ``target_accept`` is
+    ``None``); the NaN masks ``bad_lp``, ``bad_grad`` ``(G*N,)`` or-ed with this move's.
+    Returns ``(state', log_h', accept (G,), bad_lp', bad_grad')``."""
+    h = chain_step_size(log_h.exp(), state.x)
+    new, info = hmc_transition(pair, state, p, u, h, inv_m, n_leapfrog)
+    a = info.accept_prob.reshape(n_groups, -1).mean(-1)
+    if target_accept is not None:
+        per_chain = a.unsqueeze(-1).expand(n_groups, state.x.shape[0] // n_groups).reshape(-1)
+        log_h = robbins_monro(log_h, per_chain, target_accept, gain)
+    return new, log_h, a, bad_lp | info.nan_log_prob, bad_grad | info.nan_grad
 
 
 def next_temperature(
@@ -551,13 +582,14 @@ class TemperedSMC(FeynmanKacModel):
             log_prob.value_and_grad = self._analytic_pair(lam_c, calls)  # type: ignore[attr-defined]
         kern = self.factory(log_prob, **self.kernel_kwargs)
         s = kern.init(x, generator)
-        step = self._compiled_step(kern, lam_c, calls) if self.compile_moves else kern.step
+        if isinstance(kern, HMC):
+            return self._hmc_moves(kern, s, lam_c, log_h, G, generator, calls)
         acc = []
         N = x.shape[0] // G
         bad = [torch.zeros(x.shape[0], dtype=torch.bool, device=x.device) for _ in range(3)]
         self._reports_divergence = False
         for _ in range(self.n_moves):
-            s, step_info = step(s, log_h.exp(), generator)
+            s, step_info = kern.step(s, log_h.exp(), generator)
             a = step_info.accept_prob.reshape(G, N).mean(-1)
             if self.target_accept is not None:
                 log_h = robbins_monro(log_h, a.repeat_interleave(N), self.target_accept, self.gain)
@@ -567,42 +599,60 @@ class TemperedSMC(FeynmanKacModel):
             self._reports_divergence = masks[2] is not None
         return s.x.detach(), log_h, torch.stack(acc).mean(0), tuple(bad), calls[0]
 
-    def _compiled_step(
-        self, kern: HMC, lam_c: torch.Tensor, calls: list[int]
-    ) -> Callable[[MCMCState, torch.Tensor, torch.Generator], tuple[MCMCState, MoveInfo]]:
-        """``kern.step`` with the transition compiled (:mod:`smcdiff.mcmc.compiled`): the same
-        random numbers (:meth:`HMC.draws <smcdiff.mcmc.hmc.HMC.draws>`), the tempered density's
-        parameters passed as tensors, so one compiled function serves every step and run (cached
-        per target and settings). If compilation fails it warns once and runs ``kern``'s eager
-        transition on the same numbers. Counts the target calls as the eager path does."""
-        move = self._compiled_move(kern.n_leapfrog)
-        params = (lam_c, self.ref_mean, self.ref_std, self._ref_log_norm_t)
+    def _hmc_moves(
+        self,
+        kern: HMC,
+        s: MCMCState,
+        lam_c: torch.Tensor,
+        log_h: torch.Tensor,
+        G: int,
+        generator: torch.Generator,
+        calls: list[int],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...], int]:
+        """:meth:`_move` for HMC: each move one :func:`tempered_hmc_move` (the transition, the
+        acceptance per group, the step-size adaptation and the masks) on random numbers drawn
+        here (:meth:`HMC.draws <smcdiff.mcmc.hmc.HMC.draws>`), compiled
+        (:mod:`smcdiff.mcmc.compiled`: the tempered density's parameters passed as tensors, one
+        compiled function for every step and run, cached per target and settings) or eager:
+        the same numbers either way. If compilation fails it warns once and runs the eager
+        function on the same numbers. Counts the target calls as the eager path does."""
+        static = dict(n_leapfrog=kern.n_leapfrog, n_groups=G, target_accept=self.target_accept,
+                      gain=self.gain)  # fmt: skip
         eager_pair = partial(value_and_grad, kern.log_prob)
 
-        def eager(state: MCMCState, p, u, h, inv_m, _params) -> tuple[MCMCState, MoveInfo]:
-            return hmc_transition(eager_pair, state, p, u, h, inv_m, kern.n_leapfrog)
+        def eager(state: MCMCState, *args: torch.Tensor) -> tuple:
+            return tempered_hmc_move(eager_pair, state, *args[:-1], **static)
 
-        def step(
-            state: MCMCState, step_size: torch.Tensor, generator: torch.Generator
-        ) -> tuple[MCMCState, MoveInfo]:
-            p, u = kern.draws(state, generator)
-            h, inv_m = chain_step_size(step_size, state.x), kern.inv_mass_tensor(state.x)
-            batch = (state.x, state.log_prob, state.grad, p, u, h, lam_c)
-            out = move(state, p, u, h, inv_m, params, eager=eager, batch=batch)
-            self.compile_status = move.status
-            if move.status == "compiled":  # the eager path counts inside log_prob
-                calls[0] += kern.n_leapfrog * state.x.shape[0]
-            return out
+        move = self._compiled_move(static) if self.compile_moves else None
+        params = (lam_c, self.ref_mean, self.ref_std, self._ref_log_norm_t)
+        inv_m = kern.inv_mass_tensor(s.x)
+        bad_lp = bad_grad = torch.zeros(s.x.shape[0], dtype=torch.bool, device=s.x.device)
+        acc = []
+        self._reports_divergence = False
+        for _ in range(self.n_moves):
+            p, u = kern.draws(s, generator)
+            args = (s, p, u, log_h, inv_m, bad_lp, bad_grad, params)
+            if move is None:
+                out = eager(*args)
+            else:
+                batch = (s.x, s.log_prob, s.grad, p, u, log_h, lam_c, bad_lp, bad_grad)
+                out = move(*args, eager=eager, batch=batch)
+                self.compile_status = move.status
+                if move.status == "compiled":  # the eager path counts inside log_prob
+                    calls[0] += kern.n_leapfrog * s.x.shape[0]
+            s, log_h, a, bad_lp, bad_grad = out
+            acc.append(a)
+        none = torch.zeros_like(bad_lp)
+        return s.x.detach(), log_h, torch.stack(acc).mean(0), (bad_lp, bad_grad, none), calls[0]
 
-        return step
-
-    def _compiled_move(self, n_leapfrog: int) -> CompiledFunction:
-        """The compiled HMC transition of this target and settings (cached across runs): the
-        target's analytic ``grad_log_prob`` when present, else ``torch.func`` gradients of
-        its ``log_prob``, tempered by :func:`tempered_pair` / :func:`tempered_log_density`."""
+    def _compiled_move(self, static: dict[str, Any]) -> CompiledFunction:
+        """The compiled :func:`tempered_hmc_move` of this target and settings (cached across
+        runs): the target's analytic ``grad_log_prob`` when present, else ``torch.func``
+        gradients of its ``log_prob``, tempered by :func:`tempered_pair` /
+        :func:`tempered_log_density`."""
         analytic = callable(getattr(self.target, "grad_log_prob", None))
         nan_inf = self.options.nan_as_neg_inf
-        key = (id(self.target), analytic, nan_inf, n_leapfrog, self.compile_static)
+        key = (id(self.target), analytic, nan_inf, self.compile_static, *sorted(static.items()))
         entry = _COMPILED.get(key)
         if entry is None:
             target, lp_fn = self.target, self.target_log_prob
@@ -620,9 +670,8 @@ class TemperedSMC(FeynmanKacModel):
 
                 pair = func_value_and_grad(density)
             move = compile_transition(
-                hmc_transition, pair, "tempered SMC", dynamic=not self.compile_static,
-                n_leapfrog=n_leapfrog,
-            )  # fmt: skip
+                tempered_hmc_move, pair, "tempered SMC", dynamic=not self.compile_static, **static
+            )
             if len(_COMPILED) >= _GRAPH_CACHE_SIZE:
                 _COMPILED.pop(next(iter(_COMPILED)))
             entry = _COMPILED[key] = (target, move)
