@@ -392,9 +392,9 @@ PRIOR_PROFILES: dict[str, dict] = {
     "quick": dict(hidden=16, depth=2, n_iters=150, batch_size=32, lr=2e-3, n_particles=64,
                   n_steps=10, corrector_moves=10, reserve_s=20.0,
                   fkc_options={"divergence": "hutchinson", "max_substeps": 4}),
-    "cpu": dict(hidden=32, depth=3, n_iters=600, batch_size=64, lr=2e-3, n_particles=128,
-                n_steps=40, corrector_moves=100, reserve_s=150.0,
-                fkc_options={"divergence": "hutchinson", "max_substeps": 8}),
+    "cpu": dict(hidden=32, depth=3, n_iters=400, batch_size=64, lr=2e-3, n_particles=128,
+                n_steps=30, corrector_moves=100, reserve_s=150.0,
+                fkc_options={"divergence": "hutchinson", "max_substeps": 4}),
     "cuda": dict(hidden=64, depth=4, n_iters=4000, batch_size=256, lr=1e-3, n_particles=5000,
                  n_steps=100, corrector_moves=500, reserve_s=90.0,
                  fkc_options={"max_substeps": 8}),
@@ -625,6 +625,19 @@ def run_stage(
             data["shown"].setdefault("prior", shown)
 
 
+def estimate(stage: tuple[str, str, int], longest: dict[str, float], cfg: dict) -> float:
+    """Seconds a stage is expected to take: the longest run of the same method so far, else of
+    its kind (a learned-prior FKC / DriftLite method: times its ``max_substeps``, the network
+    evaluations per grid step it may take), else 0 (training: ``reserve_s``)."""
+    kind, name, _ = stage
+    if f"{kind} {name}" in longest:
+        return longest[f"{kind} {name}"]
+    factor = 1.0
+    if kind == "prior" and name.startswith(("fkc", "driftlite")):
+        factor = float(cfg["prior"]["fkc_options"].get("max_substeps", 64))
+    return factor * longest.get(kind, 0.0)
+
+
 def run(
     out_dir: str | Path, device: str = "cpu", quick: bool = False, progress: bool = True,
     n_particles: int | None = None, time_budget_s: float | None = None,
@@ -657,7 +670,7 @@ def run(
     longest: dict[str, float] = {"train": float(cfg["prior"]["reserve_s"])}
     for stage in plan:
         label = f"{stage[0]} {stage[1]} seed {stage[2]}"
-        need = longest.get(f"{stage[0]} {stage[1]}", longest.get(stage[0], 0.0))
+        need = estimate(stage, longest, cfg)
         if stage[0] == "prior" and data["prior"] is None:
             blob["skipped"].append(f"{label} (no prior)")
         elif time_budget_s is not None and time.perf_counter() - t0 + need > time_budget_s:
