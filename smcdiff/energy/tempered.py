@@ -581,9 +581,9 @@ class TemperedSMC(FeynmanKacModel):
         if callable(getattr(self.target, "grad_log_prob", None)):  # used by value_and_grad
             log_prob.value_and_grad = self._analytic_pair(lam_c, calls)  # type: ignore[attr-defined]
         kern = self.factory(log_prob, **self.kernel_kwargs)
-        s = kern.init(x, generator)
         if isinstance(kern, HMC):
-            return self._hmc_moves(kern, s, lam_c, log_h, G, generator, calls)
+            return self._hmc_moves(kern, x, lam_c, log_h, G, generator, calls)
+        s = kern.init(x, generator)
         acc = []
         N = x.shape[0] // G
         bad = [torch.zeros(x.shape[0], dtype=torch.bool, device=x.device) for _ in range(3)]
@@ -602,7 +602,7 @@ class TemperedSMC(FeynmanKacModel):
     def _hmc_moves(
         self,
         kern: HMC,
-        s: MCMCState,
+        x: torch.Tensor,
         lam_c: torch.Tensor,
         log_h: torch.Tensor,
         G: int,
@@ -623,8 +623,17 @@ class TemperedSMC(FeynmanKacModel):
         def eager(state: MCMCState, *args: torch.Tensor) -> tuple:
             return tempered_hmc_move(eager_pair, state, *args[:-1], **static)
 
-        move = self._compiled_move(static) if self.compile_moves else None
         params = (lam_c, self.ref_mean, self.ref_std, self._ref_log_norm_t)
+        move = start = None
+        if self.compile_moves:
+            start, move = self._compiled_move(static)
+            lp, g = start(x, *params, eager=lambda *a: value_and_grad(kern.log_prob, x),
+                          batch=(x, lam_c))  # fmt: skip
+            if start.status == "compiled":  # the eager path counts inside log_prob
+                calls[0] += x.shape[0]
+            s = MCMCState(x, lp, g)
+        else:
+            s = kern.init(x, generator)
         inv_m = kern.inv_mass_tensor(s.x)
         bad_lp = bad_grad = torch.zeros(s.x.shape[0], dtype=torch.bool, device=s.x.device)
         acc = []
@@ -637,7 +646,8 @@ class TemperedSMC(FeynmanKacModel):
             else:
                 batch = (s.x, s.log_prob, s.grad, p, u, log_h, lam_c, bad_lp, bad_grad)
                 out = move(*args, eager=eager, batch=batch)
-                self.compile_status = move.status
+                eager_start = start.status.startswith("eager")
+                self.compile_status = start.status if eager_start else move.status
                 if move.status == "compiled":  # the eager path counts inside log_prob
                     calls[0] += kern.n_leapfrog * s.x.shape[0]
             s, log_h, a, bad_lp, bad_grad = out
@@ -645,11 +655,11 @@ class TemperedSMC(FeynmanKacModel):
         none = torch.zeros_like(bad_lp)
         return s.x.detach(), log_h, torch.stack(acc).mean(0), (bad_lp, bad_grad, none), calls[0]
 
-    def _compiled_move(self, static: dict[str, Any]) -> CompiledFunction:
-        """The compiled :func:`tempered_hmc_move` of this target and settings (cached across
-        runs): the target's analytic ``grad_log_prob`` when present, else ``torch.func``
-        gradients of its ``log_prob``, tempered by :func:`tempered_pair` /
-        :func:`tempered_log_density`."""
+    def _compiled_move(self, static: dict[str, Any]) -> tuple[CompiledFunction, CompiledFunction]:
+        """The compiled tempered density's ``pair(y, *params) -> (log_prob, grad)`` (a step's
+        start) and :func:`tempered_hmc_move` of this target and settings (cached across runs):
+        the target's analytic ``grad_log_prob`` when present, else ``torch.func`` gradients of
+        its ``log_prob``, tempered by :func:`tempered_pair` / :func:`tempered_log_density`."""
         analytic = callable(getattr(self.target, "grad_log_prob", None))
         nan_inf = self.options.nan_as_neg_inf
         key = (id(self.target), analytic, nan_inf, self.compile_static, *sorted(static.items()))
@@ -672,9 +682,11 @@ class TemperedSMC(FeynmanKacModel):
             move = compile_transition(
                 tempered_hmc_move, pair, "tempered SMC", dynamic=not self.compile_static, **static
             )
+            start = CompiledFunction(pair, "tempered SMC", dynamic=not self.compile_static,
+                                     what="the tempered gradient")  # fmt: skip
             if len(_COMPILED) >= _GRAPH_CACHE_SIZE:
                 _COMPILED.pop(next(iter(_COMPILED)))
-            entry = _COMPILED[key] = (target, move)
+            entry = _COMPILED[key] = (target, (start, move))
         return entry[1]
 
     def _analytic_pair(
