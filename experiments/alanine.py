@@ -386,6 +386,7 @@ PROFILES: dict[str, dict] = {
                   target_ess=0.5, final_moves=10, n_tconf_md=200),
     "cpu": {},
     "cuda": dict(n_particles=10_000, seeds=[0, 1, 2], n_moves=5, final_moves=50),
+    "cuda-long": dict(n_particles=10_000, seeds=[0, 1, 2], n_moves=5, final_moves=50),
 }  # fmt: skip
 """Tempered sizes per profile, over the CPU defaults of :func:`settings`."""
 PRIOR_PROFILES: dict[str, dict] = {
@@ -398,6 +399,9 @@ PRIOR_PROFILES: dict[str, dict] = {
     "cuda": dict(hidden=64, depth=4, n_iters=4000, batch_size=256, lr=1e-3, n_particles=5000,
                  n_steps=100, corrector_moves=500, reserve_s=90.0,
                  fkc_options={"max_substeps": 8}),
+    "cuda-long": dict(hidden=128, depth=5, n_iters=12_000, batch_size=256, lr=1e-3,
+                      n_particles=2000, n_steps=200, corrector_moves=1000, reserve_s=300.0,
+                      fkc_options={"max_substeps": 8}),
 }  # fmt: skip
 """Learned-prior sizes per profile (:mod:`smcdiff_experiments.alanine_prior`): the EGNN
 (``depth`` x ``hidden``, ``n_iters`` of ``batch_size``), particles and grid steps per
@@ -407,7 +411,9 @@ PRIOR_PROFILES: dict[str, dict] = {
 def settings(quick: bool, device: str = "cpu", profile: str | None = None, **over: Any) -> dict:
     """Sizes of ``profile`` (default ``quick`` when ``quick``, else ``cuda`` on a CUDA device,
     else ``cpu``): ``quick`` (CPU smoke, < 60 s), ``cpu``, ``cuda`` (about 4 min on one H200 with
-    the learned prior's training); ``over`` replaces entries (``prior={...}`` updates the
+    the learned prior's training), ``cuda-long`` (DEM's 5 x 128 EGNN for 3 x the iterations,
+    twice the grid steps and corrector moves: for a budget of about 10 min); ``over`` replaces
+    entries (``prior={...}`` updates the
     learned-prior entries). ``prior_methods=[]`` or ``kernels=[]`` drops a route."""
     if profile is None:
         profile = "quick" if quick else "cuda" if torch.device(device).type == "cuda" else "cpu"
