@@ -206,14 +206,20 @@ class DiffusionFK(FeynmanKacModel):
         return out, checks, int(need_grad)
 
     def _apply_strength(
-        self, state: ParticleState, k: int, lam: float | torch.Tensor | None
+        self,
+        state: ParticleState,
+        k: int,
+        lam: float | torch.Tensor | None,
+        phi: torch.Tensor | None = None,
     ) -> ParticleState:
-        """``state`` with ``phi`` (:meth:`Tilt.phi` at strength ``lam``, default the schedule)
-        and the guided proposal's ``grad`` = ``lam * gradf``."""
+        """``state`` with ``phi`` (:meth:`Tilt.phi` at strength ``lam``, default the schedule;
+        given: already computed) and the guided proposal's ``grad`` = ``lam * gradf``."""
         if "f" not in state:
             return state
         state = dict(state)
-        state["phi"] = self.tilt.phi(TiltValue(state["f"], state["hard"]), k, lam)
+        if phi is None:
+            phi = self.tilt.phi(TiltValue(state["f"], state["hard"]), k, lam)
+        state["phi"] = phi
         if "gradf" in state:
             lam = self.tilt.lam[k] if lam is None else lam
             scale = (
@@ -426,8 +432,9 @@ class DiffusionFK(FeynmanKacModel):
                 )
             lam = self.adaptive.choose(log_weights, increments, lo, cap, monotone=False)
             info["tilt"] = lam.reshape(log_weights.shape)[:, 0]
-        g, run = potential(lam)
-        new = self._apply_strength(new, k, lam)
+        phi = self.tilt.phi(value, k, lam)
+        g, run = self.potential.step(phi, prev, run, acc, last)
+        new = self._apply_strength(new, k, lam, phi)
         new["run"], new["acc"] = run, acc + g
         if lam is not None:
             new["lam"] = lam

@@ -45,7 +45,7 @@ class BaseProposal:
         shift = self.shift(ker, state)
         if shift is not None:
             mean = mean + shift
-        return mean + ker.std * z, z, shift
+        return torch.add(mean, z, alpha=ker.std), z, shift  # mean + std z, one pass
 
     def log_ratio(
         self, z: torch.Tensor, shift: torch.Tensor | None, var: float
