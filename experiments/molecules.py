@@ -35,14 +35,22 @@ Protocol, per system (docs/molecules.md):
    distance vectors); ESS/N, NFE, wall seconds; mean ± std over runs. The papers' numbers
    (:data:`PAPER`) sit beside ours; their networks, data and metric details differ.
 
-Outputs go to ``out_dir`` after every method (``molecules.json``, ``molecules.md``), so a run
-cut short by ``time_budget_s`` (checked before each stage) or by a kill keeps what finished.
+Order and budget (:func:`run`): the reference sets and prior of every system first (each
+prior trained once, reused by every method and run), then every task's ``none`` (the prior and
+its T0 model check), then every method for runs 0-2 (one ``steer`` call, seed 0), then runs
+3-9 (seed 1). ``time_budget_s`` covers everything, training included: training iterations are
+cut to the time left (measured on a short probe), and a method call starts only if its
+expected time (measured on earlier calls) fits; what does not fit is listed as skipped.
+Outputs go to ``out_dir`` after every stage and call (``molecules.json``, ``molecules.md``;
+atomic replace), so a run cut short by a kill keeps what finished; a method that raises is
+recorded with its error, and the rest go on.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -52,7 +60,6 @@ from smcdiff_experiments.progress import run_bar
 from smcdiff_targets.particles import ParticleSystem, dw4, lj13, reference_samples
 
 import smcdiff
-from smcdiff.errors import SMCDiffError
 from smcdiff.nets import EGNN
 from smcdiff.processes import GeometricVE, MeanFree
 from smcdiff.processes.meanfree import center, subspace_corrector
@@ -129,7 +136,7 @@ PROFILES = {
                             batch_size=64, lr=2e-3, n_particles=64, n_steps=20,
                             ref={"n_chains": 128, "n_warmup": 200, "thin": 20})),
     # 2 CPU cores: smaller nets and sets, 3 runs
-    "cpu": dict(tasks=list(TASKS), methods=None, n_runs=3, n_moves=50,
+    "cpu": dict(tasks=list(TASKS), methods=None, n_runs=3, n_moves=50, sample_reserve=0.4,
                 fkc_options={"divergence": "hutchinson", "max_substeps": 8},
                 dw4=dict(n_train=2000, n_ref=1000, hidden=64, depth=3, n_iters=800,
                          batch_size=128, lr=2e-3, n_particles=300, n_steps=40,
@@ -137,15 +144,17 @@ PROFILES = {
                 lj13=dict(n_train=2000, n_ref=1000, hidden=32, depth=3, n_iters=500,
                           batch_size=64, lr=2e-3, n_particles=128, n_steps=30,
                           ref={"n_chains": 250, "n_warmup": 500, "thin": 50})),
-    # one H200 in <= 8 min, training included: DEM's network sizes, 10 runs
+    # one H200, ~400 s with --time-budget, training included: DEM's network sizes, 10 runs
+    # (runs 0-2 of every method first); 40% of the budget is kept for the methods while the
+    # systems are prepared, and training iterations are cut to what fits
     "cuda": dict(tasks=list(TASKS), methods=None, n_runs=10, n_moves=100,
-                 fkc_options={"max_substeps": 8},
+                 fkc_options={"max_substeps": 8}, sample_reserve=0.4, first_runs=3,
                  dw4=dict(n_train=5000, n_ref=2000, hidden=128, depth=3, n_iters=3000,
                           batch_size=512, lr=1e-3, n_particles=1000, n_steps=100, ref=_DW4_REF,
-                          reserve_s=90, fkc_options={"max_substeps": 64}),
+                          reserve_s=20, fkc_options={"max_substeps": 64}),
                  lj13=dict(n_train=4000, n_ref=2000, hidden=128, depth=5, n_iters=3000,
                            batch_size=256, lr=1e-3, n_particles=500, n_steps=100, ref=_LJ_REF,
-                           reserve_s=200)),
+                           reserve_s=40)),
 }  # fmt: skip
 SIGMAS = {"dw4": (0.01, 5.0), "lj13": (0.01, 3.0)}  # GeometricVE (sigma_min, sigma_max) at T0
 
@@ -298,36 +307,83 @@ def two_sets(system: ParticleSystem, n: int, ref: dict, seed: int, device: str):
     return *_split_chains(x, n_chains), {k: info[k] for k in keep}
 
 
-def train_prior(name: str, data: torch.Tensor, cfg: dict, device: str, progress: bool):
-    """The EGNN eps-model of system ``name`` under ``MeanFree(GeometricVE)``, with its training
-    summary (loss of the first and last 10% of iterations, parameters, seconds)."""
+def _net(name: str, cfg: dict) -> tuple[torch.nn.Module, MeanFree]:
+    """A fresh (seeded) EGNN of system ``name``'s sizes and its ``MeanFree(GeometricVE)``."""
     torch.manual_seed(0)
     base = SYSTEMS[name]()
     n, s = base.n_particles, base.spatial_dim
     proc = MeanFree(GeometricVE(*SIGMAS[name]), n, s)
-    net = EGNN(n, s, hidden=cfg["hidden"], depth=cfg["depth"])
-    start = time.perf_counter()
+    return EGNN(n, s, hidden=cfg["hidden"], depth=cfg["depth"]), proc
+
+
+def _fit(name: str, data: torch.Tensor, cfg: dict, device: str, n_iters: int, progress):
+    """``train_score`` of system ``name``'s prior for ``n_iters`` iterations (AdamW, cosine
+    decay, EMA; seed 0): the model and the net."""
+    net, proc = _net(name, cfg)
     model = smcdiff.train_score(
-        net, data.float(), proc, "eps", n_iters=cfg["n_iters"], batch_size=cfg["batch_size"],
-        lr=cfg["lr"], lr_schedule="cosine", warmup=min(200, cfg["n_iters"] // 10), seed=0,
-        device=device, ema_decay=0.995 if cfg["n_iters"] < 5000 else 0.999, progress=progress,
+        net, data.float(), proc, "eps", n_iters=n_iters, batch_size=cfg["batch_size"],
+        lr=cfg["lr"], lr_schedule="cosine", warmup=min(200, n_iters // 10), seed=0,
+        device=device, ema_decay=0.995 if n_iters < 5000 else 0.999, progress=progress,
     )  # fmt: skip
+    return model, net
+
+
+def training_speed(name: str, data: torch.Tensor, cfg: dict, device: str, n_probe: int = 40):
+    """Seconds per training iteration of system ``name``'s prior on ``device``, timed on a
+    throwaway run of ``n_probe`` iterations (the first quarter excluded: warm-up), and the
+    probe's own seconds. Syncs the device at the two timestamps."""
+    stamps: dict[int, float] = {}
+    skip = max(1, n_probe // 4)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+
+    def stamp(k: int, _info: dict) -> None:
+        if k in (skip, n_probe):
+            sync()
+            stamps[k] = time.perf_counter()
+
+    start = time.perf_counter()
+    _fit(name, data, cfg, device, n_probe, stamp)
+    per_it = (stamps[n_probe] - stamps[skip]) / (n_probe - skip)
+    return per_it, time.perf_counter() - start
+
+
+def train_prior(name: str, data: torch.Tensor, cfg: dict, device: str, progress: bool,
+                seconds: float | None = None):  # fmt: skip
+    """The EGNN eps-model of system ``name`` under ``MeanFree(GeometricVE)``, with its training
+    summary (loss of the first and last 10% of iterations, parameters, seconds). ``seconds``:
+    the time it may take; the iterations are then cut to what :func:`training_speed` says fits
+    (the cosine schedule follows the cut). Returns ``(None, summary)`` when not even a tenth of
+    ``cfg["n_iters"]`` (and 50) fits."""
+    start, planned = time.perf_counter(), cfg["n_iters"]
+    n_iters, info = planned, {"n_iters_planned": planned}
+    if seconds is not None:
+        per_it, probe = training_speed(name, data, cfg, device)
+        fit = int(0.9 * (seconds - probe) / per_it)
+        info.update(s_per_iter=per_it, probe_s=probe)
+        n_iters = min(planned, fit)
+        if n_iters < max(50, planned // 10):
+            return None, {**info, "n_iters": n_iters, "seconds": time.perf_counter() - start}
+    model, net = _fit(name, data, cfg, device, n_iters, progress)
     losses = model.training.losses
     tenth = max(1, len(losses) // 10)
+    cut = "" if n_iters == planned else f" (cut from {planned} to fit the time budget)"
     return model, {
+        **info,
+        "n_iters": n_iters,
         "loss_first_10pct": float(losses[:tenth].mean()),
         "loss_last_10pct": float(losses[-tenth:].mean()),
         "seconds": time.perf_counter() - start,
         "n_params": sum(p.numel() for p in net.parameters()),
-        "sizes": f"{cfg['depth']}x{cfg['hidden']}, {cfg['n_iters']} it, {data.shape[0]} samples",
+        "sizes": f"{cfg['depth']}x{cfg['hidden']}, {n_iters} it{cut}, {data.shape[0]} samples",
     }
 
 
-def prepare_system(name: str, temps: list[float], cfg: dict, device: str, progress: bool):
-    """Reference sets (T0 training + check, and reference + floor at every target T), the
-    trained prior, the floors and the T0 model check's reference."""
+def reference_sets(name: str, temps: list[float], cfg: dict, device: str) -> dict:
+    """Reference sets of system ``name`` (T0 training + check, and reference + floor at every
+    target T), the floors and the histograms' reference: everything but the prior."""
     base, c = SYSTEMS[name](), cfg[name]
     n, s = base.n_particles, base.spatial_dim
+    start = time.perf_counter()
     train, check, info_hot = two_sets(base.at_temperature(T_PRIOR), c["n_train"], c["ref"], 0,
                                       device)  # fmt: skip
     prep = {"info": {f"T{T_PRIOR:g}": info_hot}, "refs": {}, "floors": {}, "hists": {}}
@@ -340,10 +396,22 @@ def prepare_system(name: str, temps: list[float], cfg: dict, device: str, progre
         prep["hists"][f"T{temp:g}"] = {"bins": prep["refs"][temp]["bins"],
                                        "reference": prep["refs"][temp]["hist"]}  # fmt: skip
     prep["refs"][T_PRIOR] = reference_entry(check, base)
-    prep["model"], prep["training"] = train_prior(name, center(train.view(-1, n, s)), c, device,
-                                                  progress)  # fmt: skip
     floor_hot = train[: c["n_particles"]].view(-1, n, s)
     prep["floors"][T_PRIOR] = metrics(floor_hot, prep["refs"][T_PRIOR], base, T_PRIOR)
+    prep["train"] = center(train.view(-1, n, s))
+    prep["ref_seconds"] = time.perf_counter() - start
+    return prep
+
+
+def prepare_system(name: str, temps: list[float], cfg: dict, device: str, progress: bool,
+                   seconds: float | None = None):  # fmt: skip
+    """:func:`reference_sets` and the trained prior (``prep["model"]``, ``prep["training"]``);
+    ``seconds``: the time both may take (training gets what the reference sets leave, and
+    ``prep["model"]`` is ``None`` when too little is left)."""
+    prep = reference_sets(name, temps, cfg, device)
+    left = None if seconds is None else seconds - prep["ref_seconds"]
+    prep["model"], prep["training"] = train_prior(name, prep["train"], cfg[name], device,
+                                                  progress, left)  # fmt: skip
     return prep
 
 
@@ -371,55 +439,65 @@ def method_options(task: str, name: str, fkc_options: dict | None = None) -> dic
 
 
 def mala_on_target(x: torch.Tensor, system: ParticleSystem, n_moves: int, seed: int):
-    """``n_moves`` adapted MALA moves of equal-weight particles ``x`` ``(N, n, s)`` on the true
-    :math:`e^{-U_T}` (``system`` at T) on the mean-free subspace; returns the moved particles
-    and the mean acceptance."""
+    """``n_moves`` MALA moves of equal-weight particles ``x`` ``(N, n, s)`` on the true
+    :math:`e^{-U_T}` (``system`` at T) on the mean-free subspace, each particle adapting its own
+    step size (``mcmc_corrector(per_particle=True)``: configurations with overlapping atoms do
+    not shrink everyone's step); returns the moved particles, the mean acceptance and the
+    median step size."""
     n, s = system.n_particles, system.spatial_dim
     proc = MeanFree(GeometricVE(), n, s)
 
     def log_target(k: int, y: torch.Tensor) -> torch.Tensor:
         return -system.energy(y.reshape(y.shape[0], -1))
 
-    corr = subspace_corrector(proc, "mala", log_target, n_moves, 1e-3 if n > 4 else 1e-2)
+    h0 = 1e-3 if n > 4 else 1e-2
+    corr = subspace_corrector(proc, "mala", log_target, n_moves, h0, per_particle=True)
     gen = torch.Generator(device=x.device).manual_seed(10_000 + seed)
     state, info = corr(0, {"x": center(x)}, gen)
-    return state["x"], float(info["accept"])
+    return state["x"], float(info["accept"]), float(info["step_size"])
 
 
-def run_method(task: str, name: str, prep: dict, cfg: dict, device: str) -> list[dict]:
-    """One ``steer`` call (``n_runs`` runs) of ``name`` on ``task``, and its ``+mala`` variant:
-    one row per run with every metric."""
+def run_method(task: str, name: str, prep: dict, cfg: dict, device: str,
+               runs: range | None = None, seed: int = 0) -> list[dict]:  # fmt: skip
+    """One ``steer`` call (``seed``; one independent particle system per run in ``runs``,
+    default all ``n_runs``) of ``name`` on ``task``, and its ``+mala`` variant: one row per run
+    with every metric; ``run`` is the run's index in ``runs``."""
     system, _, gamma = TASKS[task]
     c, temp, base = cfg[system], T_PRIOR / gamma, SYSTEMS[system]()
-    n_runs, n_part = cfg["n_runs"], c["n_particles"]
+    runs = range(cfg["n_runs"]) if runs is None else runs
+    n_part = c["n_particles"]
     start = time.perf_counter()
     opts = method_options(task, name, {**cfg.get("fkc_options", {}), **c.get("fkc_options", {})})
-    res = smcdiff.steer(prep["model"], n_particles=n_part, n_steps=c["n_steps"], n_runs=n_runs,
-                        seed=0, device=device, progress=False, **opts)  # fmt: skip
+    res = smcdiff.steer(prep["model"], n_particles=n_part, n_steps=c["n_steps"],
+                        n_runs=len(runs), seed=seed, device=device, progress=False,
+                        **opts)  # fmt: skip
     wall = time.perf_counter() - start
-    xs = res.resample(seed=0).detach()  # (R, N, n, s)
+    xs = res.resample(seed=seed).detach()  # (R, N, n, s)
     ess = (res.final_ess / n_part).reshape(-1).tolist()
     min_ess = (res.min_ess / n_part).reshape(-1).tolist()
+    ref, nfe = prep["refs"][temp], res.info.get("nfe")
     rows = []
-    for r in range(n_runs):
-        row = {"task": task, "method": name, "run": r, "nfe": res.info.get("nfe"),
-               "wall_s": wall / n_runs, "ess_frac": ess[r], "min_ess_frac": min_ess[r],
-               **metrics(xs[r], prep["refs"][temp], base, temp)}  # fmt: skip
+    for i, r in enumerate(runs):
+        row = {"task": task, "method": name, "run": r, "seed": seed, "nfe": nfe,
+               "wall_s": wall / len(runs), "ess_frac": ess[i], "min_ess_frac": min_ess[i],
+               **metrics(xs[i], ref, base, temp)}  # fmt: skip
         if r == 0:
-            row["hist"] = histograms(xs[r], prep["refs"][temp]["bins"], base)
+            row["hist"] = histograms(xs[i], ref["bins"], base)
         if name == "none":
-            hot = metrics(xs[r], prep["refs"][T_PRIOR], base, T_PRIOR)
+            hot = metrics(xs[i], prep["refs"][T_PRIOR], base, T_PRIOR)
             row.update({f"{k}_T0": v for k, v in hot.items()})
         rows.append(row)
     if name != "none" and cfg["n_moves"] > 0:
-        moved, acc = mala_on_target(xs.flatten(0, 1), base.at_temperature(temp), cfg["n_moves"], 0)
+        moved, acc, h = mala_on_target(xs.flatten(0, 1), base.at_temperature(temp),
+                                       cfg["n_moves"], seed)  # fmt: skip
         moved = moved.view(xs.shape)
-        for r in range(n_runs):
-            rows.append({"task": task, "method": f"{name}+mala", "run": r,
-                         "nfe": res.info.get("nfe"), "mala_accept": acc,
-                         "n_target_grads": cfg["n_moves"] * n_part,
-                         **metrics(moved[r], prep["refs"][temp], base, temp)})  # fmt: skip
-        rows[n_runs]["hist"] = histograms(moved[0], prep["refs"][temp]["bins"], base)
+        for i, r in enumerate(runs):
+            row = {"task": task, "method": f"{name}+mala", "run": r, "seed": seed, "nfe": nfe,
+                   "mala_accept": acc, "mala_step": h, "n_target_grads": cfg["n_moves"] * n_part,
+                   **metrics(moved[i], ref, base, temp)}  # fmt: skip
+            if r == 0:
+                row["hist"] = histograms(moved[i], ref["bins"], base)
+            rows.append(row)
     return rows
 
 
@@ -430,7 +508,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         group = [r for r in rows if (r["task"], r["method"]) == key]
         entry = {"task": key[0], "method": key[1], "n_runs": len(group)}
         for k, v in group[0].items():
-            if k == "run" or not isinstance(v, (int, float)) or isinstance(v, bool):
+            if k in ("run", "seed") or not isinstance(v, (int, float)) or isinstance(v, bool):
                 continue
             vals = torch.tensor([float(g[k]) for g in group if g.get(k) is not None])
             if vals.numel():
@@ -441,6 +519,23 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- driver
+class Clock:
+    """Seconds since the start of a run against an optional budget (``None``: no limit)."""
+
+    def __init__(self, budget: float | None):
+        self.t0, self.budget = time.perf_counter(), budget
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def left(self) -> float:
+        return math.inf if self.budget is None else self.budget - self.elapsed()
+
+    def fits(self, need: float) -> bool:
+        """Can a stage expected to take ``need`` seconds still start?"""
+        return self.left() >= need
+
+
 def _write(out: Path, blob: dict) -> list[dict]:
     """Write ``molecules.json`` and ``molecules.md`` from ``blob`` (atomic replace); returns
     the summary rows, each with a ``context`` (systems, skipped, errors) for
@@ -469,6 +564,93 @@ def _plan(cfg: dict) -> dict:
     return plan
 
 
+def seed_passes(n_runs: int, first: int = 3) -> list[range]:
+    """The runs in priority order: runs ``0 .. first - 1`` (one ``steer`` call, seed 0), then
+    the rest (seed 1)."""
+    head = range(min(first, n_runs))
+    return [head] + ([range(head.stop, n_runs)] if n_runs > head.stop else [])
+
+
+def priority(plan: dict, cfg: dict) -> list[tuple[str, str]]:
+    """``(task, method)`` in priority order: every task's ``none`` (the prior, with its T0
+    model check) first, then the other methods task by task."""
+    pairs = [(t, m) for tasks in plan.values() for t in tasks for m in _methods(cfg, t)]
+    return [p for p in pairs if p[1] == "none"] + [p for p in pairs if p[1] != "none"]
+
+
+def estimate_s(costs: dict, task: str, name: str, n_runs: int) -> float:
+    """Expected seconds of ``n_runs`` runs of ``name`` on ``task``, from the seconds per run
+    measured so far (``costs``, ``{(task, method): s}``): the pair's own, else the method's on
+    another task of the system, else 3 x the system's most expensive so far (0 when nothing
+    ran on the system yet)."""
+    if (task, name) in costs:
+        return costs[task, name] * n_runs
+    system = TASKS[task][0]
+    mine = {(t, m): v for (t, m), v in costs.items() if TASKS[t][0] == system}
+    same = [v for (_, m), v in mine.items() if m == name]
+    if same:
+        return max(same) * n_runs
+    return 3.0 * max(mine.values(), default=0.0) * n_runs
+
+
+def prepare_all(plan: dict, cfg: dict, device: str, progress: bool, clock: Clock, blob: dict,
+                out: Path) -> dict:  # fmt: skip
+    """Reference sets and prior of every planned system, in order (``{system: prep}``). With a
+    budget, ``sample_reserve`` (a fraction of it) is kept for the methods; each system may use
+    an equal share of the rest (what one leaves goes to the next), starts only if its share is
+    at least its ``reserve_s``, and is skipped when its training does not fit."""
+    preps: dict = {}
+    reserve = cfg.get("sample_reserve", 0.0) * (clock.budget or 0.0)
+    for i, (system, tasks) in enumerate(plan.items()):
+        share = (clock.left() - reserve) / (len(plan) - i)
+        if not share >= cfg[system].get("reserve_s", 0.0):
+            blob["skipped"] += tasks
+            continue
+        temps = sorted({T_PRIOR / TASKS[t][2] for t in tasks}, reverse=True)
+        seconds = None if clock.budget is None else share
+        prep = prepare_system(system, temps, cfg, device, progress, seconds)
+        blob["systems"][system] = {"references": prep["info"], "training": prep["training"],
+                                   "floors": {f"T{k:g}": v for k, v in prep["floors"].items()},
+                                   "hists": prep["hists"]}  # fmt: skip
+        if prep["model"] is None:
+            blob["skipped"] += [f"{t} (its prior's training does not fit)" for t in tasks]
+        else:
+            preps[system] = prep
+        _write(out, blob)
+    return preps
+
+
+def run_all_methods(plan: dict, preps: dict, cfg: dict, device: str, clock: Clock,
+                    blob: dict, out: Path, progress: bool) -> None:  # fmt: skip
+    """Every (task, method) of the systems in ``preps``, pass by pass (:func:`seed_passes`),
+    in :func:`priority` order; a call starts only if :func:`estimate_s` says it fits. The
+    output files are rewritten after every call; a failing method (any exception) is recorded
+    with its error and not run again in later passes."""
+    passes, order = seed_passes(cfg["n_runs"], cfg.get("first_runs", 3)), priority(plan, cfg)
+    tick = run_bar(len(passes) * len(order), progress, "molecules")
+    costs: dict = {}
+    for p, runs in enumerate(passes):
+        for task, name in order:
+            key, system = f"{task}/{name}", TASKS[task][0]
+            label = f"{key} runs {runs.start}-{runs.stop - 1}"
+            tick(label)
+            if system not in preps or key in blob["errors"]:
+                continue
+            if not clock.fits(estimate_s(costs, task, name, len(runs))):
+                blob["skipped"].append(label)
+                continue
+            start = time.perf_counter()
+            try:  # one failing method (NaN particles, out of memory) is reported, the rest go on
+                blob["rows"] += run_method(task, name, preps[system], cfg, device, runs, p)
+            except Exception as err:
+                blob["errors"][key] = f"{type(err).__name__} ({label}): {err}"[:500]
+                if str(device).startswith("cuda"):
+                    torch.cuda.empty_cache()
+            costs[task, name] = (time.perf_counter() - start) / len(runs)
+            blob["elapsed_s"] = clock.elapsed()
+            _write(out, blob)
+
+
 def run(
     out_dir: str | Path,
     device: str = "cpu",
@@ -479,15 +661,14 @@ def run(
     profile: str | None = None,
     **overrides,
 ) -> list[dict]:
-    """Every configured task: per system the reference sets and the prior, then every method;
-    writes ``molecules.json`` / ``molecules.md`` into ``out_dir`` after each method, and
-    ``molecules_histograms.png`` at the end. ``profile``:
-    ``quick`` / ``cpu`` / ``cuda`` (default: ``quick`` when ``quick``, else from ``device``);
-    ``time_budget_s``: a system starts only if its ``reserve_s`` (reference sets + training)
-    still fits, a method only if the longest method so far on its system does (skipped stages
-    are listed in the JSON).
-    Returns the summary rows."""
-    t0 = time.perf_counter()
+    """Every configured task: the reference sets and prior of every system (trained once),
+    then every method, runs 0-2 first (seed 0) and the others after (seed 1); writes
+    ``molecules.json`` / ``molecules.md`` into ``out_dir`` after each stage, and
+    ``molecules_histograms.png`` at the end. ``profile``: ``quick`` / ``cpu`` / ``cuda``
+    (default: ``quick`` when ``quick``, else from ``device``); ``time_budget_s``: the whole
+    run's seconds, training included (:func:`prepare_all`, :func:`run_all_methods`; what does
+    not fit is listed under ``skipped``). Returns the summary rows."""
+    clock = Clock(time_budget_s)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     profile = profile or ("quick" if quick else "cuda" if str(device).startswith("cuda") else "cpu")
@@ -495,40 +676,12 @@ def run(
     if n_particles is not None:
         for name in SYSTEMS:
             cfg.get(name, {})["n_particles"] = n_particles
-    blob = {"settings": cfg, "device": str(device), "paper": PAPER, "systems": {}, "rows": [],
-            "skipped": [], "errors": {}}  # fmt: skip
+    blob = {"settings": cfg, "device": str(device), "time_budget_s": time_budget_s,
+            "paper": PAPER, "systems": {}, "rows": [], "skipped": [], "errors": {}}  # fmt: skip
     plan = _plan(cfg)
-    tick = run_bar(sum(len(_methods(cfg, t)) for ts in plan.values() for t in ts), progress,
-                   "molecules")  # fmt: skip
-
-    def fits(need: float) -> bool:  # can a stage expected to take ``need`` s still start?
-        return time_budget_s is None or time.perf_counter() - t0 + need <= time_budget_s
-
-    for system, tasks in plan.items():
-        if not fits(cfg[system].get("reserve_s", 0.0)):
-            blob["skipped"] += tasks
-            continue
-        temps = sorted({T_PRIOR / TASKS[t][2] for t in tasks}, reverse=True)
-        prep = prepare_system(system, temps, cfg, device, progress)
-        blob["systems"][system] = {"references": prep["info"], "training": prep["training"],
-                                   "floors": {f"T{k:g}": v for k, v in prep["floors"].items()},
-                                   "hists": prep["hists"]}  # fmt: skip
-        _write(out, blob)
-        longest = 0.0  # the longest method so far on this system: the next one's estimate
-        for task in tasks:
-            for name in _methods(cfg, task):
-                if not fits(longest):
-                    blob["skipped"].append(f"{task}/{name}")
-                    continue
-                start = time.perf_counter()
-                try:  # one failing method (degenerate weights, out of memory) is reported
-                    blob["rows"] += run_method(task, name, prep, cfg, device)
-                except (SMCDiffError, RuntimeError) as err:
-                    blob["errors"][f"{task}/{name}"] = f"{type(err).__name__}: {err}"[:500]
-                longest = max(longest, time.perf_counter() - start)
-                blob["elapsed_s"] = time.perf_counter() - t0
-                _write(out, blob)
-                tick(f"{task} {name}")
+    preps = prepare_all(plan, cfg, device, progress, clock, blob, out)
+    run_all_methods(plan, preps, cfg, device, clock, blob, out, progress)
+    blob["elapsed_s"] = clock.elapsed()
     summary = _write(out, blob)
     if blob["rows"]:
         try:
@@ -563,23 +716,27 @@ def task_table(task: str, rows: list[dict], blob: dict | None = None) -> str:
     system, _, gamma = TASKS[task]
     temp = T_PRIOR / gamma
     cols = ("ΔNLL", "MMD", "SWD", "W1 dist", "W1 energy", "W2 energy", "W2", "ESS/N (min)",
-            "NFE", "s/run")  # fmt: skip
+            "NFE", "s/run", "runs")  # fmt: skip
     lines = [f"**{task}** ({system}, T0 = {T_PRIOR:g} → T = {temp:g}, γ = {gamma:g})", "",
              "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]  # fmt: skip
     for r in rows:
         ess = "-" if "ess_frac" not in r else f"{r['ess_frac'][0]:.2f} ({r['min_ess_frac'][0]:.2f})"
         cells = [_cell(r.get(k)) for k in METRICS]
-        cells += [ess, _cell(r.get("nfe"), 0), _cell(r.get("wall_s"), 1)]
+        cells += [ess, _cell(r.get("nfe"), 0), _cell(r.get("wall_s"), 1), str(r["n_runs"])]
         lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    for key, msg in (blob or {}).get("errors", {}).items():
+        if key.split("/")[0] == task:
+            cells = [f"failed: {msg.split(' ')[0]} (below)"] + ["-"] * (len(cols) - 1)
+            lines.append(f"| {key.split('/')[1]} | " + " | ".join(cells) + " |")
     for name, vals in PAPER.get(task, {}).items():
-        cells = [_cell(vals.get(k)) for k in METRICS] + ["-"] * 3
+        cells = [_cell(vals.get(k)) for k in METRICS] + ["-"] * 4
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     info = (blob or {}).get("systems", {}).get(system)
     if info:
         fl = info["floors"].get(f"T{temp:g}")
         if fl:
             lines.append("| floor (exact draws) | " + " | ".join(_cell(fl[k]) for k in METRICS)
-                         + " | - | - | - |")  # fmt: skip
+                         + " | - | - | - | - |")  # fmt: skip
     none = next((r for r in rows if r["method"] == "none" and "w1_energy_T0" in r), None)
     if none and info:
         fh = info["floors"][f"T{T_PRIOR:g}"]
@@ -601,10 +758,16 @@ def format_table(rows: list[dict], blob: dict | None = None) -> str:
         tr = info["training"]
         rhat = {k: max(v["rhat"].values(), default=float("nan"))
                 for k, v in info["references"].items()}  # fmt: skip
-        parts.append(
-            f"{system}: training {tr['sizes']}: loss {tr['loss_first_10pct']:.3f} (first 10%) -> "
+        trained = (
+            f"training {tr['sizes']}: loss {tr['loss_first_10pct']:.3f} (first 10%) -> "
             f"{tr['loss_last_10pct']:.3f} (last 10%), {tr['n_params']} parameters, "
-            f"{tr['seconds']:.0f} s; reference sets, worst split R-hat: "
+            f"{tr['seconds']:.0f} s"
+            if "sizes" in tr
+            else f"training did not fit the time budget ({tr['n_iters']} of "
+            f"{tr['n_iters_planned']} iterations)"
+        )
+        parts.append(
+            f"{system}: {trained}; reference sets, worst split R-hat: "
             + ", ".join(f"{k} {v:.3f}" for k, v in rhat.items())
         )
     for key, msg in (blob or {}).get("errors", {}).items():

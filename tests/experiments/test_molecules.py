@@ -10,6 +10,8 @@ import torch
 from smcdiff_experiments import molecules as mol
 from smcdiff_targets import dw4, lj13
 
+from smcdiff.errors import NonFiniteError
+
 F64 = torch.float64
 
 
@@ -59,24 +61,67 @@ def test_tiny_run_writes_every_method_and_respects_the_time_budget(tmp_path, mon
     size = dict(n_train=32, n_ref=32, n_particles=16, n_iters=3, batch_size=8, hidden=8,
                 depth=2, n_steps=3, ref={"n_chains": 32, "n_warmup": 5, "thin": 2})  # fmt: skip
     tiny = dict(tasks=["dw4-anneal", "lj13-reward"], methods=["none", "fk", "fkc-target"],
-                n_moves=2, dw4=size, lj13=size, fkc_options={"step_control": "off"})  # fmt: skip
+                n_moves=2, dw4=size, lj13=size, fkc_options={"step_control": "off"},
+                first_runs=1)  # fmt: skip
+    real, calls = mol.run_method, []
+
+    def flaky(task, name, *args):  # the FK call fails: recorded, not rerun, the rest go on
+        calls.append((task, name))
+        if name == "fk":
+            raise NonFiniteError("particles is not finite", quantity="particles", step=1)
+        return real(task, name, *args)
+
+    monkeypatch.setattr(mol, "run_method", flaky)
     summary = mol.run(tmp_path, quick=True, progress=False, **tiny)
     names = {(r["task"], r["method"]) for r in summary}
     with_moves = ("fkc-target", "fkc-target+mala")
     assert names == {("dw4-anneal", m) for m in ("none", *with_moves)} | {
-        ("lj13-reward", m) for m in ("none", "fk", "fk+mala", *with_moves)
+        ("lj13-reward", m) for m in ("none", *with_moves)
     }
+    assert calls.count(("lj13-reward", "fk")) == 1  # pass 1 (run 1) does not retry it
+    assert calls[:2] == [("dw4-anneal", "none"), ("lj13-reward", "none")]  # model checks first
     for r in summary:
         assert r["n_runs"] == 2
         assert all(math.isfinite(r[k][0]) for k in mol.METRICS), r
     blob = json.loads((tmp_path / "molecules.json").read_text())
     assert {"settings", "systems", "paper", "rows", "summary"} <= blob.keys()
-    assert set(blob["systems"]) == {"dw4", "lj13"} and not blob["skipped"] and not blob["errors"]
+    assert set(blob["systems"]) == {"dw4", "lj13"} and not blob["skipped"]
+    assert list(blob["errors"]) == ["lj13-reward/fk"]
+    assert "NonFiniteError (lj13-reward/fk runs 0-0)" in blob["errors"]["lj13-reward/fk"]
+    # runs 0 and 1 come from two steer calls (first_runs=1): seeds 0 and 1
+    assert {(r["run"], r["seed"]) for r in blob["rows"]} == {(0, 0), (1, 1)}
     assert "dnll_T0" in next(r for r in blob["rows"] if r["method"] == "none")
     table = (tmp_path / "molecules.md").read_text()
-    assert "| fk+mala |" in table and "VCG-SMC (DriftLite)" in table
+    assert "| fkc-target+mala |" in table and "VCG-SMC (DriftLite)" in table
+    assert "| fk | failed: NonFiniteError (below) |" in table
     assert (tmp_path / "molecules_histograms.png").stat().st_size > 0
     assert "floor (exact draws)" in mol.format_table(summary)  # the CLI prints this
     late = tmp_path / "late"
     assert mol.run(late, quick=True, progress=False, time_budget_s=0.0, **tiny) == []
     assert json.loads((late / "molecules.json").read_text())["skipped"] == tiny["tasks"]
+
+
+def test_priority_passes_and_estimates():
+    plan = {"dw4": ["dw4-anneal", "dw4-reward"], "lj13": ["lj13-reward"]}
+    cfg = {"methods": ["none", "fk", "fkc-target"]}
+    assert mol.priority(plan, cfg) == [
+        ("dw4-anneal", "none"), ("dw4-reward", "none"), ("lj13-reward", "none"),
+        ("dw4-anneal", "fkc-target"), ("dw4-reward", "fk"), ("dw4-reward", "fkc-target"),
+        ("lj13-reward", "fk"), ("lj13-reward", "fkc-target"),
+    ]  # fmt: skip
+    assert mol.seed_passes(10) == [range(3), range(3, 10)]
+    assert mol.seed_passes(2) == [range(2)] and mol.seed_passes(4, 1) == [range(1), range(1, 4)]
+    costs = {("dw4-anneal", "none"): 1.0, ("dw4-anneal", "fk"): 2.0}
+    assert mol.estimate_s(costs, "dw4-anneal", "fk", 7) == 14.0  # its own cost per run
+    assert mol.estimate_s(costs, "dw4-reward", "fk", 3) == 6.0  # the method on another task
+    assert mol.estimate_s(costs, "dw4-reward", "fkc-target", 3) == 18.0  # 3 x the dearest
+    assert mol.estimate_s(costs, "lj13-reward", "none", 3) == 0.0  # nothing on the system yet
+
+
+@pytest.mark.slow
+def test_training_that_does_not_fit_is_skipped():
+    cfg = dict(hidden=8, depth=2, n_iters=100, batch_size=8, lr=1e-3)
+    data = torch.randn(32, 4, 2, generator=_gen(5))
+    model, info = mol.train_prior("dw4", data, cfg, "cpu", False, seconds=0.0)
+    assert model is None and info["n_iters"] < 50 and info["n_iters_planned"] == 100
+    assert info["s_per_iter"] > 0
