@@ -39,6 +39,7 @@ import smcdiff
 from smcdiff.diffusion_fk import TiltTerm, build_diffusion_fk
 from smcdiff.diffusion_fk import graphed as graphed_mod
 from smcdiff.diffusion_fk.graphed import run_graphed
+from smcdiff.distributions.gaussian_mixture_fused import fused_available
 from smcdiff.engine import run_smc
 from smcdiff.processes.grids import time_grid
 from smcdiff.resampling import gather_rows, policy_from_threshold, systematic
@@ -173,6 +174,7 @@ def fk_step_time(
             details["busy_ms"] = (b2 - b1) / (k2 - k1)
             details["kernels"] = (c2 - c1) / (k2 - k1)
     if details is not None:
+        details["warnings"] = sorted({str(w.message)[:300] for w in caught})[:4]
         capture = [str(w.message) for w in caught if w.category is graphed_mod.GraphCaptureWarning]
         details["capture_warning"] = capture[0][:400] if capture else None
         keys = seen.get("keys", [])
@@ -211,12 +213,15 @@ def fk_step_point(
                     row[name + "error"] = info["capture_warning"] or "steps did not replay"
                     continue
                 row[name + "ms"] = ms
+                if info["warnings"]:
+                    row[name + "warnings"] = info["warnings"]
                 for extra in ("busy_ms", "kernels"):
                     if extra in info:
                         row[name + extra] = info[extra]
     except torch.OutOfMemoryError as err:
         row["error"] = f"out of memory: {str(err).splitlines()[0][:200]}"
     if cuda:
+        row["score_path"] = "fused Triton kernel" if fused_available() else "eager (row chunks)"
         row["peak_GB"] = torch.cuda.max_memory_allocated(device) / 1e9
         torch.cuda.empty_cache()
     return row

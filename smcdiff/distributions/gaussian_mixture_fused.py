@@ -32,7 +32,7 @@ import warnings
 
 import torch
 
-__all__ = ["fused_applies", "fused_score_and_log_prob"]
+__all__ = ["fused_applies", "fused_available", "fused_score_and_log_prob"]
 
 try:  # Triton is optional: CUDA builds of torch ship it, CPU builds do not
     import triton
@@ -81,13 +81,17 @@ if triton is not None:
             tl.store(score_ptr + offs, -acc / s[:, None], mask=xmask)
 
 
+def fused_available() -> bool:
+    """Whether the kernel can run: Triton imported and no earlier launch failed."""
+    return triton is not None and not _STATE["failed"]
+
+
 def fused_applies(x: torch.Tensor, dim: int) -> bool:
     """Whether :func:`fused_score_and_log_prob` takes ``x`` ``(N, dim)`` on the fast path: Triton
     present and not failed, a CUDA float32 ``x``, ``dim <= MAX_DIM``, and no gradient wanted
     through ``x``."""
     return (
-        triton is not None
-        and not _STATE["failed"]
+        fused_available()
         and x.is_cuda
         and x.dtype == torch.float32
         and 1 <= dim <= MAX_DIM
