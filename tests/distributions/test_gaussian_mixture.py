@@ -58,6 +58,23 @@ def test_log_prob_matches_scipy(d, diag):
     )
 
 
+@pytest.mark.parametrize("diag", [False, True])
+def test_whitening_gives_the_density_and_score(diag):
+    """``whitening()`` = (W, c, log_norm) of the fused kernel: logsumexp_k(log_norm_k -
+    |W_k x + c_k|^2 / 2) is scipy's log-density, -sum_k r_k W_k^T z_k the naive score."""
+    gm = random_mixture(3, 4, diag=diag, seed=7)
+    w, c, log_norm = gm.whitening()
+    assert w.shape == (3, 4, 4) and c.shape == (3, 4) and log_norm.shape == (3,)
+    x = 2.0 * torch.randn(40, 4, generator=torch.Generator().manual_seed(2), dtype=F64)
+    z = torch.einsum("kij,nj->nki", w, x) + c
+    ell = log_norm - 0.5 * z.square().sum(-1)
+    np.testing.assert_allclose(torch.logsumexp(ell, -1).numpy(), scipy_log_prob(gm, x.numpy()),
+                               rtol=1e-10)  # fmt: skip
+    r = torch.softmax(ell, -1)
+    score = -torch.einsum("nk,kij,nki->nj", r, w, z)
+    torch.testing.assert_close(score, naive_score(gm, x), rtol=1e-9, atol=1e-9)
+
+
 def test_float32_matches_float64_and_dtype_rules():
     gm64 = random_mixture(3, 4, seed=3)
     gm32 = gm64.to(dtype=torch.float32)
