@@ -397,15 +397,18 @@ PRIOR_PROFILES: dict[str, dict] = {
                 n_steps=30, corrector_moves=100, reserve_s=150.0,
                 fkc_options={"divergence": "hutchinson", "max_substeps": 4}),
     "cuda": dict(hidden=64, depth=4, n_iters=4000, batch_size=256, lr=1e-3, n_particles=5000,
-                 n_steps=100, corrector_moves=500, reserve_s=90.0,
+                 n_steps=100, corrector_moves=500, reserve_s=90.0, augment=[4, 10, 20, 0.003],
                  fkc_options={"max_substeps": 8}),
     "cuda-long": dict(hidden=128, depth=5, n_iters=12_000, batch_size=256, lr=1e-3,
                       n_particles=2000, n_steps=200, corrector_moves=1000, reserve_s=300.0,
+                      augment=[8, 10, 20, 0.003],
                       fkc_options={"max_substeps": 8}),
 }  # fmt: skip
 """Learned-prior sizes per profile (:mod:`smcdiff_experiments.alanine_prior`): the EGNN
 (``depth`` x ``hidden``, ``n_iters`` of ``batch_size``), particles and grid steps per
-``steer`` run, MALA corrector moves; ``reserve_s`` is the time budget's estimate for training."""
+``steer`` run, MALA corrector moves; ``reserve_s`` is the time budget's estimate for training;
+``augment``: (rounds, trajectories, leapfrog steps, step nm) of HMC at 1000 K growing the
+training set from the MD pool (:func:`~smcdiff_experiments.alanine_prior.hot_samples`)."""
 
 
 def settings(quick: bool, device: str = "cpu", profile: str | None = None, **over: Any) -> dict:
@@ -426,7 +429,8 @@ def settings(quick: bool, device: str = "cpu", profile: str | None = None, **ove
         prior_methods=["none", "fk", "fkc-target", "driftlite-vcg"],
     )  # fmt: skip
     cfg.update(PROFILES[profile])
-    prior = dict(sigmas=[0.01, 5.0], mala_step=1e-4, **PRIOR_PROFILES[profile])
+    prior = dict(sigmas=[0.01, 5.0], mala_step=1e-4, augment=[0, 0, 0, 0.0])
+    prior.update(PRIOR_PROFILES[profile])
     prior.update(over.pop("prior", {}))
     cfg.update(over, prior=prior, profile=profile)
     return cfg
@@ -622,7 +626,8 @@ def run_stage(
         blob["rows"].append(row)
         data["shown"].setdefault("tempered", (row["method"], pp, w))
     elif kind == "train":
-        model, info = ap.train_alanine_prior(hot["configs"], cfg["prior"], device, progress)
+        model, info = ap.train_alanine_prior(hot["configs"], cfg["prior"], device, progress,
+                                             cfg["hot"])  # fmt: skip
         data["prior"], blob["training"] = {"model": model}, info
     else:
         rows, shown = ap.prior_rows(name, seed, data["prior"], cfg, md, hot, device)

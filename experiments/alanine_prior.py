@@ -39,15 +39,22 @@ import time
 from typing import Any
 
 import torch
-from smcdiff_experiments.alanine import kl_floor, sample_metrics, sync
+from smcdiff_experiments.alanine import (
+    configurational_temperature,
+    kl_floor,
+    sample_metrics,
+    sync,
+)
 from smcdiff_experiments.molecules import METHODS
 from smcdiff_targets.alanine import MOLAR_GAS_CONSTANT, AlanineDipeptide
 from torch import nn
 
 import smcdiff
+from smcdiff.mcmc.registry import get_kernel
 from smcdiff.nets import EGNN
 from smcdiff.processes import GeometricVE, MeanFree
 from smcdiff.processes.meanfree import subspace_corrector
+from smcdiff.seeding import make_generator
 
 SCALE = 10.0
 """Model coordinates are Å: ``y = SCALE * x`` for ``x`` in nm."""
@@ -101,19 +108,57 @@ def fold_chirality(x: torch.Tensor) -> torch.Tensor:
     return torch.where((chirality(x) < 0)[:, None, None], -x, x)
 
 
+def hot_samples(
+    pool: torch.Tensor, log_prob: Any, rounds: int, n_traj: int, n_leapfrog: int, step: float,
+    seed: int = 0, device: str = "cpu",
+) -> tuple[torch.Tensor, float]:  # fmt: skip
+    """The pool ``(M, *event)`` followed by ``rounds`` more sets of ``M``: each the previous set
+    after ``n_traj`` HMC trajectories (``n_leapfrog`` steps of size ``step``, unit mass) on the
+    exact ``log_prob``, and the mean acceptance. HMC leaves the law of ``log_prob`` invariant, so
+    every set is a sample of it as far as the pool is; consecutive sets are correlated (more
+    decorrelated configurations for training, not independent ones). Float32 on ``device``."""
+    if rounds == 0:
+        return pool, float("nan")
+    kern = get_kernel("hmc")(log_prob, n_leapfrog=n_leapfrog)
+    gen, _ = make_generator(seed, torch.device(device))
+    state = kern.init(pool.to(device=device, dtype=torch.float32), gen)
+    sets, acc = [pool], torch.zeros((), dtype=torch.float64, device=state.x.device)
+    for _ in range(rounds):
+        for _ in range(n_traj):
+            state, move = kern.step(state, step, gen)
+            acc = acc + move.accept_prob.double().mean()
+        sets.append(state.x.detach().to(device=pool.device, dtype=pool.dtype))
+    return torch.cat(sets), float(acc) / (rounds * n_traj)
+
+
 def train_alanine_prior(
-    data_nm: torch.Tensor, cfg: dict, device: str, progress: bool = False
-) -> tuple[Any, dict]:
+    data_nm: torch.Tensor, cfg: dict, device: str, progress: bool = False,
+    temperature: float = 1000.0,
+) -> tuple[Any, dict]:  # fmt: skip
     """The :class:`AtomEGNN` eps-model under ``MeanFree(GeometricVE(*cfg["sigmas"]))`` trained on
-    ``data_nm`` ``(M, 22, 3)`` (nm), and its summary (loss over the first and last 10% of
-    iterations, parameters, seconds, sizes)."""
+    ``data_nm`` ``(M, 22, 3)`` (nm, at ``temperature`` K) and, with ``cfg["augment"]`` =
+    (rounds, trajectories, leapfrog steps, step nm), the :func:`hot_samples` HMC sets grown from
+    it; its summary (loss over the first and last 10% of iterations, parameters, seconds,
+    sizes; with augmentation its acceptance and the T_conf of the last set's first 200)."""
     torch.manual_seed(0)
+    sync(device)
+    start = time.perf_counter()
+    rounds, n_traj, n_leap, step = cfg["augment"]
+    mol = AlanineDipeptide(temperature)
+    data, acc = hot_samples(data_nm, mol.log_prob, rounds, n_traj, n_leap, step, 0, device)
+    extra = {}
+    if rounds:
+        extra = {
+            "augment_accept": acc,
+            "augment_seconds": time.perf_counter() - start,
+            "augment_T_conf": configurational_temperature(mol, data[-200:].to(device)),
+        }
     proc = MeanFree(GeometricVE(*cfg["sigmas"]), 22, 3)
     net = AtomEGNN(22, hidden=cfg["hidden"], depth=cfg["depth"])
     sync(device)
     start = time.perf_counter()
     model = smcdiff.train_score(
-        net, to_model(data_nm).float(), proc, "eps", n_iters=cfg["n_iters"],
+        net, to_model(data).float(), proc, "eps", n_iters=cfg["n_iters"],
         batch_size=cfg["batch_size"], lr=cfg["lr"], lr_schedule="cosine",
         warmup=min(200, cfg["n_iters"] // 10), seed=0, device=device,
         ema_decay=0.995 if cfg["n_iters"] < 5000 else 0.999, progress=progress,
@@ -127,7 +172,8 @@ def train_alanine_prior(
         "seconds": time.perf_counter() - start,
         "n_params": sum(p.numel() for p in net.parameters()),
         "sizes": f"{cfg['depth']}x{cfg['hidden']}, {cfg['n_iters']} it, batch "
-        f"{cfg['batch_size']}, {data_nm.shape[0]} configurations",
+        f"{cfg['batch_size']}, {data.shape[0]} configurations",
+        **extra,
     }
 
 

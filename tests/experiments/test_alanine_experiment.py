@@ -111,8 +111,9 @@ def test_tiny_run_writes_every_route(tmp_path, profile):
     """``--quick``'s code path, and the ``cuda`` profile's (its FKC options, one seed of its
     three) at tiny sizes on the CPU: every tempered and learned-prior row is written, with
     finite KL and populations summing to 1."""
+    prior = TINY_PRIOR if profile == "quick" else {**TINY_PRIOR, "augment": [1, 1, 2, 0.002]}
     rows = ala.run(tmp_path, quick=profile == "quick", profile=profile, progress=False,
-                   seeds=[0], prior=TINY_PRIOR, **TINY)  # fmt: skip
+                   seeds=[0], prior=prior, **TINY)  # fmt: skip
     blob = json.loads((tmp_path / "alanine.json").read_text())
     methods = [r["method"] for r in rows]
     prior = [f"prior {m}{c}" for m in ap.PRIOR_METHODS for c in ("", "+mala")]
@@ -124,6 +125,22 @@ def test_tiny_run_writes_every_route(tmp_path, profile):
             assert math.isfinite(r["kl"]) and abs(sum(r["populations"]) - 1) < 1e-9
     text = (tmp_path / "alanine.md").read_text()
     assert "C7eq" in text and "model check, prior at 1000 K" in text
+
+
+def test_hot_samples_keep_the_law():
+    """HMC sets grown from exact draws of a Gaussian (the (5, 3) layout) stay draws of it: the
+    mean of |x|^2 / (d sigma^2) of each new set of 4000 is 1 (SE ~ 1.5 % per set, the sets'
+    own spread); the sets moved away from the pool."""
+    tgt = Gaussian15()
+    gen = torch.Generator().manual_seed(3)
+    pool = torch.randn(4000, 5, 3, generator=gen, dtype=F64) * tgt.sigma
+    data, acc = ap.hot_samples(pool, tgt.log_prob, 3, 4, 5, 0.3 * tgt.sigma, seed=0)
+    assert data.shape == (16_000, 5, 3) and torch.equal(data[:4000], pool) and 0.5 < acc < 1
+    ratio = data[4000:].reshape(3, 4000, -1).square().sum(-1) / (tgt.dim * tgt.sigma**2)
+    se = float(ratio.std() / math.sqrt(4000))
+    for r in ratio:
+        assert abs(float(r.mean()) - 1.0) < 4.5 * se
+    assert float((data[-4000:] - pool.float()).abs().mean()) > 0.1 * tgt.sigma
 
 
 def test_outputs_survive_an_interrupted_run(tmp_path, monkeypatch):
