@@ -64,6 +64,32 @@ def test_marginal_and_sample_marginal():
     torch.testing.assert_close(pt.covariance(), cov_ref)
 
 
+def test_precompute_keeps_the_grid_marginals(monkeypatch):
+    """``precompute(times)`` builds p_t at each time once and keeps it (a grid longer than the
+    mixture's own cache of 4): later scores at those times do no factorisation, and give the
+    numbers of a fresh model."""
+    import smcdiff.scores.exact as exact
+
+    model, fresh = exact_score(mixture(3), VP()), exact_score(mixture(3), VP())
+    times = [1.0 - 0.09 * i for i in range(11)]
+    kept = model.precompute(times)
+    assert len(kept) == 11 and all(p is model.marginal(t) for p, t in zip(kept, times, strict=True))
+    x = torch.randn(20, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", None)  # a factorisation would raise
+    for t in times:
+        s, logp = model.score_and_log_density(x, t)
+        monkeypatch.undo()
+        s_ref, logp_ref = fresh.score_and_log_density(x, t)
+        monkeypatch.setattr(torch.linalg, "cholesky_ex", None)
+        assert torch.equal(s, s_ref) and torch.equal(logp, logp_ref)
+    monkeypatch.undo()
+    monkeypatch.setattr(exact, "FIXED_BYTES", 0)  # the cache keeps at least 64 entries, oldest out
+    many = exact_score(mixture(2), VP())
+    grid = [0.001 * i for i in range(1, 70)]
+    many.precompute(grid)
+    assert len(many._fixed) == 64 and grid[0] not in many._fixed and grid[-1] in many._fixed
+
+
 def test_float32_model():
     model = exact_score(mixture(4, dtype=torch.float32), Flow())
     x = torch.randn(8, 4)
