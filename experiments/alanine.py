@@ -763,6 +763,10 @@ def context_lines(rows: list[dict]) -> list[str]:
         out.append(f"\nprior training ({tr['sizes']}): loss {tr['loss_first_10pct']:.3f} (first "
                    f"10%) -> {tr['loss_last_10pct']:.3f} (last 10%), {tr['n_params']} "
                    f"parameters, {tr['seconds']:.1f} s")  # fmt: skip
+        if "augment_accept" in tr:
+            out[-1] += (f"; training set grown by HMC at 1000 K from the MD pool: acceptance "
+                        f"{tr['augment_accept']:.2f}, T_conf of its last set "
+                        f"{tr['augment_T_conf']:.0f} K, {tr['augment_seconds']:.1f} s")  # fmt: skip
     for key, msg in (ctx.get("errors") or {}).items():
         out.append(f"\nfailed: {key}: {msg}")
     if ctx.get("skipped"):
