@@ -36,9 +36,9 @@ Protocol, per system (docs/molecules.md):
    (:data:`PAPER`) sit beside ours; their networks, data and metric details differ.
 
 Order and budget (:func:`run`): the reference sets and prior of every system first (each
-prior trained once, reused by every method and run), then every task's ``none`` (the prior and
-its T0 model check), then every method for runs 0-2 (one ``steer`` call, seed 0), then runs
-3-9 (seed 1). ``time_budget_s`` covers everything, training included: training iterations are
+prior trained once, reused by every method and run), then every method on every task for runs
+0-2 (one ``steer`` call, seed 0), method by method (:data:`METHOD_PRIORITY`: ``none``, with the
+T0 model check, first), then the same for runs 3-9 (seed 1). ``time_budget_s`` covers everything, training included: training iterations are
 cut to the time left (measured on a short probe), and a method call starts only if its
 expected time (measured on earlier calls) fits; what does not fit is listed as skipped.
 Outputs go to ``out_dir`` after every stage and call (``molecules.json``, ``molecules.md``;
@@ -151,7 +151,7 @@ PROFILES = {
                  fkc_options={"max_substeps": 8}, sample_reserve=0.4, first_runs=3,
                  dw4=dict(n_train=5000, n_ref=2000, hidden=128, depth=3, n_iters=3000,
                           batch_size=512, lr=1e-3, n_particles=1000, n_steps=100, ref=_DW4_REF,
-                          reserve_s=20, fkc_options={"max_substeps": 64}),
+                          reserve_s=20, fkc_options={"max_substeps": 16}),
                  lj13=dict(n_train=4000, n_ref=2000, hidden=128, depth=5, n_iters=3000,
                            batch_size=256, lr=1e-3, n_particles=500, n_steps=100, ref=_LJ_REF,
                            reserve_s=40)),
@@ -571,11 +571,17 @@ def seed_passes(n_runs: int, first: int = 3) -> list[range]:
     return [head] + ([range(head.stop, n_runs)] if n_runs > head.stop else [])
 
 
+METHOD_PRIORITY = ("none", "fkc-target", "driftlite-vcg", "fk", "fkc-tempered", "driftlite-ecg")
+"""The order methods run in, each on every task before the next: the prior (with its T0 model
+check), then the papers' two headline methods (G-SMC ~ ``fkc-target``, VCG-SMC), then the
+rest."""
+
+
 def priority(plan: dict, cfg: dict) -> list[tuple[str, str]]:
-    """``(task, method)`` in priority order: every task's ``none`` (the prior, with its T0
-    model check) first, then the other methods task by task."""
+    """``(task, method)`` in priority order: method by method (:data:`METHOD_PRIORITY`), each
+    on every task that has it, so a tight budget still covers every task's main methods."""
     pairs = [(t, m) for tasks in plan.values() for t in tasks for m in _methods(cfg, t)]
-    return [p for p in pairs if p[1] == "none"] + [p for p in pairs if p[1] != "none"]
+    return sorted(pairs, key=lambda p: METHOD_PRIORITY.index(p[1]))
 
 
 def estimate_s(costs: dict, task: str, name: str, n_runs: int) -> float:

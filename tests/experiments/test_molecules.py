@@ -106,8 +106,8 @@ def test_priority_passes_and_estimates():
     cfg = {"methods": ["none", "fk", "fkc-target"]}
     assert mol.priority(plan, cfg) == [
         ("dw4-anneal", "none"), ("dw4-reward", "none"), ("lj13-reward", "none"),
-        ("dw4-anneal", "fkc-target"), ("dw4-reward", "fk"), ("dw4-reward", "fkc-target"),
-        ("lj13-reward", "fk"), ("lj13-reward", "fkc-target"),
+        ("dw4-anneal", "fkc-target"), ("dw4-reward", "fkc-target"), ("lj13-reward", "fkc-target"),
+        ("dw4-reward", "fk"), ("lj13-reward", "fk"),
     ]  # fmt: skip
     assert mol.seed_passes(10) == [range(3), range(3, 10)]
     assert mol.seed_passes(2) == [range(2)] and mol.seed_passes(4, 1) == [range(1), range(1, 4)]
