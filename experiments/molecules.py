@@ -38,9 +38,10 @@ Protocol, per system (docs/molecules.md):
 Order and budget (:func:`run`): the reference sets and prior of every system first (each
 prior trained once, reused by every method and run), then every method on every task for runs
 0-2 (one ``steer`` call, seed 0), method by method (:data:`METHOD_PRIORITY`: ``none``, with the
-T0 model check, first), then the same for runs 3-9 (seed 1). ``time_budget_s`` covers everything, training included: training iterations are
-cut to the time left (measured on a short probe), and a method call starts only if its
-expected time (measured on earlier calls) fits; what does not fit is listed as skipped.
+T0 model check, first), then the same for runs 3-5 (seed 1) and 6-9 (seed 2).
+``time_budget_s`` covers everything, training included: training iterations are cut to the
+time left (measured on a short probe), and a method call starts only if its expected time
+(measured on earlier calls) fits; what does not fit is listed as skipped.
 Outputs go to ``out_dir`` after every stage and call (``molecules.json``, ``molecules.md``;
 atomic replace), so a run cut short by a kill keeps what finished; a method that raises is
 recorded with its error, and the rest go on.
@@ -565,10 +566,13 @@ def _plan(cfg: dict) -> dict:
 
 
 def seed_passes(n_runs: int, first: int = 3) -> list[range]:
-    """The runs in priority order: runs ``0 .. first - 1`` (one ``steer`` call, seed 0), then
-    the rest (seed 1)."""
-    head = range(min(first, n_runs))
-    return [head] + ([range(head.stop, n_runs)] if n_runs > head.stop else [])
+    """The runs in priority order, in passes of ``first`` (the last one takes the remainder):
+    pass ``p`` is one ``steer`` call per method with seed ``p``. For 10 runs: 0-2, 3-5, 6-9.
+    (Small passes keep a pass's expected time, estimated linearly in the runs, near the
+    first's.)"""
+    starts = list(range(0, max(n_runs - first, 0) + 1, first)) or [0]
+    stops = [*starts[1:], n_runs]
+    return [range(a, b) for a, b in zip(starts, stops, strict=True)]
 
 
 METHOD_PRIORITY = ("none", "fkc-target", "driftlite-vcg", "fk", "fkc-tempered", "driftlite-ecg")
@@ -668,7 +672,7 @@ def run(
     **overrides,
 ) -> list[dict]:
     """Every configured task: the reference sets and prior of every system (trained once),
-    then every method, runs 0-2 first (seed 0) and the others after (seed 1); writes
+    then every method, runs 0-2 first (seed 0), then 3-5 and 6-9 (seeds 1, 2); writes
     ``molecules.json`` / ``molecules.md`` into ``out_dir`` after each stage, and
     ``molecules_histograms.png`` at the end. ``profile``: ``quick`` / ``cpu`` / ``cuda``
     (default: ``quick`` when ``quick``, else from ``device``); ``time_budget_s``: the whole

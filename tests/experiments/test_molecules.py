@@ -109,8 +109,9 @@ def test_priority_passes_and_estimates():
         ("dw4-anneal", "fkc-target"), ("dw4-reward", "fkc-target"), ("lj13-reward", "fkc-target"),
         ("dw4-reward", "fk"), ("lj13-reward", "fk"),
     ]  # fmt: skip
-    assert mol.seed_passes(10) == [range(3), range(3, 10)]
-    assert mol.seed_passes(2) == [range(2)] and mol.seed_passes(4, 1) == [range(1), range(1, 4)]
+    assert mol.seed_passes(10) == [range(3), range(3, 6), range(6, 10)]
+    assert mol.seed_passes(2) == [range(2)] and mol.seed_passes(3) == [range(3)]
+    assert mol.seed_passes(2, 1) == [range(1), range(1, 2)]
     costs = {("dw4-anneal", "none"): 1.0, ("dw4-anneal", "fk"): 2.0}
     assert mol.estimate_s(costs, "dw4-anneal", "fk", 7) == 14.0  # its own cost per run
     assert mol.estimate_s(costs, "dw4-reward", "fk", 3) == 6.0  # the method on another task
