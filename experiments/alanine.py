@@ -535,8 +535,10 @@ def reference_rows(cfg: dict, md: dict, hot: dict) -> list[dict]:
     }  # fmt: skip
     start["w1_energy"] = float(wp_1d(hot["energy"], md["energy"]))
     rows = [ref, start]
-    sizes = dict.fromkeys(([n] if cfg["kernels"] else [])
-                          + ([cfg["prior"]["n_particles"]] if cfg["prior_methods"] else []))  # fmt: skip
+    tempered = [n] if cfg["kernels"] else []
+    sizes = dict.fromkeys(
+        tempered + ([cfg["prior"]["n_particles"]] if cfg["prior_methods"] else [])
+    )
     for k, size in enumerate(s for s in sizes if 4 * s <= n_md):
         rows.insert(1 + k, floor_row(md, size, cfg))
     return rows
@@ -632,6 +634,8 @@ def run_stage(
     else:
         rows, shown = ap.prior_rows(name, seed, data["prior"], cfg, md, hot, device)
         blob["rows"] += rows
+        if "corrector_error" in rows[0]:
+            blob["errors"][f"prior {name}+mala seed {seed}"] = rows[0]["corrector_error"]
         if name == "fk":
             data["shown"].setdefault("prior", shown)
 
@@ -692,6 +696,8 @@ def run(
                 run_stage(stage, cfg, data, blob, device, progress)
             except (SMCDiffError, RuntimeError) as err:
                 blob["errors"][label] = f"{type(err).__name__}: {err}"[:500]
+                if torch.device(device).type == "cuda":
+                    torch.cuda.empty_cache()  # after an out-of-memory error
             took = time.perf_counter() - start
             for key in (stage[0], f"{stage[0]} {stage[1]}"):
                 longest[key] = max(longest.get(key, 0.0), took)
@@ -699,8 +705,11 @@ def run(
         summary = write_outputs(out, blob)
         tick(label)
     if cfg["figure"] and data["shown"]:
-        ramachandran_figure(md, hot, list(data["shown"].values()),
-                            out / "alanine_ramachandran.png", cfg["bins"])  # fmt: skip
+        try:  # matplotlib is optional: the tables are written already
+            ramachandran_figure(md, hot, list(data["shown"].values()),
+                                out / "alanine_ramachandran.png", cfg["bins"])  # fmt: skip
+        except ImportError as err:
+            print(f"alanine: no Ramachandran figure ({err})")
     return summary
 
 

@@ -1,4 +1,4 @@
-r"""Alanine dipeptide: a learned prior from the 1000 K MD, annealed to 300 K by FK / FKC / DriftLite.
+r"""Alanine dipeptide: a prior learned from the 1000 K MD, annealed to 300 K (FK, FKC, DriftLite).
 
 The learned-prior route of issue 11 (docs/alanine.md, "Learned prior"), run by
 ``smcdiff run alanine`` (:func:`smcdiff_experiments.alanine.run`) after or between the tempered
@@ -50,6 +50,7 @@ from smcdiff_targets.alanine import MOLAR_GAS_CONSTANT, AlanineDipeptide
 from torch import nn
 
 import smcdiff
+from smcdiff.errors import SMCDiffError
 from smcdiff.mcmc.registry import get_kernel
 from smcdiff.nets import EGNN
 from smcdiff.processes import GeometricVE, MeanFree
@@ -178,8 +179,8 @@ def train_alanine_prior(
 
 
 class EnergyCounter:
-    """:math:`U(y/\\mathrm{SCALE})` (kJ/mol) of model coordinates ``y`` ``(N, 22, 3)`` (Å), counting
-    the rows it evaluates in ``rows``."""
+    """:math:`U(y/\\mathrm{SCALE})` (kJ/mol) of model coordinates ``y`` ``(N, 22, 3)`` (Å),
+    counting the rows it evaluates in ``rows``."""
 
     def __init__(self, mol: AlanineDipeptide):
         self.mol, self.rows = mol, 0
@@ -269,21 +270,38 @@ def prior_rows(
         if 4 * n <= hot["phi_psi"].shape[0]:
             rows[0]["kl_floor_T0"] = kl_floor(hot["phi_psi"], n, bins)
     if pc["corrector_moves"] > 0:
-        gen = torch.Generator(device=w.device).manual_seed(seed)
-        idx = torch.multinomial(w.double(), n, replacement=True, generator=gen)
-        energy = EnergyCounter(AlanineDipeptide(cfg["cold"]))
-        sync(device)
-        start = time.perf_counter()
-        moved, acc = corrector_moves(to_model(x[idx]), energy, cfg["cold"],
-                                     pc["corrector_moves"], pc["mala_step"], seed)  # fmt: skip
-        sync(device)
-        out = fold_chirality(moved / SCALE)
-        rows.append({
-            **base, "method": f"prior {name}+mala", "net_evals": info["net_evals"],
-            "n_target_evals": info["n_target_evals"] + energy.rows, "mala_accept": acc,
-            "wall_s": info["wall_s"] + time.perf_counter() - start,
-            **sample_metrics(out, None, md, cfg["cold"], bins, seed),
-        })  # fmt: skip
-        pp = AlanineDipeptide().phi_psi(out.double()).cpu()
-        shown = (rows[-1]["method"], pp, torch.full((n,), 1.0 / n, dtype=torch.float64))
+        try:
+            row, shown = corrected(base["method"], x, w, info, cfg, md, seed, device)
+            rows.append({**base, **row})
+        except SMCDiffError as err:  # e.g. a NaN energy at a proposal: the plain row stays
+            rows[0]["corrector_error"] = f"{type(err).__name__}: {err}"[:300]
     return rows, shown
+
+
+def corrected(
+    label: str, x: torch.Tensor, w: torch.Tensor, info: dict, cfg: dict, md: dict, seed: int,
+    device: str,
+) -> tuple[dict, tuple[str, torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """The ``+mala`` row (``label+mala``) of steered particles ``x`` (nm) with weights ``w``:
+    resampled to equal weights (multinomial), ``corrector_moves`` MALA moves on the true energy
+    at ``cfg["cold"]``, chirality folded; its metrics and cost (the steering's plus the
+    corrector's), and the figure's (name, (φ, ψ), weights) on the CPU."""
+    pc, n = cfg["prior"], x.shape[0]
+    gen = torch.Generator(device=w.device).manual_seed(seed)
+    idx = torch.multinomial(w.double(), n, replacement=True, generator=gen)
+    energy = EnergyCounter(AlanineDipeptide(cfg["cold"]))
+    sync(device)
+    start = time.perf_counter()
+    moved, acc = corrector_moves(to_model(x[idx]), energy, cfg["cold"], pc["corrector_moves"],
+                                 pc["mala_step"], seed)  # fmt: skip
+    sync(device)
+    out = fold_chirality(moved / SCALE)
+    name = f"{label}+mala"
+    row = {
+        "method": name, "net_evals": info["net_evals"],
+        "n_target_evals": info["n_target_evals"] + energy.rows, "mala_accept": acc,
+        "wall_s": info["wall_s"] + time.perf_counter() - start,
+        **sample_metrics(out, None, md, cfg["cold"], cfg["bins"], seed),
+    }  # fmt: skip
+    pp = AlanineDipeptide().phi_psi(out.double()).cpu()
+    return row, (name, pp, torch.full((n,), 1.0 / n, dtype=torch.float64))
