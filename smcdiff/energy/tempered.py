@@ -88,6 +88,7 @@ __all__ = [
     "tempered_hmc_move",
     "tempered_log_density",
     "tempered_pair",
+    "tempered_reweight",
 ]
 
 MOVE_CHECKS = ("target log_prob in MCMC move", "target gradient in MCMC move")
@@ -180,6 +181,33 @@ def tempered_hmc_move(
         per_chain = a.unsqueeze(-1).expand(n_groups, state.x.shape[0] // n_groups).reshape(-1)
         log_h = robbins_monro(log_h, per_chain, target_accept, gain)
     return new, log_h, a, bad_lp | info.nan_log_prob, bad_grad | info.nan_grad
+
+
+def tempered_reweight(
+    x: torch.Tensor,
+    lp: torch.Tensor,
+    log_w: torch.Tensor,
+    lam: torch.Tensor,
+    ref: tuple[torch.Tensor, torch.Tensor, float | torch.Tensor],
+    target_ess: float,
+) -> tuple[torch.Tensor, ...]:
+    r"""The reweighting of an adaptive step, a pure function of tensors (compiled whole with
+    the moves): :math:`\ell = \log\tilde\pi(x) - \log\rho(x)` ``(G*N,)`` float64 from the
+    target's ``lp`` ``(G*N,)`` at ``x`` and the reference ``ref`` (:func:`reference_terms`),
+    the increments :math:`\delta` (:func:`next_temperature` from ``log_w`` ``(G, N)`` and the
+    per-particle temperatures ``lam`` ``(G*N,)``), the new temperatures (1 once reached), and
+    :math:`\log G = \delta\,\ell` (0 if :math:`\delta = 0`, :math:`-\infty` where
+    :math:`\ell` is). Returns ``(ell, new_lam (G,), new_lam (G*N,), log_g, bad_x, bad_lp)``,
+    the last two the rows of ``x`` not finite and the NaN / +inf entries of ``lp``."""
+    G, N = log_w.shape
+    ell = lp.double() - reference_terms(x, *ref)[0].double()
+    lam_g = lam.reshape(G, N)[:, 0].contiguous()
+    delta = next_temperature(log_w, ell.reshape(G, N), lam_g, target_ess)
+    new_lam = torch.where(delta >= 1.0 - lam_g, torch.ones_like(lam_g), lam_g + delta)
+    d = delta.unsqueeze(-1).expand(G, N).reshape(-1)
+    log_g = torch.where((d == 0) | (ell == -math.inf), torch.where(d == 0, 0.0, ell), d * ell)
+    lam_n = new_lam.unsqueeze(-1).expand(G, N).contiguous().reshape(-1)  # a state tensor
+    return ell, new_lam, lam_n, log_g, nonfinite_rows(x), nan_or_posinf(lp)
 
 
 def next_temperature(
@@ -406,21 +434,24 @@ class TemperedSMC(FeynmanKacModel):
             checks = dict(zip(MOVE_CHECKS, bad[:2], strict=True))
             if self._reports_divergence:
                 info["diverged"] = bad[2].reshape(G, N).sum(-1)
-        ell, more = self._ell(x, where)
-        checks.update(more)
         nfe += x.shape[0]
-        lam_g = lam.reshape(G, N)[:, 0]
-        delta, new_lam = self._next(k, log_weights, ell.reshape(G, N), lam_g)
-        d = delta.repeat_interleave(N)
-        log_g = torch.where((d == 0) | (ell == -math.inf), torch.where(d == 0, 0.0, ell), d * ell)
+        if self.schedule is None:  # adaptive: one function (compiled with the moves)
+            with torch.no_grad():
+                lp = self.target_log_prob(x)
+            check_shape("target log_prob", lp, (x.shape[0],), where=where)
+            ell, new_lam, lam_n, log_g, bad_x, bad_lp = self._reweight()(x, lp, log_weights, lam)
+            checks.update({"particles": bad_x, "target log_prob": bad_lp})
+        else:
+            ell, more = self._ell(x, where)
+            checks.update(more)
+            lam_g = lam.reshape(G, N)[:, 0]
+            delta, new_lam = self._next(k, log_weights, ell.reshape(G, N), lam_g)
+            d, lam_n = delta.repeat_interleave(N), new_lam.repeat_interleave(N)
+            log_g = torch.where(
+                (d == 0) | (ell == -math.inf), torch.where(d == 0, 0.0, ell), d * ell
+            )
         info["temperature"] = new_lam
-        new: ParticleState = {
-            "x": x,
-            "ell": ell,
-            "lam": new_lam.repeat_interleave(N),
-            "log_h": log_h,
-            "lam_start": lam,
-        }
+        new: ParticleState = {"x": x, "ell": ell, "lam": lam_n, "log_h": log_h, "lam_start": lam}
         return StepOutput(new, log_g, checks, nfe=nfe, n_grad=n_grad, info=info)
 
     def _next(
@@ -429,29 +460,36 @@ class TemperedSMC(FeynmanKacModel):
         """``(delta, new temperature)``, each ``(G,)``: from the CESS (:func:`next_temperature`)
         or, with a fixed schedule, its row ``k - 1`` (1 after its end)."""
         if self.schedule is None:
-            search = self._search()
-            delta = search(log_weights, ell, lam)
+            delta = next_temperature(log_weights, ell, lam, self.target_ess)
             return delta, torch.where(delta >= 1.0 - lam, torch.ones_like(lam), lam + delta)
         row = self.schedule[min(k, self.schedule.shape[0]) - 1]
         new = row.expand(lam.shape[0]).to(lam)
         return new - lam, new
 
-    def _search(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-        """:func:`next_temperature` at this target ESS: compiled with the moves (one function
-        for every target, cached; eager, with a warning, if compilation fails), else eager."""
+    def _reweight(self) -> Callable[..., tuple[torch.Tensor, ...]]:
+        """:func:`tempered_reweight` at this reference and target ESS: compiled with the moves
+        (one function for every target, cached; eager, with a warning, if compilation fails),
+        else eager; called as ``fn(x, lp, log_weights, lam)``."""
+        ref = (self.ref_mean, self.ref_std, self._ref_log_norm)
         if not self.compile_moves:
-            return partial(next_temperature, target_ess=self.target_ess)
-        key = ("search", self.target_ess, self.compile_static)
+            return partial(tempered_reweight, ref=ref, target_ess=self.target_ess)
+        key = ("reweight", self.target_ess, self.compile_static)
         if key not in _COMPILED:
-            fn = partial(next_temperature, target_ess=self.target_ess)
-            what = "the temperature search"
-            search = CompiledFunction(fn, "tempered SMC", dynamic=not self.compile_static,
-                                      what=what, batch_dim=1)  # fmt: skip
-            _COMPILED[key] = (None, search)
-        search = _COMPILED[key][1]
-        # lam: a strided view of the per-particle temperatures; contiguous, or its stride (N)
-        # would be a guard of the compiled graph (one compilation per N)
-        return lambda log_w, ell, lam: search(log_w, ell, lam.contiguous(), batch=(log_w, ell))
+            fn = partial(tempered_reweight, target_ess=self.target_ess)
+            weigh = CompiledFunction(fn, "tempered SMC", dynamic=not self.compile_static,
+                                     what="the reweighting and temperature search")  # fmt: skip
+            _COMPILED[key] = (None, weigh)
+        weigh = _COMPILED[key][1]
+        ref_t = (self.ref_mean, self.ref_std, self._ref_log_norm_t)
+
+        def run(x, lp, log_w, lam):  # N symbolic: dim 0 of x, lp and lam, dim 1 of log_w
+            dims = ((x, 0), (lp, 0), (lam, 0), (log_w, 1)) if not self.compile_static else ()
+            for t, dim in dims:
+                if t.shape[dim] > 1:  # sizes 0 and 1 are always specialised
+                    torch._dynamo.mark_dynamic(t, dim)
+            return weigh(x, lp, log_w, lam, ref_t)
+
+        return run
 
     def done(self, k: int, state: ParticleState) -> torch.Tensor:
         """True after the step whose moves ran at :math:`\\lambda = 1` in every group."""

@@ -76,7 +76,7 @@ def test_compiled_tempered_moves_equal_the_eager_ones(aot_eager, analytic):
     torch.testing.assert_close(com.trace["accept"], ref.trace["accept"], equal_nan=True)
     for name in ("n_target_evals", "n_grad_evals", "n_resampled"):
         assert com.info[name] == ref.info[name]
-    searches = [v[1] for k, v in tempered._COMPILED.items() if k[0] == "search"]
+    searches = [v[1] for k, v in tempered._COMPILED.items() if k[0] == "reweight"]
     assert searches and all(s.status == "compiled" for s in searches)  # compiled with the moves
     if analytic:  # N is a symbolic size: another N runs the same compiled graph
         graphs = counters["stats"]["unique_graphs"]
