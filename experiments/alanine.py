@@ -640,17 +640,25 @@ def run_stage(
             data["shown"].setdefault("prior", shown)
 
 
+def _family(stage: tuple[str, str, int]) -> str:
+    """The stage's kind, with the learned-prior FKC / DriftLite methods (sub-stepped, with
+    divergences: several times the cost of FK per grid step) a family of their own."""
+    kind, name, _ = stage
+    return f"{kind} fkc" if kind == "prior" and name.startswith(("fkc", "driftlite")) else kind
+
+
 def estimate(stage: tuple[str, str, int], longest: dict[str, float], cfg: dict) -> float:
     """Seconds a stage is expected to take: the longest run of the same method so far, else of
-    its kind (a learned-prior FKC / DriftLite method: times its ``max_substeps``, the network
-    evaluations per grid step it may take), else 0 (training: ``reserve_s``)."""
+    its family (:func:`_family`), else for FKC / DriftLite the longest learned-prior run times
+    ``max_substeps`` (the network evaluations per grid step they may take), else 0 (training:
+    ``reserve_s``)."""
     kind, name, _ = stage
-    if f"{kind} {name}" in longest:
-        return longest[f"{kind} {name}"]
-    factor = 1.0
-    if kind == "prior" and name.startswith(("fkc", "driftlite")):
-        factor = float(cfg["prior"]["fkc_options"].get("max_substeps", 64))
-    return factor * longest.get(kind, 0.0)
+    for key in (f"{kind} {name}", _family(stage)):
+        if key in longest:
+            return longest[key]
+    if _family(stage) == kind:
+        return 0.0
+    return float(cfg["prior"]["fkc_options"].get("max_substeps", 64)) * longest.get(kind, 0.0)
 
 
 def run(
@@ -699,7 +707,7 @@ def run(
                 if torch.device(device).type == "cuda":
                     torch.cuda.empty_cache()  # after an out-of-memory error
             took = time.perf_counter() - start
-            for key in (stage[0], f"{stage[0]} {stage[1]}"):
+            for key in (_family(stage), f"{stage[0]} {stage[1]}"):
                 longest[key] = max(longest.get(key, 0.0), took)
         blob["elapsed_s"] = time.perf_counter() - t0
         summary = write_outputs(out, blob)
