@@ -659,6 +659,7 @@ def run_all_methods(plan: dict, preps: dict, cfg: dict, device: str, clock: Cloc
             costs[task, name] = (time.perf_counter() - start) / len(runs)
             blob["elapsed_s"] = clock.elapsed()
             _write(out, blob)
+        _plot(blob, out)  # after every pass: a run killed later keeps a figure too
 
 
 def run(
@@ -674,7 +675,7 @@ def run(
     """Every configured task: the reference sets and prior of every system (trained once),
     then every method, runs 0-2 first (seed 0), then 3-5 and 6-9 (seeds 1, 2); writes
     ``molecules.json`` / ``molecules.md`` into ``out_dir`` after each stage, and
-    ``molecules_histograms.png`` at the end. ``profile``: ``quick`` / ``cpu`` / ``cuda``
+    ``molecules_histograms.png`` after each pass. ``profile``: ``quick`` / ``cpu`` / ``cuda``
     (default: ``quick`` when ``quick``, else from ``device``); ``time_budget_s``: the whole
     run's seconds, training included (:func:`prepare_all`, :func:`run_all_methods`; what does
     not fit is listed under ``skipped``). Returns the summary rows."""
@@ -692,13 +693,16 @@ def run(
     preps = prepare_all(plan, cfg, device, progress, clock, blob, out)
     run_all_methods(plan, preps, cfg, device, clock, blob, out, progress)
     blob["elapsed_s"] = clock.elapsed()
-    summary = _write(out, blob)
+    return _write(out, blob)
+
+
+def _plot(blob: dict, out: Path) -> None:
+    """``molecules_histograms.png`` from the rows so far (none without rows or matplotlib)."""
     if blob["rows"]:
         try:
             plot_histograms(blob, out / "molecules_histograms.png")
         except ImportError as err:  # matplotlib is optional: the tables are written already
             print(f"molecules: no histogram figure ({err})")
-    return summary
 
 
 def _methods(cfg: dict, task: str) -> list[str]:
