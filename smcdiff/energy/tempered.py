@@ -435,7 +435,9 @@ class TemperedSMC(FeynmanKacModel):
             if self._reports_divergence:
                 info["diverged"] = bad[2].reshape(G, N).sum(-1)
         nfe += x.shape[0]
-        if self.schedule is None:  # adaptive: one function (compiled with the moves)
+        # adaptive: one function (compiled with the moves); a subclass choosing temperatures
+        # its own way (its _next: the distributed global CESS) keeps the path below
+        if self.schedule is None and type(self)._next is TemperedSMC._next:
             with torch.no_grad():
                 lp = self.target_log_prob(x)
             check_shape("target log_prob", lp, (x.shape[0],), where=where)
