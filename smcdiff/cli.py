@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-particles", type=int, default=None, help="particles per run (experiments that take it)"
     )
     run_p.add_argument(
-        "--time-budget", dest="time_budget_s", type=float, default=None,
+        "--time-budget", dest="time_budget_s", type=float, default=None, metavar="SECONDS",
         help="seconds: skip runs that would not fit, listed as skipped (experiments that take it)",
     )  # fmt: skip
     run_p.add_argument(
