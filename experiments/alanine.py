@@ -1,4 +1,4 @@
-r"""Alanine dipeptide in vacuum (Amber ff96) at 300 K: tempered SMC from 1000 K against OpenMM MD.
+r"""Alanine dipeptide in vacuum (Amber ff96) at 300 K: tempered SMC and a learned prior vs OpenMM MD.
 
 Protocol (docs/alanine.md):
 
@@ -23,7 +23,14 @@ Protocol (docs/alanine.md):
    its floor (the same KL for as many MD frames as particles), basin populations, the
    configurational temperature :math:`T_{\rm conf} = \langle|\nabla U|^2\rangle /
    (k_B\langle\nabla^2 U\rangle)` (exact for any Boltzmann law: it must read 300 K), energy
-   evaluations, wall and CPU seconds.
+   evaluations, wall and CPU seconds; the energy W1 against the MD energies.
+5. **Learned prior** (:mod:`smcdiff_experiments.alanine_prior`): an equivariant diffusion prior
+   trained on the 1000 K configurations, annealed to 300 K by FK / FKC / DriftLite, each with
+   and without a MALA corrector on the true energy; same metrics, plus network evaluations.
+
+:func:`run` writes ``alanine.json`` / ``alanine.md`` after every run and takes a time budget
+(profiles ``quick`` / ``cpu`` / ``cuda`` / ``cuda-long``: :data:`PROFILES`,
+:data:`PRIOR_PROFILES`).
 """
 
 from __future__ import annotations
@@ -53,7 +60,10 @@ from smcdiff.resampling.policies import policy_from_threshold
 from smcdiff.result import SMCResult
 from smcdiff.seeding import make_generator
 
-DESCRIPTION = "alanine dipeptide (Amber ff96, vacuum): tempered SMC 1000 K -> 300 K vs OpenMM MD"
+DESCRIPTION = (
+    "alanine dipeptide (Amber ff96, vacuum): tempered SMC and a learned prior (FK / FKC / "
+    "DriftLite), 1000 K -> 300 K, vs OpenMM MD"
+)
 
 BASINS: dict[str, tuple[tuple[float, float], tuple[float, float] | None]] = {
     "C5/beta": ((-180.0, -120.0), None),
