@@ -1,4 +1,4 @@
-r"""Alanine dipeptide in vacuum (Amber ff96) at 300 K: tempered SMC and a learned prior vs OpenMM MD.
+r"""Alanine dipeptide in vacuum (Amber ff96) at 300 K: tempered SMC and a learned prior vs MD.
 
 Protocol (docs/alanine.md):
 
