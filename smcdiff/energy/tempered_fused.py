@@ -44,7 +44,6 @@ import torch
 from smcdiff.engine.progress import Progress
 from smcdiff.engine.smc import SMC, RunLoop
 from smcdiff.engine.state import SMCState, StepInfo
-from smcdiff.seeding import child_generator
 
 __all__ = ["FusedLoop", "clone_info", "flagged_step", "run_fused", "static_copy"]
 
@@ -130,12 +129,15 @@ class FusedLoop(RunLoop):
         self.pending: deque[tuple[SMCState, StepInfo, HostFlags]] = deque()
         self.queued: SMCState | None = None  # the state of the last step queued
         self.last = smc.model.n_steps  # the last step to run (known early: next_is_last)
+        self.seeds: list[int] = []  # the graphs' generator seeds of this run
 
     def begin(self, n_particles: int, n_groups: int) -> SMCState:
         """Steps 0 and 1 (one graph replay when graphed), step 0 recorded, step 1 queued (and
         step 2, so the step-0 check overlaps it)."""
         first = None
-        if self.graph_key is not None:
+        if self.graph_key is not None:  # both graphs' seeds: one host read, before any launch
+            gen = self.generator
+            self.seeds = torch.randint(0, 2**62, (2,), generator=gen, device=gen.device).tolist()
             first = _graphed(self, ("first", n_particles, n_groups), None)
         if first is None:
             s0, i0, *one = first_steps(self.smc, n_particles, n_groups, self.generator)
@@ -189,8 +191,8 @@ class FusedLoop(RunLoop):
 def _graphed(loop: FusedLoop, part: tuple, state: SMCState | None) -> Callable | None:
     """A replay function of :func:`first_steps` (``state`` ``None``; ``part`` names the sizes)
     or :func:`flagged_step` (from static copies of ``state``), captured as a CUDA graph cached
-    under ``loop.graph_key + part``, whose generator is seeded from one draw of the run's
-    generator. ``None`` (with a warning, and ``loop.graph_key`` cleared) if the capture fails."""
+    under ``loop.graph_key + part``, whose generator is seeded by the next of ``loop.seeds``
+    (drawn from the run's generator). ``None`` (with a warning, and ``loop.graph_key`` cleared) if the capture fails."""
     smc, key = loop.smc, (*loop.graph_key, *part)
     entry = _CACHE.get(key)
     if entry is None:
@@ -207,7 +209,7 @@ def _graphed(loop: FusedLoop, part: tuple, state: SMCState | None) -> Callable |
         if len(_CACHE) >= _CACHE_SIZE:
             _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = entry
-    entry["gen"].manual_seed(child_generator(loop.generator, _device(smc, state)).initial_seed())
+    entry["gen"].manual_seed(loop.seeds.pop(0))
     status = getattr(entry["smc"].model, "compile_status", None)
     if status is not None:  # the replayed kernels are the capturing model's moves
         smc.model.compile_status = status
