@@ -437,7 +437,9 @@ class TemperedSMC(FeynmanKacModel):
         nfe += x.shape[0]
         # adaptive: one function (compiled with the moves); a subclass choosing temperatures
         # its own way (its _next: the distributed global CESS) keeps the path below
-        if self.schedule is None and type(self)._next is TemperedSMC._next:
+        # (and a subclass with its own log_reference: the fused function's is the Gaussian's)
+        fused = type(self).log_reference is TemperedSMC.log_reference
+        if self.schedule is None and type(self)._next is TemperedSMC._next and fused:
             with torch.no_grad():
                 lp = self.target_log_prob(x)
             check_shape("target log_prob", lp, (x.shape[0],), where=where)
