@@ -618,7 +618,13 @@ def prepare_all(plan: dict, cfg: dict, device: str, progress: bool, clock: Clock
             continue
         temps = sorted({T_PRIOR / TASKS[t][2] for t in tasks}, reverse=True)
         seconds = None if clock.budget is None else share
-        prep = prepare_system(system, temps, cfg, device, progress, seconds)
+        try:  # a failing reference sampler or training loses its system, not the run
+            prep = prepare_system(system, temps, cfg, device, progress, seconds)
+        except Exception as err:
+            blob["errors"][f"{system}/prepare"] = f"{type(err).__name__}: {err}"[:500]
+            blob["skipped"] += [f"{t} (its system failed to prepare)" for t in tasks]
+            _write(out, blob)
+            continue
         blob["systems"][system] = {"references": prep["info"], "training": prep["training"],
                                    "floors": {f"T{k:g}": v for k, v in prep["floors"].items()},
                                    "hists": prep["hists"]}  # fmt: skip
@@ -699,10 +705,10 @@ def run(
 def _plot(blob: dict, out: Path) -> None:
     """``molecules_histograms.png`` from the rows so far (none without rows or matplotlib)."""
     if blob["rows"]:
-        try:
+        try:  # matplotlib is optional, and the tables are written already
             plot_histograms(blob, out / "molecules_histograms.png")
-        except ImportError as err:  # matplotlib is optional: the tables are written already
-            print(f"molecules: no histogram figure ({err})")
+        except Exception as err:
+            print(f"molecules: no histogram figure ({type(err).__name__}: {err})")
 
 
 def _methods(cfg: dict, task: str) -> list[str]:

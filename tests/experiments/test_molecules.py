@@ -126,3 +126,15 @@ def test_training_that_does_not_fit_is_skipped():
     model, info = mol.train_prior("dw4", data, cfg, "cpu", False, seconds=0.0)
     assert model is None and info["n_iters"] < 50 and info["n_iters_planned"] == 100
     assert info["s_per_iter"] > 0
+
+
+def test_a_system_that_fails_to_prepare_is_recorded(tmp_path, monkeypatch):
+    def broken(name, *args):
+        raise RuntimeError(f"CUDA error on {name}")
+
+    monkeypatch.setattr(mol, "prepare_system", broken)
+    assert mol.run(tmp_path, quick=True, progress=False, tasks=["dw4-anneal"]) == []
+    blob = json.loads((tmp_path / "molecules.json").read_text())
+    assert blob["errors"] == {"dw4/prepare": "RuntimeError: CUDA error on dw4"}
+    assert blob["skipped"] == ["dw4-anneal (its system failed to prepare)"]
+    assert "failed: dw4/prepare: RuntimeError" in (tmp_path / "molecules.md").read_text()
