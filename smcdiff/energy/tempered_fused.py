@@ -218,31 +218,64 @@ def _graphed(loop: FusedLoop, part: tuple, state: SMCState | None) -> Callable |
 
 def partial_replay(entry: dict[str, Any]) -> Callable:
     """The replay function of a cache entry: copy the inputs into the graph's static state
-    (if it has one), replay, return copies of the outputs."""
-    static, graph = entry["static"], entry["graph"]
+    (if it has one), replay, return copies of the outputs (the next replay overwrites them).
+    Copies in and out are grouped: one multi-tensor launch per dtype (:func:`copy_many`)."""
+    static, graph, out = entry["static"], entry["graph"], entry["out"]
+    names = None if static is None else list(static.particles)
 
     def replay(*st: SMCState) -> Any:
         if static is not None:
-            _copy_state(static, st[0])
+            copy_many(_state_tensors(static, names), _state_tensors(st[0], names))
         graph.replay()
-        return tuple(_clone(v) for v in entry["out"])
+        flat: list[torch.Tensor] = []
+        _flatten(out, flat)
+        dense = [t.is_contiguous() for t in flat]
+        copies = [torch.empty_like(t) if d else t.clone() for t, d in zip(flat, dense, strict=True)]
+        pairs = [(c, t) for c, t, d in zip(copies, flat, dense, strict=True) if d]
+        copy_many([c for c, _ in pairs], [t for _, t in pairs])
+        return _unflatten(out, iter(copies))
 
     return replay
 
 
-def _copy_state(dst: SMCState, src: SMCState) -> None:
-    for name, v in src.particles.items():
-        dst.particles[name].copy_(v)
-    dst.log_weights.copy_(src.log_weights)
-    dst.log_z.copy_(src.log_z)
+def copy_many(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
+    """``d.copy_(s)`` for every pair, as one ``torch._foreach_copy_`` per (dtype, device)
+    group: a few launches instead of one per tensor."""
+    groups: dict[tuple, tuple[list, list]] = {}
+    for d, s in zip(dst, src, strict=True):
+        ds, ss = groups.setdefault((d.dtype, s.dtype, d.device, s.device), ([], []))
+        ds.append(d)
+        ss.append(s)
+    for ds, ss in groups.values():
+        torch._foreach_copy_(ds, ss)
 
 
-def _clone(v: Any) -> Any:
-    if isinstance(v, SMCState):
-        return static_copy(v)
-    if isinstance(v, StepInfo):
-        return clone_info(v)
-    return v.clone()
+def _state_tensors(state: SMCState, names: list[str]) -> list[torch.Tensor]:
+    return [*(state.particles[n] for n in names), state.log_weights, state.log_z]
+
+
+def _flatten(v: Any, out: list[torch.Tensor]) -> None:
+    """The tensors of ``v`` (tensors, dicts and (named) tuples of them) in a fixed order."""
+    if isinstance(v, torch.Tensor):
+        out.append(v)
+    elif isinstance(v, dict):
+        for x in v.values():
+            _flatten(x, out)
+    elif isinstance(v, tuple):
+        for x in v:
+            _flatten(x, out)
+
+
+def _unflatten(v: Any, it: Any) -> Any:
+    """``v`` with its tensors replaced, in :func:`_flatten`'s order, by those of ``it``."""
+    if isinstance(v, torch.Tensor):
+        return next(it)
+    if isinstance(v, dict):
+        return {k: _unflatten(x, it) for k, x in v.items()}
+    if isinstance(v, tuple):
+        items = [_unflatten(x, it) for x in v]
+        return type(v)(*items) if hasattr(v, "_fields") else tuple(items)
+    return v
 
 
 def _device(smc: SMC, state: SMCState | None) -> torch.device:
