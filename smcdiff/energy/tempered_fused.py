@@ -192,7 +192,8 @@ def _graphed(loop: FusedLoop, part: tuple, state: SMCState | None) -> Callable |
     """A replay function of :func:`first_steps` (``state`` ``None``; ``part`` names the sizes)
     or :func:`flagged_step` (from static copies of ``state``), captured as a CUDA graph cached
     under ``loop.graph_key + part``, whose generator is seeded by the next of ``loop.seeds``
-    (drawn from the run's generator). ``None`` (with a warning, and ``loop.graph_key`` cleared) if the capture fails."""
+    (drawn from the run's generator). ``None`` (with a warning, and ``loop.graph_key``
+    cleared) if the capture fails."""
     smc, key = loop.smc, (*loop.graph_key, *part)
     entry = _CACHE.get(key)
     if entry is None:
