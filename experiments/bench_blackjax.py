@@ -415,6 +415,75 @@ def profile_all(device, out: Path, variants, targets, sizes, results: dict, dead
                     print(f"profile {variant} {name} {n} FAILED: {err!r}", flush=True)
 
 
+_NO_KERNEL = {"view", "reshape", "expand", "as_strided", "slice", "select", "unsqueeze",
+              "squeeze", "t", "empty", "empty_strided", "_reshape_alias", "flatten", "detach",
+              "alias", "lift_fresh", "_unsafe_view", "empty_like", "resolve_conj", "resolve_neg",
+              "result_type", "unbind", "split", "chunk", "narrow", "permute", "transpose",
+              "contiguous", "is_nonzero", "broadcast_tensors", "item", "_local_scalar_dense",
+              "to", "_to_copy", "detach_", "expand_as", "view_as", "lift", "unflatten",
+              "promote_types", "_has_compatible_shallow_copy_type"}  # fmt: skip
+
+
+def count_step_ops(name: str, n: int = 2000) -> dict:
+    """Leaf aten operations (a proxy for GPU kernels; views and allocations left out) of one
+    eager fused step k >= 2 and of init + step 1 on the CPU, split into those inside what
+    ``compile=True`` compiles (the tempered gradient at a step's start, each
+    ``tempered_hmc_move``, ``tempered_reweight``) and those outside (launched one by one)."""
+    import smcdiff.energy.tempered as tm
+    import smcdiff.mcmc.base as mb
+    from smcdiff.energy import tempered_fused as tf
+    from smcdiff.energy.options import TemperedOptions
+
+    label = "COMPILED_REGION"
+
+    def labelled(fn):
+        def inner(*a, **k):
+            with torch.profiler.record_function(label):
+                return fn(*a, **k)
+
+        return inner
+
+    saved = (tm.tempered_hmc_move, tm.tempered_reweight, mb.GradientKernel.init)
+    tm.tempered_hmc_move, tm.tempered_reweight = labelled(saved[0]), labelled(saved[1])
+    mb.GradientKernel.init = labelled(saved[2])
+    try:
+        _, sigma0, moves = PEER[name]
+        target = make_target(name, torch.device("cpu"), "fused+grad")
+        opts = TemperedOptions(kernel="hmc", n_moves=moves, step_size=0.2, adapt_gain=0.0,
+                               kernel_options={"n_leapfrog": 10}, target_ess=0.5, compile=False)  # fmt: skip
+        fk = tm.TemperedSMC(target, opts, reference_std=sigma0)
+        smc = tf.SMC(
+            fk, resampling="systematic", policy=smcdiff.resampling.policy_from_threshold(1.0)
+        )
+        gen = torch.Generator().manual_seed(0)
+        _, _, s1, _, _ = tf.first_steps(smc, n, 1, gen)
+        s2 = tf.flagged_step(smc, s1, gen)[0]
+        res = {"target": name, "n_moves": moves}
+        for part, fn in (("init+step1", lambda: tf.first_steps(smc, n, 1, gen)),
+                         ("step", lambda: tf.flagged_step(smc, s2, gen))):  # fmt: skip
+            acts = [torch.profiler.ProfilerActivity.CPU]
+            with torch.profiler.profile(activities=acts) as prof:
+                fn()
+            inside = outside = 0
+            for e in prof.events():
+                if not _kernel_like(e):
+                    continue
+                if any(_kernel_like(c) for c in e.cpu_children):
+                    continue  # not a leaf
+                p = e.cpu_parent
+                while p is not None and p.name != label:
+                    p = p.cpu_parent
+                inside, outside = (inside + 1, outside) if p is not None else (inside, outside + 1)
+            res[f"{part} inside compiled"], res[f"{part} outside"] = inside, outside
+        return res
+    finally:
+        tm.tempered_hmc_move, tm.tempered_reweight, mb.GradientKernel.init = saved
+
+
+def _kernel_like(event) -> bool:
+    return event.name.startswith("aten::") and event.name[6:] not in _NO_KERNEL
+
+
 def n_lambdas(res) -> int:
     """Temperatures 0 < lambda_1 < ... < lambda_m = 1 of a run (the peer's count; our step
     count has one more: the last moves at 1)."""
@@ -546,7 +615,14 @@ def main(argv=None) -> dict:
     p.add_argument("--reserve-s", type=float, default=None,
                    help="of the budget, kept for the FK steps and the profile "
                    "(default: min(90, budget / 3))")  # fmt: skip
+    p.add_argument("--count-ops", action="store_true",
+                   help="only print the eager aten ops per step on the CPU (count_step_ops)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.count_ops:
+        rows = [count_step_ops(t) for t in args.targets.split(",") if t]
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        return {"count_ops": rows}
     t0 = time.perf_counter()
     deadline = t0 + args.budget_s
     reserve = min(90.0, args.budget_s / 3) if args.reserve_s is None else args.reserve_s
