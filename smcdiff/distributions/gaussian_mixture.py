@@ -171,12 +171,17 @@ class GaussianMixture:
             half_log_det = scale64.log().sum(-1)
             self._inv_std = inv_std.to(dtype)
             self._neg_c = -(inv_std * m64).to(dtype)  # (K, d)
+            prec64 = torch.diag_embed(inv_std.square())
         else:
             eye = torch.eye(d, dtype=_F64, device=m64.device).expand(k, d, d)
             whiten = torch.linalg.solve_triangular(scale64, eye, upper=False)  # W_k = L_k^{-1}
             half_log_det = scale64.diagonal(dim1=-2, dim2=-1).log().sum(-1)
             self._w_stack = whiten.reshape(k * d, d).to(dtype)  # rows of block k: W_k
             self._neg_c = -(whiten @ m64.unsqueeze(-1)).reshape(k * d).to(dtype)  # (K d,): -W_k m_k
+            prec64 = whiten.mT @ whiten  # P_k = W_k^T W_k = Sigma_k^{-1}
+        prec64 = 0.5 * (prec64 + prec64.mT)  # exactly symmetric (the fused kernel reads rows)
+        self._prec = prec64.to(dtype)
+        self._prec_b = -(prec64 @ m64.unsqueeze(-1)).squeeze(-1).to(dtype)  # b_k = -P_k m_k
         self._log_norm = (w64.log() - 0.5 * d * _LOG_2PI - half_log_det).to(dtype)
         self._means = m64.to(dtype)
         self._scale = scale64.to(dtype)
@@ -274,6 +279,16 @@ class GaussianMixture:
         if self._diag:
             return torch.diag_embed(self._inv_std), self._neg_c, self._log_norm
         return self._w_stack.view(k, d, d), self._neg_c.view(k, d), self._log_norm
+
+    def precision_form(
+        self,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        r"""``(P, b, m, log_norm)`` in the mixture's dtype (from float64): the precisions
+        :math:`P_k = \Sigma_k^{-1}` ``(K, d, d)``, :math:`b_k = -P_k m_k` ``(K, d)``, the means
+        ``(K, d)`` and ``log_norm`` of :meth:`whitening`: with :math:`g_k = P_k x + b_k`,
+        :math:`\log w_k\mathcal N(x; m_k, \Sigma_k) = \text{log\_norm}_k - \tfrac12 (x -
+        m_k)\cdot g_k` and :math:`\nabla_x` of it is :math:`-g_k`."""
+        return self._prec, self._prec_b, self._means, self._log_norm
 
     def _whitened(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (N, d) -> component log-terms ``(N, K)`` (with log weights), ``z`` (N, K, d)."""

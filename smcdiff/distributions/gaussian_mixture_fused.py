@@ -19,6 +19,19 @@ mixture's eager path, :math:`-\sum_k r_k W_k^\top z_k` with :math:`r = \operator
 \ell`, summed in another order (float32 products in IEEE precision, no TF32). The kernel reads
 ``x`` and writes the score and the log-density: memory traffic of ``(N, d)`` twice.
 
+That is the ``"dot"`` variant (:data:`KERNEL`). The default ``"precision"`` variant does half
+the multiply-adds and no ``tl.dot`` (whose float32 IEEE form runs on CUDA cores through shared
+memory): with the precisions :math:`P_k = W_k^\top W_k` and :math:`b_k = -P_k m_k`
+(:meth:`GaussianMixture.precision_form`, formed in float64),
+
+.. math::
+    g_k = P_k x + b_k = W_k^\top z_k,\qquad \lVert z_k\rVert^2 = (x - m_k)\cdot g_k,
+
+one mat-vec per component (:math:`d^2 + 2d` multiply-adds, not :math:`2d^2`), accumulated as
+:math:`d` broadcast multiply-adds ``g[n, k, :] += x[n, j] P_k[j, :]`` over a ``(rows, K, d)``
+register tile (components in chunks when ``K`` is large; the online log-sum-exp above runs over
+the chunks).
+
 It runs on CUDA float32 inputs with ``1 <= d <= 64`` (full or diagonal covariances) when no
 gradient through ``x`` is needed (the kernel has no backward: a guided proposal's autograd takes
 the eager path); Triton's CPU interpreter runs it too (``TRITON_INTERPRET=1``, the tests). If
@@ -28,9 +41,14 @@ the eager path.
 
 from __future__ import annotations
 
+import os
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from smcdiff.distributions.gaussian_mixture import GaussianMixture
 
 __all__ = ["fused_applies", "fused_available", "fused_score_and_log_prob"]
 
@@ -41,6 +59,15 @@ except Exception:  # ImportError, or a broken install
     triton = None
 
 _STATE = {"failed": False}
+KERNEL = {
+    "variant": os.environ.get("SMCDIFF_MIXTURE_KERNEL", "precision"),
+    "tile": int(os.environ.get("SMCDIFF_MIXTURE_TILE", "4096")),
+    "warps": int(os.environ.get("SMCDIFF_MIXTURE_WARPS", "4")),
+}
+"""Which kernel :func:`fused_score_and_log_prob` launches: ``"precision"`` (default: per row
+``g_k = P_k x + b_k`` as ``d`` broadcast multiply-adds over a ``(rows, K, d)`` register tile,
+``tile`` elements, ``warps`` warps) or ``"dot"`` (the whitened form through two ``tl.dot`` per
+component, kept for timing); set from ``SMCDIFF_MIXTURE_KERNEL`` / ``_TILE`` / ``_WARPS``."""
 MAX_DIM = 64
 """The largest dimension the fused kernel takes (a row block's residuals live in registers)."""
 
@@ -80,6 +107,49 @@ if triton is not None:
         if WANT_SCORE:
             tl.store(score_ptr + offs, -acc / s[:, None], mask=xmask)
 
+    @triton.jit
+    def _precision_kernel(
+        x_ptr, p_ptr, b_ptr, m_ptr, lnorm_ptr, score_ptr, logp_ptr, N, K,
+        D: tl.constexpr, DP: tl.constexpr, KB: tl.constexpr, BLOCK_N: tl.constexpr,
+        WANT_SCORE: tl.constexpr,
+    ):  # fmt: skip
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols, ks = tl.arange(0, DP), tl.arange(0, KB)
+        in_rows, in_cols = rows < N, cols < D
+        row_offs = rows.to(tl.int64) * D
+        offs = row_offs[:, None] + cols[None, :]
+        xmask = in_rows[:, None] & in_cols[None, :]
+        x = tl.load(x_ptr + offs, mask=xmask, other=0.0)
+        m = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+        s = tl.zeros((BLOCK_N,), tl.float32)
+        acc = tl.zeros((BLOCK_N, DP), tl.float32)
+        for k0 in range(0, K, KB):
+            kk = k0 + ks
+            in_k = kk < K
+            kd = kk[:, None] * D + cols[None, :]
+            kdmask = in_k[:, None] & in_cols[None, :]
+            b = tl.load(b_ptr + kd, mask=kdmask, other=0.0)
+            g = tl.zeros((BLOCK_N, KB, DP), tl.float32) + b[None, :, :]
+            for j in tl.static_range(D):  # g[n, k, :] += x[n, j] P_k[j, :] (P_k symmetric)
+                xj = tl.load(x_ptr + row_offs + j, mask=in_rows, other=0.0)
+                pj = tl.load(p_ptr + kk[:, None] * (D * D) + j * D + cols[None, :], mask=kdmask,
+                             other=0.0)  # fmt: skip
+                g += xj[:, None, None] * pj[None, :, :]
+            mu = tl.load(m_ptr + kd, mask=kdmask, other=0.0)
+            q = tl.sum((x[:, None, :] - mu[None, :, :]) * g, axis=2)
+            lnorm = tl.load(lnorm_ptr + kk, mask=in_k, other=0.0)
+            ell = tl.where(in_k[None, :], lnorm[None, :] - 0.5 * q, float("-inf"))
+            m_new = tl.maximum(m, tl.max(ell, axis=1))
+            scale = tl.exp(m - m_new)
+            p = tl.exp(ell - m_new[:, None])
+            s = s * scale + tl.sum(p, axis=1)
+            if WANT_SCORE:
+                acc = acc * scale[:, None] + tl.sum(p[:, :, None] * g, axis=1)
+            m = m_new
+        tl.store(logp_ptr + rows, m + tl.log(s), mask=in_rows)
+        if WANT_SCORE:
+            tl.store(score_ptr + offs, -acc / s[:, None], mask=xmask)
+
 
 def fused_available() -> bool:
     """Whether the kernel can run: Triton imported and no earlier launch failed."""
@@ -100,28 +170,37 @@ def fused_applies(x: torch.Tensor, dim: int) -> bool:
 
 
 def fused_score_and_log_prob(
-    whitening: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    mixture: GaussianMixture,
     x: torch.Tensor,
     want_score: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor] | None:
-    """``(score (N, d) or None, log_p (N,))`` of the mixture given by ``whitening`` = ``(W (K,
-    d, d), c (K, d), log_norm (K,))`` (:meth:`GaussianMixture.whitening`) at ``x`` ``(N, d)``
-    float32, from the kernel (module docstring); ``None`` if it failed (warned once; every
-    later call returns ``None``: the caller's eager path)."""
-    w, c, log_norm = (v.contiguous() for v in whitening)
+    """``(score (N, d) or None, log_p (N,))`` of ``mixture`` at ``x`` ``(N, d)`` float32, from
+    the kernel named by ``KERNEL["variant"]`` (module docstring); ``None`` if it failed (warned
+    once; every later call returns ``None``: the caller's eager path)."""
     x = x.contiguous()
     n, d = x.shape
     if n == 0:
         return (torch.empty_like(x) if want_score else None), x.new_empty(0)
-    dp = max(16, triton.next_power_of_2(d))
-    block = 128 if dp <= 16 else (64 if dp <= 32 else 32)
     log_p = torch.empty(n, dtype=x.dtype, device=x.device)
     score = torch.empty_like(x) if want_score else log_p  # a placeholder pointer
+    dp = max(16, triton.next_power_of_2(d))
     try:
-        _mixture_kernel[(triton.cdiv(n, block),)](
-            x, w, c, log_norm, score, log_p, n, d, w.shape[0],
-            WANT_SCORE=want_score, BLOCK_N=block, DP=dp, num_warps=4,
-        )  # fmt: skip
+        if KERNEL["variant"] == "dot":
+            w, c, log_norm = (v.contiguous() for v in mixture.whitening())
+            block = 128 if dp <= 16 else (64 if dp <= 32 else 32)
+            _mixture_kernel[(triton.cdiv(n, block),)](
+                x, w, c, log_norm, score, log_p, n, d, w.shape[0],
+                WANT_SCORE=want_score, BLOCK_N=block, DP=dp, num_warps=4,
+            )  # fmt: skip
+        else:
+            prec, b, means, log_norm = mixture.precision_form()
+            k = prec.shape[0]
+            kb = min(triton.next_power_of_2(k), max(1, KERNEL["tile"] // dp))
+            block = max(1, KERNEL["tile"] // (kb * dp))
+            _precision_kernel[(triton.cdiv(n, block),)](
+                x, prec, b, means, log_norm, score, log_p, n, k, D=d, DP=dp, KB=kb,
+                BLOCK_N=block, WANT_SCORE=want_score, num_warps=KERNEL["warps"],
+            )  # fmt: skip
     except Exception as err:  # compilation or launch failed: the eager path from now on
         _STATE["failed"] = True
         warnings.warn(f"GaussianMixture: the fused Triton score kernel failed ({err!r}); "

@@ -99,7 +99,7 @@ class ExactScore:
         ``None`` (the eager path)."""
         if self.fused == "off" or not fused_applies(x, self.dim):
             return None
-        return fused_score_and_log_prob(p.whitening(), x, want_score)
+        return fused_score_and_log_prob(p, x, want_score)
 
     def score(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         r""":math:`\nabla_x\log p_t(x)`: ``(N, d)`` -> ``(N, d)``."""
