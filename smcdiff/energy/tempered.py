@@ -351,7 +351,8 @@ class TemperedSMC(FeynmanKacModel):
 
     def _use_compile(self, on_cuda: bool) -> bool:
         """Whether the HMC moves run compiled: ``compile=True``, or ``"auto"`` on CUDA with the
-        HMC kernel. Raises for ``compile=True`` with another kernel."""
+        HMC kernel and the Gaussian reference. Raises for ``compile=True`` with another kernel
+        or a subclass's own ``log_reference``."""
         flag = self.options.compile
         if flag in (True, "static") and self.kernel_name != "hmc":
             raise SMCDiffError(
@@ -359,9 +360,14 @@ class TemperedSMC(FeynmanKacModel):
                 " (use kernel='hmc' or compile=False)"
             )
         self.compile_static = flag == "static"
-        return self.kernel_name == "hmc" and (
-            flag is True or self.compile_static or (flag == "auto" and on_cuda)
-        )
+        gaussian = type(self).log_reference is TemperedSMC.log_reference
+        if flag in (True, "static") and not gaussian:  # the compiled code's reference is rho's
+            raise SMCDiffError(
+                f"tempered SMC: compile={flag!r} compiles the Gaussian reference's closed form, "
+                f"but {type(self).__name__} has its own log_reference (use compile=False)"
+            )
+        return (self.kernel_name == "hmc" and gaussian
+                and (flag is True or self.compile_static or (flag == "auto" and on_cuda)))  # fmt: skip
 
     def _fixed(self, schedule: torch.Tensor | None, step_sizes: torch.Tensor | None) -> None:
         """Store a fixed temperature ``schedule`` (``(K,)`` or ``(K, G)``, float64, checked:

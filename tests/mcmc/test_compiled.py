@@ -135,6 +135,16 @@ def test_compile_option_is_checked():
         _sample(target, compile=True, kernel="mala", kernel_options={})
     assert _sample(target, compile="auto", n_particles=10).info["compile"] == "off"  # CPU
 
+    class OwnReference(tempered.TemperedSMC):
+        def log_reference(self, x):
+            return super().log_reference(x) + 1.0
+
+    opts = smcdiff.energy.options.TemperedOptions(compile=True)
+    with pytest.raises(smcdiff.SMCDiffError, match="its own log_reference"):
+        OwnReference(target, opts)
+    auto = OwnReference(target, smcdiff.energy.options.TemperedOptions(compile="auto"))
+    assert not auto.compile_moves
+
 
 def test_benchmark_table_pairs_eager_and_compiled_moves():
     from smcdiff_experiments.bench_blackjax import table
