@@ -39,7 +39,7 @@ import smcdiff
 from smcdiff.diffusion_fk import TiltTerm, build_diffusion_fk
 from smcdiff.diffusion_fk import graphed as graphed_mod
 from smcdiff.diffusion_fk.graphed import run_graphed
-from smcdiff.distributions.gaussian_mixture_fused import fused_available
+from smcdiff.distributions.gaussian_mixture_fused import KERNEL, fused_available
 from smcdiff.engine import run_smc
 from smcdiff.processes.grids import time_grid
 from smcdiff.resampling import gather_rows, policy_from_threshold, systematic
@@ -237,6 +237,25 @@ def score_ms(n: int, device, path_correction: bool, repeats: int = 10) -> float:
     return 1e3 * _timed(lambda: fn(x, 0.5), device, repeats)
 
 
+def score_variant_ms(n: int, device, path_correction: bool) -> dict[str, float]:
+    """``score_ms`` of each fused kernel variant and tile (``score_<variant>_<tile>_ms``), on
+    CUDA with Triton only; the module's default restored after."""
+    if device.type != "cuda" or not fused_available():
+        return {}
+    saved, out = dict(KERNEL), {}
+    configs = [("dot", 0, 4), ("precision", 2048, 4), ("precision", 4096, 4),
+               ("precision", 8192, 8)]  # fmt: skip
+    try:
+        for variant, tile, warps in configs:
+            KERNEL.update(variant=variant, tile=tile, warps=warps)
+            ms = score_ms(n, device, path_correction, 3)
+            ok = fused_available()  # a variant whose launch failed timed the eager path
+            out[f"score_{variant}_{tile}_{warps}w_ms"] = ms if ok else "failed: eager path"
+    finally:
+        KERNEL.update(saved)
+    return out
+
+
 def resampling_times(n: int, d: int, device, repeats=20) -> dict[str, float]:
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(n, d, device=device, generator=gen)
@@ -344,6 +363,7 @@ def fk_rows(res: dict, sizes, device, args, deadline: float) -> None:
             row = fk_step_point(n, device, pc, n <= args.graphed_max, **few)
             if "error" not in row:
                 row["score_ms"] = score_ms(n, device, pc, repeats=3 if n > 10**6 else 10)
+                row.update(score_variant_ms(n, device, pc))
             res["fk_step"][key] = row
             res["fk_step_ms"][key] = row.get("ms", row.get("error"))
             if "graphed_ms" in row:

@@ -58,7 +58,7 @@ try:  # Triton is optional: CUDA builds of torch ship it, CPU builds do not
 except Exception:  # ImportError, or a broken install
     triton = None
 
-_STATE = {"failed": False}
+_FAILED: set[tuple] = set()  # the KERNEL settings whose launch failed (then the eager path)
 KERNEL = {
     "variant": os.environ.get("SMCDIFF_MIXTURE_KERNEL", "precision"),
     "tile": int(os.environ.get("SMCDIFF_MIXTURE_TILE", "4096")),
@@ -152,8 +152,9 @@ if triton is not None:
 
 
 def fused_available() -> bool:
-    """Whether the kernel can run: Triton imported and no earlier launch failed."""
-    return triton is not None and not _STATE["failed"]
+    """Whether the kernel can run: Triton imported and no earlier launch with the current
+    :data:`KERNEL` settings failed."""
+    return triton is not None and tuple(KERNEL.values()) not in _FAILED
 
 
 def fused_applies(x: torch.Tensor, dim: int) -> bool:
@@ -202,7 +203,7 @@ def fused_score_and_log_prob(
                 BLOCK_N=block, WANT_SCORE=want_score, num_warps=KERNEL["warps"],
             )  # fmt: skip
     except Exception as err:  # compilation or launch failed: the eager path from now on
-        _STATE["failed"] = True
+        _FAILED.add(tuple(KERNEL.values()))
         warnings.warn(f"GaussianMixture: the fused Triton score kernel failed ({err!r}); "
                       "using the eager path from now on", stacklevel=3)  # fmt: skip
         return None
