@@ -303,7 +303,8 @@ class DiffusionFK(FeynmanKacModel):
         if self.weighted and "phi" in state:
             g, run = self.potential.initial(state["phi"])
             log_g = log_g + g
-            state["run"], state["acc"] = run, g
+            if self.potential.path_state:
+                state["run"], state["acc"] = run, g
         return StepOutput(state, log_g, checks, nfe=1, n_grad=n_grad)
 
     def step(
@@ -327,26 +328,30 @@ class DiffusionFK(FeynmanKacModel):
         ev, checks, n_grad = self._evaluate(x_new, k, self.guided and not last)
         if self.guided and not self.weighted:  # first: the cause of what the score does there
             checks = {**self._range_check(x_new), **checks}
-        log_g = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+        log_g = None  # the first term itself (no zeros + term: one (N,) pass less)
         if self.path is not None:
             args = (self.process, ker, x, x_new, z, ev["logp"], state["logp"])
             if last:  # p_{t_min} -> the exact end density
-                log_g = log_g + self.path.finish(*args, checks, f"step {k}/{self.K}")
+                log_g = self.path.finish(*args, checks, f"step {k}/{self.K}").double()
             else:
-                log_g = log_g + self.path.step(*args)
+                log_g = self.path.step(*args).double()
         elif self.weighted:
             ratio = self.proposal.log_ratio(z, shift, ker.var)
             if ratio is not None:
-                log_g = log_g + ratio
+                log_g = ratio.double()
         # the adaptive strength lives with the particles; MALA step sizes start afresh from the
         # particles' spread at each step that moves (the target sharpens between steps)
         carried = {"lam": state["lam"]} if "lam" in state else {}
         new: ParticleState = {"x": x_new, **ev, **carried}
         info: dict[str, torch.Tensor] = {}
         if self.weighted and "f" in ev:
-            log_g, new, info = self._weigh(k, state, new, log_g, log_weights)
+            zero = x.new_zeros((), dtype=torch.float64)  # 0-d: + (N,) float64 terms
+            log_g, new, info = self._weigh(k, state, new, zero if log_g is None else log_g,
+                                           log_weights)  # fmt: skip
         else:
             new = self._apply_strength(new, k, None)
+        if log_g is None:
+            log_g = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         info.update(moved)
         checks.update(move_checks)
         return StepOutput(new, log_g, checks, nfe=1 + nfe0, n_grad=n_grad + nfe0, info=info)
@@ -413,8 +418,12 @@ class DiffusionFK(FeynmanKacModel):
         """Add step k's FK potential to ``log_g`` at the schedule's strength or, adaptive, at
         the largest strength that keeps the CESS (:mod:`~smcdiff.diffusion_fk.adaptive`)."""
         last = k == self.K
-        zero = torch.zeros_like(new["f"])  # "final" potential: no intermediate phi
-        prev, run, acc = (state.get(key, zero) for key in ("phi", "run", "acc"))
+        carried = ("run", "acc") if self.potential.path_state else ()
+        need_zero = self.adaptive is not None or any(key not in state for key in ("phi", *carried))
+        zero = torch.zeros_like(new["f"]) if need_zero else None  # "final": no intermediate phi
+        prev = state.get("phi", zero)
+        # without path_state the potential reads neither run nor acc: prev stands in
+        run, acc = (state.get(key, zero if carried else prev) for key in ("run", "acc"))
         value = TiltValue(new["f"], new["hard"])
 
         def potential(lam: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -435,7 +444,8 @@ class DiffusionFK(FeynmanKacModel):
         phi = self.tilt.phi(value, k, lam)
         g, run = self.potential.step(phi, prev, run, acc, last)
         new = self._apply_strength(new, k, lam, phi)
-        new["run"], new["acc"] = run, acc + g
+        if carried:
+            new["run"], new["acc"] = run, acc + g
         if lam is not None:
             new["lam"] = lam
         return log_g + g, new, info

@@ -34,11 +34,13 @@ def sub_keep_neg_inf(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class Potential:
     """Base class: ``intermediate`` says whether the potential reads :math:`\\phi` before the last
     step; ``per_state`` whether it is a function of the current state only (then MCMC correctors
-    may move the particles between steps)."""
+    may move the particles between steps); ``path_state`` whether :meth:`step` reads ``run`` and
+    ``acc`` (else the model carries neither: two fewer ``(N,)`` columns to update and gather)."""
 
     name = "potential"
     intermediate = True
     per_state = True
+    path_state = True
 
     def initial(self, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(log_g, run)`` at step 0."""
@@ -71,6 +73,7 @@ class Difference(Potential):
     r""":math:`\log G_k = \phi_k - \phi_{k-1}` (telescopes to :math:`\phi_K`)."""
 
     name = "difference"
+    path_state = False  # reads phi and the previous phi only
 
     def step(
         self, phi: torch.Tensor, prev_phi: torch.Tensor, run: torch.Tensor, acc: torch.Tensor,

@@ -114,8 +114,7 @@ class Tilt:
         shape, device and values (NaN / +inf masks go into ``checks`` under the term's name);
         differentiable in ``x0`` where finite."""
         n = x0.shape[0]
-        f = torch.zeros(n, dtype=torch.float64, device=x0.device)
-        hard = torch.zeros(n, dtype=torch.bool, device=x0.device)
+        f, hard = None, None  # no terms: zeros (the first term's values start the sums)
         for term in self.terms:
             v = term.fn(x0)
             check_shape(term.name, v, (n,), where=where)
@@ -123,8 +122,13 @@ class Tilt:
             checks[term.name] = nan_or_posinf(v.detach())
             v = v.double()
             out = v == float("-inf")
-            hard = hard | out
-            f = f + term.scale * torch.where(out, torch.zeros_like(v), v)
+            hard = out if hard is None else hard | out
+            v = torch.where(out, v.new_zeros(()), v)
+            v = v if term.scale == 1.0 else term.scale * v  # 1 * v == v
+            f = v if f is None else f + v
+        if f is None:
+            f = torch.zeros(n, dtype=torch.float64, device=x0.device)
+            hard = torch.zeros(n, dtype=torch.bool, device=x0.device)
         return TiltValue(f, hard)
 
     def hardness(self, k: int, lam: float | torch.Tensor) -> float | torch.Tensor:
@@ -147,7 +151,7 @@ class Tilt:
             penalty = torch.log1p(-h.to(torch.float64))
         else:  # a Python number: no host-to-device copy (the step stays capturable)
             penalty = -math.inf if h >= 1.0 else math.log1p(-h)
-        return lam * value.f + torch.where(value.hard, penalty, torch.zeros_like(value.f))
+        return lam * value.f + torch.where(value.hard, penalty, value.f.new_zeros(()))
 
     def log_value(
         self, x0: torch.Tensor, k: int, lam: float | torch.Tensor | None = None
