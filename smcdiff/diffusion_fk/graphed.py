@@ -110,6 +110,7 @@ class GraphedLoop(RunLoop):
         key = (*self.graph_key, state.step + 1)
         entry = _CACHE.get(key)
         if entry is None:
+            state = owned(state)  # the capture's warm-up writes the buffers it may live in
             try:
                 entry = capture_step(self.smc, state, _shared_buffers(self.graph_key, state))
             except Exception as err:  # a step that cannot be captured: the rest run eagerly

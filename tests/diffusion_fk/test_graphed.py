@@ -79,7 +79,7 @@ def test_cached_step_graphs_replay_the_same_run(monkeypatch):
     def run(seed):
         gen = torch.Generator().manual_seed(seed)
         smc = graphed.SMC(fk, resampling="systematic", policy=policy_from_threshold(0.5))
-        loop = graphed.GraphedLoop(smc, gen, None, False, graph_key=("stand-in", id(fk)))
+        loop = graphed.GraphedLoop(smc, gen, 4, False, graph_key=("stand-in", id(fk)))
         return loop.run(loop.begin(200, 1))
 
     first = run(5)  # captures steps 1..K
