@@ -151,7 +151,7 @@ class SMC:
         log_w = log_w + log_g
         inc = torch.logsumexp(log_w, dim=-1)
         invalid = _invalid(out, log_g, log_w)
-        log_w = log_normalize(log_w)
+        log_w = log_w - inc.unsqueeze(-1)  # log_normalize(log_w), its logsumexp once
         particles, nfe, extra = out.state, out.nfe, dict(out.info)
         if self.corrector is not None:
             particles, more = self._correct(self.corrector, k, particles, generator)
