@@ -75,6 +75,25 @@ def test_whitening_gives_the_density_and_score(diag):
     torch.testing.assert_close(score, naive_score(gm, x), rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("diag", [False, True])
+def test_precision_form_gives_the_density_and_score(diag):
+    """``precision_form()`` = (P, b, m, log_norm) of the fused "precision" kernel: P is
+    symmetric, P Sigma = I, and logsumexp_k(log_norm_k - (x - m_k).(P_k x + b_k) / 2) is scipy's
+    log-density, -sum_k r_k (P_k x + b_k) the naive score."""
+    gm = random_mixture(3, 4, diag=diag, seed=7)
+    prec, b, m, log_norm = gm.precision_form()
+    assert prec.shape == (3, 4, 4) and b.shape == (3, 4) and m.shape == (3, 4)
+    assert torch.equal(prec, prec.mT)
+    torch.testing.assert_close(prec @ gm.covs, torch.eye(4, dtype=F64).expand(3, 4, 4))
+    x = 2.0 * torch.randn(40, 4, generator=torch.Generator().manual_seed(2), dtype=F64)
+    g = torch.einsum("kij,nj->nki", prec, x) + b
+    ell = log_norm - 0.5 * ((x[:, None, :] - m) * g).sum(-1)
+    np.testing.assert_allclose(torch.logsumexp(ell, -1).numpy(), scipy_log_prob(gm, x.numpy()),
+                               rtol=1e-10)  # fmt: skip
+    score = -(torch.softmax(ell, -1)[..., None] * g).sum(1)
+    torch.testing.assert_close(score, naive_score(gm, x), rtol=1e-9, atol=1e-9)
+
+
 def test_float32_matches_float64_and_dtype_rules():
     gm64 = random_mixture(3, 4, seed=3)
     gm32 = gm64.to(dtype=torch.float32)
