@@ -85,6 +85,7 @@ class GraphedLoop(RunLoop):
         self.graph_key = graph_key
         self.seed: int | None = None
         self.replayed, self.capture_error = 0, None
+        self.in_buffers = False  # whether the current state lives in the step graphs' buffers
 
     def _steps(self, state: SMCState, tick: Progress) -> SMCState:
         model, K = self.smc.model, self.smc.model.n_steps
@@ -95,7 +96,8 @@ class GraphedLoop(RunLoop):
             finished = k == K or (stop is not None and bool(stop))
             if finished or k % self.check_every == 0:
                 self.guard.raise_if_bad()
-                state = owned(state)  # kept past the next replay: not the graphs' buffers
+                if self.in_buffers:  # kept past the next replay: not the graphs' buffers
+                    state, self.in_buffers = owned(state), False
                 self.good = self.parts.snapshot(state, self.generator, finished)
             tick(k, info)
             if finished:
@@ -105,6 +107,7 @@ class GraphedLoop(RunLoop):
     def one_step(self, state: SMCState) -> tuple[SMCState, StepInfo]:
         """:meth:`SMC.step` from ``state``: replayed from the step's graph (captured on first
         use) or, without a key or after a failed capture, eagerly."""
+        self.in_buffers = False
         if self.graph_key is None:
             return self.smc.step(state, self.generator)
         key = (*self.graph_key, state.step + 1)
@@ -129,7 +132,7 @@ class GraphedLoop(RunLoop):
         if self.seed is None:  # once per run, from the run's generator
             self.seed = child_generator(self.generator, state.log_z.device).initial_seed()
         entry["gen"].manual_seed((self.seed + state.step + 1) % 2**63)  # step k's own stream
-        self.replayed += 1
+        self.replayed, self.in_buffers = self.replayed + 1, True
         return replay(entry, state, own=False)  # the next step reads it in place; _steps copies
 
 
