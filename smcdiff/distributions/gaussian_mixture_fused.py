@@ -35,8 +35,8 @@ the chunks).
 It runs on CUDA float32 inputs with ``1 <= d <= 64`` (full or diagonal covariances) when no
 gradient through ``x`` is needed (the kernel has no backward: a guided proposal's autograd takes
 the eager path); Triton's CPU interpreter runs it too (``TRITON_INTERPRET=1``, the tests). If
-the kernel fails to compile or launch, one warning line is printed and every later call takes
-the eager path.
+the kernel fails to compile or launch, one warning line is printed and every later call with
+the same :data:`KERNEL` settings takes the eager path.
 """
 
 from __future__ import annotations
