@@ -683,7 +683,10 @@ class TemperedSMC(FeynmanKacModel):
         else:
             s = kern.init(x, generator)
         inv_m = kern.inv_mass_tensor(s.x)
-        bad_lp = bad_grad = torch.zeros(s.x.shape[0], dtype=torch.bool, device=s.x.device)
+        # two tensors, not one aliased twice: the compiled move's guards would otherwise see
+        # aliased masks on the first move only, and compile it a second time
+        bad_lp = torch.zeros(s.x.shape[0], dtype=torch.bool, device=s.x.device)
+        bad_grad = torch.zeros_like(bad_lp)
         acc = []
         self._reports_divergence = False
         for _ in range(self.n_moves):
