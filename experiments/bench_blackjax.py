@@ -94,6 +94,10 @@ class AnalyticTarget:
         self.name, self.target, self.dim = name, target, int(target.dim)
         self.log_z = float(getattr(target, "log_z", 0.0))
         self.mode = "eager"
+        # every instance has the same attributes: torch.compile's guards from one target's trace
+        # are evaluated on the next target of this class, and a missing attribute there raised
+        # (funnel10 after gmm40_fab ran eager on the H200: "no attribute 'means'")
+        self.means, self.std = None, None
         if name == "gmm40_fab":
             self.means = target.means.to(device=device, dtype=torch.float32)
             self.std = float(target.std)
