@@ -348,33 +348,12 @@ def bench_fk(device: torch.device, sizes, deadline: float) -> dict:
     return res
 
 
-def gpu_busy(prof) -> tuple[int, float, float]:
-    """``(kernels, busy ms, span ms)`` of a profile: the number of GPU activities (kernels and
-    copies), the time the GPU ran any of them (their intervals merged) and first start to last
-    end. ``span - busy``: time the GPU sat idle (waiting for the host)."""
-    iv = sorted(
-        (e.time_range.start, e.time_range.end)
-        for e in prof.events()
-        if e.device_type == torch.autograd.DeviceType.CUDA
-    )
-    total, cur = 0.0, None
-    for start, end in iv:
-        if cur is None or start > cur[1]:
-            total += 0.0 if cur is None else cur[1] - cur[0]
-            cur = [start, end]
-        else:
-            cur[1] = max(cur[1], end)
-    total += 0.0 if cur is None else cur[1] - cur[0]
-    span = iv[-1][1] - iv[0][0] if iv else 0.0
-    return len(iv), total / 1e3, span / 1e3
-
-
 def profile_one(
     device: torch.device, out: Path, variant: str = "fused", name: str = "manywell32",
     n: int = 10_000, results: dict | None = None,
 ) -> dict:  # fmt: skip
     """Profile one run of ``variant`` on ``name`` at ``n`` (after a warm-up run): its wall ms
-    (under the profiler), GPU kernels, GPU-busy ms (:func:`gpu_busy`) and the top CUDA kernels,
+    (under the profiler), GPU kernels, GPU-busy ms (`bench_fk_step.gpu_busy`) and the top CUDA kernels,
     appended to ``profile.txt`` (and the row to ``results["profile"]``)."""
     target = _BUILT.get((name, str(device), variant)) or make_target(name, device, variant, (n,))
     _BUILT[(name, str(device), variant)] = target
@@ -387,6 +366,8 @@ def profile_one(
         res = smcdiff.sample(target, seed=1, **kw)
         sync(device)
         wall = 1e3 * (time.perf_counter() - t0)
+    from smcdiff_experiments.bench_fk_step import gpu_busy
+
     kernels, busy, span = gpu_busy(prof)
     row = {"target": name, "n": n, "variant": variant, "wall_ms_profiled": wall,
            "kernels": kernels, "gpu_busy_ms": busy, "gpu_span_ms": span,

@@ -127,8 +127,10 @@ def _runner(n: int, device, path_correction: bool, graphed: bool, score: str, se
     return run
 
 
-def busy(prof) -> tuple[int, float]:
-    """Kernels and GPU-busy ms (the union of the kernels' time intervals) of a profile."""
+def gpu_busy(prof) -> tuple[int, float, float]:
+    """``(kernels, busy ms, span ms)`` of a profile: the number of GPU activities (kernels and
+    copies), the time the GPU ran any of them (their intervals merged) and first start to last
+    end. ``span - busy``: time the GPU sat idle (waiting for the host)."""
     iv = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
                 if e.device_type == torch.autograd.DeviceType.CUDA)  # fmt: skip
     total, cur = 0.0, None
@@ -139,7 +141,8 @@ def busy(prof) -> tuple[int, float]:
         else:
             cur[1] = max(cur[1], b)
     total += 0.0 if cur is None else cur[1] - cur[0]
-    return len(iv), total / 1e3
+    span = iv[-1][1] - iv[0][0] if iv else 0.0
+    return len(iv), total / 1e3, span / 1e3
 
 
 def _profiled(fn) -> tuple[int, float]:
@@ -147,7 +150,7 @@ def _profiled(fn) -> tuple[int, float]:
     with torch.profiler.profile(activities=acts) as prof:
         fn()
         torch.cuda.synchronize()
-    return busy(prof)
+    return gpu_busy(prof)[:2]
 
 
 def fk_step_time(

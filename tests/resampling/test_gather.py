@@ -1,17 +1,12 @@
 """gather_rows equals x[idx] bit for bit: the index_select fallback everywhere, the Triton kernel
 on CUDA (skipped without a GPU) and under Triton's CPU interpreter (skipped without Triton)."""
 
-import importlib.util
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 
 from smcdiff.errors import SMCDiffError
 from smcdiff.resampling.gather import gather_rows
+from tests.triton_interpreter import needs_triton, run_interpreted
 
 
 def _cases(device):
@@ -100,13 +95,6 @@ print("checked", n)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None,
-    reason="the Triton kernel needs triton (ships with CUDA torch; its CPU interpreter runs it here)",
-)
+@needs_triton
 def test_triton_kernel_under_the_cpu_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(INTERPRETED)], env=env,
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "checked 14" in out.stdout, out.stdout
+    run_interpreted(INTERPRETED, "checked 14")

@@ -2,17 +2,12 @@
 mixture's eager closed form and a float64 reference, under Triton's CPU interpreter (the CUDA
 kernel itself runs in experiments/bench_fk_step.py); and ExactScore's ``fused`` switch."""
 
-import importlib.util
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 
 import smcdiff
 from smcdiff.errors import SMCDiffError
+from tests.triton_interpreter import needs_triton, run_interpreted
 
 INTERPRETED = """
 import torch
@@ -61,16 +56,9 @@ print("checked", n)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None,
-    reason="the fused kernel needs triton (ships with CUDA torch; its CPU interpreter runs it here)",
-)
+@needs_triton
 def test_fused_kernel_under_the_cpu_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(INTERPRETED)], env=env,
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "checked 8" in out.stdout, out.stdout
+    run_interpreted(INTERPRETED, "checked 8")
 
 
 def _model(fused="auto"):
