@@ -100,8 +100,12 @@ def _column(rows: list[StepInfo], name: str) -> torch.Tensor:
     vals = {j: torch.as_tensor(r.extra[name]) for j, r in enumerate(rows) if name in r.extra}
     shape = max((v.shape for v in vals.values()), key=lambda s: math.prod(s))
     col = torch.full((len(rows), *shape), float("nan"), dtype=torch.float64)
+    by_device: dict[torch.device, list[int]] = {}
     for j, v in vals.items():
-        col[j] = v.double().cpu()
+        by_device.setdefault(v.device, []).append(j)
+    for device, js in by_device.items():  # one device-to-host copy per device, not per step
+        block = torch.stack([vals[j].double().expand(shape) for j in js])
+        col[js] = block if device.type == "cpu" else block.cpu()
     return col
 
 
