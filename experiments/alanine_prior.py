@@ -45,7 +45,7 @@ from smcdiff_experiments.alanine import (
     sample_metrics,
     sync,
 )
-from smcdiff_experiments.molecules import METHODS
+from smcdiff_experiments.molecules import METHODS, fit_eps, loss_summary
 from smcdiff_targets.alanine import MOLAR_GAS_CONSTANT, AlanineDipeptide
 from torch import nn
 
@@ -158,20 +158,11 @@ def train_alanine_prior(
     net = AtomEGNN(22, hidden=cfg["hidden"], depth=cfg["depth"])
     sync(device)
     start = time.perf_counter()
-    model = smcdiff.train_score(
-        net, to_model(data).float(), proc, "eps", n_iters=cfg["n_iters"],
-        batch_size=cfg["batch_size"], lr=cfg["lr"], lr_schedule="cosine",
-        warmup=min(200, cfg["n_iters"] // 10), seed=0, device=device,
-        ema_decay=0.995 if cfg["n_iters"] < 5000 else 0.999, progress=progress,
-    )  # fmt: skip
+    model = fit_eps(net, proc, to_model(data), cfg, device, cfg["n_iters"], progress)
     sync(device)
-    losses = model.training.losses
-    tenth = max(1, len(losses) // 10)
     return model, {
-        "loss_first_10pct": float(losses[:tenth].mean()),
-        "loss_last_10pct": float(losses[-tenth:].mean()),
+        **loss_summary(model, net),
         "seconds": time.perf_counter() - start,
-        "n_params": sum(p.numel() for p in net.parameters()),
         "sizes": f"{cfg['depth']}x{cfg['hidden']}, {cfg['n_iters']} it, batch "
         f"{cfg['batch_size']}, {data.shape[0]} configurations",
         **extra,

@@ -317,16 +317,32 @@ def _net(name: str, cfg: dict) -> tuple[torch.nn.Module, MeanFree]:
     return EGNN(n, s, hidden=cfg["hidden"], depth=cfg["depth"]), proc
 
 
-def _fit(name: str, data: torch.Tensor, cfg: dict, device: str, n_iters: int, progress):
-    """``train_score`` of system ``name``'s prior for ``n_iters`` iterations (AdamW, cosine
-    decay, EMA; seed 0): the model and the net."""
-    net, proc = _net(name, cfg)
-    model = smcdiff.train_score(
+def fit_eps(net, proc, data: torch.Tensor, cfg: dict, device: str, n_iters: int, progress):
+    """``train_score`` of an eps-model ``net`` under ``proc`` for ``n_iters`` iterations (AdamW,
+    cosine decay after a warm-up of min(200, n_iters/10), EMA 0.995 below 5000 iterations else
+    0.999; seed 0; ``cfg``: ``batch_size``, ``lr``): the particle priors' recipe."""
+    return smcdiff.train_score(
         net, data.float(), proc, "eps", n_iters=n_iters, batch_size=cfg["batch_size"],
         lr=cfg["lr"], lr_schedule="cosine", warmup=min(200, n_iters // 10), seed=0,
         device=device, ema_decay=0.995 if n_iters < 5000 else 0.999, progress=progress,
     )  # fmt: skip
-    return model, net
+
+
+def loss_summary(model, net) -> dict:
+    """Mean training loss of the first and last 10 % of iterations, and the net's parameters."""
+    losses = model.training.losses
+    tenth = max(1, len(losses) // 10)
+    return {
+        "loss_first_10pct": float(losses[:tenth].mean()),
+        "loss_last_10pct": float(losses[-tenth:].mean()),
+        "n_params": sum(p.numel() for p in net.parameters()),
+    }
+
+
+def _fit(name: str, data: torch.Tensor, cfg: dict, device: str, n_iters: int, progress):
+    """:func:`fit_eps` of system ``name``'s prior: the model and the net."""
+    net, proc = _net(name, cfg)
+    return fit_eps(net, proc, data, cfg, device, n_iters, progress), net
 
 
 def training_speed(name: str, data: torch.Tensor, cfg: dict, device: str, n_probe: int = 40):
@@ -365,16 +381,12 @@ def train_prior(name: str, data: torch.Tensor, cfg: dict, device: str, progress:
         if n_iters < max(50, planned // 10):
             return None, {**info, "n_iters": n_iters, "seconds": time.perf_counter() - start}
     model, net = _fit(name, data, cfg, device, n_iters, progress)
-    losses = model.training.losses
-    tenth = max(1, len(losses) // 10)
     cut = "" if n_iters == planned else f" (cut from {planned} to fit the time budget)"
     return model, {
         **info,
         "n_iters": n_iters,
-        "loss_first_10pct": float(losses[:tenth].mean()),
-        "loss_last_10pct": float(losses[-tenth:].mean()),
+        **loss_summary(model, net),
         "seconds": time.perf_counter() - start,
-        "n_params": sum(p.numel() for p in net.parameters()),
         "sizes": f"{cfg['depth']}x{cfg['hidden']}, {n_iters} it{cut}, {data.shape[0]} samples",
     }
 
