@@ -42,7 +42,8 @@ def guide(err: float) -> smcdiff.SMCResult:
 def test_diverging_guidance_raises_naming_the_step():
     with pytest.raises(NonFiniteError, match=r"guided particles beyond .* at step \d+/20") as err:
         guide(1.0)
-    assert 1 <= err.value.step < 20
+    # caught early, where the overshoot starts (measured: step 3), not at the end of the run
+    assert 1 <= err.value.step <= 5, err.value.step
     assert "guidance_scale" in str(err.value) and "not finite" not in str(err.value)
 
 
