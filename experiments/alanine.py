@@ -40,7 +40,6 @@ import json
 import math
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -292,9 +291,10 @@ class HotStartTempering(TemperedSMC):
     :math:`\log(Z_\pi / Z_{\pi^r})`. ``init`` draws the particles from ``pool`` (without
     replacement when ``n <= M``). Exact as far as the pool is a sample of :math:`\pi^r`.
 
-    The moves run eagerly (``compile=False`` whatever ``options`` say): the compiled moves and
-    the fused reweighting of :class:`~smcdiff.energy.tempered.TemperedSMC` use the Gaussian
-    reference's closed form, not :meth:`log_reference`.
+    The moves run eagerly: the compiled moves and the fused reweighting of
+    :class:`~smcdiff.energy.tempered.TemperedSMC` use the Gaussian reference's closed form, so
+    for a subclass with its own :meth:`log_reference` ``compile="auto"`` stays eager and
+    ``compile=True`` raises.
 
     :math:`\log\rho` is read from the target evaluation just made on the same tensor (the
     tempered moves and weights evaluate the target, then the reference, on one ``x``), so each
@@ -309,8 +309,6 @@ class HotStartTempering(TemperedSMC):
         if not 0.0 < exponent < 1.0:
             raise SMCDiffError(f"HotStartTempering: exponent must be in (0, 1), got {exponent}")
         view = _Tempered(target) if isinstance(target, AlanineDipeptide) else target
-        # eager moves: the compiled ones use the Gaussian reference's closed form, not ours
-        options = replace(options or TemperedOptions(), compile=False)
         super().__init__(view, options, reference_std=1.0, device=device, dtype=dtype)
         self.exponent = float(exponent)
         self.pool = pool.to(device=self.device, dtype=dtype)
