@@ -241,19 +241,21 @@ def score_ms(n: int, device, path_correction: bool, repeats: int = 10) -> float:
 
 
 def score_variant_ms(n: int, device, path_correction: bool) -> dict[str, float]:
-    """``score_ms`` of each fused kernel variant and tile (``score_<variant>_<tile>_ms``), on
-    CUDA with Triton only; the module's default restored after."""
+    """``score_ms`` of each fused kernel variant (``score_<variant>_<precision or tile>_<block>_
+    <warps>w_ms``), on CUDA with Triton only; the module's default restored after."""
     if device.type != "cuda" or not fused_available():
         return {}
     saved, out = dict(KERNEL), {}
-    configs = [("dot", 0, 4), ("precision", 2048, 4), ("precision", 4096, 4),
-               ("precision", 8192, 8)]  # fmt: skip
+    configs = [("dot", "tf32x3", 64, 2), ("dot", "tf32x3", 128, 4), ("dot", "ieee", 256, 2),
+               ("precision", 2048, 0, 4), ("precision", 4096, 0, 4)]  # fmt: skip
     try:
-        for variant, tile, warps in configs:
-            KERNEL.update(variant=variant, tile=tile, warps=warps)
+        for variant, how, block, warps in configs:
+            KERNEL.update(variant=variant, block=block, warps=warps)
+            KERNEL.update(dot_precision=how) if variant == "dot" else KERNEL.update(tile=how)
             ms = score_ms(n, device, path_correction, 3)
             ok = fused_available()  # a variant whose launch failed timed the eager path
-            out[f"score_{variant}_{tile}_{warps}w_ms"] = ms if ok else "failed: eager path"
+            name = f"score_{variant}_{how}_{block}_{warps}w_ms"
+            out[name] = ms if ok else "failed: eager path"
     finally:
         KERNEL.update(saved)
     return out
