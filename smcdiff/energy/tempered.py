@@ -64,7 +64,6 @@ from smcdiff.mcmc.adapt import robbins_monro
 from smcdiff.mcmc.base import (
     MCMCState,
     chain_step_size,
-    group_mean,
     nan_to_neg_inf,
     row_sum,
     value_and_grad,
@@ -177,7 +176,7 @@ def tempered_hmc_move(
     Returns ``(state', log_h', accept (G,), bad_lp', bad_grad')``."""
     h = chain_step_size(log_h.exp(), state.x)
     new, info = hmc_transition(pair, state, p, u, h, inv_m, n_leapfrog)
-    a = group_mean(info.accept_prob, n_groups)
+    a = info.accept_prob.reshape(n_groups, -1).mean(-1)
     if target_accept is not None:
         per_chain = a.unsqueeze(-1).expand(n_groups, state.x.shape[0] // n_groups).reshape(-1)
         log_h = robbins_monro(log_h, per_chain, target_accept, gain)

@@ -137,15 +137,6 @@ def check_event_param(name: str, value: float | torch.Tensor, x: torch.Tensor, w
         )
 
 
-def group_mean(v: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """``(G,)``: the mean of each of ``n_groups`` consecutive equal blocks of ``v`` ``(G*N,)``,
-    as a mat-vec. Inside ``torch.compile`` a plain ``mean`` to G values is fused with all the
-    pointwise work that produces ``v`` into one reduction kernel with one block per group
-    (serial over N); the mat-vec is a library call, so that work stays a parallel kernel."""
-    blocks = v.reshape(n_groups, -1)
-    return blocks @ blocks.new_full((blocks.shape[1],), 1.0 / blocks.shape[1])
-
-
 def row_sum(x: torch.Tensor) -> torch.Tensor:
     """``(N,)``: the sum of each row of ``x`` ``(N, *event_shape)`` over all its event dimensions
     (for ``(N, d)`` exactly ``x.sum(-1)``)."""

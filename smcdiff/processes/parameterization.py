@@ -29,6 +29,8 @@ KINDS = ("score", "eps", "x0", "v", "velocity")
 
 def tweedie_x0(x: torch.Tensor, score: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
     r""":math:`\hat x_0 = (x_t + \sigma_t^2 s_t(x_t)) / \alpha_t = \mathbb E[x_0 \mid x_t]`."""
+    if isinstance(sigma, (int, float)):  # two passes over (N, d), not three
+        return torch.add(x, score, alpha=sigma * sigma) / alpha
     return (x + (sigma * sigma) * score) / alpha
 
 
