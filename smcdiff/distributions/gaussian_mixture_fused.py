@@ -16,15 +16,15 @@ does over keys): per component two small matrix products,
 
 and at the end :math:`\log p = m + \log s`, :math:`\nabla\log p = -a/s` — the formulas of the
 mixture's eager path, :math:`-\sum_k r_k W_k^\top z_k` with :math:`r = \operatorname{softmax}_k
-\ell`, summed in another order (float32 products in IEEE precision, no TF32). The kernel reads
+\ell`, summed in another order (float32 accuracy: no plain TF32, see below). The kernel reads
 ``x`` and writes the score and the log-density: memory traffic of ``(N, d)`` twice.
 
 That is the default ``"dot"`` variant (:data:`KERNEL`). Its two products run as ``tl.dot`` in
 ``"tf32x3"`` input precision on GPUs with TF32 (compute capability 8.0 on): each float32 operand
 split into a TF32 head and tail, three tensor-core products, float32 accuracy (on an H200, the
-score's largest error against float64 at N = 10⁶ is 9.3e-7 relative, as with ``"ieee"``) at
-2.5 times the speed (2.7 ms against 6.7 ms at N = 10⁷, K = 8, d = 16). Older GPUs take
-``"ieee"``.
+score's largest error against float64 at N = 10⁶ is 9.3e-7 relative, as with ``"ieee"``) in
+2.7 ms at N = 10⁷, K = 8, d = 16, against 4.6–6.7 ms for ``"ieee"`` (its best tilings). Older
+GPUs take ``"ieee"``.
 
 The ``"precision"`` variant does half the multiply-adds and no ``tl.dot``: with the precisions
 :math:`P_k = W_k^\top W_k` and :math:`b_k = -P_k m_k` (:meth:`GaussianMixture.precision_form`,
