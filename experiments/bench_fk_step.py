@@ -251,7 +251,7 @@ def score_variant_ms(n: int, device, path_correction: bool) -> dict[str, float]:
     try:
         for variant, how, block, warps in configs:
             KERNEL.update(variant=variant, block=block, warps=warps)
-            KERNEL.update(dot_precision=how) if variant == "dot" else KERNEL.update(tile=how)
+            KERNEL.update({"dot_precision" if variant == "dot" else "tile": how})
             ms = score_ms(n, device, path_correction, 3)
             ok = fused_available()  # a variant whose launch failed timed the eager path
             name = f"score_{variant}_{how}_{block}_{warps}w_ms"

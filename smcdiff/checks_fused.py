@@ -54,9 +54,9 @@ def fused_nonfinite_rows(flat: torch.Tensor) -> torch.Tensor | None:
         return None
     flat = flat.contiguous()
     n, m = flat.shape
-    out = torch.zeros(n, dtype=torch.bool, device=flat.device)
     if n == 0 or m == 0:
-        return out
+        return torch.zeros(n, dtype=torch.bool, device=flat.device)
+    out = torch.empty(n, dtype=torch.bool, device=flat.device)  # the kernel writes every row
     block_m = min(64, max(16, triton.next_power_of_2(m)))
     block_n = max(16, 4096 // block_m)
     try:
